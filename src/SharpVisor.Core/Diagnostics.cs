@@ -1,0 +1,67 @@
+using System.Collections.Concurrent;
+
+namespace SharpVisor.Core;
+
+/// <summary>
+/// A named event counter. Guest-caused anomalies, cache hits, faults... every interesting event is
+/// counted so a user can print the figures (<see cref="CounterRegistry"/>).
+/// </summary>
+public sealed class Counter(string name)
+{
+    long _value;
+    public string Name { get; } = name;
+    public long Value => Volatile.Read(ref _value);
+    public void Increment() => Interlocked.Increment(ref _value);
+    public void Add(long n) => Interlocked.Add(ref _value, n);
+    /// <summary>Cheaper increment for counters only one thread updates (per-vCPU counters).</summary>
+    public void IncrementUnsynchronized() => _value++;
+    public void Reset() => Volatile.Write(ref _value, 0);
+    public override string ToString() => $"{Name}={Value}";
+}
+
+/// <summary>Collects the counters of one machine for printing at exit (and later, the API).</summary>
+public sealed class CounterRegistry
+{
+    readonly ConcurrentQueue<Counter> _counters = new();
+    public Counter Add(Counter c) { _counters.Enqueue(c); return c; }
+    public Counter Create(string name) => Add(new Counter(name));
+    public IEnumerable<Counter> All => _counters.OrderBy(c => c.Name, StringComparer.Ordinal);
+}
+
+public enum LogLevel { Debug, Info, Warn, Error }
+
+/// <summary>
+/// The VMM's log. Lines go to a writer (stderr by default, so the guest console on stdout stays
+/// clean). Guest-triggerable messages go through <see cref="Once"/> so a hostile guest cannot
+/// flood the host.
+/// </summary>
+public static class Log
+{
+    static readonly ConcurrentDictionary<string, byte> s_seen = new();
+    static TextWriter s_writer = TextWriter.Synchronized(Console.Error);
+    public static LogLevel MinLevel { get; set; } = LogLevel.Warn;
+
+    public static void SetWriter(TextWriter writer) => s_writer = TextWriter.Synchronized(writer);
+
+    public static void Write(LogLevel level, string component, string message)
+    {
+        if (level >= MinLevel)
+        {
+            s_writer.WriteLine($"[sharpvisor {level.ToString().ToLowerInvariant()}] {component}: {message}");
+        }
+    }
+
+    public static void Debug(string component, string message) => Write(LogLevel.Debug, component, message);
+    public static void Info(string component, string message) => Write(LogLevel.Info, component, message);
+    public static void Warn(string component, string message) => Write(LogLevel.Warn, component, message);
+    public static void Error(string component, string message) => Write(LogLevel.Error, component, message);
+
+    /// <summary>Logs a warning the first time <paramref name="key"/> is seen; later ones are dropped.</summary>
+    public static void Once(string key, string component, string message)
+    {
+        if (s_seen.TryAdd(key, 0))
+        {
+            Write(LogLevel.Warn, component, message);
+        }
+    }
+}
