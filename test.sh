@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds SharpVisor and runs every test. Usage: ./test.sh [--filter EXPR]
+# On a fresh Debian machine of the project's kind this is all the set-up there is: it restores NuGet
+# packages and installs the Debian packages the integration tests use.
+set -euo pipefail
+cd "$(dirname "$0")"
+source tools/common.sh
+
+filter=()
+if [[ "${1:-}" == "--filter" && -n "${2:-}" ]]; then filter=(--filter "$2"); fi
+
+require_dotnet
+step "build (Release, warnings are errors)"
+dotnet build SharpVisor.slnx -c Release -nologo -v quiet -clp:NoSummary
+
+step "format check"
+dotnet format SharpVisor.slnx --verify-no-changes --no-restore -v quiet
+
+step "tests"
+results=$(mktemp -d)
+status=0
+dotnet test SharpVisor.slnx -c Release --no-build -nologo "${filter[@]}" \
+    --logger "trx" --results-directory "$results" -- RunConfiguration.TreatNoTestsAsError=false || status=$?
+
+# One closing line that CI reads: totals over every test assembly.
+passed=0; failed=0; skipped=0
+for f in "$results"/*.trx; do
+    [[ -f "$f" ]] || continue
+    line=$(grep -o '<Counters [^>]*>' "$f")
+    p=$(sed -n 's/.* passed="\([0-9]*\)".*/\1/p' <<<"$line"); passed=$((passed + ${p:-0}))
+    x=$(sed -n 's/.* failed="\([0-9]*\)".*/\1/p' <<<"$line"); failed=$((failed + ${x:-0}))
+    n=$(sed -n 's/.* notExecuted="\([0-9]*\)".*/\1/p' <<<"$line"); skipped=$((skipped + ${n:-0}))
+done
+rm -rf "$results"
+echo "$passed passed, $failed failed, $skipped skipped"
+if [[ $status -ne 0 || $failed -ne 0 || $passed -eq 0 ]]; then exit 1; fi

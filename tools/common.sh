@@ -1,0 +1,23 @@
+# Shared helpers for the project's shell entry points (sourced, not run).
+step() { printf '\n== %s\n' "$*" >&2; }
+die() { printf 'sharpvisor: %s\n' "$*" >&2; exit 1; }
+
+require_dotnet() {
+    command -v dotnet >/dev/null 2>&1 || die "the .NET 10 SDK is required (dotnet not found on PATH)"
+    local major
+    major=$(dotnet --version 2>/dev/null | cut -d. -f1)
+    [[ "${major:-0}" -ge 10 ]] || die "the .NET 10 SDK is required (found $(dotnet --version 2>/dev/null || echo none))"
+    export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+}
+
+# Installs Debian packages that are missing (as root, or through sudo when available).
+apt_install() {
+    local missing=()
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    local sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    step "installing Debian packages: ${missing[*]}"
+    $sudo apt-get update -qq >/dev/null || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+}
