@@ -1,0 +1,148 @@
+using Iced.Intel;
+
+namespace SharpVisor.Cpu.X86;
+
+/// <summary>An Iced code reader over a window of host memory (one guest page, or a scratch copy).</summary>
+internal sealed unsafe class WindowCodeReader : CodeReader
+{
+    byte* _p;
+    int _pos, _len;
+
+    public void Set(byte* p, int length)
+    {
+        _p = p;
+        _len = length;
+        _pos = 0;
+    }
+
+    public int Position => _pos;
+
+    public override int ReadByte() => _pos < _len ? _p[_pos++] : -1;
+}
+
+/// <summary>
+/// Block decoding and the per-vCPU block cache: a direct-mapped table keyed by (host RAM offset,
+/// code size). A block is valid while its page's generation in <see cref="SharpVisor.Core.GuestMemory"/>
+/// is unchanged: any write to the page — this vCPU, another one, or DMA — bumps it.
+/// </summary>
+public sealed unsafe partial class Cpu
+{
+    const int BlockCacheBits = 14;
+    readonly Block?[] _blockCache = new Block?[1 << BlockCacheBits];
+    readonly WindowCodeReader _reader = new();
+    Decoder? _decoder16, _decoder32, _decoder64;
+    /// <summary>Holds an instruction that straddles two pages; decoded on every execution, never cached.</summary>
+    readonly Block _straddleBlock = new();
+    readonly byte[] _straddleBytes = new byte[16];
+
+    Decoder DecoderFor(int bits) => bits switch
+    {
+        64 => _decoder64 ??= Decoder.Create(64, _reader, DecoderOptions.None),
+        32 => _decoder32 ??= Decoder.Create(32, _reader, DecoderOptions.None),
+        _ => _decoder16 ??= Decoder.Create(16, _reader, DecoderOptions.None),
+    };
+
+    /// <summary>Finds or decodes the block starting at CS:RIP. May raise #PF (fetch) or #GP.</summary>
+    Block FetchBlock()
+    {
+        ulong la = (Regs.SegBase[(int)Seg.CS] + Rip) & Regs.LinearMask;
+        ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
+        ulong ramOffset;
+        if (e.ExecTag == (la & PageMask))
+        {
+            ramOffset = e.RamOffset + (la & 0xFFF);
+        }
+        else
+        {
+            ulong pa = TranslateAndFill(la, Access.Execute);
+            long off = Ram.HostOffset(pa);
+            if (off < 0)
+            {
+                throw new CpuStopException($"instruction fetch from non-RAM physical address 0x{pa:x} (linear 0x{la:x})");
+            }
+            ramOffset = (ulong)off;
+        }
+
+        int slot = (int)((ramOffset ^ (ramOffset >> BlockCacheBits)) & ((1 << BlockCacheBits) - 1));
+        Block? b = _blockCache[slot];
+        if (b != null && b.RamOffset == ramOffset && b.Bits == CodeBits && b.Generation == Ram.Generation(ramOffset))
+        {
+            return b;
+        }
+        Counters.BlockCacheMisses.IncrementUnsynchronized();
+        b ??= _blockCache[slot] = new Block();
+        if (!DecodeBlock(b, la, ramOffset))
+        {
+            return _straddleBlock;
+        }
+        return b;
+    }
+
+    /// <summary>Decodes into <paramref name="b"/>; false when the first instruction straddles a page
+    /// (then <see cref="_straddleBlock"/> holds it, decoded from both pages).</summary>
+    bool DecodeBlock(Block b, ulong la, ulong ramOffset)
+    {
+        Counters.BlocksDecoded.IncrementUnsynchronized();
+        b.RamOffset = ramOffset;
+        b.Bits = CodeBits;
+        b.Count = 0;
+        b.Generation = Ram.MarkCode(ramOffset); // mark before reading: a racing write bumps the generation
+        int pageLeft = (int)(0x1000 - (ramOffset & 0xFFF));
+        _reader.Set(Ram.HostBase + ramOffset, pageLeft);
+        var decoder = DecoderFor(CodeBits);
+        decoder.IP = Rip;
+        while (b.Count < Block.MaxOps)
+        {
+            int start = _reader.Position;
+            decoder.Decode(out Instruction ins);
+            if (decoder.LastError == DecoderError.NoMoreBytes)
+            {
+                if (b.Count > 0)
+                {
+                    break; // the next instruction starts a block of its own
+                }
+                DecodeStraddling(la, pageLeft);
+                b.Generation = unchecked(b.Generation - 1); // leave the cached slot invalid
+                return false;
+            }
+            ref Op op = ref b.Ops[b.Count++];
+            Binder.Bind(ins, ref op);
+            if ((op.Flags & OpFlags.EndsBlock) != 0 || _reader.Position >= pageLeft)
+            {
+                break;
+            }
+            _ = start;
+        }
+        return true;
+    }
+
+    /// <summary>Decodes the single instruction at <paramref name="la"/> whose bytes continue on the next page.</summary>
+    void DecodeStraddling(ulong la, int firstPart)
+    {
+        for (int i = 0; i < firstPart && i < 15; i++)
+        {
+            _straddleBytes[i] = (byte)PhysRead(Translate(la + (ulong)i, Access.Execute, Cpl == 3), 1);
+        }
+        ulong next = (la + (ulong)firstPart) & Regs.LinearMask;
+        ulong pa = Translate(next, Access.Execute, Cpl == 3);
+        for (int i = firstPart; i < 15; i++)
+        {
+            _straddleBytes[i] = (byte)PhysRead(pa + (ulong)(i - firstPart), 1);
+        }
+        fixed (byte* p = _straddleBytes)
+        {
+            _reader.Set(p, 15);
+            var decoder = DecoderFor(CodeBits);
+            decoder.IP = Rip;
+            decoder.Decode(out Instruction ins);
+            _straddleBlock.Count = 1;
+            Binder.Bind(ins, ref _straddleBlock.Ops[0]);
+        }
+    }
+
+    /// <summary>Drops every cached block (e.g. after a mode change that alters decoding).</summary>
+    public void FlushCodeCache() => Array.Clear(_blockCache);
+}
+
+/// <summary>Thrown when the guest did something the VMM cannot continue from (reported to the user, VM stops).</summary>
+public sealed class CpuStopException(string message) : Exception(message);

@@ -1,0 +1,78 @@
+using System.Runtime.InteropServices;
+
+namespace SharpVisor.Cpu.X86;
+
+/// <summary>
+/// One decoded instruction in the form the interpreter executes (and a translator will consume):
+/// the handler chosen for its exact operand form and size at decode time, plus operands as small
+/// register-slot indices and immediates. Decoded once per physical page visit, cached in a
+/// <see cref="Block"/>; never allocated on the execution path.
+/// </summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct Op
+{
+    /// <summary>The semantic handler for this form (Semantics/*.cs).</summary>
+    public delegate*<Cpu, ref Op, void> Exec;
+    /// <summary>Immediate (sign- or zero-extended as the instruction defines) or relative branch displacement.</summary>
+    public ulong Imm;
+    /// <summary>Memory displacement (sign-extended).</summary>
+    public long Disp;
+    /// <summary>Mask applied to the effective address: 0xFFFF, 0xFFFF_FFFF or all ones (address size).</summary>
+    public ulong AddrMask;
+    /// <summary>Second immediate (ENTER's nesting level, far pointer selector...) or family-specific data.</summary>
+    public uint Imm2;
+    /// <summary>Iced <c>Code</c> of the instruction (diagnostics and the future translator).</summary>
+    public ushort Code;
+    /// <summary>Instruction length in bytes.</summary>
+    public byte Len;
+    /// <summary>Operand size in bytes (1, 2, 4, 8); some families store another width here, documented there.</summary>
+    public byte Size;
+    /// <summary>First register operand (usually the destination): a <see cref="RegisterFile.Gpr"/> slot, or 20..23 for AH..BH.</summary>
+    public byte R1;
+    /// <summary>Second register operand (usually the source).</summary>
+    public byte R2;
+    /// <summary>Memory operand: base slot (16 = none, 17 = RIP-relative), index slot (16 = none), scale shift, segment.</summary>
+    public byte Base, Index, Scale, Seg;
+    /// <summary>Family-specific sub-operation (ALU operation, condition code, string element size...).</summary>
+    public byte Sub;
+    public OpFlags Flags;
+    /// <summary>Stack address size in bytes for implicit stack accesses, or the address size for string ops.</summary>
+    public byte Aux;
+
+    /// <summary>Effective address (offset within the segment) of the memory operand.</summary>
+    public readonly ulong Offset(Cpu c) =>
+        (c.Regs.Gpr[Base] + (c.Regs.Gpr[Index] << Scale) + (ulong)Disp) & AddrMask;
+
+    /// <summary>Linear address of the memory operand: segment base + effective address.</summary>
+    public readonly ulong Linear(Cpu c) =>
+        (c.Regs.SegBase[Seg] + ((c.Regs.Gpr[Base] + (c.Regs.Gpr[Index] << Scale) + (ulong)Disp) & AddrMask)) & c.Regs.LinearMask;
+}
+
+[Flags]
+public enum OpFlags : byte
+{
+    None = 0,
+    Lock = 1,
+    Rep = 2,
+    RepNe = 4,
+    /// <summary>The block ends after this instruction (branches, mode changes, HLT...).</summary>
+    EndsBlock = 8,
+    /// <summary>The first operand is in memory (the form uses Base/Index/Disp).</summary>
+    MemoryOperand = 16,
+}
+
+/// <summary>
+/// Decoded instructions from one physical page, in execution order from an entry point to the
+/// first branch (or other block-ending instruction), the page end, or <see cref="MaxOps"/>.
+/// </summary>
+public sealed class Block
+{
+    public const int MaxOps = 64;
+    public readonly Op[] Ops = new Op[MaxOps];
+    public int Count;
+    /// <summary>Host RAM offset of the first instruction (the cache key with <see cref="Bits"/>).</summary>
+    public ulong RamOffset;
+    public int Bits;
+    /// <summary>Generation of the page when decoded; a different current generation means stale.</summary>
+    public uint Generation;
+}

@@ -1,0 +1,45 @@
+using System.Runtime.CompilerServices;
+
+namespace SharpVisor.Cpu.X86;
+
+/// <summary>Implicit stack accesses (PUSH, POP, CALL, RET...): SS-relative, SP/ESP/RSP per <see cref="Cpu.StackMask"/>.</summary>
+public sealed unsafe partial class Cpu
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Push<S>(ulong v) where S : IOpSize
+    {
+        ulong sp = Regs.Gpr[4] - (ulong)(S.Bits / 8);
+        S.Store(this, (Regs.SegBase[(int)Seg.SS] + (sp & StackMask)) & Regs.LinearMask, v);
+        Regs.Gpr[4] = (Regs.Gpr[4] & ~StackMask) | (sp & StackMask);
+    }
+
+    /// <summary>Reads the value on top of the stack without moving the stack pointer.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ulong PeekStack<S>(ulong extraOffset = 0) where S : IOpSize =>
+        S.Load(this, (Regs.SegBase[(int)Seg.SS] + ((Regs.Gpr[4] + extraOffset) & StackMask)) & Regs.LinearMask);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void AdjustStack(ulong delta) =>
+        Regs.Gpr[4] = (Regs.Gpr[4] & ~StackMask) | ((Regs.Gpr[4] + delta) & StackMask);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ulong Pop<S>() where S : IOpSize
+    {
+        ulong v = PeekStack<S>();
+        AdjustStack((ulong)(S.Bits / 8));
+        return v;
+    }
+
+    /// <summary>Pushes a value of <paramref name="size"/> bytes (2, 4 or 8).</summary>
+    public void PushSized(int size, ulong v)
+    {
+        switch (size)
+        {
+            case 2: Push<S16>(v); break;
+            case 4: Push<S32>(v); break;
+            default: Push<S64>(v); break;
+        }
+    }
+
+    public ulong PopSized(int size) => size switch { 2 => Pop<S16>(), 4 => Pop<S32>(), _ => Pop<S64>() };
+}

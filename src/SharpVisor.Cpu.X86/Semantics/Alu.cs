@@ -1,0 +1,257 @@
+using System.Runtime.CompilerServices;
+using Iced.Intel;
+
+namespace SharpVisor.Cpu.X86.Semantics;
+
+/// <summary>A two-operand ALU operation as a type (so handlers specialise per operation and width).</summary>
+public interface IAluOp
+{
+    /// <summary>Computes the result and sets the flags; the result is masked to the operand width.</summary>
+    static abstract ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize;
+    /// <summary>False for CMP and TEST, which only set flags.</summary>
+    static abstract bool WritesResult { get; }
+}
+
+public readonly struct OpAdd : IAluOp
+{
+    public static bool WritesResult => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a + b) & S.Mask; c.FlagsAdd(a, b, r, S.Bits); return r; }
+}
+
+public readonly struct OpOr : IAluOp
+{
+    public static bool WritesResult => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a | b) & S.Mask; c.FlagsLogic(r, S.Bits); return r; }
+}
+
+public readonly struct OpAdc : IAluOp
+{
+    public static bool WritesResult => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a + b + (c.CF() ? 1UL : 0)) & S.Mask; c.FlagsAdd(a, b, r, S.Bits); return r; }
+}
+
+public readonly struct OpSbb : IAluOp
+{
+    public static bool WritesResult => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a - b - (c.CF() ? 1UL : 0)) & S.Mask; c.FlagsSub(a, b, r, S.Bits); return r; }
+}
+
+public readonly struct OpAnd : IAluOp
+{
+    public static bool WritesResult => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = a & b & S.Mask; c.FlagsLogic(r, S.Bits); return r; }
+}
+
+public readonly struct OpSub : IAluOp
+{
+    public static bool WritesResult => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a - b) & S.Mask; c.FlagsSub(a, b, r, S.Bits); return r; }
+}
+
+public readonly struct OpXor : IAluOp
+{
+    public static bool WritesResult => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a ^ b) & S.Mask; c.FlagsLogic(r, S.Bits); return r; }
+}
+
+public readonly struct OpCmp : IAluOp
+{
+    public static bool WritesResult => false;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a - b) & S.Mask; c.FlagsSub(a, b, r, S.Bits); return r; }
+}
+
+public readonly struct OpTest : IAluOp
+{
+    public static bool WritesResult => false;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = a & b & S.Mask; c.FlagsLogic(r, S.Bits); return r; }
+}
+
+/// <summary>INC: like ADD 1 but CF is preserved (SDM Vol. 2A INC).</summary>
+public readonly struct OpInc : IAluOp
+{
+    public static bool WritesResult => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { bool cf = c.CF(); ulong r = (a + 1) & S.Mask; c.FlagsAdd(a, 1, r, S.Bits); c.SetCF(cf); return r; }
+}
+
+public readonly struct OpDec : IAluOp
+{
+    public static bool WritesResult => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { bool cf = c.CF(); ulong r = (a - 1) & S.Mask; c.FlagsSub(a, 1, r, S.Bits); c.SetCF(cf); return r; }
+}
+
+/// <summary>NEG: 0 - a; CF = (a != 0) falls out of the borrow computation.</summary>
+public readonly struct OpNeg : IAluOp
+{
+    public static bool WritesResult => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (0 - a) & S.Mask; c.FlagsSub(0, a, r, S.Bits); return r; }
+}
+
+/// <summary>NOT: no flags change.</summary>
+public readonly struct OpNot : IAluOp
+{
+    public static bool WritesResult => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize => ~a & S.Mask;
+}
+
+/// <summary>
+/// Integer ALU instructions: ADD, OR, ADC, SBB, AND, SUB, XOR, CMP, TEST, INC, DEC, NEG, NOT in
+/// every operand form and width (SDM Vol. 2). Memory destinations with LOCK are atomic with respect
+/// to other vCPUs (a compare-exchange loop on the host location).
+/// </summary>
+public static unsafe class Alu
+{
+    public static void Register()
+    {
+        Binder.Add(Mnemonic.Add, &Bind<OpAdd>);
+        Binder.Add(Mnemonic.Or, &Bind<OpOr>);
+        Binder.Add(Mnemonic.Adc, &Bind<OpAdc>);
+        Binder.Add(Mnemonic.Sbb, &Bind<OpSbb>);
+        Binder.Add(Mnemonic.And, &Bind<OpAnd>);
+        Binder.Add(Mnemonic.Sub, &Bind<OpSub>);
+        Binder.Add(Mnemonic.Xor, &Bind<OpXor>);
+        Binder.Add(Mnemonic.Cmp, &Bind<OpCmp>);
+        Binder.Add(Mnemonic.Test, &Bind<OpTest>);
+        Binder.Add(Mnemonic.Inc, &BindUnary<OpInc>);
+        Binder.Add(Mnemonic.Dec, &BindUnary<OpDec>);
+        Binder.Add(Mnemonic.Neg, &BindUnary<OpNeg>);
+        Binder.Add(Mnemonic.Not, &BindUnary<OpNot>);
+    }
+
+    static bool Bind<T>(in Instruction ins, ref Op op) where T : IAluOp
+    {
+        bool mem0 = ins.Op0Kind == OpKind.Memory;
+        bool lockOk = mem0 && T.WritesResult;
+        if ((op.Flags & OpFlags.Lock) != 0 && !lockOk)
+        {
+            return BindUd(ref op);
+        }
+        bool locked = (op.Flags & OpFlags.Lock) != 0;
+        switch (ins.Op1Kind)
+        {
+            case OpKind.Register when !mem0:
+                op.Exec = Binder.BySize(op.Size, &RR<S8, T>, &RR<S16, T>, &RR<S32, T>, &RR<S64, T>);
+                return true;
+            case OpKind.Register:
+                op.Exec = locked
+                    ? Binder.BySize(op.Size, &MRLocked<S8, T>, &MRLocked<S16, T>, &MRLocked<S32, T>, &MRLocked<S64, T>)
+                    : Binder.BySize(op.Size, &MR<S8, T>, &MR<S16, T>, &MR<S32, T>, &MR<S64, T>);
+                return true;
+            case OpKind.Memory:
+                op.Exec = Binder.BySize(op.Size, &RM<S8, T>, &RM<S16, T>, &RM<S32, T>, &RM<S64, T>);
+                return true;
+            default: // immediates
+                if (!mem0)
+                {
+                    op.Exec = Binder.BySize(op.Size, &RI<S8, T>, &RI<S16, T>, &RI<S32, T>, &RI<S64, T>);
+                }
+                else
+                {
+                    op.Exec = locked
+                        ? Binder.BySize(op.Size, &MILocked<S8, T>, &MILocked<S16, T>, &MILocked<S32, T>, &MILocked<S64, T>)
+                        : Binder.BySize(op.Size, &MI<S8, T>, &MI<S16, T>, &MI<S32, T>, &MI<S64, T>);
+                }
+                return true;
+        }
+    }
+
+    static bool BindUnary<T>(in Instruction ins, ref Op op) where T : IAluOp
+    {
+        bool mem = ins.Op0Kind == OpKind.Memory;
+        bool locked = (op.Flags & OpFlags.Lock) != 0;
+        if (locked && !mem)
+        {
+            return BindUd(ref op);
+        }
+        // The unary forms reuse the immediate handlers with an unused immediate.
+        op.Exec = !mem ? Binder.BySize(op.Size, &RI<S8, T>, &RI<S16, T>, &RI<S32, T>, &RI<S64, T>)
+            : locked ? Binder.BySize(op.Size, &MILocked<S8, T>, &MILocked<S16, T>, &MILocked<S32, T>, &MILocked<S64, T>)
+            : Binder.BySize(op.Size, &MI<S8, T>, &MI<S16, T>, &MI<S32, T>, &MI<S64, T>);
+        return true;
+    }
+
+    internal static bool BindUd(ref Op op)
+    {
+        op.Exec = &Ud;
+        return true;
+    }
+
+    static void Ud(Cpu c, ref Op op) => throw c.InvalidOpcode();
+
+    static void RR<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
+    {
+        ulong r = T.Apply<S>(c, S.GetReg(c, op.R1), S.GetReg(c, op.R2));
+        if (T.WritesResult) S.SetReg(c, op.R1, r);
+    }
+
+    static void RI<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
+    {
+        ulong r = T.Apply<S>(c, S.GetReg(c, op.R1), op.Imm & S.Mask);
+        if (T.WritesResult) S.SetReg(c, op.R1, r);
+    }
+
+    static void RM<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
+    {
+        ulong b = S.Load(c, op.Linear(c));
+        ulong r = T.Apply<S>(c, S.GetReg(c, op.R1), b);
+        if (T.WritesResult) S.SetReg(c, op.R1, r);
+    }
+
+    static void MR<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
+    {
+        ulong la = op.Linear(c);
+        ulong r = T.Apply<S>(c, S.Load(c, la), S.GetReg(c, op.R2));
+        if (T.WritesResult) S.Store(c, la, r);
+    }
+
+    static void MI<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
+    {
+        ulong la = op.Linear(c);
+        ulong r = T.Apply<S>(c, S.Load(c, la), op.Imm & S.Mask);
+        if (T.WritesResult) S.Store(c, la, r);
+    }
+
+    static void MRLocked<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp =>
+        LockedRmw<S, T>(c, op.Linear(c), S.GetReg(c, op.R2));
+
+    static void MILocked<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp =>
+        LockedRmw<S, T>(c, op.Linear(c), op.Imm & S.Mask);
+
+    /// <summary>
+    /// An atomic read-modify-write (SDM Vol. 3A 9.1.2.2): a compare-exchange loop on the host bytes,
+    /// or, for MMIO and page-straddling operands, a plain sequence under the machine-wide split lock.
+    /// </summary>
+    internal static void LockedRmw<S, T>(Cpu c, ulong la, ulong b) where S : IOpSize where T : IAluOp
+    {
+        byte* p = c.WritablePointer(la, S.Bits / 8);
+        if (p == null)
+        {
+            lock (Cpu.SplitLock)
+            {
+                S.Store(c, la, T.Apply<S>(c, S.Load(c, la), b));
+            }
+            return;
+        }
+        while (true)
+        {
+            ulong old = S.LoadHost(p);
+            ulong r = T.Apply<S>(c, old, b);
+            if (S.CompareExchange(p, r, old) == old)
+            {
+                return;
+            }
+        }
+    }
+}

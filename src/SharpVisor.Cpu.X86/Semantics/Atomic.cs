@@ -1,0 +1,9 @@
+namespace SharpVisor.Cpu.X86.Semantics;
+
+/// <summary>Instruction family: not implemented yet (its instructions raise #UD with a log line).</summary>
+public static class Atomic
+{
+    public static void Register()
+    {
+    }
+}

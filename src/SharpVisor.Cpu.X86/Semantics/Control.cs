@@ -1,0 +1,201 @@
+using Iced.Intel;
+
+namespace SharpVisor.Cpu.X86.Semantics;
+
+/// <summary>Near control transfers: JMP, Jcc, CALL, RET, JCXZ/JECXZ/JRCXZ, LOOP/LOOPE/LOOPNE (SDM Vol. 2).</summary>
+public static unsafe class Control
+{
+    public static void Register()
+    {
+        Binder.Add(Mnemonic.Jmp, &BindJmp);
+        Binder.Add(Mnemonic.Call, &BindCall);
+        Binder.Add(Mnemonic.Ret, &BindRet);
+        foreach (var m in new[] { Mnemonic.Jo, Mnemonic.Jno, Mnemonic.Jb, Mnemonic.Jae, Mnemonic.Je, Mnemonic.Jne, Mnemonic.Jbe, Mnemonic.Ja,
+            Mnemonic.Js, Mnemonic.Jns, Mnemonic.Jp, Mnemonic.Jnp, Mnemonic.Jl, Mnemonic.Jge, Mnemonic.Jle, Mnemonic.Jg })
+        {
+            Binder.Add(m, &BindJcc);
+        }
+        Binder.Add(Mnemonic.Jcxz, &BindJcxz);
+        Binder.Add(Mnemonic.Jecxz, &BindJcxz);
+        Binder.Add(Mnemonic.Jrcxz, &BindJcxz);
+        Binder.Add(Mnemonic.Loop, &BindLoop);
+        Binder.Add(Mnemonic.Loope, &BindLoop);
+        Binder.Add(Mnemonic.Loopne, &BindLoop);
+    }
+
+    /// <summary>Operand size of a near branch: the width the new RIP is truncated to.</summary>
+    static byte BranchSize(in Instruction ins)
+    {
+        for (int i = 0; i < ins.OpCount; i++)
+        {
+            switch (ins.GetOpKind(i))
+            {
+                case OpKind.NearBranch16: return 2;
+                case OpKind.NearBranch32: return 4;
+                case OpKind.NearBranch64: return 8;
+            }
+        }
+        return ins.CodeSize switch { CodeSize.Code16 => 2, CodeSize.Code32 => 4, _ => 8 };
+    }
+
+    static ulong IpMask(int size) => size switch { 2 => 0xFFFF, 4 => 0xFFFF_FFFF, _ => ulong.MaxValue };
+
+    static bool BindJmp(in Instruction ins, ref Op op)
+    {
+        if (ins.Op0Kind is OpKind.FarBranch16 or OpKind.FarBranch32 || ins.IsJmpFarIndirect)
+        {
+            return SystemOps.BindFar(ins, ref op);
+        }
+        if (ins.Op0Kind is OpKind.NearBranch16 or OpKind.NearBranch32 or OpKind.NearBranch64)
+        {
+            op.Size = BranchSize(ins);
+            op.AddrMask = IpMask(op.Size);
+            op.Exec = &JmpRel;
+            return true;
+        }
+        op.AddrMask = ins.Op0Kind == OpKind.Memory ? op.AddrMask : ulong.MaxValue;
+        op.Imm2 = (uint)op.Size;
+        op.Exec = ins.Op0Kind == OpKind.Memory
+            ? Binder.BySize(op.Size, null, &JmpM<S16>, &JmpM<S32>, &JmpM<S64>)
+            : Binder.BySize(op.Size, null, &JmpR<S16>, &JmpR<S32>, &JmpR<S64>);
+        return true;
+    }
+
+    // Relative branches keep the IP mask in AddrMask (no memory operand uses it).
+    static void JmpRel(Cpu c, ref Op op) => c.NextRip = (c.NextRip + op.Imm) & op.AddrMask;
+    static void JmpR<S>(Cpu c, ref Op op) where S : IOpSize => c.NextRip = S.GetReg(c, op.R1);
+    static void JmpM<S>(Cpu c, ref Op op) where S : IOpSize => c.NextRip = S.Load(c, op.Linear(c));
+
+    static bool BindJcc(in Instruction ins, ref Op op)
+    {
+        op.Sub = DataMove.ConditionOf(ins);
+        op.Size = BranchSize(ins);
+        op.AddrMask = IpMask(op.Size);
+        op.Exec = &Jcc;
+        return true;
+    }
+
+    static void Jcc(Cpu c, ref Op op)
+    {
+        if (c.Condition(op.Sub))
+        {
+            c.NextRip = (c.NextRip + op.Imm) & op.AddrMask;
+        }
+    }
+
+    static bool BindCall(in Instruction ins, ref Op op)
+    {
+        if (ins.Op0Kind is OpKind.FarBranch16 or OpKind.FarBranch32 || ins.IsCallFarIndirect)
+        {
+            return SystemOps.BindFar(ins, ref op);
+        }
+        if (ins.Op0Kind is OpKind.NearBranch16 or OpKind.NearBranch32 or OpKind.NearBranch64)
+        {
+            op.Size = BranchSize(ins);
+            op.AddrMask = IpMask(op.Size);
+            op.Exec = Binder.BySize(op.Size, null, &CallRel<S16>, &CallRel<S32>, &CallRel<S64>);
+            return true;
+        }
+        op.Exec = ins.Op0Kind == OpKind.Memory
+            ? Binder.BySize(op.Size, null, &CallM<S16>, &CallM<S32>, &CallM<S64>)
+            : Binder.BySize(op.Size, null, &CallR<S16>, &CallR<S32>, &CallR<S64>);
+        return true;
+    }
+
+    static void CallRel<S>(Cpu c, ref Op op) where S : IOpSize
+    {
+        ulong ret = c.NextRip;
+        c.Push<S>(ret);
+        c.NextRip = (ret + op.Imm) & op.AddrMask;
+    }
+
+    static void CallR<S>(Cpu c, ref Op op) where S : IOpSize
+    {
+        ulong target = S.GetReg(c, op.R1);
+        c.Push<S>(c.NextRip);
+        c.NextRip = target;
+    }
+
+    static void CallM<S>(Cpu c, ref Op op) where S : IOpSize
+    {
+        ulong target = S.Load(c, op.Linear(c)); // read before the push (a fault leaves RSP alone)
+        c.Push<S>(c.NextRip);
+        c.NextRip = target;
+    }
+
+    static bool BindRet(in Instruction ins, ref Op op)
+    {
+        op.Size = (byte)(ins.StackPointerIncrement - (ins.OpCount > 0 ? (int)ins.Immediate16 : 0));
+        if (op.Size is not (2 or 4 or 8))
+        {
+            op.Size = (byte)(ins.CodeSize switch { CodeSize.Code16 => 2, CodeSize.Code32 => 4, _ => 8 });
+        }
+        op.Imm = ins.OpCount > 0 ? (ulong)ins.Immediate16 : 0;
+        op.Exec = Binder.BySize(op.Size, null, &Ret<S16>, &Ret<S32>, &Ret<S64>);
+        return true;
+    }
+
+    static void Ret<S>(Cpu c, ref Op op) where S : IOpSize
+    {
+        ulong target = c.PeekStack<S>();
+        c.AdjustStack((ulong)(S.Bits / 8) + op.Imm);
+        c.NextRip = target;
+    }
+
+    /// <summary>Width of the count register (CX/ECX/RCX) of JCXZ/LOOP: the address size, from Iced's code name.</summary>
+    static readonly Dictionary<Code, byte> s_countSize = BuildCountSizes();
+
+    static Dictionary<Code, byte> BuildCountSizes()
+    {
+        var d = new Dictionary<Code, byte>();
+        foreach (var code in Enum.GetValues<Code>())
+        {
+            string n = code.ToString();
+            if (n.StartsWith("Loop", StringComparison.Ordinal) || n.StartsWith("J", StringComparison.Ordinal) && n.Contains("cxz", StringComparison.OrdinalIgnoreCase))
+            {
+                d[code] = n.EndsWith("_RCX", StringComparison.Ordinal) ? (byte)8 : n.EndsWith("_ECX", StringComparison.Ordinal) ? (byte)4 : (byte)2;
+            }
+        }
+        return d;
+    }
+
+    static bool BindJcxz(in Instruction ins, ref Op op)
+    {
+        op.Size = BranchSize(ins);
+        op.AddrMask = IpMask(op.Size);
+        op.Aux = s_countSize.GetValueOrDefault(ins.Code, (byte)8);
+        op.Exec = &Jcxz;
+        return true;
+    }
+
+    static void Jcxz(Cpu c, ref Op op)
+    {
+        if ((c.Regs.Gpr[1] & IpMask(op.Aux)) == 0)
+        {
+            c.NextRip = (c.NextRip + op.Imm) & op.AddrMask;
+        }
+    }
+
+    static bool BindLoop(in Instruction ins, ref Op op)
+    {
+        op.Size = BranchSize(ins);
+        op.AddrMask = IpMask(op.Size);
+        op.Aux = s_countSize.GetValueOrDefault(ins.Code, (byte)8);
+        op.Sub = ins.Mnemonic switch { Mnemonic.Loope => 1, Mnemonic.Loopne => 2, _ => 0 };
+        op.Exec = &Loop;
+        return true;
+    }
+
+    /// <summary>LOOP/LOOPE/LOOPNE: decrement the count register (no flags) and branch while non-zero (and ZF condition).</summary>
+    static void Loop(Cpu c, ref Op op)
+    {
+        ulong mask = IpMask(op.Aux);
+        ulong count = (c.Regs.Gpr[1] - 1) & mask;
+        c.Regs.Gpr[1] = (c.Regs.Gpr[1] & ~mask) | count;
+        bool take = count != 0 && op.Sub switch { 1 => c.ZF(), 2 => !c.ZF(), _ => true };
+        if (take)
+        {
+            c.NextRip = (c.NextRip + op.Imm) & op.AddrMask;
+        }
+    }
+}

@@ -1,0 +1,113 @@
+using System.Text;
+using Iced.Intel;
+
+namespace SharpVisor.Cpu.X86.Tests.Harness;
+
+/// <summary>
+/// Builds random differential cases and checks them. Conventions every family test shares:
+/// RBX points into the data window (memory operands are [rbx+disp]), RSP points at the stack
+/// window's top, every other GPR and the arithmetic flags are random (edge values mixed in).
+/// </summary>
+public sealed class DiffCase(DifferentialRunner runner, int seed)
+{
+    public const ulong ArithFlags = 0x8D5; // CF PF AF ZF SF OF
+    readonly Random _rng = new(seed);
+    static readonly ulong[] s_edges = [0, 1, 2, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF,
+        0x7FFF_FFFF_FFFF_FFFF, 0x8000_0000_0000_0000, ulong.MaxValue, ulong.MaxValue - 1];
+
+    public Random Rng => _rng;
+
+    /// <summary>Whether 8-bit operands of the next instruction come from AH..DH (no REX) or SIL/DIL/R8L.. (REX).</summary>
+    public bool HighByteCase { get; private set; }
+
+    /// <summary>A random 64-bit value, an edge value a quarter of the time.</summary>
+    public ulong Value() => _rng.Next(4) == 0 ? s_edges[_rng.Next(s_edges.Length)] : (ulong)_rng.NextInt64() ^ ((ulong)_rng.Next() << 63);
+
+    public unsafe X86Context RandomContext()
+    {
+        var ctx = default(X86Context);
+        for (int i = 0; i < 16; i++)
+        {
+            ctx.Gpr[i] = Value();
+        }
+        ctx.Gpr[3] = runner.DataAddress;      // RBX: data base
+        ctx.Gpr[4] = runner.StackTop - 64;    // RSP: room above for POP tests
+        ctx.Rflags = 0x202 | ((ulong)_rng.Next() & ArithFlags);
+        return ctx;
+    }
+
+    public byte[] RandomData()
+    {
+        var d = new byte[DifferentialRunner.DataSize];
+        _rng.NextBytes(d);
+        return d;
+    }
+
+    /// <summary>Encodes instructions at the runner's code address.</summary>
+    public byte[] Encode(params Instruction[] instructions)
+    {
+        var writer = new CodeWriterImpl();
+        var encoder = Iced.Intel.Encoder.Create(64, writer);
+        ulong ip = runner.CodeAddress;
+        foreach (var ins in instructions)
+        {
+            encoder.Encode(ins, ip);
+            ip = runner.CodeAddress + (ulong)writer.Bytes.Count;
+        }
+        HighByteCase = _rng.Next(2) == 0;
+        return [.. writer.Bytes];
+    }
+
+    /// <summary>Runs one case and returns a description of every difference (empty when equal).</summary>
+    public unsafe string Check(byte[] code, X86Context input, byte[] data, ulong flagsMask = ArithFlags, string? label = null)
+    {
+        var o = runner.Run(code, input, data);
+        var sb = new StringBuilder();
+        if (o.EmulatedException is int v)
+        {
+            sb.Append($" exception {v} raised by the interpreter;");
+        }
+        else if (o.EmulatedRip != runner.CodeAddress + (ulong)code.Length)
+        {
+            sb.Append($" rip 0x{o.EmulatedRip:x} != 0x{runner.CodeAddress + (ulong)code.Length:x};");
+        }
+        var n = o.Native;
+        var e = o.Emulated;
+        for (int i = 0; i < 16; i++)
+        {
+            if (n.Gpr[i] != e.Gpr[i])
+            {
+                sb.Append($" {X86Context.Names[i]} native=0x{n.Gpr[i]:x} emulated=0x{e.Gpr[i]:x};");
+            }
+        }
+        ulong mask = flagsMask | 0x400; // DF always compared
+        if ((n.Rflags & mask) != (e.Rflags & mask))
+        {
+            sb.Append($" rflags native=0x{n.Rflags & mask:x} emulated=0x{e.Rflags & mask:x} (mask 0x{mask:x});");
+        }
+        for (int i = 0; i < o.NativeData.Length; i++)
+        {
+            if (o.NativeData[i] != o.EmulatedData[i])
+            {
+                sb.Append($" data[{i}] native=0x{o.NativeData[i]:x2} emulated=0x{o.EmulatedData[i]:x2};");
+                break;
+            }
+        }
+        if (sb.Length == 0)
+        {
+            return "";
+        }
+        var inRegs = new StringBuilder();
+        for (int i = 0; i < 16; i++)
+        {
+            inRegs.Append($"{X86Context.Names[i]}=0x{input.Gpr[i]:x} ");
+        }
+        return $"{label} [{Convert.ToHexString(code)}] in: {inRegs}rflags=0x{input.Rflags:x} =>{sb}";
+    }
+
+    sealed class CodeWriterImpl : CodeWriter
+    {
+        public readonly List<byte> Bytes = [];
+        public override void WriteByte(byte value) => Bytes.Add(value);
+    }
+}

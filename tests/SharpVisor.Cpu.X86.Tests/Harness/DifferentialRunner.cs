@@ -1,0 +1,199 @@
+using Iced.Intel;
+using SharpVisor.Core;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace SharpVisor.Cpu.X86.Tests.Harness;
+
+/// <summary>
+/// Runs one instruction (or a short sequence) natively on the host CPU and on SharpVisor's
+/// interpreter from the same registers, flags and memory, and reports every difference.
+/// </summary>
+/// <remarks>
+/// Natively the bytes run inside a stub that loads all 16 GPRs and RFLAGS from an
+/// <see cref="X86Context"/>, executes them, and stores the state back. On the interpreter side a
+/// 64-bit user-mode (CPL 3) vCPU maps the same virtual pages — the stub's code page, a data
+/// window and a stack window — so addresses in registers mean the same thing on both sides.
+/// Inputs that would fault natively (e.g. a divide by zero) must not be generated: a host fault
+/// in the stub kills the test process.
+/// </remarks>
+public sealed unsafe class DifferentialRunner : IDisposable
+{
+    public const int DataSize = 4096;
+    const int CodeOffset = 0x800;   // where the instruction under test sits in the native page
+    const ulong GuestDataPa = 0x10_0000, GuestStackPa = 0x20_0000, GuestCodePa = 0x30_0000, PageTablesPa = 0x40_0000;
+
+    readonly NativeCode _code = new(8192);
+    readonly NativeCode _data = new(DataSize);
+    readonly NativeCode _stack = new(8192);
+    readonly X86Context* _ctx = (X86Context*)System.Runtime.InteropServices.NativeMemory.AllocZeroed((nuint)sizeof(X86Context));
+    readonly GuestMemory _ram = new(8 << 20);
+    readonly Cpu _cpu;
+    ulong _nextTable = PageTablesPa;
+
+    public DifferentialRunner()
+    {
+        var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(_ram), Ports = new PortBus(), Clock = new VirtualClock(ClockMode.Deterministic) };
+        _cpu = new Cpu(0, platform);
+        ulong pml4 = AllocTable();
+        Map(pml4, (ulong)_code.Address, GuestCodePa, 2);
+        Map(pml4, (ulong)_data.Address, GuestDataPa, 1);
+        Map(pml4, (ulong)_stack.Address, GuestStackPa, 2);
+        CpuSetup.EnterLongModeUser(_cpu, pml4);
+    }
+
+    /// <summary>Host/guest address of the data window (4 KiB, the same on both sides).</summary>
+    public ulong DataAddress => (ulong)_data.Address;
+    /// <summary>Top of a stack window with room for pushes (the stub keeps the host stack elsewhere).</summary>
+    public ulong StackTop => (ulong)_stack.Address + 4096;
+    public ulong CodeAddress => (ulong)_code.Address + CodeOffset;
+    public Cpu Cpu => _cpu;
+
+    ulong AllocTable()
+    {
+        ulong t = _nextTable;
+        _nextTable += 4096;
+        return t;
+    }
+
+    void Map(ulong pml4, ulong va, ulong pa, int pages)
+    {
+        for (int i = 0; i < pages; i++, va += 4096, pa += 4096)
+        {
+            ulong table = pml4;
+            for (int level = 3; level >= 1; level--)
+            {
+                ulong entryAddr = table + ((va >> (12 + 9 * level)) & 0x1FF) * 8;
+                ulong entry = _ram.ReadU64(entryAddr);
+                if ((entry & 1) == 0)
+                {
+                    entry = AllocTable() | 7; // present, writable, user
+                    _ram.WriteU64(entryAddr, entry);
+                }
+                table = entry & ~0xFFFUL;
+            }
+            _ram.WriteU64(table + ((va >> 12) & 0x1FF) * 8, pa | 7);
+        }
+    }
+
+    /// <summary>Outcome of running one test case on both sides.</summary>
+    public readonly record struct Outcome(X86Context Native, X86Context Emulated, byte[] NativeData, byte[] EmulatedData, ulong EmulatedRip, int? EmulatedException);
+
+    /// <summary>
+    /// Runs <paramref name="instruction"/> (machine code, no branches out of the sequence) from
+    /// <paramref name="input"/> with the data window initialised to <paramref name="data"/>.
+    /// </summary>
+    public Outcome Run(ReadOnlySpan<byte> instruction, in X86Context input, ReadOnlySpan<byte> data)
+    {
+        if (instruction.Length > 0x700)
+        {
+            throw new ArgumentException("instruction sequence too long", nameof(instruction));
+        }
+        // ---- native
+        BuildStub(instruction);
+        *_ctx = input;
+        data.CopyTo(_data.Bytes);
+        _code.Call(0, _ctx);
+        var native = *_ctx;
+        byte[] nativeData = _data.Bytes[..DataSize].ToArray();
+
+        // ---- emulated
+        data.CopyTo(_ram.GetSpan(GuestDataPa, DataSize));
+        _ram.TryWrite(GuestCodePa + CodeOffset, instruction); // through TryWrite: invalidates cached blocks
+        _ram.TryWrite(GuestCodePa + CodeOffset + (ulong)instruction.Length, [0x0F, 0x0B]); // UD2 fence
+        for (int i = 0; i < 16; i++)
+        {
+            _cpu.Regs.Gpr[i] = input.Gpr[i];
+        }
+        _cpu.SetFlags(input.Rflags);
+        _cpu.Rip = CodeAddress;
+        int? exception = null;
+        ulong end = CodeAddress + (ulong)instruction.Length;
+        for (int steps = 0; steps < 1000 && _cpu.Rip != end; steps++)
+        {
+            exception = _cpu.StepForTest();
+            if (exception != null)
+            {
+                break;
+            }
+        }
+        var emulated = default(X86Context);
+        for (int i = 0; i < 16; i++)
+        {
+            emulated.Gpr[i] = _cpu.Regs.Gpr[i];
+        }
+        emulated.Rflags = _cpu.GetFlags();
+        return new Outcome(native, emulated, nativeData, _ram.GetSpan(GuestDataPa, DataSize).ToArray(), _cpu.Rip, exception);
+    }
+
+    /// <summary>
+    /// The native stub: save callee-saved registers and the host RSP, load the context, run the
+    /// bytes at <see cref="CodeOffset"/>, store the context, restore and return (SysV ABI).
+    /// </summary>
+    void BuildStub(ReadOnlySpan<byte> instruction)
+    {
+        ulong ctx = (ulong)_ctx;
+        var pre = new Assembler(64);
+        pre.push(rbx); pre.push(rbp); pre.push(r12); pre.push(r13); pre.push(r14); pre.push(r15);
+        pre.mov(rax, ctx);
+        pre.mov(__qword_ptr[rax + 16 * 8 + 8], rsp);
+        pre.mov(rsp, __qword_ptr[rax + 4 * 8]);
+        pre.push(__qword_ptr[rax + 16 * 8]);
+        pre.popfq();
+        AssemblerRegister64[] regs = [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
+        for (int i = 15; i >= 1; i--)
+        {
+            if (i != 4)
+            {
+                pre.mov(regs[i], __qword_ptr[rax + i * 8]);
+            }
+        }
+        pre.mov(rax, __qword_ptr[rax]);
+        byte[] preBytes = Assemble(pre, (ulong)_code.Address);
+        var jmpToTest = new Assembler(64);
+        var post = new Assembler(64);
+        post.mov(__qword_ptr[ctx], rax);
+        post.mov(rax, ctx);
+        for (int i = 1; i < 16; i++)
+        {
+            post.mov(__qword_ptr[rax + i * 8], regs[i]);
+        }
+        post.pushfq();
+        post.pop(__qword_ptr[rax + 16 * 8]);
+        post.mov(rsp, __qword_ptr[rax + 16 * 8 + 8]);
+        post.cld();
+        post.pop(r15); post.pop(r14); post.pop(r13); post.pop(r12); post.pop(rbp); post.pop(rbx);
+        post.ret();
+
+        var span = _code.Bytes;
+        span.Clear();
+        if (preBytes.Length + 5 > CodeOffset)
+        {
+            throw new InvalidOperationException("stub prologue too long");
+        }
+        preBytes.CopyTo(span);
+        // jmp rel32 from the prologue to the instruction under test
+        int jmpAt = preBytes.Length;
+        span[jmpAt] = 0xE9;
+        BitConverter.TryWriteBytes(span[(jmpAt + 1)..], CodeOffset - (jmpAt + 5));
+        instruction.CopyTo(span[CodeOffset..]);
+        ulong postAt = (ulong)_code.Address + CodeOffset + (ulong)instruction.Length;
+        Assemble(post, postAt).CopyTo(span[(CodeOffset + instruction.Length)..]);
+        _ = jmpToTest;
+    }
+
+    static byte[] Assemble(Assembler a, ulong ip)
+    {
+        using var ms = new MemoryStream();
+        a.Assemble(new StreamCodeWriter(ms), ip);
+        return ms.ToArray();
+    }
+
+    public void Dispose()
+    {
+        _code.Dispose();
+        _data.Dispose();
+        _stack.Dispose();
+        System.Runtime.InteropServices.NativeMemory.Free(_ctx);
+        _ram.Dispose();
+    }
+}
