@@ -1,0 +1,89 @@
+using System.Globalization;
+using SharpVisor.Core;
+using SharpVisor.Machine;
+
+namespace SharpVisor.Cli;
+
+/// <summary>Parses `sharpvisor run` options into a <see cref="MachineConfig"/>; every mistake is one clear line.</summary>
+public static class Options
+{
+    public const string RunUsage = """
+        usage: sharpvisor run [options]
+          --kernel FILE        Linux bzImage, vmlinux (PVH) or multiboot kernel
+          --initrd FILE        initial ramdisk
+          --append STRING      kernel command line (default: console=ttyS0)
+          --memory MIB         guest RAM in MiB (default 512)
+          --cpus N             number of vCPUs (default 1)
+          --disk FILE          a disk image (repeatable)
+          --iommu on|off       Intel VT-d IOMMU (default off)
+          --clock host|deterministic
+                               guest time follows the host, or advances with executed instructions
+                               so that runs repeat exactly (default host)
+          --timeout SEC        stop with an error after SEC seconds (default: none)
+          --stats              print every counter when the VM stops
+        The serial console is the terminal. Press Ctrl-A then x to quit, Ctrl-A Ctrl-A to send Ctrl-A.
+        """;
+
+    public static MachineConfig ParseRun(IReadOnlyList<string> args)
+    {
+        var cfg = new MachineConfig();
+        var disks = new List<string>();
+        for (int i = 0; i < args.Count; i++)
+        {
+            string a = args[i];
+            string Value()
+            {
+                if (i + 1 >= args.Count)
+                {
+                    throw new UserErrorException($"option {a} needs a value");
+                }
+                return args[++i];
+            }
+            cfg = a switch
+            {
+                "--kernel" => cfg with { Kernel = Value() },
+                "--initrd" => cfg with { Initrd = Value() },
+                "--append" => cfg with { CommandLine = Value() },
+                "--memory" => cfg with { MemoryMiB = ParseULong(a, Value()) },
+                "--cpus" => cfg with { Cpus = (int)Math.Min(int.MaxValue, ParseULong(a, Value())) },
+                "--disk" => AddDisk(cfg, disks, Value()),
+                "--iommu" => cfg with { Iommu = ParseOnOff(a, Value()) },
+                "--clock" => cfg with { Clock = ParseClock(Value()) },
+                "--timeout" => cfg with { TimeoutSeconds = ParseSeconds(a, Value()) },
+                "--stats" => cfg with { PrintStats = true },
+                _ => throw new UserErrorException($"unknown option '{a}' (see 'sharpvisor run --help')"),
+            };
+        }
+        return cfg with { Disks = disks };
+    }
+
+    static MachineConfig AddDisk(MachineConfig cfg, List<string> disks, string path)
+    {
+        disks.Add(path);
+        return cfg;
+    }
+
+    static ulong ParseULong(string option, string v) =>
+        ulong.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out ulong n)
+            ? n
+            : throw new UserErrorException($"option {option} needs a whole number (got '{v}')");
+
+    static double ParseSeconds(string option, string v) =>
+        double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double s) && s > 0 && double.IsFinite(s)
+            ? s
+            : throw new UserErrorException($"option {option} needs a positive number of seconds (got '{v}')");
+
+    static bool ParseOnOff(string option, string v) => v switch
+    {
+        "on" => true,
+        "off" => false,
+        _ => throw new UserErrorException($"option {option} takes 'on' or 'off' (got '{v}')"),
+    };
+
+    static ClockMode ParseClock(string v) => v switch
+    {
+        "host" => ClockMode.Host,
+        "deterministic" => ClockMode.Deterministic,
+        _ => throw new UserErrorException($"option --clock takes 'host' or 'deterministic' (got '{v}')"),
+    };
+}

@@ -1,0 +1,208 @@
+using System.Diagnostics;
+using SharpVisor.Core;
+using SharpVisor.Cpu.X86;
+using Vcpu = SharpVisor.Cpu.X86.Cpu;
+
+namespace SharpVisor.Machine;
+
+/// <summary>How a run ended.</summary>
+public enum VmExitKind { PowerOff, Reset, Shutdown, Timeout, Stopped, Error }
+
+public readonly record struct VmExit(VmExitKind Kind, string Message, int GuestStatus = 0);
+
+/// <summary>
+/// One virtual machine: guest RAM, the buses, the clock, the vCPUs and the q35-like board
+/// (Board.cs). Run it with <see cref="Run"/>; it returns when the guest powers off, resets, triple
+/// faults, times out or is stopped.
+/// </summary>
+/// <remarks>
+/// Threads: in host-clock mode each vCPU runs on its own thread and a timer thread fires device
+/// timers at their deadlines. In deterministic mode one thread runs every vCPU round-robin in
+/// fixed instruction slices and fires timers between slices, so a run repeats exactly.
+/// </remarks>
+public sealed partial class VirtualMachine : IDisposable
+{
+    /// <summary>Instructions a vCPU runs before checking timers and stop requests (deterministic slices too).</summary>
+    const long Slice = 20_000;
+
+    readonly MachineConfig _config;
+    readonly Lock _exitGate = new();
+    readonly ManualResetEventSlim _timerWake = new(false);
+    VmExit? _exit;
+
+    public VirtualMachine(MachineConfig config, Action<byte> consoleOutput)
+    {
+        config.Validate();
+        _config = config;
+        ConsoleOutput = consoleOutput;
+        Ram = new GuestMemory(config.MemoryMiB << 20);
+        Memory = new PhysicalMemoryMap(Ram);
+        Ports = new PortBus();
+        Clock = new VirtualClock(config.Clock);
+        Timers = new TimerQueue(Clock);
+        Timers.Armed += () => _timerWake.Set();
+        var platform = new CpuPlatform
+        {
+            Memory = Memory,
+            Ports = Ports,
+            Clock = Clock,
+            TscHz = TscHz,
+            CpuId = new CpuIdModel { LogicalProcessors = config.Cpus, TscHz = TscHz },
+        };
+        Cpus = new Vcpu[config.Cpus];
+        for (int i = 0; i < Cpus.Length; i++)
+        {
+            Cpus[i] = new Vcpu(i, platform);
+            foreach (var c in Cpus[i].Counters.All)
+            {
+                Counters.Add(c);
+            }
+        }
+        BuildBoard();
+        LoadGuest();
+    }
+
+    public const long TscHz = 2_000_000_000;
+
+    public GuestMemory Ram { get; }
+    public PhysicalMemoryMap Memory { get; }
+    public PortBus Ports { get; }
+    public VirtualClock Clock { get; }
+    public TimerQueue Timers { get; }
+    public Vcpu[] Cpus { get; }
+    public CounterRegistry Counters { get; } = new();
+    public Action<byte> ConsoleOutput { get; }
+
+    /// <summary>Ends the run with <paramref name="exit"/> (the first caller wins); safe from any thread.</summary>
+    public void RequestExit(VmExit exit)
+    {
+        lock (_exitGate)
+        {
+            _exit ??= exit;
+        }
+        foreach (var c in Cpus)
+        {
+            c.RequestStop();
+        }
+        _timerWake.Set();
+    }
+
+    public VmExit Run()
+    {
+        var watch = Stopwatch.StartNew();
+        double timeout = _config.TimeoutSeconds;
+        if (_config.Clock == ClockMode.Deterministic)
+        {
+            RunDeterministic(timeout);
+        }
+        else
+        {
+            var threads = Cpus.Select(c => new Thread(() => VcpuThread(c)) { IsBackground = true, Name = $"vcpu{c.Index}" }).ToArray();
+            foreach (var t in threads)
+            {
+                t.Start();
+            }
+            TimerLoop(watch, timeout);
+            foreach (var t in threads)
+            {
+                t.Join();
+            }
+        }
+        return _exit ?? new VmExit(VmExitKind.Stopped, "stopped");
+    }
+
+    void VcpuThread(Vcpu cpu)
+    {
+        try
+        {
+            while (_exit is null)
+            {
+                switch (cpu.Run(Slice))
+                {
+                    case CpuExit.Halted:
+                    case CpuExit.WaitForSipi:
+                        cpu.WaitForEvent(TimeSpan.FromMilliseconds(10));
+                        break;
+                    case CpuExit.Shutdown:
+                        RequestExit(new VmExit(VmExitKind.Shutdown, $"cpu{cpu.Index}: {cpu.ShutdownReason}"));
+                        break;
+                }
+            }
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // A VMM bug: report it as such, with the guest state, instead of dying silently.
+            RequestExit(new VmExit(VmExitKind.Error, $"internal error on cpu{cpu.Index} ({e.GetType().Name}: {e.Message}) at {cpu}"));
+            Log.Error("vm", e.ToString());
+        }
+    }
+
+    /// <summary>Host-clock mode: fires device timers at their deadlines; enforces the timeout.</summary>
+    void TimerLoop(Stopwatch watch, double timeout)
+    {
+        while (_exit is null)
+        {
+            Timers.RunExpired();
+            if (timeout > 0 && watch.Elapsed.TotalSeconds >= timeout)
+            {
+                RequestExit(new VmExit(VmExitKind.Timeout, $"timeout: the guest was still running after {timeout} s"));
+                break;
+            }
+            long next = Timers.NextDeadlineNs;
+            long waitNs = next == long.MaxValue ? 50_000_000 : Math.Clamp(next - Clock.NowNs, 0, 50_000_000);
+            _timerWake.Reset();
+            if (waitNs > 0 && Timers.NextDeadlineNs == next)
+            {
+                _timerWake.Wait(TimeSpan.FromTicks(Math.Max(1, waitNs / 100)));
+            }
+        }
+    }
+
+    /// <summary>Deterministic mode: all vCPUs on this thread, time advanced by instructions only.</summary>
+    void RunDeterministic(double timeout)
+    {
+        long timeoutNs = timeout > 0 ? (long)(timeout * 1e9) : long.MaxValue;
+        while (_exit is null)
+        {
+            bool anyRan = false;
+            foreach (var cpu in Cpus)
+            {
+                long before = cpu.InstructionsRetired;
+                var exit = cpu.Run(Slice);
+                long ran = cpu.InstructionsRetired - before;
+                if (ran > 0)
+                {
+                    anyRan = true;
+                    Clock.AdvanceByInstructions(ran);
+                }
+                if (exit == CpuExit.Shutdown)
+                {
+                    RequestExit(new VmExit(VmExitKind.Shutdown, $"cpu{cpu.Index}: {cpu.ShutdownReason}"));
+                }
+                Timers.RunExpired();
+            }
+            if (!anyRan)
+            {
+                // Everyone is halted: jump to the next timer, or give up if nothing can wake them.
+                long next = Timers.NextDeadlineNs;
+                if (next == long.MaxValue)
+                {
+                    RequestExit(new VmExit(VmExitKind.Shutdown, "all vCPUs halted with no timer armed: the guest can never wake"));
+                    break;
+                }
+                Clock.SkipTo(next);
+                Timers.RunExpired();
+            }
+            if (Clock.NowNs >= timeoutNs)
+            {
+                RequestExit(new VmExit(VmExitKind.Timeout, $"timeout: the guest was still running after {timeout} s of guest time"));
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        _timerWake.Dispose();
+        Ram.Dispose();
+    }
+}
