@@ -22,6 +22,8 @@ public sealed class ApicBus : IApicIpiBus
     public readonly Counter Delivered = new("apicbus.delivered");
     public readonly Counter NoTarget = new("apicbus.no_target");
 
+    public IEnumerable<Counter> Counters => [Delivered, NoTarget];
+
     public IReadOnlyList<LocalApic> Apics => Volatile.Read(ref _apics);
 
     public void Attach(LocalApic apic)

@@ -13,6 +13,8 @@ public sealed class CompatibilityMsiSink(IApicBus bus) : IMsiSink
     public readonly Counter DroppedRemappable = new("msi.dropped_remappable");
     public readonly Counter DroppedBadAddress = new("msi.dropped_bad_address");
 
+    public IEnumerable<Counter> Counters => [Delivered, DroppedRemappable, DroppedBadAddress];
+
     public void SendMsi(ulong address, uint data, ushort requesterId)
     {
         if (!MsiMessage.IsInterruptAddress(address))

@@ -73,6 +73,8 @@ public sealed class IoApic : IMmioDevice, IApicEoiListener
 
     public string Name => "ioapic";
 
+    public IEnumerable<Counter> Counters => [Delivered, EdgesLostWhileMasked, GuestErrors];
+
     /// <summary>The input pin <paramref name="pin"/> (0-23) for devices to drive.</summary>
     public IIrqLine GetPin(int pin)
     {

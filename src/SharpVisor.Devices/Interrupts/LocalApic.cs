@@ -111,6 +111,7 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
     readonly uint[] _lvt = new uint[LvtCount];
 
     ulong _apicBase;
+    uint _xApicId; // xAPIC-mode ID (8 bits); starts as the vCPU index, writable like QEMU's
     volatile bool _x2Apic;
     volatile bool _enabled;
     uint _tpr;
@@ -167,6 +168,9 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
 
     public string Name { get; }
 
+    /// <summary>This APIC's counters, for the machine's <see cref="CounterRegistry"/>.</summary>
+    public IEnumerable<Counter> Counters => [Accepted, IpisSent, TimerFired, TimerCoalesced, GuestErrors, Dropped];
+
     /// <summary>x2APIC ID (the vCPU index); the xAPIC ID is its low 8 bits.</summary>
     public uint Id { get; }
 
@@ -213,6 +217,7 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
             _apicBase = DefaultBaseAddress | BaseEnable | (IsBootstrapProcessor ? BaseBsp : 0);
             _enabled = true;
             _x2Apic = false;
+            _xApicId = Id & 0xFF;
             ResetRegisters();
             if (IsBootstrapProcessor)
             {
@@ -311,7 +316,7 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
                 return;
             default:
                 Dropped.Increment();
-                Log.Once($"lapic.dm{(int)interrupt.DeliveryMode}", Name, $"delivery mode {interrupt.DeliveryMode} is not supported; message dropped");
+                Log.Once("lapic.accept.dm", Name, $"delivery mode {interrupt.DeliveryMode} is not supported; message dropped");
                 return;
         }
     }
@@ -428,13 +433,22 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
         get
         {
             bool ext;
-            lock (_gate)
+            if (Volatile.Read(ref _pendingHint) == 0)
             {
-                if (Volatile.Read(ref _pendingHint) != 0 && DeliverableVector() >= 0)
-                {
-                    return true;
-                }
+                // Lock-free fast path for the per-instruction-boundary check: IRR is empty. A
+                // concurrent Accept sets the hint before it notifies, so the vCPU re-checks.
                 ext = ExtIntRouted();
+            }
+            else
+            {
+                lock (_gate)
+                {
+                    if (DeliverableVector() >= 0)
+                    {
+                        return true;
+                    }
+                    ext = ExtIntRouted();
+                }
             }
             // The 8259 is asked outside our lock: it calls LINT0 (our lock) under its own.
             return ext && _extInt is { HasInterrupt: true };
@@ -697,7 +711,7 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
         switch (reg)
         {
             case RegId:
-                value = _x2Apic ? Id : (Id & 0xFF) << 24;
+                value = _x2Apic ? Id : _xApicId << 24;
                 return true;
             case RegVersion:
                 value = VersionValue;
@@ -766,9 +780,9 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
         switch (reg)
         {
             case RegId when !_x2Apic:
-                // The xAPIC ID is writable on some models only (SDM 11.4.6); ours keeps the vCPU index.
-                GuestErrors.Increment();
-                Log.Once("lapic.id.write", Name, "write to the xAPIC ID register ignored (ID is fixed)");
+                // Writable on some models (SDM 11.4.6) and in QEMU; old Linux verify_local_APIC
+                // checks that it is. The x2APIC ID stays the vCPU index.
+                Volatile.Write(ref _xApicId, v >> 24);
                 return true;
             case RegTpr:
                 _tpr = v & 0xFF;
@@ -927,7 +941,7 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
                 return;
             case ApicDeliveryMode.Smi or ApicDeliveryMode.ExtInt or (ApicDeliveryMode)3:
                 GuestErrors.Increment();
-                Log.Once($"lapic.icr.dm{(int)mode}", Name, $"IPI with delivery mode {(int)mode} is not supported; dropped");
+                Log.Once("lapic.icr.dm", Name, $"IPI with delivery mode {(int)mode} is not supported; dropped");
                 return;
         }
         // Fixed IPIs are edge-triggered in effect; only the IOAPIC sets TMR through level messages.
@@ -955,6 +969,7 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
             {
                 // The MMIO page is gone when globally disabled or in x2APIC mode (SDM 11.4.3, 11.12.1.2).
                 GuestErrors.Increment();
+                Log.Once("lapic.mmio.off", Name, "xAPIC page accessed while disabled or in x2APIC mode; reads 0, writes ignored");
                 return 0;
             }
             if (!TryReadRegister(reg, out value))
@@ -992,6 +1007,7 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
             if (!_enabled || _x2Apic)
             {
                 GuestErrors.Increment();
+                Log.Once("lapic.mmio.off", Name, "xAPIC page accessed while disabled or in x2APIC mode; reads 0, writes ignored");
                 return;
             }
             int reg = (int)(offset >> 4);
@@ -1081,7 +1097,7 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
     bool Fault(uint msr)
     {
         GuestErrors.Increment();
-        Log.Once($"lapic.msr.gp.{msr:x}", Name, $"MSR 0x{msr:x} access raises #GP");
+        Log.Once("lapic.msr.gp", Name, $"MSR 0x{msr:x} access raises #GP (further #GPs are only counted)");
         return false;
     }
 
@@ -1120,6 +1136,7 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
         if (en && !_enabled)
         {
             ResetRegisters(); // re-enabling starts from the power-up state (SDM 11.4.3)
+            _xApicId = Id & 0xFF;
         }
         if (!en && _enabled)
         {
@@ -1164,7 +1181,7 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
         }
         if (!logical)
         {
-            return destination == (Id & 0xFF);
+            return destination == Volatile.Read(ref _xApicId);
         }
         uint mda = destination & 0xFF;
         uint id = Volatile.Read(ref _ldr) >> 24;

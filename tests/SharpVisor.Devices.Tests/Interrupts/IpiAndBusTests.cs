@@ -215,6 +215,20 @@ public class IpiAndBusTests
     }
 
     [Fact]
+    public void XApicIdWriteChangesPhysicalRouting()
+    {
+        var board = new ApicTestBoard(2);
+        var apic = board.Apics[1];
+        SoftwareEnable(apic);
+        apic.MmioWrite(ApicRegs.Id, 4, 0x05u << 24);
+        Assert.Equal(0x05u << 24, Read(apic, ApicRegs.Id));
+        board.Bus.Deliver(Fixed(1, 0x40));
+        Assert.Equal(1, board.Bus.NoTarget.Value);
+        board.Bus.Deliver(Fixed(5, 0x41));
+        Assert.True(IrrHas(apic, 0x41));
+    }
+
+    [Fact]
     public void MessagesToAMissingApicAreCounted()
     {
         var board = new ApicTestBoard(2);

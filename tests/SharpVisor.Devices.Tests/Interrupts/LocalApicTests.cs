@@ -278,7 +278,7 @@ public class LocalApicTests
         var board = new ApicTestBoard(1);
         var apic = board.Apics[0];
         SoftwareEnable(apic);
-        const int perVector = 500;
+        const int perVector = 300;
         using var stop = new CancellationTokenSource();
         byte[] vectors = [0x40, 0x51, 0x62, 0x73];
         var taken = new int[256];
