@@ -909,14 +909,19 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
 
     void WriteDivide(uint v)
     {
+        bool running = _initialCount != 0 && TimerMode != 2 && _timerDeadlineNs != long.MaxValue;
+        uint remaining = running ? CurrentCount() : 0; // counted at the old rate
         _divideConfig = v & 0xB;
-        if (_initialCount != 0 && TimerMode != 2 && _timerDeadlineNs != long.MaxValue)
+        if (running)
         {
-            // Restart the remaining count at the new rate.
-            uint remaining = CurrentCount();
-            long now = _timers.Clock.NowNs;
-            _countStartNs = now - (CountNs(_initialCount) - CountNs(remaining));
-            ArmTimer(now + CountNs(remaining == 0 ? _initialCount : remaining));
+            // Continue the remaining count at the new rate. At 0 the expiry is already due and
+            // its callback will fire; re-arming would only delay it.
+            if (remaining != 0)
+            {
+                long now = _timers.Clock.NowNs;
+                _countStartNs = now - (CountNs(_initialCount) - CountNs(remaining));
+                ArmTimer(now + CountNs(remaining));
+            }
         }
     }
 

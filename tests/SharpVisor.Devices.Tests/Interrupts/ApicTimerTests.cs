@@ -60,6 +60,24 @@ public class ApicTimerTests
     }
 
     [Fact]
+    public void DivideChangeMidCountContinuesAtTheNewRate()
+    {
+        var board = new ApicTestBoard(1);
+        var apic = EnabledApic(board);
+        apic.MmioWrite(ApicRegs.Divide, 4, 0xB); // divide by 1
+        apic.MmioWrite(ApicRegs.LvtTimer, 4, Vector);
+        apic.MmioWrite(ApicRegs.InitialCount, 4, 1000);
+        board.RunUntil(500);
+        apic.MmioWrite(ApicRegs.Divide, 4, 0x0); // divide by 2: 500 counts left take 1000 ns
+        Assert.Equal(500u, Read(apic, ApicRegs.CurrentCount));
+        board.RunUntil(1_499);
+        Assert.False(IrrHas(apic, Vector));
+        board.RunUntil(1_500);
+        Assert.True(IrrHas(apic, Vector));
+        Assert.Equal(1, apic.TimerFired.Value);
+    }
+
+    [Fact]
     public void ZeroInitialCountStopsTheTimer()
     {
         var board = new ApicTestBoard(1);
