@@ -129,6 +129,24 @@ public class ApicTimerTests
     }
 
     [Fact]
+    public void TinyPeriodicPeriodIsClampedSoTheHostCannotBeFlooded()
+    {
+        var board = new ApicTestBoard(1);
+        var apic = EnabledApic(board);
+        apic.MmioWrite(ApicRegs.Divide, 4, 0xB);
+        apic.MmioWrite(ApicRegs.LvtTimer, 4, Periodic | Vector);
+        apic.MmioWrite(ApicRegs.InitialCount, 4, 1); // 1 ns
+        board.RunUntil(LocalApic.MinPeriodicNs - 1);
+        Assert.Equal(0, apic.TimerFired.Value);
+        board.RunUntil(LocalApic.MinPeriodicNs);
+        Assert.Equal(1, apic.TimerFired.Value);
+        board.RunUntil(2 * LocalApic.MinPeriodicNs - 1);
+        Assert.Equal(1, apic.TimerFired.Value);
+        board.RunUntil(2 * LocalApic.MinPeriodicNs);
+        Assert.Equal(2, apic.TimerFired.Value);
+    }
+
+    [Fact]
     public void MaskedTimerCountsButDoesNotInterrupt()
     {
         var board = new ApicTestBoard(1);

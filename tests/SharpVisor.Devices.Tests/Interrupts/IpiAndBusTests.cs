@@ -52,6 +52,43 @@ public class IpiAndBusTests
     }
 
     [Fact]
+    public void ShootdownAcrossNineX2ApicCpusWithAcknowledgeAndEoi()
+    {
+        // A TLB-shootdown-like round: CPU 4 sends CALL_FUNCTION (0xFB) to all others, each one
+        // takes it, EOIs, and answers with a physical IPI back (Linux x2apic_phys style).
+        var board = new ApicTestBoard(9);
+        foreach (var a in board.Apics)
+        {
+            EnableX2Apic(a);
+        }
+        Assert.True(board.Apics[4].TryWriteMsr(0x830, ShorthandOthers | 0xFB));
+        Assert.False(board.Apics[4].HasPendingInterrupt);
+        for (int i = 0; i < 9; i++)
+        {
+            var apic = board.Apics[i];
+            if (i == 4)
+            {
+                continue;
+            }
+            Assert.True(apic.HasPendingInterrupt);
+            Assert.Equal(0xFB, apic.AcknowledgeInterrupt());
+            Assert.True(apic.TryWriteMsr(0x80B, 0));
+            Assert.True(apic.TryWriteMsr(0x830, (4UL << 32) | (0xF0u + (uint)i)));
+        }
+        var sender = board.Apics[4];
+        for (int i = 8; i >= 0; i--)
+        {
+            if (i == 4)
+            {
+                continue;
+            }
+            Assert.Equal(0xF0 + i, sender.AcknowledgeInterrupt());
+            Assert.True(sender.TryWriteMsr(0x80B, 0));
+        }
+        Assert.False(sender.HasPendingInterrupt);
+    }
+
+    [Fact]
     public void FixedIpiToAllExcludingSelf()
     {
         // Linux's TLB shootdown and reschedule broadcasts use the all-but-self shorthand.
