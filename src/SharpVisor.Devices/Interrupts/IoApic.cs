@@ -123,7 +123,7 @@ public sealed class IoApic : IMmioDevice, IApicEoiListener
             bool rising = asserted && !_asserted[pin];
             _asserted[pin] = asserted;
             ulong rte = _rte[pin];
-            if ((rte & RteLevel) != 0)
+            if (UsesRemoteIrr(rte))
             {
                 send = asserted && TryStartDelivery(pin, out address, out data);
             }
@@ -155,7 +155,7 @@ public sealed class IoApic : IMmioDevice, IApicEoiListener
         address = 0;
         data = 0;
         ulong rte = _rte[pin];
-        if (!_asserted[pin] || (rte & (RteMasked | RteRemoteIrr)) != 0 || (rte & RteLevel) == 0)
+        if (!_asserted[pin] || (rte & (RteMasked | RteRemoteIrr)) != 0 || !UsesRemoteIrr(rte))
         {
             return false;
         }
@@ -163,6 +163,15 @@ public sealed class IoApic : IMmioDevice, IApicEoiListener
         FormMessage(rte, out address, out data);
         return true;
     }
+
+    /// <summary>
+    /// Level semantics (Remote IRR, re-delivery after EOI) apply to fixed and lowest-priority
+    /// entries; NMI, SMI, INIT and ExtINT entries are meant to be edge-triggered (82093AA 3.2.4)
+    /// and are delivered on each rising edge whatever their trigger bit says, so a missing EOI
+    /// can never wedge them.
+    /// </summary>
+    static bool UsesRemoteIrr(ulong rte)
+        => (rte & RteLevel) != 0 && ((rte >> 8) & 7) is (ulong)ApicDeliveryMode.Fixed or (ulong)ApicDeliveryMode.LowestPriority;
 
     /// <summary>
     /// Turns an RTE into the interrupt message the IOAPIC writes upstream. Compatibility format puts

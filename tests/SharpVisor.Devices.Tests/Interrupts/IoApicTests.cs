@@ -173,6 +173,19 @@ public class IoApicTests
     }
 
     [Fact]
+    public void LevelNmiEntryBehavesAsEdgeAndNeverWedges()
+    {
+        var sink = new RecordingMsiSink();
+        var ioapic = new IoApic(sink, RequesterId);
+        Program(ioapic, 6, Level | (4 << 8), 0); // NMI
+        ioapic.GetPin(6).SetLevel(true);
+        ioapic.GetPin(6).SetLevel(false);
+        ioapic.GetPin(6).SetLevel(true);
+        Assert.Equal(2, sink.Messages.Count);
+        Assert.Equal(0UL, ioapic.ReadRedirectionEntry(6) & RemoteIrr);
+    }
+
+    [Fact]
     public void UnmaskingAnAssertedLevelPinDelivers()
     {
         var sink = new RecordingMsiSink();
