@@ -10,11 +10,15 @@ namespace SharpVisor.Devices.Interrupts;
 /// ICR, the LVT entries and the APIC timer (one-shot, periodic, TSC-deadline).
 /// </summary>
 /// <remarks>
-/// The x2APIC ID is the vCPU index; the xAPIC ID is its low 8 bits. The version register reads
-/// 0x00050014 (version 0x14 as on P6+/QEMU, max LVT entry 5: timer, thermal, perf, LINT0, LINT1,
-/// error; no CMCI; no directed-EOI support advertised). The timer counts at
-/// <see cref="TimerFrequencyHz"/> before the divider; the default of 1 GHz matches QEMU's
-/// APIC bus and makes one count one nanosecond at divide-by-1.
+/// The x2APIC ID is the vCPU index; the xAPIC ID starts as its low 8 bits (and is writable, as in
+/// QEMU). The version register reads 0x00050014 (version 0x14 as on P6+/QEMU, max LVT entry 5:
+/// timer, thermal, perf, LINT0, LINT1, error; no CMCI; no directed-EOI support advertised).
+///
+/// The timer counts at <see cref="TimerFrequencyHz"/> before the divider; the default of 1 GHz
+/// matches QEMU's APIC bus and makes one count one nanosecond at divide-by-1. If the CPU reports
+/// CPUID leaf 0x15, its crystal frequency (ECX) must equal this value: Linux then takes the APIC
+/// timer rate from it instead of calibrating (tsc.c native_calibrate_tsc). TSC-deadline mode
+/// compares against the vCPU's <see cref="TimeStampCounter"/>, the same object RDTSC reads.
 ///
 /// Threading: every register access and <see cref="Accept"/> take this APIC's own lock; IPIs,
 /// EOI broadcasts and vCPU signals are sent after it is released.
