@@ -959,6 +959,27 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
         fx.Ipi = new ApicInterrupt(destination, logical, mode, vector, LevelTriggered: false, Assert: true);
     }
 
+    // ---------------------------------------------------------------- CR8
+
+    /// <summary>MOV from CR8: TPR bits 7:4 (SDM Vol. 3A 10.8.6.1 / 11.8.6.1).</summary>
+    public ulong ReadCr8()
+    {
+        lock (_gate)
+        {
+            return (_tpr >> 4) & 0xF;
+        }
+    }
+
+    /// <summary>MOV to CR8: sets TPR bits 7:4 and clears 3:0. The CPU checks reserved bits (#GP) first.</summary>
+    public void WriteCr8(ulong value)
+    {
+        lock (_gate)
+        {
+            _tpr = ((uint)value & 0xF) << 4;
+        }
+        _signals.NotifyInterrupt(); // a lower priority may unblock a pending interrupt
+    }
+
     // ---------------------------------------------------------------- xAPIC MMIO
 
     /// <inheritdoc/>

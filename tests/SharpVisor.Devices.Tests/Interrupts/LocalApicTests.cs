@@ -77,6 +77,22 @@ public class LocalApicTests
     }
 
     [Fact]
+    public void Cr8IsTheTprPriorityClass()
+    {
+        var board = new ApicTestBoard(1);
+        var apic = board.Apics[0];
+        SoftwareEnable(apic);
+        apic.MmioWrite(ApicRegs.Tpr, 4, 0x5A);
+        Assert.Equal(5UL, apic.ReadCr8());
+        apic.WriteCr8(3);
+        Assert.Equal(0x30u, Read(apic, ApicRegs.Tpr));
+        apic.Accept(Fixed(0, 0x35));
+        Assert.False(apic.HasPendingInterrupt);
+        apic.WriteCr8(2);
+        Assert.True(apic.HasPendingInterrupt);
+    }
+
+    [Fact]
     public void SoftwareDisabledApicDropsFixedAndAcknowledgeGivesSpurious()
     {
         var board = new ApicTestBoard(2);
