@@ -243,6 +243,23 @@ public class IoApicTests
     }
 
     [Fact]
+    public void ExtIntEntryLetsTheBspTakeTheVectorFromThePic()
+    {
+        // Through-IOAPIC virtual wire (MP spec 3.6.2.2): pin 0 in ExtINT mode, the 8259 supplies the vector.
+        var (board, ioapic, _) = Wired(2);
+        var bsp = board.Apics[0];
+        bsp.MmioWrite(ApicRegs.LvtLint0, 4, 0x1_0700); // LINT0 masked: only the IOAPIC path is open
+        board.Pic.Pending = true;
+        board.Pic.Vector = 0x30;
+        Assert.False(bsp.HasPendingInterrupt);
+        Program(ioapic, 0, 7 << 8, 0);
+        ioapic.GetPin(0).SetLevel(true);
+        Assert.True(bsp.HasPendingInterrupt);
+        Assert.Equal(0x30, bsp.AcknowledgeInterrupt());
+        Assert.False(board.Apics[1].HasPendingInterrupt);
+    }
+
+    [Fact]
     public void ReservedAccessesAreHarmless()
     {
         var sink = new RecordingMsiSink();
