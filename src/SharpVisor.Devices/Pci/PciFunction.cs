@@ -187,7 +187,7 @@ public abstract partial class PciFunction
     /// </summary>
     protected void InitConfig(int offset, int size, uint value, uint writableMask = 0)
     {
-        if (!IsValidConfigAccess(offset, size))
+        if (size is < 1 or > 4 || offset < 0 || offset + size > PciConfig.ExtendedSize)
         {
             ThrowHelper.ArgumentOutOfRange(nameof(offset), $"config register 0x{offset:x}/{size} is invalid");
         }
