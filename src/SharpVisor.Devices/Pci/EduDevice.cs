@@ -86,6 +86,8 @@ public sealed class EduDevice : PciFunction
 
     public ulong DmaMask { get; }
 
+    public override IEnumerable<Counter> Counters => [.. base.Counters, DmaErrors, DmaAddressesClamped, DmaTransfers];
+
     protected override ulong BarRead(int bar, ulong offset, int size)
     {
         // edu.rst: only 4-byte accesses below 0x80, 4 or 8 bytes from 0x80 on; others read all ones.

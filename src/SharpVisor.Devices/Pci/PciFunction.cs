@@ -71,6 +71,9 @@ public abstract partial class PciFunction
 
     public string Name { get; }
 
+    /// <summary>This function's counters, for a <see cref="CounterRegistry"/>.</summary>
+    public virtual IEnumerable<Counter> Counters => [BadAccesses, DmaRefused, InterruptsDropped, InterruptsMasked];
+
     /// <summary>"bb:dd.f" once on a bus.</summary>
     public string Location { get; private set; } = "--:--.-";
 

@@ -16,8 +16,9 @@ public sealed class PciHostBridge
     public const ushort ConfigDataPort = 0xCFC;
 
     /// <param name="busCount">Buses the ECAM window covers (1 MiB each): a power of two, 1 to 256.</param>
+    /// <param name="pmBase">ACPI PM I/O base reported by the LPC bridge (see <see cref="Ich9LpcBridge"/>).</param>
     public PciHostBridge(PhysicalMemoryMap memory, PortBus ports, IMsiSink? msiSink, IDmaSpaceProvider dma,
-        ulong ecamBase = DefaultEcamBase, int busCount = 256)
+        ulong ecamBase = DefaultEcamBase, int busCount = 256, ushort pmBase = 0)
     {
         if (busCount is < 1 or > 256 || !int.IsPow2(busCount))
         {
@@ -33,7 +34,7 @@ public sealed class PciHostBridge
         EndBus = (byte)(busCount - 1);
         Bus = new PciBus(memory, ports, msiSink, dma);
         HostBridge = new Q35HostBridgeFunction(ecamBase, busCount);
-        Lpc = new Ich9LpcBridge();
+        Lpc = new Ich9LpcBridge(pmBase);
         Bus.Add(HostBridge, 0, 0);
         Bus.Add(Lpc, 0x1F, 0);
         Ecam = new PciEcamWindow(Bus, busCount);
@@ -57,6 +58,48 @@ public sealed class PciHostBridge
     public ushort Segment => 0;
     public byte StartBus => 0;
     public byte EndBus { get; }
+
+    /// <summary>Adds the counters of the root complex and of every function now on the bus.</summary>
+    public void RegisterCounters(CounterRegistry registry)
+    {
+        registry.Add(Bus.BarConflicts);
+        registry.Add(Ecam.BadAccesses);
+        registry.Add(LegacyConfig.BadAccesses);
+        foreach (var f in Bus.Functions)
+        {
+            foreach (var c in f.Counters)
+            {
+                registry.Add(c);
+            }
+        }
+    }
+}
+
+/// <summary>
+/// How INTx pins of bus 0 reach the IOAPIC: the usual swizzle of INTA-INTD over four GSIs, so
+/// neighbouring slots spread over different inputs. The ACPI _PRT must describe the same routing
+/// (PCI interrupts are level-triggered, active low), and functions sharing a GSI share it through a
+/// <see cref="WiredOrIrqLine"/>.
+/// </summary>
+public static class PciIntxRouting
+{
+    public const int FirstGsi = 16;
+    public const int GsiCount = 4;
+
+    /// <param name="device">Device (slot) number, 0-31.</param>
+    /// <param name="pin">Interrupt Pin register value: 1 = INTA# .. 4 = INTD#.</param>
+    public static int Gsi(int device, int pin)
+    {
+        if ((uint)device >= 32 || pin is < 1 or > 4)
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(pin), $"device {device} pin {pin} has no INTx route");
+        }
+        return FirstGsi + (device + pin - 1) % GsiCount;
+    }
+
+    /// <summary>The GSI of a function on bus 0, for the Interrupt Line register (0xFF: no pin).</summary>
+    public static byte InterruptLine(PciFunction function) =>
+        function.InterruptPin == 0 ? (byte)0xFF : (byte)Gsi((function.RequesterId >> 3) & 31, function.InterruptPin);
 }
 
 /// <summary>
@@ -240,9 +283,23 @@ public sealed class Q35HostBridgeFunction : PciFunction
 /// </summary>
 public sealed class Ich9LpcBridge : PciFunction
 {
-    public Ich9LpcBridge()
+    /// <summary>PMBASE, ICH9 datasheet 13.1.10 (offset 40h): ACPI I/O base, bit 0 reads 1 (I/O).</summary>
+    public const int PmBase = 0x40;
+    /// <summary>ACPI_CNTL, ICH9 datasheet 13.1.11 (offset 44h): bit 7 ACPI_EN, bits 2:0 SCI IRQ (000b = IRQ 9).</summary>
+    public const int AcpiControl = 0x44;
+
+    /// <param name="pmBase">Where the ACPI PM registers sit in I/O space, when the machine has them
+    /// (reported read-only, with ACPI_EN and SCI on IRQ 9, as QEMU's q35 firmware leaves them);
+    /// 0 reports the ACPI block as disabled.</param>
+    public Ich9LpcBridge(ushort pmBase = 0)
         : base("ich9-lpc", 0x8086, 0x2918, 0x06_01_00, 0x02, 0x1AF4, 0x1100)
     {
-        // A multi-function device in real ICH9 (SATA at .2, SMBus at .3); here function 0 alone.
+        // Real ICH9 is multi-function (SATA at .2, SMBus at .3); the bus sets header type bit 7 if
+        // other functions are added at 00:1f.
+        if (pmBase != 0)
+        {
+            InitConfig(PmBase, 4, (uint)(pmBase & 0xFF80) | 1);
+            InitConfig(AcpiControl, 1, 0x80);
+        }
     }
 }

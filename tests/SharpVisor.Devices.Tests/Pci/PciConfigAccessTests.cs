@@ -168,4 +168,49 @@ public sealed class PciConfigAccessTests
         Assert.Equal((uint)(PciCommand.IoSpace | PciCommand.MemorySpace | PciCommand.BusMaster | PciCommand.ParityErrorResponse
             | PciCommand.SerrEnable | PciCommand.InterruptDisable), rig.EcamRead(0, 2, 0, PciConfig.Command, 2));
     }
+
+    [Fact]
+    public void LpcReportsPmBaseOnlyWhenGiven()
+    {
+        using var plain = new PciTestRig();
+        Assert.Equal(0u, plain.EcamRead(0, 0x1F, 0, Ich9LpcBridge.PmBase, 4));
+        Assert.Equal(0u, plain.EcamRead(0, 0x1F, 0, Ich9LpcBridge.AcpiControl, 1));
+
+        using var ram = new SharpVisor.Core.GuestMemory(1 << 20);
+        var host = new PciHostBridge(new SharpVisor.Core.PhysicalMemoryMap(ram), new SharpVisor.Core.PortBus(), null,
+            new IdentityDmaSpaceProvider(ram), pmBase: 0x600);
+        Assert.Equal(0x601u, host.Bus.ConfigRead(0, 0x1F << 3, Ich9LpcBridge.PmBase, 4));
+        Assert.Equal(0x80u, host.Bus.ConfigRead(0, 0x1F << 3, Ich9LpcBridge.AcpiControl, 1));
+        host.Bus.ConfigWrite(0, 0x1F << 3, Ich9LpcBridge.PmBase, 4, 0x1001);
+        Assert.Equal(0x601u, host.Bus.ConfigRead(0, 0x1F << 3, Ich9LpcBridge.PmBase, 4)); // fixed by the VMM
+    }
+
+    [Fact]
+    public void IntxRoutingSwizzlesPinsOverFourGsis()
+    {
+        Assert.Equal(16, PciIntxRouting.Gsi(0, 1));
+        Assert.Equal(17, PciIntxRouting.Gsi(1, 1));
+        Assert.Equal(17, PciIntxRouting.Gsi(0, 2));
+        Assert.Equal(19, PciIntxRouting.Gsi(3, 1));
+        Assert.Equal(16, PciIntxRouting.Gsi(4, 1));
+        Assert.Equal(16, PciIntxRouting.Gsi(3, 2));
+
+        using var rig = new PciTestRig();
+        rig.Bus.Add(new EduDevice(), 5, 0);
+        PciFirmware.AssignResources(rig.Bus, interruptLine: PciIntxRouting.InterruptLine);
+        Assert.Equal(17u, rig.EcamRead(0, 5, 0, PciConfig.InterruptLine, 1));
+    }
+
+    [Fact]
+    public void CountersOfEveryFunctionCanBeRegistered()
+    {
+        using var rig = new PciTestRig();
+        rig.Bus.Add(new EduDevice(), 3, 0);
+        var registry = new SharpVisor.Core.CounterRegistry();
+        rig.Host.RegisterCounters(registry);
+        var names = registry.All.Select(c => c.Name).ToList();
+        Assert.Contains("pci.bar_conflicts", names);
+        Assert.Contains("pci.edu.dma_errors", names);
+        Assert.Contains("pci.edu.dma_refused", names);
+    }
 }
