@@ -120,8 +120,14 @@ public abstract partial class PciFunction
         {
             return AllOnes(size);
         }
-        return ReadConfigLocked(offset, size);
+        return OnConfigRead(offset, size, ReadConfigLocked(offset, size));
     }
+
+    /// <summary>
+    /// Lets a device compute registers on read (e.g. a window into a BAR): gets the stored value,
+    /// returns what the guest sees. Called outside every lock of this class.
+    /// </summary>
+    protected virtual uint OnConfigRead(int offset, int size, uint value) => value;
 
     /// <summary>
     /// Writes 1, 2 or 4 bytes of configuration space. Read-only bits keep their value, RW1C bits
@@ -199,6 +205,22 @@ public abstract partial class PciFunction
         {
             _config[offset + i] = (byte)(value >> (8 * i));
             _writable[offset + i] = (byte)(writableMask >> (8 * i));
+        }
+    }
+
+    /// <summary>
+    /// Changes a register's value at run time (device-owned bits such as a read-only status field),
+    /// keeping its write masks. Takes effect without the side effects of a guest write.
+    /// </summary>
+    protected void SetConfig(int offset, int size, uint value)
+    {
+        if (!IsValidConfigAccess(offset, size))
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(offset), $"config register 0x{offset:x}/{size} is invalid");
+        }
+        lock (_configLock)
+        {
+            WriteRaw(offset, size, value);
         }
     }
 

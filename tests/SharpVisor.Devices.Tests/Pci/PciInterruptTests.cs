@@ -334,4 +334,50 @@ public sealed class PciInterruptTests
         host.Bus.Add(new TestFunction(), 3, 2);
         Assert.Equal([(ushort)0x0000, (ushort)0x00F8, (ushort)0x001A], provider.Requesters);
     }
+
+    [Fact]
+    public void DevicesCanComputeAndUpdateRegisters()
+    {
+        using var rig = new PciTestRig();
+        var f = new TestFunction();
+        int cap = f.Capability(PciCapabilityId.VendorSpecific, 8);
+        rig.Bus.Add(f, Dev, 0);
+        f.ReadHook = (offset, size, value) => offset == cap + 4 ? 0x1234_5678u : value;
+        Assert.Equal(0x1234_5678u, rig.EcamRead(0, Dev, 0, cap + 4, 4));
+        f.ReadHook = null;
+        f.Set(cap + 4, 4, 0xAABB_CCDD);
+        Assert.Equal(0xAABB_CCDDu, rig.Cf8Read(0, Dev, 0, cap + 4, 4));
+        rig.EcamWrite(0, Dev, 0, cap + 4, 4, 0); // still read-only to the guest
+        Assert.Equal(0xAABB_CCDDu, rig.EcamRead(0, Dev, 0, cap + 4, 4));
+    }
+
+    [Fact]
+    public async Task ConcurrentRaisesAndMaskTogglesLoseNoInterrupt()
+    {
+        using var m = new MsiXRig();
+        m.ProgramEntry(1, 0xFEE0_0000, 0x61, masked: false);
+        m.Rig.EcamWrite(0, Dev, 0, m.Cap + 2, 2, 0x8000);
+        ulong control = m.BarBase + 16 + 12;
+        var raisers = Enumerable.Range(0, 2).Select(_ => Task.Run(() =>
+        {
+            for (int i = 0; i < 2000; i++)
+            {
+                m.Function.Raise(1);
+            }
+        })).ToArray();
+        for (int i = 0; i < 500; i++)
+        {
+            m.Rig.Memory.Write(control, 4, (ulong)(i & 1 ^ 1));
+        }
+        await Task.WhenAll(raisers);
+        m.Rig.Memory.Write(control, 4, 0);
+        // Each raise was sent at once (4000 - masked of them) or set the pending bit; every unmask
+        // that found the bit set sent one message. So between 1 and "masked" extra messages went
+        // out for the masked raises, and the final unmask left nothing pending.
+        long masked = m.Function.InterruptsMasked.Value;
+        int sent = m.Rig.Msi.Messages.Count;
+        Assert.False(m.Function.IsMsiXPending(1));
+        Assert.InRange(sent, 4000 - masked + (masked > 0 ? 1 : 0), 4000);
+        Assert.All(m.Rig.Msi.Messages, x => Assert.Equal(0x61u, x.Data));
+    }
 }

@@ -95,6 +95,10 @@ sealed class TestFunction(ushort deviceId = 0x0001) : PciFunction("test", 0x1B36
     public void Lower() => LowerInterrupt();
     public void SetStatus(PciStatus bits) => SetStatusBits(bits);
     public IDmaSpace DmaSpace => Dma;
+    public Func<int, int, uint, uint>? ReadHook { get; set; }
+    public void Set(int offset, int size, uint value) => SetConfig(offset, size, value);
+
+    protected override uint OnConfigRead(int offset, int size, uint value) => ReadHook?.Invoke(offset, size, value) ?? value;
 
     protected override ulong BarRead(int bar, ulong offset, int size)
     {
