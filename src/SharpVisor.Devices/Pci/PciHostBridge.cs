@@ -97,6 +97,26 @@ public static class PciIntxRouting
         return FirstGsi + (device + pin - 1) % GsiCount;
     }
 
+    /// <summary>
+    /// Shared INTx inputs over interrupt-controller lines: one wired-OR per GSI, created on first use.
+    /// </summary>
+    /// <param name="gsiLine">The interrupt controller input for a GSI (16-19).</param>
+    /// <returns>A function taking (device, pin) to a new input of that GSI's wired-OR, or null for pin 0;
+    /// pass its result to <see cref="PciBus.Add"/>.</returns>
+    public static Func<int, int, IIrqLine?> CreateRouter(Func<int, IIrqLine> gsiLine)
+    {
+        var shared = new WiredOrIrqLine?[GsiCount];
+        return (device, pin) =>
+        {
+            if (pin == 0)
+            {
+                return null;
+            }
+            int gsi = Gsi(device, pin);
+            return (shared[gsi - FirstGsi] ??= new WiredOrIrqLine(gsiLine(gsi))).CreateInput();
+        };
+    }
+
     /// <summary>The GSI of a function on bus 0, for the Interrupt Line register (0xFF: no pin).</summary>
     public static byte InterruptLine(PciFunction function) =>
         function.InterruptPin == 0 ? (byte)0xFF : (byte)Gsi((function.RequesterId >> 3) & 31, function.InterruptPin);

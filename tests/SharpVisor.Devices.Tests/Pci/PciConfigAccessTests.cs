@@ -213,4 +213,25 @@ public sealed class PciConfigAccessTests
         Assert.Contains("pci.edu.dma_errors", names);
         Assert.Contains("pci.edu.dma_refused", names);
     }
+
+    [Fact]
+    public void RouterSharesOneGsiBetweenFunctionsThatSwizzleToIt()
+    {
+        var gsis = new Dictionary<int, RecordingIrqLine>();
+        var route = PciIntxRouting.CreateRouter(gsi => gsis[gsi] = new RecordingIrqLine());
+        using var rig = new PciTestRig();
+        var a = new EduDevice();
+        var b = new EduDevice();
+        rig.Bus.Add(a, 3, 0, route(3, a.InterruptPin)); // GSI 19
+        rig.Bus.Add(b, 7, 0, route(7, b.InterruptPin)); // GSI 19 too
+        Assert.Null(route(4, 0));
+        Assert.Equal([19], gsis.Keys);
+        var bars = PciFirmware.AssignResources(rig.Bus);
+        rig.Memory.Write(bars.Single(x => x.Function == a).Address + EduDevice.RegInterruptRaise, 4, 1);
+        rig.Memory.Write(bars.Single(x => x.Function == b).Address + EduDevice.RegInterruptRaise, 4, 1);
+        rig.Memory.Write(bars.Single(x => x.Function == a).Address + EduDevice.RegInterruptAcknowledge, 4, 1);
+        Assert.True(gsis[19].Level); // b still asserts the shared line
+        rig.Memory.Write(bars.Single(x => x.Function == b).Address + EduDevice.RegInterruptAcknowledge, 4, 1);
+        Assert.False(gsis[19].Level);
+    }
 }
