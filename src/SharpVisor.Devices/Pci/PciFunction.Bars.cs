@@ -80,7 +80,7 @@ public abstract partial class PciFunction
 
     /// <summary>
     /// Where BAR <paramref name="index"/> should be decoded now, or false when it should not be:
-    /// not implemented, decode disabled in the command register, address 0, or an address that
+    /// not implemented, decode disabled in the command register, the function in D3hot, address 0, or an address that
     /// cannot be a real assignment (a 32-bit BAR touching the top of 4 GiB, the pattern software
     /// leaves while sizing; I/O beyond 64 KiB; memory beyond <paramref name="maxAddress"/>).
     /// </summary>
@@ -95,6 +95,10 @@ public abstract partial class PciFunction
         int offset = PciConfig.Bar0 + 4 * index;
         lock (_configLock)
         {
+            if (InD3HotLocked)
+            {
+                return false;
+            }
             uint command = ReadRaw(PciConfig.Command, 2);
             uint low = ReadRaw(offset, 4);
             switch (bar.Kind)

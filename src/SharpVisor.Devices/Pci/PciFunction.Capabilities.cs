@@ -75,6 +75,34 @@ public abstract partial class PciFunction
         return offset;
     }
 
+    int _pmCapability;
+
+    /// <summary>Offset of the Power Management capability, 0 when there is none.</summary>
+    public int PowerManagementCapabilityOffset => _pmCapability;
+
+    /// <summary>
+    /// Adds the Power Management capability (PCI Bus Power Management Interface 1.2, section 3.2):
+    /// version 3, D0 and D3hot only, no PME, No_Soft_Reset set (state survives D3hot → D0). In D3hot
+    /// the function decodes no memory or I/O (section 5.3.1.4); writes of D1/D2, which it does not
+    /// support, are discarded (section 3.2.4).
+    /// </summary>
+    protected int AddPowerManagementCapability()
+    {
+        int offset = AddCapability(PciCapabilityId.PowerManagement, 8);
+        _pmCapability = offset;
+        InitConfig(offset + 2, 2, 0x3);            // PMC: version 011b, nothing else supported
+        InitConfig(offset + 4, 2, 1u << 3, 0x3);   // PMCSR: PowerState RW, No_Soft_Reset
+        return offset;
+    }
+
+    /// <summary>True while the function is in D3hot (Power Management capability present).</summary>
+    public bool InD3Hot
+    {
+        get { lock (_configLock) { return InD3HotLocked; } }
+    }
+
+    bool InD3HotLocked => _pmCapability != 0 && (_config[_pmCapability + 4] & 3) == 3;
+
     /// <summary>
     /// Adds the PCI Express capability, version 2 (PCIe Base 4.0, 7.5.3): a x1 link at 2.5 GT/s,
     /// 128-byte maximum payload, no ASPM, no FLR. Having it gives the function 4 KiB of

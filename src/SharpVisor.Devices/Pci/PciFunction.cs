@@ -145,9 +145,10 @@ public abstract partial class PciFunction
         {
             return;
         }
-        bool commandTouched, msiTouched, msixTouched;
+        bool commandTouched, msiTouched, msixTouched, powerTouched;
         lock (_configLock)
         {
+            byte oldPowerState = _pmCapability != 0 ? _config[_pmCapability + 4] : (byte)0;
             for (int i = 0; i < size; i++)
             {
                 int o = offset + i;
@@ -164,6 +165,11 @@ public abstract partial class PciFunction
             }
             msiTouched = _msiCapability != 0 && Overlaps(offset, size, _msiCapability, MsiLength);
             msixTouched = _msixCapability != 0 && Overlaps(offset, size, _msixCapability + 2, 2);
+            powerTouched = _pmCapability != 0 && Overlaps(offset, size, _pmCapability + 4, 1);
+            if (powerTouched && (_config[_pmCapability + 4] & 3) is 1 or 2)
+            {
+                _config[_pmCapability + 4] = oldPowerState; // D1/D2 unsupported: the write is discarded
+            }
         }
 
         if (msiTouched)
@@ -178,7 +184,7 @@ public abstract partial class PciFunction
         {
             UpdateIntxLine();
         }
-        if (commandTouched || Overlaps(offset, size, PciConfig.Bar0, 4 * PciConfig.BarCount))
+        if (commandTouched || powerTouched || Overlaps(offset, size, PciConfig.Bar0, 4 * PciConfig.BarCount))
         {
             _bus?.UpdateDecode();
         }

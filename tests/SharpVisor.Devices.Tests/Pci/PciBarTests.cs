@@ -245,4 +245,28 @@ public sealed class PciBarTests
         // Running it again changes nothing: everything is assigned.
         Assert.Empty(PciFirmware.AssignResources(rig.Bus));
     }
+
+    [Fact]
+    public void D3HotStopsDecodeAndD0RestoresItWithBarsIntact()
+    {
+        using var rig = new PciTestRig();
+        var f = new TestFunction();
+        f.AddBar(0, PciBarKind.Memory32, 4096);
+        int pm = f.PowerManagement();
+        rig.Bus.Add(f, 2, 0);
+        ulong bar = PciFirmware.AssignResources(rig.Bus).Single().Address;
+        Assert.Equal(0x3u, rig.EcamRead(0, 2, 0, pm + 2, 2) & 7);   // PM spec version 1.2
+        Assert.Equal(0x8u, rig.EcamRead(0, 2, 0, pm + 4, 2));       // D0, No_Soft_Reset
+
+        rig.EcamWrite(0, 2, 0, pm + 4, 2, 3);                        // D3hot
+        Assert.True(f.InD3Hot);
+        Assert.False(rig.Memory.TryFindMmio(bar, out _));
+        Assert.Equal(0x0001_1B36u, rig.EcamRead(0, 2, 0, 0, 4));   // config space still answers
+
+        rig.EcamWrite(0, 2, 0, pm + 4, 2, 1);                        // D1 is unsupported: discarded
+        Assert.True(f.InD3Hot);
+        rig.EcamWrite(0, 2, 0, pm + 4, 2, 0);                        // back to D0
+        Assert.False(f.InD3Hot);
+        Assert.Equal(0xA5A5_0000UL, rig.Memory.Read(bar, 4));        // same BAR, decoding again
+    }
 }

@@ -89,6 +89,7 @@ sealed class TestFunction(ushort deviceId = 0x0001) : PciFunction("test", 0x1B36
     public int MsiX(int vectors, int tableBar, uint tableOffset, int pbaBar, uint pbaOffset) =>
         AddMsiXCapability(vectors, tableBar, tableOffset, pbaBar, pbaOffset);
     public int PciExpress() => AddPciExpressCapability();
+    public int PowerManagement() => AddPowerManagementCapability();
     public int Extended(ushort id, int length) => AddExtendedCapability(id, 1, length);
     public int Capability(byte id, int length) => AddCapability(id, length);
     public void Raise(int vector = 0) => RaiseInterrupt(vector);
