@@ -147,6 +147,7 @@ public sealed partial class IntelIommu
             {
                 return reason;
             }
+            Counters.IotlbFillsFor(hit.PageShift).Increment();
             if (_iotlb.Insert(in hit))
             {
                 Counters.IotlbEvictions.Increment();

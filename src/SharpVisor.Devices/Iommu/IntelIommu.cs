@@ -265,7 +265,8 @@ public sealed partial class IntelIommu : IMmioDevice
                 _ccmd = (_ccmd & 0xFFFF_FFFF_0000_0000UL) | value;
                 break;
             case VtdReg.Ccmd + 4:
-                _ccmd = (_ccmd & 0xFFFF_FFFFUL) | ((ulong)value << 32);
+                // ICC (63), CIRG (62:61) and FM (33:32) are writable; CAIG (60:59) is RO; the rest reserved.
+                _ccmd = (_ccmd & (0xFFFF_FFFFUL | (3UL << 59))) | ((ulong)(value & 0xE000_0003u) << 32);
                 if ((_ccmd & (1UL << 63)) != 0)
                 {
                     ExecuteContextCommand();

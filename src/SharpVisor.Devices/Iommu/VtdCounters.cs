@@ -13,6 +13,7 @@ public sealed class VtdCounters
     public readonly Counter PassThroughDma;         // context TT=10b
     public readonly Counter IotlbHits4K, IotlbHits2M, IotlbHits1G;
     public readonly Counter IotlbMisses;
+    public readonly Counter IotlbFills4K, IotlbFills2M, IotlbFills1G;   // misses by the page size the walk found
     public readonly Counter IotlbEvictions;
     public readonly Counter ContextCacheHits, ContextCacheMisses, ContextCacheEvictions;
     public readonly Counter PageWalks;
@@ -46,6 +47,9 @@ public sealed class VtdCounters
         IotlbHits2M = C("iotlb.hits.2m");
         IotlbHits1G = C("iotlb.hits.1g");
         IotlbMisses = C("iotlb.misses");
+        IotlbFills4K = C("iotlb.fills.4k");
+        IotlbFills2M = C("iotlb.fills.2m");
+        IotlbFills1G = C("iotlb.fills.1g");
         IotlbEvictions = C("iotlb.evictions");
         ContextCacheHits = C("context_cache.hits");
         ContextCacheMisses = C("context_cache.misses");
@@ -93,6 +97,8 @@ public sealed class VtdCounters
 
     /// <summary>Faults detected with <paramref name="reason"/> (recorded, compressed, overflowed or suppressed).</summary>
     public Counter FaultsByReason(VtdFaultReason reason) => _faultsByReason[(int)reason];
+
+    internal Counter IotlbFillsFor(byte pageShift) => pageShift == 12 ? IotlbFills4K : pageShift == 21 ? IotlbFills2M : IotlbFills1G;
 
     internal Counter IotlbHitsFor(byte pageShift) => pageShift == 12 ? IotlbHits4K : pageShift == 21 ? IotlbHits2M : IotlbHits1G;
 }

@@ -171,7 +171,7 @@ public sealed record VtdOptions
         if (PassThrough) ecap |= 1UL << 6;                              // PT
         if (SnoopControl) ecap |= 1UL << 7;                             // SC
         ecap |= (ulong)(IotlbRegisterOffset / 16) << 8;                 // IRO, bits 17:8
-        ecap |= 0xFUL << 20;                                            // MHMV (bits 23:20): the IR handle mask is fully honoured
+        if (InterruptRemapping) ecap |= 0xFUL << 20;                    // MHMV (bits 23:20): any IEC index mask is honoured
         // SMTS/SLTS/FLTS/PASID/NEST/PRS stay clear: scalable mode is not implemented yet.
         return ecap;
     }
