@@ -14,8 +14,9 @@ public sealed partial class IntelIommu
     /// </summary>
     static bool IsQualified(VtdFaultReason reason) => reason switch
     {
-        VtdFaultReason.ContextEntryNotPresent or VtdFaultReason.AddressBeyondAgaw or VtdFaultReason.WriteNotPermitted
-            or VtdFaultReason.ReadNotPermitted or VtdFaultReason.PagingEntryAccessError or VtdFaultReason.PagingEntryReserved => true,
+        VtdFaultReason.ContextEntryNotPresent or VtdFaultReason.ContextEntryInvalid or VtdFaultReason.AddressBeyondAgaw
+            or VtdFaultReason.WriteNotPermitted or VtdFaultReason.ReadNotPermitted or VtdFaultReason.PagingEntryAccessError
+            or VtdFaultReason.PagingEntryReserved or VtdFaultReason.TranslationTypeBlocked => true,
         VtdFaultReason.IrteNotPresent or VtdFaultReason.IrteReserved or VtdFaultReason.IrSourceIdMismatch => true,
         _ => false,
     };

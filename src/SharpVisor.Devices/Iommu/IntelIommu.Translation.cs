@@ -234,16 +234,22 @@ public sealed partial class IntelIommu
         }
         if (TouchesInterruptRange(address, destination.Length))
         {
-            // 3.14: reads of the interrupt address range are not DMA; they are blocked and, as
-            // QEMU does, reported as a read fault.
+            // 3.14: reads of the interrupt address range are not DMA. With translation on they are
+            // blocked and, as QEMU does, reported as a read fault; without it there is simply no
+            // memory there.
+            bool translating;
             lock (_lock)
             {
                 Counters.DmaToInterruptRange.Increment();
-                Counters.DmaBlocked.Increment();
-                RecordFault(sid, address, VtdFaultReason.ReadNotPermitted, isRead: true, faultProcessingDisabled: false);
+                translating = TranslationEnabled;
+                if (translating)
+                {
+                    Counters.DmaBlocked.Increment();
+                    RecordFault(sid, address, VtdFaultReason.ReadNotPermitted, isRead: true, faultProcessingDisabled: false);
+                }
             }
             DrainOutbox();
-            return DmaStatus.Blocked;
+            return translating ? DmaStatus.Blocked : DmaStatus.NotRam;
         }
         int pages = PageCount(address, destination.Length);
         ulong[]? rented = pages > StackChunks && pages != int.MaxValue ? ArrayPool<ulong>.Shared.Rent(pages * 2) : null;

@@ -266,4 +266,26 @@ public class VtdTranslationTests
         Assert.Equal(DmaStatus.Ok, dma.Write(0x40_0000, [1]));
         Assert.Equal(0, f.ReadRam(0x3F_FFF0, 1)[0]);
     }
+
+    [Fact]
+    public void WithTranslationOffNothingIsRecorded()
+    {
+        using var f = new VtdFixture();
+        var dma = f.Unit.DmaSpaceFor(Dev);
+        Assert.Equal(DmaStatus.NotRam, dma.Read(0xFEE0_0000, new byte[4]));
+        Assert.Equal(DmaStatus.NotRam, dma.Write(0x7000_0000, new byte[4]));
+        Assert.Equal(0u, f.R32(Fsts));
+        Assert.Equal(0, f.Unit.Counters.FaultsRecorded.Value);
+    }
+
+    [Fact]
+    public void FpdAlsoSuppressesInvalidContextProgramming()
+    {
+        using var f = new VtdFixture(new VtdOptions { SupportedAgaw = VtdAgaw.Levels4 });
+        f.SetContext(Dev, Domain, levels: 3, fpd: true);   // AW not in SAGAW: reason 3, qualified
+        f.EnableTranslation();
+        Assert.Equal(DmaStatus.Blocked, f.Unit.DmaSpaceFor(Dev).Write(0x1000, [1]));
+        Assert.Equal(0u, f.R32(Fsts));
+        Assert.Equal(1, f.Unit.Counters.FaultsByReason(VtdFaultReason.ContextEntryInvalid).Value);
+    }
 }
