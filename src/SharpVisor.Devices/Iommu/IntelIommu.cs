@@ -16,6 +16,14 @@ namespace SharpVisor.Devices.Iommu;
 /// and invalidation-completion events go to the event sink given here, which must be the
 /// platform's direct (non-remapped) MSI path (spec 5.1.6: these are not subject to remapping).
 /// All state is guarded by one lock; messages are sent after it is released.
+/// <para>
+/// Where later work plugs in: scalable mode (ECAP.SMTS) adds RTADDR.TTM=01b, 256-bit context
+/// entries and PASID directory/table lookups in <c>LookupContext</c> (the cached
+/// <see cref="VtdContext"/> grows a PASID-directory pointer and PGTT), first-level walks beside
+/// <c>WalkSecondLevel</c>, 256-bit descriptors (IQA.DW) and PASID-based descriptor types 6-8 in
+/// <c>ExecuteDescriptor</c>. ATS (ECAP.DT) enables context TT=01b, translation requests and real
+/// device-TLB invalidation (type 3 is acknowledged today). None of these is advertised yet.
+/// </para>
 /// </remarks>
 public sealed partial class IntelIommu : IMmioDevice
 {

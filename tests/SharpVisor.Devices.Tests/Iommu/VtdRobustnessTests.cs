@@ -117,4 +117,38 @@ public class VtdRobustnessTests
         }
         Assert.True(ok > 0 && blocked > 0, $"ok={ok} blocked={blocked}");
     }
+
+    /// <summary>vCPU threads and device threads race DMA, invalidation and fault clearing.</summary>
+    [Fact]
+    public async Task ConcurrentDmaAndInvalidationAreSafe()
+    {
+        using var f = new VtdFixture(new VtdOptions { IotlbSets = 4, IotlbWays = 2, FaultRecordingRegisters = 2 });
+        ulong slpt = f.SetContext(0x0010, 1, 4);
+        for (ulong p = 0; p < 16; p++) f.Map(slpt, 4, p << 12, 0x100_0000 + (p << 12));
+        f.EnableTranslation();
+        var dma = f.Unit.DmaSpaceFor(0x0010);
+        long okCount = 0;
+        var workers = Enumerable.Range(0, 3).Select(t => Task.Run(() =>
+        {
+            var buf = new byte[6000];
+            for (int i = 0; i < 2000; i++)
+            {
+                // Pages 16 and up are unmapped: a mix of successes and faults.
+                if (dma.Write((ulong)((i * 7 + t) % 20) << 12, buf) == DmaStatus.Ok) Interlocked.Increment(ref okCount);
+            }
+        })).ToList();
+        workers.Add(Task.Run(() =>
+        {
+            for (int i = 0; i < 2000; i++)
+            {
+                f.W64(f.Iro + 8, (1UL << 63) | (1UL << 60));
+                f.ClearFault(i & 1);
+                f.W32(Fsts, 1);
+            }
+        }));
+        await Task.WhenAll(workers);
+        Assert.True(okCount > 0);
+        Assert.True(f.Unit.Counters.FaultsByReason(VtdFaultReason.WriteNotPermitted).Value > 0);
+        Assert.True(f.Unit.IotlbCount <= 8);
+    }
 }
