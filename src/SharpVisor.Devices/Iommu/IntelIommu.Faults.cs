@@ -1,0 +1,139 @@
+using SharpVisor.Core;
+
+namespace SharpVisor.Devices.Iommu;
+
+/// <summary>Primary fault logging (VT-d spec 7.2.1) and the fault event interrupt (7.3, 11.4.9).</summary>
+public sealed partial class IntelIommu
+{
+    const ulong FaultF = 1UL << 63;            // fault record bit 127: F (Fault)
+    const ulong FaultTypeRead = 1UL << 62;     // bit 126: T1, 1 = read request (Linux: dma_frcd_type)
+
+    /// <summary>
+    /// Qualified faults (7.1.3 table, "Qualified" column) are the ones detected after the context
+    /// entry (or IRTE) is found; its FPD bit suppresses recording and reporting of exactly these.
+    /// </summary>
+    static bool IsQualified(VtdFaultReason reason) => reason switch
+    {
+        VtdFaultReason.ContextEntryNotPresent or VtdFaultReason.ContextEntryInvalid or VtdFaultReason.AddressBeyondAgaw
+            or VtdFaultReason.WriteNotPermitted or VtdFaultReason.ReadNotPermitted or VtdFaultReason.PagingEntryAccessError
+            or VtdFaultReason.PagingEntryReserved or VtdFaultReason.TranslationTypeBlocked => true,
+        VtdFaultReason.IrteNotPresent or VtdFaultReason.IrteReserved or VtdFaultReason.IrSourceIdMismatch => true,
+        _ => false,
+    };
+
+    /// <summary>
+    /// Records a fault (under the lock). <paramref name="faultInfo"/> is the page address for DMA
+    /// faults, or the interrupt index in bits 63:48 for interrupt-remapping faults (11.4.9.7 FI).
+    /// </summary>
+    void RecordFault(ushort sourceId, ulong faultInfo, VtdFaultReason reason, bool isRead, bool faultProcessingDisabled)
+    {
+        Counters.FaultsByReason(reason).Increment();
+        if (faultProcessingDisabled && IsQualified(reason))
+        {
+            Counters.FaultsSuppressedByFpd.Increment();
+            return;
+        }
+        if ((_fsts & VtdFsts.Pfo) != 0)
+        {
+            // 7.2.1: while PFO is set, new faults are neither recorded nor reported.
+            Counters.FaultsOverflowed.Increment();
+            return;
+        }
+        ulong low = faultInfo & PageMask4K;
+        ulong high = sourceId | ((ulong)reason << 32) | (isRead ? FaultTypeRead : 0) | FaultF;
+        // 7.2.1 allows compressing a fault identical to the one last recorded and still pending
+        // (same source, reason, type and address): a device retrying a bad DMA fills one record.
+        if (_lastFaultIndex >= 0 && _faultHigh[_lastFaultIndex] == high && _faultLow[_lastFaultIndex] == low)
+        {
+            Counters.FaultsCompressed.Increment();
+            return;
+        }
+        bool hadCondition = EventConditionPending();
+        int index = _nextFaultIndex;
+        if ((_faultHigh[index] & FaultF) != 0)
+        {
+            // Every record is still held by software: overflow.
+            _fsts |= VtdFsts.Pfo;
+            Counters.FaultsOverflowed.Increment();
+        }
+        else
+        {
+            if (!PrimaryPendingFault())
+            {
+                // FRI: the record holding the first pending fault (11.4.9.2).
+                _fsts = (_fsts & ~(0xFFu << VtdFsts.FriShift)) | ((uint)index << VtdFsts.FriShift);
+            }
+            _faultLow[index] = low;
+            _faultHigh[index] = high;
+            _lastFaultIndex = index;
+            _nextFaultIndex = (index + 1) % _faultLow.Length;
+            Counters.FaultsRecorded.Increment();
+        }
+        // 11.4.9.3: setting a status field when another one is already set is not a new event.
+        if (!hadCondition)
+        {
+            RaiseEvent(ref _fectl, ref _faultEventPending, FaultEventMessage(), Counters.FaultEvents);
+        }
+    }
+
+    bool PrimaryPendingFault()
+    {
+        foreach (ulong h in _faultHigh)
+        {
+            if ((h & FaultF) != 0)
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    bool EventConditionPending() => (_fsts & VtdFsts.EventConditions) != 0 || PrimaryPendingFault();
+
+    uint FaultStatus() => _fsts | (PrimaryPendingFault() ? VtdFsts.Ppf : 0);
+
+    void ClearFaultRecord(int index)
+    {
+        _faultHigh[index] &= ~FaultF;
+        if (_lastFaultIndex == index)
+        {
+            _lastFaultIndex = -1;
+        }
+        ClearEventPendingIfServiced();
+    }
+
+    void WriteFaultStatus(uint value)
+    {
+        // PFO, IQE, ICE, ITE are RW1C; PPF and FRI are RO; the rest is reserved (11.4.9.2).
+        bool queueWasStopped = (_fsts & VtdFsts.Iqe) != 0;
+        _fsts &= ~(value & VtdFsts.Rw1cMask);
+        ClearEventPendingIfServiced();
+        if (queueWasStopped && (_fsts & VtdFsts.Iqe) == 0)
+        {
+            // 6.5.2.10: once software clears IQE, fetching resumes at IQH (Linux's qi_check_fault
+            // overwrites the bad descriptor with its wait descriptor before clearing IQE).
+            ProcessQueue();
+        }
+    }
+
+    /// <summary>11.4.9.3: IP clears when software has serviced every status condition.</summary>
+    void ClearEventPendingIfServiced()
+    {
+        if (!EventConditionPending())
+        {
+            _faultEventPending = false;
+            _fectl &= ~VtdEventCtl.Ip;
+        }
+    }
+
+    /// <summary>Queue errors (6.5.2.10): IQE/ICE/ITE are fault-event conditions too.</summary>
+    void RaiseQueueError(uint statusBit)
+    {
+        bool hadCondition = EventConditionPending();
+        _fsts |= statusBit;
+        if (!hadCondition)
+        {
+            RaiseEvent(ref _fectl, ref _faultEventPending, FaultEventMessage(), Counters.FaultEvents);
+        }
+    }
+}

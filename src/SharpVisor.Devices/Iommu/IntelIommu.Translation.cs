@@ -1,0 +1,419 @@
+using System.Buffers;
+using System.Runtime.InteropServices;
+using SharpVisor.Core;
+
+namespace SharpVisor.Devices.Iommu;
+
+/// <summary>Legacy-mode DMA remapping (VT-d spec 3.4, 3.6, 3.7; structures 9.1 root, 9.3 context, 9.8 second-level).</summary>
+public sealed partial class IntelIommu
+{
+    const ulong PteRead = 1UL << 0;     // 9.8: R
+    const ulong PteWrite = 1UL << 1;    // 9.8: W
+    const ulong PtePageSize = 1UL << 7; // 9.8: PS in SL-PDPE / SL-PDE
+    const ulong PteSnoop = 1UL << 11;   // 9.8: SNP (reserved unless ECAP.SC)
+
+    /// <summary>How one page of a DMA request was resolved.</summary>
+    struct PageTranslation
+    {
+        public ulong Output;        // output address of the request's first byte in this page
+        public ulong BytesInPage;   // bytes from the request address to the end of the translated page
+        public bool Untranslated;   // TE=0 or pass-through (protected memory regions apply)
+    }
+
+    /// <summary>Translates one address (under the lock). On a fault the fault is recorded and the reason returned.</summary>
+    VtdFaultReason TranslateLocked(ushort sid, ulong address, bool isWrite, out PageTranslation result)
+    {
+        result = default;
+        if (!TranslationEnabled)
+        {
+            Counters.UntranslatedDma.Increment();
+            result.Output = address;
+            result.BytesInPage = 4096 - (address & 0xFFF);
+            result.Untranslated = true;
+            return VtdFaultReason.None;
+        }
+        Counters.Translations.Increment();
+        var reason = LookupContext(sid, out var context, out bool fpd);
+        if (reason == VtdFaultReason.None)
+        {
+            if (context.TranslationType == 2)
+            {
+                // 9.3 TT=10b: pass-through, output = input (ECAP.PT).
+                Counters.PassThroughDma.Increment();
+                result.Output = address;
+                result.BytesInPage = 4096 - (address & 0xFFF);
+                result.Untranslated = true;
+                return VtdFaultReason.None;
+            }
+            reason = TranslateSecondLevel(in context, address, isWrite, ref result);
+        }
+        if (reason != VtdFaultReason.None)
+        {
+            Counters.DmaBlocked.Increment();
+            RecordFault(sid, address, reason, !isWrite, fpd);
+        }
+        return reason;
+    }
+
+    /// <summary>Finds the context entry of a source-id: context cache, else root table → context table (3.4.2).</summary>
+    VtdFaultReason LookupContext(ushort sid, out VtdContext context, out bool fpd)
+    {
+        fpd = false;
+        if (_contextCache.TryGet(sid, out context))
+        {
+            Counters.ContextCacheHits.Increment();
+            fpd = context.FaultProcessingDisable;
+            return VtdFaultReason.None;
+        }
+        Counters.ContextCacheMisses.Increment();
+
+        // Root entry (9.1): bit 0 P, bits 11:1 reserved, 63:12 CTP; bits 127:64 reserved in legacy mode.
+        Span<ulong> entry = stackalloc ulong[2];
+        Counters.RootContextReads.Increment();
+        if (!_ram.TryRead(_activeRootTable + (ulong)(sid >> 8) * 16, MemoryMarshal.AsBytes(entry)))
+        {
+            return VtdFaultReason.RootTableAccessError;
+        }
+        if ((entry[0] & 1) == 0)
+        {
+            return VtdFaultReason.RootEntryNotPresent;
+        }
+        if ((entry[0] & (0xFFEUL | _beyondHaw | ~((1UL << 52) - 1))) != 0 || entry[1] != 0)
+        {
+            return VtdFaultReason.RootEntryReserved;
+        }
+        ulong contextTable = entry[0] & _hawPageMask;
+
+        // Context entry (9.3): lo bit 0 P, 1 FPD, 3:2 TT, 11:4 reserved, 63:12 SLPTPTR;
+        // hi 2:0 AW, 6:3 ignored, 7 reserved, 23:8 DID, 63:24 reserved.
+        Counters.RootContextReads.Increment();
+        if (!_ram.TryRead(contextTable + (ulong)(sid & 0xFF) * 16, MemoryMarshal.AsBytes(entry)))
+        {
+            return VtdFaultReason.ContextTableAccessError;
+        }
+        ulong lo = entry[0], hi = entry[1];
+        fpd = (lo & 2) != 0;
+        if ((lo & 1) == 0)
+        {
+            return VtdFaultReason.ContextEntryNotPresent;
+        }
+        if ((lo & (0xFF0UL | _beyondHaw | ~((1UL << 52) - 1))) != 0 || (hi & ~0xFF_FF7FUL) != 0)
+        {
+            return VtdFaultReason.ContextEntryReserved;
+        }
+        int tt = (int)(lo >> 2) & 3;
+        bool ttOk = tt == 0 || (tt == 2 && _options.PassThrough); // TT=01b needs ECAP.DT (ATS): not yet
+        int aw = (int)(hi & 7);
+        // AW (9.3): 001b 39-bit/3-level, 010b 48-bit/4-level, 011b 57-bit/5-level; must be in SAGAW.
+        bool awOk = aw is >= 1 and <= 3 && ((int)_options.SupportedAgaw & (1 << aw)) != 0;
+        if (!ttOk || (tt != 2 && !awOk))
+        {
+            return VtdFaultReason.ContextEntryInvalid;
+        }
+        context = new VtdContext
+        {
+            SourceId = sid,
+            DomainId = (ushort)(hi >> 8),
+            TranslationType = (byte)tt,
+            Levels = (byte)(aw + 2),
+            FaultProcessingDisable = fpd,
+            SlptPointer = lo & _hawPageMask,
+        };
+        // Only present, valid entries are cached (in caching mode this is required, 6.1).
+        if (_contextCache.Insert(in context))
+        {
+            Counters.ContextCacheEvictions.Increment();
+        }
+        return VtdFaultReason.None;
+    }
+
+    VtdFaultReason TranslateSecondLevel(in VtdContext context, ulong address, bool isWrite, ref PageTranslation result)
+    {
+        // 3.6: the input address must fit min(AGAW of the domain, MGAW).
+        int inputBits = Math.Min(30 + 9 * context.Levels, _options.MaxGuestAddressWidth);
+        if (inputBits < 64 && (address >> inputBits) != 0)
+        {
+            return VtdFaultReason.AddressBeyondAgaw;
+        }
+        if (_iotlb.TryGet(context.DomainId, address, out var hit))
+        {
+            Counters.IotlbHitsFor(hit.PageShift).Increment();
+        }
+        else
+        {
+            Counters.IotlbMisses.Increment();
+            var reason = WalkSecondLevel(in context, address, isWrite, out hit);
+            if (reason != VtdFaultReason.None)
+            {
+                return reason;
+            }
+            Counters.IotlbFillsFor(hit.PageShift).Increment();
+            if (_iotlb.Insert(in hit))
+            {
+                Counters.IotlbEvictions.Increment();
+            }
+        }
+        if (isWrite ? (hit.Permissions & 2) == 0 : (hit.Permissions & 1) == 0)
+        {
+            return isWrite ? VtdFaultReason.WriteNotPermitted : VtdFaultReason.ReadNotPermitted;
+        }
+        ulong offset = address & ((1UL << hit.PageShift) - 1);
+        result.Output = hit.OutputBase + offset;
+        result.BytesInPage = (1UL << hit.PageShift) - offset;
+        return VtdFaultReason.None;
+    }
+
+    /// <summary>Walks the second-level tables (3.6, 9.8) for a present translation of <paramref name="address"/>.</summary>
+    VtdFaultReason WalkSecondLevel(in VtdContext context, ulong address, bool isWrite, out VtdIotlbEntry entry)
+    {
+        entry = default;
+        Counters.PageWalks.Increment();
+        ulong table = context.SlptPointer;
+        ulong permissions = PteRead | PteWrite;
+        for (int level = context.Levels; level >= 1; level--)
+        {
+            int shift = 12 + 9 * (level - 1);
+            ulong pte = 0;
+            Counters.PageWalkReads.Increment();
+            if (!_ram.TryRead(table + ((address >> shift) & 511) * 8, MemoryMarshal.AsBytes(new Span<ulong>(ref pte))))
+            {
+                return VtdFaultReason.PagingEntryAccessError;
+            }
+            // An entry with R=W=0 is not present (9.8); the fault names the access that was refused.
+            if ((pte & (PteRead | PteWrite)) == 0)
+            {
+                return isWrite ? VtdFaultReason.WriteNotPermitted : VtdFaultReason.ReadNotPermitted;
+            }
+            bool leaf = level == 1 || (pte & PtePageSize) != 0;
+            ulong reserved = _beyondHaw;
+            if (level > 1 && (pte & PtePageSize) != 0)
+            {
+                bool supported = (level == 2 && _options.Superpages2M) || (level == 3 && _options.Superpages1G);
+                if (!supported)
+                {
+                    // PS in a PML5E/PML4E, or a superpage size CAP.SLLPS does not list: reserved.
+                    return VtdFaultReason.PagingEntryReserved;
+                }
+                reserved |= ((1UL << shift) - 1) & PageMask4K; // address bits below the superpage size
+            }
+            if (leaf && !_options.SnoopControl)
+            {
+                reserved |= PteSnoop;
+            }
+            if ((pte & reserved) != 0)
+            {
+                return VtdFaultReason.PagingEntryReserved;
+            }
+            permissions &= pte;
+            if (leaf)
+            {
+                entry = new VtdIotlbEntry
+                {
+                    DomainId = context.DomainId,
+                    PageShift = (byte)shift,
+                    Permissions = (byte)(permissions & 3),
+                    PageNumber = address >> shift,
+                    OutputBase = pte & _hawPageMask & ~((1UL << shift) - 1),
+                };
+                return VtdFaultReason.None;
+            }
+            table = pte & _hawPageMask;
+        }
+        return VtdFaultReason.PagingEntryAccessError; // unreachable: level 1 is always a leaf
+    }
+
+    // ================= DMA =================
+
+    const int StackChunks = 16;
+
+    internal DmaStatus DmaRead(ushort sid, ulong address, Span<byte> destination)
+    {
+        if (destination.Length == 0)
+        {
+            return DmaStatus.Ok;
+        }
+        if (TouchesInterruptRange(address, destination.Length))
+        {
+            // 3.14: reads of the interrupt address range are not DMA. With translation on they are
+            // blocked and, as QEMU does, reported as a read fault; without it there is simply no
+            // memory there.
+            bool translating;
+            lock (_lock)
+            {
+                Counters.DmaToInterruptRange.Increment();
+                translating = TranslationEnabled;
+                if (translating)
+                {
+                    Counters.DmaBlocked.Increment();
+                    RecordFault(sid, address, VtdFaultReason.ReadNotPermitted, isRead: true, faultProcessingDisabled: false);
+                }
+            }
+            DrainOutbox();
+            return translating ? DmaStatus.Blocked : DmaStatus.NotRam;
+        }
+        int pages = PageCount(address, destination.Length);
+        ulong[]? rented = pages > StackChunks && pages != int.MaxValue ? ArrayPool<ulong>.Shared.Rent(pages * 2) : null;
+        Span<ulong> chunks = rented ?? stackalloc ulong[StackChunks * 2];
+        try
+        {
+            var status = TranslateRange(sid, address, (ulong)destination.Length, isWrite: false, chunks, out int count);
+            if (status != DmaStatus.Ok)
+            {
+                return status;
+            }
+            int done = 0;
+            for (int i = 0; i < count; i++)
+            {
+                int len = (int)chunks[2 * i + 1];
+                _ram.TryRead(chunks[2 * i], destination.Slice(done, len));
+                done += len;
+            }
+            return DmaStatus.Ok;
+        }
+        finally
+        {
+            if (rented != null)
+            {
+                ArrayPool<ulong>.Shared.Return(rented);
+            }
+        }
+    }
+
+    internal DmaStatus DmaWrite(ushort sid, ulong address, ReadOnlySpan<byte> source)
+    {
+        if (source.Length == 0)
+        {
+            return DmaStatus.Ok;
+        }
+        if (TouchesInterruptRange(address, source.Length))
+        {
+            return InterruptRangeWrite(sid, address, source);
+        }
+        int pages = PageCount(address, source.Length);
+        ulong[]? rented = pages > StackChunks && pages != int.MaxValue ? ArrayPool<ulong>.Shared.Rent(pages * 2) : null;
+        Span<ulong> chunks = rented ?? stackalloc ulong[StackChunks * 2];
+        try
+        {
+            var status = TranslateRange(sid, address, (ulong)source.Length, isWrite: true, chunks, out int count);
+            if (status != DmaStatus.Ok)
+            {
+                return status;
+            }
+            int done = 0;
+            for (int i = 0; i < count; i++)
+            {
+                int len = (int)chunks[2 * i + 1];
+                _ram.TryWrite(chunks[2 * i], source.Slice(done, len));
+                done += len;
+            }
+            return DmaStatus.Ok;
+        }
+        finally
+        {
+            if (rented != null)
+            {
+                ArrayPool<ulong>.Shared.Return(rented);
+            }
+        }
+    }
+
+    /// <summary>
+    /// 3.14: a DWORD write to 0xFEEx_xxxx is an interrupt request, never DMA; it goes to interrupt
+    /// remapping. Anything else aimed at the range is blocked and counted.
+    /// </summary>
+    DmaStatus InterruptRangeWrite(ushort sid, ulong address, ReadOnlySpan<byte> source)
+    {
+        Counters.DmaToInterruptRange.Increment();
+        if (source.Length == 4 && (address & 3) == 0 && MsiMessage.IsInterruptAddress(address))
+        {
+            InterruptRemapper.SendMsi(address, BitConverter.ToUInt32(source), sid);
+            return DmaStatus.Ok;
+        }
+        Counters.DmaBlocked.Increment();
+        Log.Once($"{Name}.irange_write", Name, $"non-DWORD DMA write of {source.Length} bytes to interrupt address 0x{address:x} from {sid:x4} blocked");
+        return DmaStatus.Blocked;
+    }
+
+    static bool TouchesInterruptRange(ulong address, int length)
+    {
+        ulong last = address + (ulong)length - 1;
+        return last >= address && address <= (MsiMessage.AddressBase | 0xF_FFFF) && last >= MsiMessage.AddressBase;
+    }
+
+    static int PageCount(ulong address, int length)
+    {
+        ulong last = address + (ulong)length - 1;
+        return last < address ? int.MaxValue : (int)((last >> 12) - (address >> 12) + 1);
+    }
+
+    /// <summary>
+    /// Translates every page of a request before any byte moves, so a fault anywhere leaves memory
+    /// untouched. <paramref name="chunks"/> receives (output address, length) pairs.
+    /// </summary>
+    DmaStatus TranslateRange(ushort sid, ulong address, ulong length, bool isWrite, Span<ulong> chunks, out int count)
+    {
+        count = 0;
+        var status = DmaStatus.Ok;
+        lock (_lock)
+        {
+            if (address + length - 1 < address)
+            {
+                // The request wraps the 64-bit space: beyond any address width.
+                Counters.DmaBlocked.Increment();
+                if (TranslationEnabled)
+                {
+                    RecordFault(sid, address, VtdFaultReason.AddressBeyondAgaw, !isWrite, false);
+                }
+                status = DmaStatus.Blocked;
+            }
+            else
+            {
+                ulong at = address, remaining = length;
+                while (remaining > 0)
+                {
+                    if (TranslateLocked(sid, at, isWrite, out var page) != VtdFaultReason.None)
+                    {
+                        status = DmaStatus.Blocked;
+                        break;
+                    }
+                    ulong len = Math.Min(remaining, page.BytesInPage);
+                    if (page.Untranslated && HitsProtectedRegion(page.Output, len))
+                    {
+                        Counters.ProtectedRegionBlocked.Increment();
+                        Counters.DmaBlocked.Increment();
+                        status = DmaStatus.Blocked;
+                        break;
+                    }
+                    if (!_ram.IsRamRange(page.Output, len))
+                    {
+                        Counters.DmaNotRam.Increment();
+                        status = DmaStatus.NotRam;
+                        break;
+                    }
+                    if (count > 0 && chunks[2 * count - 2] + chunks[2 * count - 1] == page.Output)
+                    {
+                        chunks[2 * count - 1] += len; // physically contiguous with the previous chunk
+                    }
+                    else
+                    {
+                        chunks[2 * count] = page.Output;
+                        chunks[2 * count + 1] = len;
+                        count++;
+                    }
+                    at += len;
+                    remaining -= len;
+                }
+            }
+        }
+        DrainOutbox();
+        return status;
+    }
+}
+
+/// <summary>The DMA address space of one requester behind a VT-d unit.</summary>
+internal sealed class VtdDmaSpace(IntelIommu unit, ushort requesterId) : IDmaSpace
+{
+    public ushort RequesterId => requesterId;
+    public DmaStatus Read(ulong address, Span<byte> destination) => unit.DmaRead(requesterId, address, destination);
+    public DmaStatus Write(ulong address, ReadOnlySpan<byte> source) => unit.DmaWrite(requesterId, address, source);
+}
