@@ -1,0 +1,19 @@
+namespace SharpVisor.Bench;
+
+public static class Program
+{
+    public static int Main(string[] args)
+    {
+        string what = args.Length > 0 ? args[0] : "mips";
+        double seconds = args.Length > 1 && double.TryParse(args[1], out double s) ? s : 3;
+        switch (what)
+        {
+            case "mips":
+                CpuMips.Run(seconds);
+                return 0;
+            default:
+                Console.Error.WriteLine("usage: SharpVisor.Bench mips [seconds]");
+                return 2;
+        }
+    }
+}
