@@ -9,7 +9,7 @@ namespace SharpVisor.Cpu.X86;
 /// that must stay consistent with it (mode, TLB, segment bases) changes only through the methods
 /// here and in System/.
 /// </summary>
-public sealed unsafe partial class Cpu
+public sealed unsafe partial class Cpu : IVcpuSignals
 {
     public RegisterFile Regs;
     /// <summary>Offset within CS of the instruction being executed (committed after it completes).</summary>
@@ -35,6 +35,8 @@ public sealed unsafe partial class Cpu
     public readonly CpuPlatform Platform;
     public readonly GuestMemory Ram;
     public IVcpuApic? Apic;
+    /// <summary>This vCPU's time-stamp counter (RDTSC, WRMSR IA32_TSC); its local APIC shares it for TSC-deadline.</summary>
+    public readonly TimeStampCounter Tsc;
     public readonly Msrs Msr = new();
     public readonly FpuState Fpu = new();
     readonly GuestFault _fault = new();
@@ -50,6 +52,7 @@ public sealed unsafe partial class Cpu
         Index = index;
         Platform = platform;
         Ram = platform.Memory.Ram;
+        Tsc = new TimeStampCounter(platform.Clock, platform.TscHz);
         Counters = new CpuCounters(index);
         InitTlb();
         Reset();

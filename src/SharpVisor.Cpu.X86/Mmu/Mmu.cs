@@ -256,6 +256,7 @@ public sealed unsafe partial class Cpu
         if (Apic?.MmioBase is ulong apicBase && pa - apicBase < 0x1000)
         {
             Apic.MmioWrite(pa - apicBase, size, v);
+            RecheckInterrupts(); // an EOI or a lower TPR may let a pending interrupt through
             return;
         }
         Platform.Memory.Write(pa, size, v);

@@ -1,6 +1,4 @@
-using SharpVisor.Core;
-
-namespace SharpVisor.Devices.Interrupts;
+namespace SharpVisor.Core;
 
 /// <summary>
 /// One vCPU's time-stamp counter, derived from the <see cref="VirtualClock"/> so that RDTSC, the
@@ -9,7 +7,7 @@ namespace SharpVisor.Devices.Interrupts;
 /// TSC-deadline values back to virtual nanoseconds with it.
 /// </summary>
 /// <remarks>
-/// Belongs in Core in the long run (the CPU owns it); it lives here until the lead moves it.
+/// Each vCPU owns one (Cpu.Tsc); its local APIC uses the same instance.
 /// The counter is invariant (constant rate, SDM Vol. 3B 18.17.1): value = ns * f / 1e9 + offset.
 /// </remarks>
 public sealed class TimeStampCounter
