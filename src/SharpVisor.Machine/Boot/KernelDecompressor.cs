@@ -86,7 +86,8 @@ public static class KernelDecompressor
                 PayloadFormat.Elf => payload.ToArray(),
                 PayloadFormat.Gzip => ReadAll(new GZipStream(AsStream(payload), System.IO.Compression.CompressionMode.Decompress), expected),
                 PayloadFormat.Xz => ReadAll(new XZStream(AsStream(payload)), expected),
-                PayloadFormat.Zstd => ReadAll(new DecompressionStream(AsStream(payload)), expected),
+                // The zstd reader takes the 4-byte size trailer for the start of another frame; strip it.
+                PayloadFormat.Zstd => ReadAll(new DecompressionStream(AsStream(payload.Length > 4 ? payload[..^4] : payload)), expected),
                 PayloadFormat.Bzip2 => ReadAll(BZip2Stream.Create(AsStream(payload), SharpCompress.Compressors.CompressionMode.Decompress, decompressConcatenated: false), expected),
                 PayloadFormat.Lzma or PayloadFormat.Lzo or PayloadFormat.Lz4 => throw new UserErrorException(
                     $"{name}: the kernel payload is {format.ToString().ToUpperInvariant()}-compressed, which SharpVisor cannot decompress; use a kernel built with CONFIG_KERNEL_XZ, CONFIG_KERNEL_GZIP or CONFIG_KERNEL_ZSTD (Debian's kernels use XZ)"),
