@@ -74,7 +74,8 @@ public sealed class E820Map
     /// Only the ECAM window of the PCI hole is reserved, as QEMU does (PCI Firmware spec 3.2 4.1.2
     /// requires MCFG space to be reserved in the firmware map). The rest of the hole is left out of
     /// the map rather than marked reserved: Linux clips its PCI host bridge windows against E820
-    /// reserved ranges (arch/x86/pci/acpi.c, pci_use_e820) and would then find no space for BARs.
+    /// reserved ranges (pci_use_e820 in arch/x86/pci/acpi.c, resource_clip in
+    /// arch/x86/kernel/resource.c) and would then find no space for BARs.
     /// 0xA0000..0xE0000 (VGA window, option ROMs) is a hole: not RAM, not described.
     /// </remarks>
     public static E820Map ForMachine(GuestMemory memory, AcpiRegion acpi, ulong ecamBase = 0, ulong ecamSize = 0)
