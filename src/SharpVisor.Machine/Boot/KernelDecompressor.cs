@@ -76,8 +76,9 @@ public static class KernelDecompressor
     public static byte[] Decompress(ReadOnlyMemory<byte> payload, string name = "kernel")
     {
         PayloadFormat format = Detect(payload.Span);
-        // The kernel build appends the decompressed size as a little-endian u32 to every compressed
-        // payload (scripts/Makefile.lib size_append); use it to size the output buffer.
+        // The last 4 bytes of every kernel payload are the decompressed size, little-endian: gzip's
+        // own ISIZE, or the size_append trailer the build adds for the other formats
+        // (scripts/Makefile.lib; arch/x86/boot/compressed/mkpiggy.c reads it). Only a sizing hint.
         int expected = payload.Length >= 4 ? (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(payload.Span[^4..]), 512u << 20) : 0;
         try
         {

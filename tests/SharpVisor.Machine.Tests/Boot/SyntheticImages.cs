@@ -95,10 +95,11 @@ internal static class SyntheticImages
         {
             gz.Write(data);
         }
-        return WithSizeAppend(output.ToArray(), data.Length);
+        // No size trailer: gzip's own ISIZE field is the last 4 bytes (what mkpiggy reads), as in the kernel build.
+        return output.ToArray();
     }
 
-    /// <summary>The kernel build appends the decompressed size (scripts/Makefile.lib size_append).</summary>
+    /// <summary>The kernel build appends the decompressed size to non-gzip payloads (scripts/Makefile.lib size_append).</summary>
     public static byte[] WithSizeAppend(byte[] compressed, int size) => [.. compressed, .. BitConverter.GetBytes((uint)size)];
 
     public sealed record BzOptions
