@@ -50,14 +50,29 @@ public static class DebianKernelCache
         Directory.CreateDirectory(CacheDirectory);
         string package = ResolveKernelPackage();
         string deb = Directory.GetFiles(CacheDirectory, package + "_*.deb").FirstOrDefault() ?? Download(package);
+        // Several processes (tests, the CLI) may share the cache: unpack into a private staging
+        // directory and rename it into place; whoever renames second just uses the first one's tree.
         string target = Path.Combine(CacheDirectory, package);
-        string staging = target + ".partial";
-        if (Directory.Exists(staging))
+        string staging = Path.Combine(CacheDirectory, $".unpack-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        try
         {
-            Directory.Delete(staging, recursive: true);
+            Run("dpkg-deb", ["-x", deb, staging], CacheDirectory, TimeSpan.FromMinutes(2));
+            if (!Directory.Exists(target))
+            {
+                Directory.Move(staging, target);
+            }
         }
-        Run("dpkg-deb", ["-x", deb, staging], CacheDirectory, TimeSpan.FromMinutes(2));
-        Directory.Move(staging, target); // only a complete unpack becomes visible to FindCachedKernel
+        catch (IOException) when (Directory.Exists(target))
+        {
+            // Another process finished first.
+        }
+        finally
+        {
+            if (Directory.Exists(staging))
+            {
+                Directory.Delete(staging, recursive: true);
+            }
+        }
         return FindCachedKernel() ?? throw new UserErrorException($"{deb} did not contain boot/vmlinuz-*");
     }
 
@@ -78,9 +93,29 @@ public static class DebianKernelCache
 
     static string Download(string package)
     {
-        Run("apt-get", ["download", package], CacheDirectory, TimeSpan.FromMinutes(10));
-        return Directory.GetFiles(CacheDirectory, package + "_*.deb").FirstOrDefault()
-            ?? throw new UserErrorException($"apt-get download {package} produced no .deb in {CacheDirectory}");
+        // Download into a private directory, then move the finished .deb into the cache.
+        string staging = Path.Combine(CacheDirectory, $".download-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(staging);
+        try
+        {
+            Run("apt-get", ["download", package], staging, TimeSpan.FromMinutes(10));
+            string downloaded = Directory.GetFiles(staging, package + "_*.deb").FirstOrDefault()
+                ?? throw new UserErrorException($"apt-get download {package} produced no .deb");
+            string final = Path.Combine(CacheDirectory, Path.GetFileName(downloaded));
+            try
+            {
+                File.Move(downloaded, final);
+            }
+            catch (IOException) when (File.Exists(final))
+            {
+                // Another process downloaded the same package first.
+            }
+            return final;
+        }
+        finally
+        {
+            Directory.Delete(staging, recursive: true);
+        }
     }
 
     static string Run(string program, string[] args, string workingDirectory, TimeSpan timeout)
