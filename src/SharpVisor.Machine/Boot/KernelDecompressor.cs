@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.IO.Compression;
 using SharpCompress.Compressors.BZip2;
+using SharpCompress.Compressors.LZMA;
 using SharpCompress.Compressors.Xz;
 using SharpCompress.Compressors.ZStandard;
 using SharpVisor.Core;
@@ -65,7 +66,7 @@ public static class KernelDecompressor
         {
             return PayloadFormat.Lzo;
         }
-        if (payload.Length >= 13 && payload[0] == 0x5D && payload[1] == 0)
+        if (payload.Length >= 17 && payload[0] == 0x5D && payload[1] == 0)
         {
             return PayloadFormat.Lzma; // .lzma "alone" header: properties byte (lc=3,lp=0,pb=2) then dictionary size
         }
@@ -90,16 +91,28 @@ public static class KernelDecompressor
                 // The zstd reader takes the 4-byte size trailer for the start of another frame; strip it.
                 PayloadFormat.Zstd => ReadAll(new DecompressionStream(AsStream(payload.Length > 4 ? payload[..^4] : payload)), expected),
                 PayloadFormat.Bzip2 => ReadAll(BZip2Stream.Create(AsStream(payload), SharpCompress.Compressors.CompressionMode.Decompress, decompressConcatenated: false), expected),
-                PayloadFormat.Lzma or PayloadFormat.Lzo or PayloadFormat.Lz4 => throw new UserErrorException(
-                    $"{name}: the kernel payload is {format.ToString().ToUpperInvariant()}-compressed, which SharpVisor cannot decompress; use a kernel built with CONFIG_KERNEL_XZ, CONFIG_KERNEL_GZIP or CONFIG_KERNEL_ZSTD (Debian's kernels use XZ)"),
+                PayloadFormat.Lzma => ReadAll(OpenLzma(payload), expected),
+                PayloadFormat.Lzo or PayloadFormat.Lz4 => throw new UserErrorException(
+                    $"{name}: the kernel payload is {format.ToString().ToUpperInvariant()}-compressed, which SharpVisor cannot decompress; use a kernel built with CONFIG_KERNEL_XZ, CONFIG_KERNEL_GZIP, CONFIG_KERNEL_ZSTD, CONFIG_KERNEL_BZIP2 or CONFIG_KERNEL_LZMA (Debian's kernels use XZ)"),
                 _ => throw new UserErrorException(
-                    $"{name}: unrecognised kernel payload format (first bytes {Convert.ToHexString(payload.Span[..Math.Min(8, payload.Length)])}); expected XZ, gzip, zstd or bzip2"),
+                    $"{name}: unrecognised kernel payload format (first bytes {Convert.ToHexString(payload.Span[..Math.Min(8, payload.Length)])}); expected XZ, gzip, zstd, bzip2 or LZMA"),
             };
         }
         catch (Exception e) when (e is not UserErrorException and not OutOfMemoryException)
         {
             throw new UserErrorException($"{name}: corrupt {format} kernel payload: {e.Message}");
         }
+    }
+
+    // The .lzma ("LZMA alone") format: 5 property bytes, the 64-bit uncompressed size (all ones
+    // when unknown: then the stream ends with an end marker), then the LZMA data.
+    static Stream OpenLzma(ReadOnlyMemory<byte> payload)
+    {
+        byte[] properties = payload.Span[..5].ToArray();
+        long size = BinaryPrimitives.ReadInt64LittleEndian(payload.Span[5..13]);
+        // The data runs up to the 4-byte size trailer the kernel build appends.
+        var data = AsStream(payload[13..^4]);
+        return LzmaStream.Create(properties, data, data.Length, size);
     }
 
     static MemoryStream AsStream(ReadOnlyMemory<byte> payload) => new(payload.ToArray(), writable: false);
