@@ -51,8 +51,14 @@ public sealed class RealKernelTests(ITestOutputHelper output)
         Assert.True(memory.TryRead(result.InitrdAddress, back));
         Assert.Equal(initrd, back);
         Assert.Equal(result.InitrdAddress, (ulong)memory.ReadU32(BootLayout.ZeroPage + 0x218));
-        // The first instruction bytes of startup_64 are there (not zero).
-        Assert.NotEqual(0UL, memory.ReadU64(result.Entry.Rip));
+        // startup_64 (arch/x86/kernel/head_64.S) first points RSP at the init stack: lea rsp, [rip+disp32].
+        var code = new byte[3];
+        Assert.True(memory.TryRead(result.Entry.Rip, code));
+        Assert.Equal(new byte[] { 0x48, 0x8D, 0x25 }, code);
+        // pvh_start_xen (arch/x86/platform/pvh/head.S) starts with cld; lgdt.
+        var pvhCode = new byte[4];
+        Assert.True(memory.TryRead(result.PvhEntry.Value, pvhCode));
+        Assert.Equal(new byte[] { 0xFC, 0x0F, 0x01, 0x15 }, pvhCode);
 
         // The same kernel also boots through PVH.
         using var memory2 = new GuestMemory(256UL << 20);
