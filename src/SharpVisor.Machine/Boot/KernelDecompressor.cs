@@ -1,0 +1,148 @@
+using System.Buffers.Binary;
+using System.IO.Compression;
+using SharpCompress.Compressors.BZip2;
+using SharpCompress.Compressors.LZMA;
+using SharpCompress.Compressors.Xz;
+using SharpCompress.Compressors.ZStandard;
+using SharpVisor.Core;
+
+namespace SharpVisor.Machine.Boot;
+
+/// <summary>Compression formats a bzImage payload can use (arch/x86/boot/compressed/Makefile, CONFIG_KERNEL_*).</summary>
+public enum PayloadFormat
+{
+    Unknown,
+    Elf,
+    Gzip,
+    Bzip2,
+    Lzma,
+    Xz,
+    Lzo,
+    Lz4,
+    Zstd,
+}
+
+/// <summary>
+/// Decompresses a bzImage payload on the host so the guest starts directly in the decompressed
+/// kernel. The result is the vmlinux ELF image (relocation data that may follow it is not needed
+/// when the kernel is loaded at its link-time physical address).
+/// </summary>
+public static class KernelDecompressor
+{
+    static ReadOnlySpan<byte> GzipMagic => [0x1F, 0x8B];                       // RFC 1952 ID1 ID2
+    static ReadOnlySpan<byte> XzMagic => [0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00];
+    static ReadOnlySpan<byte> ZstdMagic => [0x28, 0xB5, 0x2F, 0xFD];           // RFC 8878 3.1.1
+    static ReadOnlySpan<byte> Lz4LegacyMagic => [0x02, 0x21, 0x4C, 0x18];      // lz4 -l, what the kernel Makefile uses
+    static ReadOnlySpan<byte> LzoMagic => [0x89, 0x4C, 0x5A, 0x4F];            // lzop
+
+    /// <summary>Identifies the payload format from its magic bytes.</summary>
+    public static PayloadFormat Detect(ReadOnlySpan<byte> payload)
+    {
+        if (payload.StartsWith("\x7F"u8) && payload.Length >= 4 && payload[1..4].SequenceEqual("ELF"u8))
+        {
+            return PayloadFormat.Elf;
+        }
+        if (payload.StartsWith(GzipMagic))
+        {
+            return PayloadFormat.Gzip;
+        }
+        if (payload.StartsWith("BZh"u8))
+        {
+            return PayloadFormat.Bzip2;
+        }
+        if (payload.StartsWith(XzMagic))
+        {
+            return PayloadFormat.Xz;
+        }
+        if (payload.StartsWith(ZstdMagic))
+        {
+            return PayloadFormat.Zstd;
+        }
+        if (payload.StartsWith(Lz4LegacyMagic))
+        {
+            return PayloadFormat.Lz4;
+        }
+        if (payload.StartsWith(LzoMagic))
+        {
+            return PayloadFormat.Lzo;
+        }
+        if (payload.Length >= 17 && payload[0] == 0x5D && payload[1] == 0)
+        {
+            return PayloadFormat.Lzma; // .lzma "alone" header: properties byte (lc=3,lp=0,pb=2) then dictionary size
+        }
+        return PayloadFormat.Unknown;
+    }
+
+    /// <summary>Decompresses <paramref name="payload"/> to the vmlinux ELF image.</summary>
+    public static byte[] Decompress(ReadOnlyMemory<byte> payload, string name = "kernel")
+    {
+        PayloadFormat format = Detect(payload.Span);
+        // The last 4 bytes of every kernel payload are the decompressed size, little-endian: gzip's
+        // own ISIZE, or the size_append trailer the build adds for the other formats
+        // (scripts/Makefile.lib; arch/x86/boot/compressed/mkpiggy.c reads it). Only a sizing hint.
+        int expected = payload.Length >= 4 ? (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(payload.Span[^4..]), 512u << 20) : 0;
+        try
+        {
+            return format switch
+            {
+                PayloadFormat.Elf => payload.ToArray(),
+                PayloadFormat.Gzip => ReadAll(new GZipStream(AsStream(payload), System.IO.Compression.CompressionMode.Decompress), expected),
+                PayloadFormat.Xz => ReadAll(new XZStream(AsStream(payload)), expected),
+                // The zstd reader takes the 4-byte size trailer for the start of another frame; strip it.
+                PayloadFormat.Zstd => ReadAll(new DecompressionStream(AsStream(payload.Length > 4 ? payload[..^4] : payload)), expected),
+                PayloadFormat.Bzip2 => ReadAll(BZip2Stream.Create(AsStream(payload), SharpCompress.Compressors.CompressionMode.Decompress, decompressConcatenated: false), expected),
+                PayloadFormat.Lzma => ReadAll(OpenLzma(payload), expected),
+                PayloadFormat.Lzo or PayloadFormat.Lz4 => throw new UserErrorException(
+                    $"{name}: the kernel payload is {format.ToString().ToUpperInvariant()}-compressed, which SharpVisor cannot decompress; use a kernel built with CONFIG_KERNEL_XZ, CONFIG_KERNEL_GZIP, CONFIG_KERNEL_ZSTD, CONFIG_KERNEL_BZIP2 or CONFIG_KERNEL_LZMA (Debian's kernels use XZ)"),
+                _ => throw new UserErrorException(
+                    $"{name}: unrecognised kernel payload format (first bytes {Convert.ToHexString(payload.Span[..Math.Min(8, payload.Length)])}); expected XZ, gzip, zstd, bzip2 or LZMA"),
+            };
+        }
+        catch (Exception e) when (e is not UserErrorException and not OutOfMemoryException)
+        {
+            throw new UserErrorException($"{name}: corrupt {format} kernel payload: {e.Message}");
+        }
+    }
+
+    // The .lzma ("LZMA alone") format: 5 property bytes, the 64-bit uncompressed size (all ones
+    // when unknown: then the stream ends with an end marker), then the LZMA data.
+    static Stream OpenLzma(ReadOnlyMemory<byte> payload)
+    {
+        byte[] properties = payload.Span[..5].ToArray();
+        long size = BinaryPrimitives.ReadInt64LittleEndian(payload.Span[5..13]);
+        // The data runs up to the 4-byte size trailer the kernel build appends.
+        var data = AsStream(payload[13..^4]);
+        return LzmaStream.Create(properties, data, data.Length, size);
+    }
+
+    static MemoryStream AsStream(ReadOnlyMemory<byte> payload) => new(payload.ToArray(), writable: false);
+
+    // Reads the whole stream, asking for everything that is left in each Read. SharpCompress
+    // 0.50.8's XZ x86 BCJ filter corrupts bytes when a Read ends in the middle of a branch
+    // instruction (seen with Debian's 6.1 kernel and 1 MiB reads; the block CRC then fails), so the
+    // buffer is sized from the size_append trailer and read in as few calls as possible. The XZ
+    // block check still guards the result: a wrong guess is an error, never a silent corruption.
+    static byte[] ReadAll(Stream stream, int expected)
+    {
+        using (stream)
+        {
+            var buffer = new byte[Math.Max(expected, 1 << 20) + 1];
+            int length = 0;
+            while (true)
+            {
+                if (length == buffer.Length)
+                {
+                    Array.Resize(ref buffer, buffer.Length * 2);
+                }
+                int n = stream.Read(buffer, length, buffer.Length - length);
+                if (n == 0)
+                {
+                    break;
+                }
+                length += n;
+            }
+            Array.Resize(ref buffer, length);
+            return buffer;
+        }
+    }
+}
