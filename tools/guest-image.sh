@@ -4,7 +4,7 @@
 # `apt-get download` (no root install) into a cache; a second call only prints the paths.
 #
 # Usage: tools/guest-image.sh [--print]      prints "KERNEL INITRD" (space-separated) on stdout
-# Cache: ${SHARPVISOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sharpvisor}/guest/<kernel-package>/
+# Cache: ${SHARPVISOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sharpvisor}/guest/image-<kernel-package>/
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/common.sh"
@@ -32,7 +32,7 @@ apt_update_once() {
 }
 
 # An existing complete image wins: no network is needed once the cache is filled.
-existing=$(ls -d "$cache"/guest/linux-image-*-amd64 2>/dev/null | sort -V | tail -n1 || true)
+existing=$(ls -d "$cache"/guest/image-linux-image-*-amd64 2>/dev/null | sort -V | tail -n1 || true)
 if [[ -n "$existing" && -f "$existing/initramfs.cpio.gz" && -f "$existing/vmlinuz" ]]; then
     echo "$existing/vmlinuz $existing/initramfs.cpio.gz"
     exit 0
@@ -40,7 +40,7 @@ fi
 
 apt_install cpio gzip
 pkg=$(resolve_kernel_package)
-dir="$cache/guest/$pkg"
+dir="$cache/guest/image-$pkg"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
