@@ -411,26 +411,11 @@ public sealed class Rtc : IPortDevice
         CatchUp(now);
         switch (index)
         {
-            case RegSeconds:
-                WriteTime(now, t => new DateTime(t.Year, t.Month, t.Day, t.Hour, t.Minute, 0).AddSeconds(Math.Min(Decode(value), 59)));
-                break;
-            case RegMinutes:
-                WriteTime(now, t => new DateTime(t.Year, t.Month, t.Day, t.Hour, 0, t.Second).AddMinutes(Math.Min(Decode(value), 59)));
-                break;
-            case RegHours:
-                WriteTime(now, t => new DateTime(t.Year, t.Month, t.Day, 0, t.Minute, t.Second).AddHours(Math.Min(DecodeHour(value), 23)));
+            case RegSeconds or RegMinutes or RegHours or RegDayOfMonth or RegMonth or RegYear:
+                WriteTimeField(index, value, now);
                 break;
             case RegDayOfWeek:
                 break; // derived from the date
-            case RegDayOfMonth:
-                WriteTime(now, t => WithDate(t, t.Year, t.Month, Decode(value)));
-                break;
-            case RegMonth:
-                WriteTime(now, t => WithDate(t, t.Year, Decode(value), t.Day));
-                break;
-            case RegYear:
-                WriteTime(now, t => WithDate(t, t.Year / 100 * 100 + Decode(value) % 100, t.Month, t.Day));
-                break;
             case CenturyIndex:
                 WriteCentury(value, now);
                 break;
@@ -453,8 +438,35 @@ public sealed class Rtc : IPortDevice
 
     void WriteCentury(byte value, long now)
     {
-        int century = Decode(value);
-        WriteTime(now, t => WithDate(t, century * 100 + t.Year % 100, t.Month, t.Day));
+        var t = TimeAt(now);
+        SetTime(WithDate(t, Decode(value) * 100 + t.Year % 100, t.Month, t.Day), now);
+    }
+
+    void WriteTimeField(int index, byte value, long now)
+    {
+        var t = TimeAt(now);
+        var date = t.Date;
+        var changed = index switch
+        {
+            RegSeconds => date.AddHours(t.Hour).AddMinutes(t.Minute).AddSeconds(ClampField(Decode(value), 59)),
+            RegMinutes => date.AddHours(t.Hour).AddMinutes(ClampField(Decode(value), 59)).AddSeconds(t.Second),
+            RegHours => date.AddHours(ClampField(DecodeHour(value), 23)).AddMinutes(t.Minute).AddSeconds(t.Second),
+            RegDayOfMonth => WithDate(t, t.Year, t.Month, Decode(value)),
+            RegMonth => WithDate(t, t.Year, Decode(value), t.Day),
+            _ => WithDate(t, t.Year / 100 * 100 + Decode(value) % 100, t.Month, t.Day),
+        };
+        SetTime(changed, now);
+    }
+
+    int ClampField(int value, int max)
+    {
+        if (value > max)
+        {
+            InvalidTimeWrites.Increment();
+            Log.Once("rtc.invalid_time", "rtc", $"guest wrote an out-of-range time field ({value}); clamped to {max}");
+            return max;
+        }
+        return value;
     }
 
     DateTime WithDate(DateTime t, int year, int month, int day)
@@ -468,8 +480,6 @@ public sealed class Rtc : IPortDevice
         }
         return new DateTime(y, m, d, t.Hour, t.Minute, t.Second);
     }
-
-    void WriteTime(long now, Func<DateTime, DateTime> change) => SetTime(change(TimeAt(now)), now);
 
     void WriteRegisterA(byte value, long now)
     {
