@@ -212,37 +212,37 @@ public sealed class Hpet : IMmioDevice
             switch (reg)
             {
                 case RegConfig:
-                {
-                    ulong old = _config;
-                    ulong config = Merge(old) & (CfgEnable | CfgLegacyRoute);
-                    if ((config & CfgEnable) != (old & CfgEnable))
                     {
-                        // Starting or halting the main counter (spec 2.3.5 ENABLE_CNF).
-                        if ((config & CfgEnable) != 0)
+                        ulong old = _config;
+                        ulong config = Merge(old) & (CfgEnable | CfgLegacyRoute);
+                        if ((config & CfgEnable) != (old & CfgEnable))
                         {
-                            _enableTick = tick;
+                            // Starting or halting the main counter (spec 2.3.5 ENABLE_CNF).
+                            if ((config & CfgEnable) != 0)
+                            {
+                                _enableTick = tick;
+                            }
+                            else
+                            {
+                                _counterAtEnable = CounterAt(tick);
+                            }
                         }
-                        else
+                        if ((config & CfgLegacyRoute) != (old & CfgLegacyRoute))
                         {
-                            _counterAtEnable = CounterAt(tick);
+                            legacyChanged = (config & CfgLegacyRoute) != 0;
+                            foreach (var t in _timers)
+                            {
+                                DeassertLevel(t); // routes change: release lines held on the old route
+                            }
                         }
-                    }
-                    if ((config & CfgLegacyRoute) != (old & CfgLegacyRoute))
-                    {
-                        legacyChanged = (config & CfgLegacyRoute) != 0;
-                        foreach (var t in _timers)
+                        _config = config;
+                        for (int i = 0; i < TimerCount; i++)
                         {
-                            DeassertLevel(t); // routes change: release lines held on the old route
+                            UpdateLevel(i);
+                            Schedule(i, tick);
                         }
+                        break;
                     }
-                    _config = config;
-                    for (int i = 0; i < TimerCount; i++)
-                    {
-                        UpdateLevel(i);
-                        Schedule(i, tick);
-                    }
-                    break;
-                }
                 case RegInterruptStatus:
                     // Write 1 to clear a level-triggered timer's status (spec 2.3.7).
                     _interruptStatus &= ~(bits & ((1UL << TimerCount) - 1));
@@ -277,45 +277,45 @@ public sealed class Hpet : IMmioDevice
         switch (register)
         {
             case 0x00:
-            {
-                ulong config = ((t.Config & ~mask) | bits) & TnWritable;
-                if ((bits & ~TnWritable & mask & 0xFFFF_FFFF) != 0)
                 {
-                    ReadOnlyWrites.Increment(); // e.g. FSB enable, which is not offered
+                    ulong config = ((t.Config & ~mask) | bits) & TnWritable;
+                    if ((bits & ~TnWritable & mask & 0xFFFF_FFFF) != 0)
+                    {
+                        ReadOnlyWrites.Increment(); // e.g. FSB enable, which is not offered
+                    }
+                    DeassertLevel(t);
+                    t.Config = config;
+                    if ((t.Config & Tn32Bit) != 0)
+                    {
+                        t.Comparator &= 0xFFFF_FFFF;
+                        t.Period &= 0xFFFF_FFFF;
+                    }
+                    if (RouteLine(index) is null && (t.Config & TnEnable) != 0)
+                    {
+                        InvalidRoutes.Increment();
+                        Log.Once($"hpet.route{index}", "hpet", $"timer {index} routed to IOAPIC input {Route(t)}, which its capability does not allow; its interrupts are dropped");
+                    }
+                    UpdateLevel(index);
+                    break;
                 }
-                DeassertLevel(t);
-                t.Config = config;
-                if ((t.Config & Tn32Bit) != 0)
-                {
-                    t.Comparator &= 0xFFFF_FFFF;
-                    t.Period &= 0xFFFF_FFFF;
-                }
-                if (RouteLine(index) is null && (t.Config & TnEnable) != 0)
-                {
-                    InvalidRoutes.Increment();
-                    Log.Once($"hpet.route{index}", "hpet", $"timer {index} routed to IOAPIC input {Route(t)}, which its capability does not allow; its interrupts are dropped");
-                }
-                UpdateLevel(index);
-                break;
-            }
             case 0x08:
-            {
-                bool is32 = (t.Config & Tn32Bit) != 0;
-                if (is32 && (mask & 0xFFFF_FFFF) == 0)
                 {
-                    break; // the upper half does not exist in 32-bit mode
+                    bool is32 = (t.Config & Tn32Bit) != 0;
+                    if (is32 && (mask & 0xFFFF_FFFF) == 0)
+                    {
+                        break; // the upper half does not exist in 32-bit mode
+                    }
+                    ulong Merge(ulong old) => is32 ? ((old & ~mask) | bits) & 0xFFFF_FFFF : (old & ~mask) | bits;
+                    // In periodic mode a write sets the period; it also sets the comparator only with
+                    // Tn_VAL_SET_CNF, which then clears (spec 2.3.8 and 2.3.9.2.2).
+                    if ((t.Config & TnPeriodic) == 0 || (t.Config & TnValSet) != 0)
+                    {
+                        t.Comparator = Merge(t.Comparator);
+                    }
+                    t.Period = Merge(t.Period);
+                    t.Config &= ~TnValSet;
+                    break;
                 }
-                ulong Merge(ulong old) => is32 ? ((old & ~mask) | bits) & 0xFFFF_FFFF : (old & ~mask) | bits;
-                // In periodic mode a write sets the period; it also sets the comparator only with
-                // Tn_VAL_SET_CNF, which then clears (spec 2.3.8 and 2.3.9.2.2).
-                if ((t.Config & TnPeriodic) == 0 || (t.Config & TnValSet) != 0)
-                {
-                    t.Comparator = Merge(t.Comparator);
-                }
-                t.Period = Merge(t.Period);
-                t.Config &= ~TnValSet;
-                break;
-            }
             case 0x10:
                 t.FsbRoute = (t.FsbRoute & ~mask) | bits;
                 break;

@@ -390,19 +390,19 @@ public sealed class Pic8259Pair : IExtIntController
             case 4: chip.RotateOnAutoEoi = true; break;
             case 1: // non-specific EOI
             case 5: // rotate on non-specific EOI
-            {
-                int priority = Priority(chip, chip.Isr);
-                if (priority != 8)
                 {
-                    int irq = (priority + chip.PriorityAdd) & 7;
-                    chip.Isr &= (byte)~(1 << irq);
-                    if (value >> 5 == 5)
+                    int priority = Priority(chip, chip.Isr);
+                    if (priority != 8)
                     {
-                        chip.PriorityAdd = (byte)((irq + 1) & 7);
+                        int irq = (priority + chip.PriorityAdd) & 7;
+                        chip.Isr &= (byte)~(1 << irq);
+                        if (value >> 5 == 5)
+                        {
+                            chip.PriorityAdd = (byte)((irq + 1) & 7);
+                        }
                     }
+                    break;
                 }
-                break;
-            }
             case 3: // specific EOI
                 chip.Isr &= (byte)~(1 << level);
                 break;

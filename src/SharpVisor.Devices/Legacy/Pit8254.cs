@@ -166,14 +166,14 @@ public sealed class Pit8254 : IPortDevice
                 count = n - d % n;
                 break;
             case 3:
-            {
-                // Decrements by two; each half period starts again from N.
-                long phase = d % n;
-                long high = (n + 1) / 2;
-                long inHalf = phase < high ? phase : phase - high;
-                count = (n - 2 * inHalf) & ~1L;
-                break;
-            }
+                {
+                    // Decrements by two; each half period starts again from N.
+                    long phase = d % n;
+                    long high = (n + 1) / 2;
+                    long inHalf = phase < high ? phase : phase - high;
+                    count = (n - 2 * inHalf) & ~1L;
+                    break;
+                }
             default:
                 count = n - d; // modes 0, 1, 4, 5 wrap around after 0
                 break;

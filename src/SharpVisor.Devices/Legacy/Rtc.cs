@@ -376,17 +376,17 @@ public sealed class Rtc : IPortDevice
             case RegB:
                 return _regB;
             case RegC:
-            {
-                CatchUp(now);
-                byte c = _flags;
-                if ((c & IrqSources()) != 0)
                 {
-                    c |= CIrqf;
+                    CatchUp(now);
+                    byte c = _flags;
+                    if ((c & IrqSources()) != 0)
+                    {
+                        c |= CIrqf;
+                    }
+                    _flags = 0; // reading C clears every flag and releases IRQ 8
+                    UpdateIrq(now);
+                    return c;
                 }
-                _flags = 0; // reading C clears every flag and releases IRQ 8
-                UpdateIrq(now);
-                return c;
-            }
             case RegD:
                 return 0x80; // VRT: battery good; bit 6 must read 0 (Linux checks it)
             default:

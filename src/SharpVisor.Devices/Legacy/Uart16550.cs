@@ -246,35 +246,35 @@ public sealed class Uart16550 : IPortDevice
             case IerDlm:
                 return dlab ? _dlm : _ier;
             case IirFcr:
-            {
-                byte id = CurrentInterrupt();
-                // Reading IIR while it reports THRE clears that interrupt (datasheet table 4).
-                if (id == IirThre)
                 {
-                    _thrInterruptPending = false;
+                    byte id = CurrentInterrupt();
+                    // Reading IIR while it reports THRE clears that interrupt (datasheet table 4).
+                    if (id == IirThre)
+                    {
+                        _thrInterruptPending = false;
+                    }
+                    return (byte)(id | (FifoEnabled ? IirFifoEnabled : 0));
                 }
-                return (byte)(id | (FifoEnabled ? IirFifoEnabled : 0));
-            }
             case Lcr:
                 return _lcr;
             case Mcr:
                 return _mcr;
             case Lsr:
-            {
-                byte lsr = (byte)(LsrThre | LsrTemt | _lsrErrors);
-                if (_rxCount > 0)
                 {
-                    lsr |= LsrDataReady;
+                    byte lsr = (byte)(LsrThre | LsrTemt | _lsrErrors);
+                    if (_rxCount > 0)
+                    {
+                        lsr |= LsrDataReady;
+                    }
+                    _lsrErrors = 0; // error bits clear on read
+                    return lsr;
                 }
-                _lsrErrors = 0; // error bits clear on read
-                return lsr;
-            }
             case Msr:
-            {
-                byte msr = (byte)(_msrLines | _msrDeltas);
-                _msrDeltas = 0;
-                return msr;
-            }
+                {
+                    byte msr = (byte)(_msrLines | _msrDeltas);
+                    _msrDeltas = 0;
+                    return msr;
+                }
             case Scr:
                 return _scr;
             default:
