@@ -66,6 +66,9 @@ public sealed class AcpiPm : IPortDevice
     public readonly Counter UnsupportedSleepRequests = new("acpi_pm.unsupported_sleep_requests");
     public readonly Counter PowerOffs = new("acpi_pm.power_offs");
 
+    /// <summary>This device's counters, for the machine's <see cref="CounterRegistry"/>.</summary>
+    public IEnumerable<Counter> Counters => [UnknownRegisterAccesses, UnsupportedSleepRequests, PowerOffs];
+
     /// <param name="timers">Arms the PM timer's TMR_STS overflow event when TMR_EN is set.</param>
     /// <param name="sci">The SCI line (GSI 9 on a PC, level-triggered).</param>
     /// <param name="powerOff">Called (outside the device lock) when the guest enters S5.</param>

@@ -16,6 +16,9 @@ public sealed class DebugExit(Action<int> exit) : IPortDevice
 
     public readonly Counter Reads = new("debug_exit.reads");
 
+    /// <summary>This device's counters, for the machine's <see cref="CounterRegistry"/>.</summary>
+    public IEnumerable<Counter> Counters => [Reads];
+
     public uint PortRead(ushort offset, int size)
     {
         Reads.Increment();

@@ -85,6 +85,9 @@ public sealed class Hpet : IMmioDevice
     public readonly Counter ZeroPeriods = new("hpet.zero_periods");
     public readonly Counter ReadOnlyWrites = new("hpet.read_only_writes");
 
+    /// <summary>This device's counters, for the machine's <see cref="CounterRegistry"/>.</summary>
+    public IEnumerable<Counter> Counters => [Interrupts, CoalescedPeriods, InvalidRoutes, ZeroPeriods, ReadOnlyWrites];
+
     /// <param name="timers">Timer queue for comparators; its clock is the time base.</param>
     /// <param name="legacyIrq0">Timer 0's output in legacy replacement mode (PIC IRQ 0 and IOAPIC input 2).</param>
     /// <param name="legacyIrq8">Timer 1's output in legacy replacement mode (PIC IRQ 8 and IOAPIC input 8).</param>
@@ -148,7 +151,8 @@ public sealed class Hpet : IMmioDevice
 
     ulong CounterAt(long tick) => Enabled ? _counterAtEnable + (ulong)(tick - _enableTick) : _counterAtEnable;
 
-    static ulong TimerCapabilities(int index) => TnPeriodicCap | TnSize64Cap;
+    /// <summary>Read-only capability bits of every timer: periodic-capable, 64-bit.</summary>
+    const ulong TimerCapabilities = TnPeriodicCap | TnSize64Cap;
 
     ulong Register(int offset, long tick)
     {
@@ -157,7 +161,7 @@ public sealed class Hpet : IMmioDevice
             var t = _timers[(offset - RegTimerBase) / TimerStride];
             return ((offset - RegTimerBase) % TimerStride) switch
             {
-                0x00 => t.Config | TimerCapabilities(0) | ((ulong)InterruptRouteCapability << 32),
+                0x00 => t.Config | TimerCapabilities | ((ulong)InterruptRouteCapability << 32),
                 0x08 => (t.Config & Tn32Bit) != 0 ? t.Comparator & 0xFFFF_FFFF : t.Comparator,
                 0x10 => t.FsbRoute,
                 _ => 0,

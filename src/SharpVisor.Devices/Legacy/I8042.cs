@@ -60,6 +60,9 @@ public sealed class I8042
     public readonly Counter ResetPulses = new("i8042.reset_pulses");
     public readonly Counter A20Disables = new("i8042.a20_disables");
 
+    /// <summary>This device's counters, for the machine's <see cref="CounterRegistry"/>.</summary>
+    public IEnumerable<Counter> Counters => [UnknownCommands, DeviceBytesToAbsentDevice, OutputOverflows, ResetPulses, A20Disables];
+
     /// <param name="kbdIrq">IRQ 1.</param>
     /// <param name="auxIrq">IRQ 12.</param>
     /// <param name="reset">Called (outside the device lock) when the guest pulses the reset line.</param>

@@ -51,6 +51,9 @@ public sealed class Pic8259Pair : IExtIntController
     public readonly Counter CascadeInputWrites = new("pic.cascade_input_writes");
     public readonly Counter ReservedElcrWrites = new("pic.reserved_elcr_writes");
 
+    /// <summary>This device's counters, for the machine's <see cref="CounterRegistry"/>.</summary>
+    public IEnumerable<Counter> Counters => [SpuriousAcknowledges, UnsupportedModes, CascadeInputWrites, ReservedElcrWrites];
+
     /// <param name="intChanged">Called when the master's INT output may have changed (kick the vCPU / LINT0).</param>
     public Pic8259Pair(Action<bool>? intChanged = null)
     {

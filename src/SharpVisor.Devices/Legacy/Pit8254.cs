@@ -69,6 +69,9 @@ public sealed class Pit8254 : IPortDevice
     public readonly Counter IllegalCounts = new("pit.illegal_counts");
     public readonly Counter BadAccesses = new("pit.bad_accesses");
 
+    /// <summary>This device's counters, for the machine's <see cref="CounterRegistry"/>.</summary>
+    public IEnumerable<Counter> Counters => [Irq0Pulses, CoalescedIrqs, IllegalCounts, BadAccesses];
+
     /// <param name="timers">Timer queue for IRQ 0 edges; its clock is the time base.</param>
     /// <param name="irq0">ISA IRQ 0 (the machine fans it out to the PIC and IOAPIC pin 2).</param>
     public Pit8254(TimerQueue timers, IIrqLine irq0)

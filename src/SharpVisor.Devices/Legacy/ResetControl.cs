@@ -27,6 +27,18 @@ public sealed class ResetControl(Action reset) : IPortDevice
     public readonly Counter Resets = new("reset_control.resets");
     public readonly Counter WideAccesses = new("reset_control.wide_accesses");
 
+    /// <summary>This device's counters, for the machine's <see cref="CounterRegistry"/>.</summary>
+    public IEnumerable<Counter> Counters => [Resets, WideAccesses];
+
+    /// <summary>Power-on value 0.</summary>
+    public void Reset()
+    {
+        lock (_lock)
+        {
+            _value = 0;
+        }
+    }
+
     public uint PortRead(ushort offset, int size)
     {
         if (size != 1)

@@ -88,6 +88,9 @@ public sealed class Rtc : IPortDevice
     public readonly Counter ReadOnlyWrites = new("rtc.read_only_writes");
     public readonly Counter Interrupts = new("rtc.interrupts");
 
+    /// <summary>This device's counters, for the machine's <see cref="CounterRegistry"/>.</summary>
+    public IEnumerable<Counter> Counters => [UnsupportedModes, InvalidTimeWrites, ReadOnlyWrites, Interrupts];
+
     /// <param name="timers">Timer queue for IRQ 8 when an interrupt is enabled; its clock is the time base.</param>
     /// <param name="irq8">ISA IRQ 8.</param>
     /// <param name="startTime">RTC time at power-on (kept as UTC wall time); null takes the host's UTC time now. Pass a fixed value for deterministic runs.</param>

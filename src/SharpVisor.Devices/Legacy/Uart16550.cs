@@ -108,6 +108,9 @@ public sealed class Uart16550 : IPortDevice
     public readonly Counter Overruns;
     public readonly Counter ReadOnlyRegisterWrites;
 
+    /// <summary>This device's counters, for the machine's <see cref="CounterRegistry"/>.</summary>
+    public IEnumerable<Counter> Counters => [TransmittedBytes, ReceivedBytes, BacklogDrops, Overruns, ReadOnlyRegisterWrites];
+
     /// <param name="irq">The UART's ISA interrupt line (IRQ 4 for COM1).</param>
     /// <param name="transmit">Receives every byte the guest transmits (called under the UART lock, in order).</param>
     /// <param name="name">Device name, e.g. "com1".</param>
