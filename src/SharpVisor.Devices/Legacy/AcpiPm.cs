@@ -52,7 +52,7 @@ public sealed class AcpiPm : IPortDevice
     readonly VirtualClock _clock;
     readonly IIrqLine _sci;
     readonly Action _powerOff;
-    readonly TimerQueue.Timer _tmrOverflow;
+    readonly DeviceTimer _tmrOverflow;
     readonly bool _sciEnabledAtReset;
 
     ushort _pm1Sts;
@@ -85,7 +85,7 @@ public sealed class AcpiPm : IPortDevice
         _powerOff = powerOff;
         S5SleepType = s5SleepType;
         _sciEnabledAtReset = sciEnabledAtReset;
-        _tmrOverflow = timers.Create("acpi-pm-timer-overflow", OnTimerOverflow);
+        _tmrOverflow = new DeviceTimer(timers, "acpi-pm-timer-overflow", OnTimerOverflow);
         Reset();
     }
 
@@ -107,7 +107,6 @@ public sealed class AcpiPm : IPortDevice
             _pm1Cnt = _sciEnabledAtReset ? SciEn : (ushort)0;
             _tmrEpoch = Ticks() >> 23;
             Array.Clear(_gpe0En);
-            _tmrOverflow.Cancel();
             UpdateSci();
         }
     }
@@ -260,11 +259,7 @@ public sealed class AcpiPm : IPortDevice
         if ((_pm1En & TmrSts) != 0 && (Pm1StatusNow(ticks) & TmrSts) == 0)
         {
             long nextToggle = ((ticks >> 23) + 1) << 23;
-            _tmrOverflow.ArmAt(ClockMath.TicksToNs(nextToggle, TimerHz));
-        }
-        else
-        {
-            _tmrOverflow.Cancel();
+            _tmrOverflow.EnsureBy(ClockMath.TicksToNs(nextToggle, TimerHz));
         }
     }
 

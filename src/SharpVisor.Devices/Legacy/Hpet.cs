@@ -59,9 +59,8 @@ public sealed class Hpet : IMmioDevice
         public ulong Comparator;
         public ulong Period;
         public ulong FsbRoute;
-        public TimerQueue.Timer QueueTimer = null!;
+        public DeviceTimer QueueTimer = null!;
         public long FireTick = -1;       // absolute 100 MHz tick the queue timer is armed for
-        public long ArmedAtNs = -1;
         public long LastFireNs = long.MinValue / 2;
         public IIrqLine? AssertedLine;   // level-triggered line currently held high
     }
@@ -107,7 +106,7 @@ public sealed class Hpet : IMmioDevice
         {
             int index = i;
             _timers[i] = new HpetTimer();
-            _timers[i].QueueTimer = timers.Create($"hpet-timer{i}", () => OnTimer(index));
+            _timers[i].QueueTimer = new DeviceTimer(timers, $"hpet-timer{i}", () => OnTimer(index));
         }
         Reset();
     }
@@ -134,9 +133,7 @@ public sealed class Hpet : IMmioDevice
                 t.Comparator = ulong.MaxValue;
                 t.Period = 0;
                 t.FsbRoute = 0;
-                t.QueueTimer.Cancel();
                 t.FireTick = -1;
-                t.ArmedAtNs = -1;
             }
         }
         if (legacyWasOn)
@@ -350,7 +347,6 @@ public sealed class Hpet : IMmioDevice
         var t = _timers[index];
         if (!Enabled)
         {
-            t.QueueTimer.Cancel();
             t.FireTick = -1;
             return;
         }
@@ -359,7 +355,6 @@ public sealed class Hpet : IMmioDevice
         if (delta > (1UL << 62))
         {
             // 64-bit comparator in the past: the next match is after a 2^64 wrap, i.e. never.
-            t.QueueTimer.Cancel();
             t.FireTick = -1;
             return;
         }
@@ -369,11 +364,7 @@ public sealed class Hpet : IMmioDevice
         {
             at = Math.Max(at, t.LastFireNs + MinPeriodNs);
         }
-        if (at != t.ArmedAtNs || !t.QueueTimer.IsArmed)
-        {
-            t.ArmedAtNs = at;
-            t.QueueTimer.ArmAt(at);
-        }
+        t.QueueTimer.EnsureBy(at);
     }
 
     void OnTimer(int index)
@@ -399,7 +390,6 @@ public sealed class Hpet : IMmioDevice
                     ZeroPeriods.Increment();
                     Log.Once($"hpet.zero_period{index}", "hpet", $"timer {index} is periodic with period 0; it fires once");
                     t.FireTick = -1;
-                    t.QueueTimer.Cancel();
                     return;
                 }
                 // Advance the comparator by whole periods past the counter (spec 2.3.9.2.2).
@@ -433,12 +423,10 @@ public sealed class Hpet : IMmioDevice
             }
             if (delta == 0 || delta > (1UL << 62))
             {
-                t.QueueTimer.Cancel();
                 return;
             }
             t.FireTick = tick + (long)delta;
-            t.ArmedAtNs = t.FireTick * (1_000_000_000 / FrequencyHz);
-            t.QueueTimer.ArmAt(t.ArmedAtNs);
+            t.QueueTimer.EnsureBy(t.FireTick * (1_000_000_000 / FrequencyHz));
             return;
         }
         Schedule(index, tick);

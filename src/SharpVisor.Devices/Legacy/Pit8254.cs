@@ -55,12 +55,11 @@ public sealed class Pit8254 : IPortDevice
     readonly Lock _lock = new();
     readonly VirtualClock _clock;
     readonly IIrqLine _irq0;
-    readonly TimerQueue.Timer _irqTimer;
+    readonly DeviceTimer _irqTimer;
     readonly Channel[] _channels = [new(), new(), new()];
     bool _irq0Connected = true;
     long _irqEdgeTick = -1;     // the OUT0 rising edge the timer is armed for
     long _lastPulseNs = long.MinValue / 2;
-    long _irqArmedAtNs = -1;
     bool _speakerData;
     byte _port61Upper;          // bits 2-3 (SERR#/IOCHK# NMI enables), kept as written
 
@@ -78,7 +77,7 @@ public sealed class Pit8254 : IPortDevice
     {
         _clock = timers.Clock;
         _irq0 = irq0;
-        _irqTimer = timers.Create("pit-irq0", OnIrqTimer);
+        _irqTimer = new DeviceTimer(timers, "pit-irq0", OnIrqTimer);
         Port61 = new NmiStatusPort(this);
         Reset();
     }
@@ -467,15 +466,9 @@ public sealed class Pit8254 : IPortDevice
         _irqEdgeTick = edge;
         if (edge < 0)
         {
-            _irqTimer.Cancel();
-            return;
+            return; // a pending callback, if any, finds nothing to do
         }
-        long at = Math.Max(ClockMath.TicksToNs(edge, FrequencyHz), _lastPulseNs + MinIrqIntervalNs);
-        if (at != _irqArmedAtNs || !_irqTimer.IsArmed)
-        {
-            _irqArmedAtNs = at; // re-arming only on change keeps the timer queue free of stale entries
-            _irqTimer.ArmAt(at);
-        }
+        _irqTimer.EnsureBy(Math.Max(ClockMath.TicksToNs(edge, FrequencyHz), _lastPulseNs + MinIrqIntervalNs));
     }
 
     void OnIrqTimer()

@@ -63,7 +63,7 @@ public sealed class Rtc : IPortDevice
     readonly Lock _lock = new();
     readonly VirtualClock _clock;
     readonly IIrqLine _irq;
-    readonly TimerQueue.Timer _timer;
+    readonly DeviceTimer _timer;
     readonly byte[] _cmos = new byte[256];
     readonly DateTime _powerOnTime;
 
@@ -81,7 +81,6 @@ public sealed class Rtc : IPortDevice
     long _flagsUpToNs;
     bool _irqLevel;
     bool _irqConnected = true;
-    long _armedAtNs = -1;
 
     public readonly Counter UnsupportedModes = new("rtc.unsupported_modes");
     public readonly Counter InvalidTimeWrites = new("rtc.invalid_time_writes");
@@ -98,7 +97,7 @@ public sealed class Rtc : IPortDevice
     {
         _clock = timers.Clock;
         _irq = irq8;
-        _timer = timers.Create("rtc", OnTimer);
+        _timer = new DeviceTimer(timers, "rtc", OnTimer);
         var start = startTime ?? DateTime.UtcNow;
         _powerOnTime = new DateTime(start.Ticks - start.Ticks % TimeSpan.TicksPerSecond, DateTimeKind.Unspecified);
         Reset();
@@ -571,15 +570,9 @@ public sealed class Rtc : IPortDevice
                 next = Math.Min(next, _baseNs + (UpdatesBy(now) + 1) * NsPerSecond);
             }
         }
-        if (next == long.MaxValue)
+        if (next != long.MaxValue)
         {
-            _timer.Cancel();
-            _armedAtNs = -1;
-        }
-        else if (next != _armedAtNs || !_timer.IsArmed)
-        {
-            _armedAtNs = next;
-            _timer.ArmAt(next);
+            _timer.EnsureBy(next);
         }
     }
 

@@ -145,6 +145,20 @@ public class HpetTests
     }
 
     [Fact]
+    public void ReprogrammingTheComparatorInALoopFiresOnlyForTheLastValue()
+    {
+        Writel(Cfg, (uint)(Enable | Legacy));
+        Writel(TCfg(1), (uint)(TnEnable | Tn32Bit));
+        for (int i = 0; i < 10_000; i++)
+        {
+            Writel(TCmp(1), i % 2 == 0 ? 100u : 1_000_000u);
+        }
+        _time.RunUntil(100_000_000);
+        Assert.Equal(1, _irq8.RisingEdges);
+        Assert.Equal(10_000_000, _irq8.EdgeTimesNs[0]);
+    }
+
+    [Fact]
     public void ThirtyTwoBitOneShotFiresAgainAfterTheCounterWraps()
     {
         Writel(Cfg, (uint)(Enable | Legacy));

@@ -137,6 +137,22 @@ public class Pit8254Tests
     }
 
     [Fact]
+    public void ReprogrammingInALoopFiresOnlyForTheLastCount()
+    {
+        for (int i = 0; i < 10_000; i++)
+        {
+            Control(0x30);
+            int count = i % 2 == 0 ? 60_000 : 50;
+            Counter(0, (uint)(count & 0xFF));
+            Counter(0, (uint)(count >> 8));
+        }
+        // The last program (i = 9999) is 50 ticks; earlier deadlines must not fire.
+        _time.RunUntil(100_000_000);
+        Assert.Equal(1, _irq0.RisingEdges);
+        Assert.Equal(NsOfTick(50), _irq0.EdgeTimesNs[0]);
+    }
+
+    [Fact]
     public void CountZeroMeans65536()
     {
         Control(0x34);
