@@ -282,6 +282,47 @@ public class Uart16550Tests
     }
 
     [Fact]
+    public void SinkMayEchoIntoTheReceiverOnTheSameThread()
+    {
+        Uart16550? uart = null;
+        uart = new Uart16550(new RecordingIrqLine(), b => uart!.Receive([b]));
+        uart.PortWrite(Thr, 1, 0x41);
+        Assert.Equal(1u, uart.PortRead(Lsr, 1) & 1);
+        Assert.Equal(0x41u, uart.PortRead(Rbr, 1));
+    }
+
+    [Fact]
+    public async Task TerminalInputFromAnotherThreadArrivesCompleteAndInOrder()
+    {
+        _uart.PortWrite(Fcr, 1, 0x01);
+        var writer = Task.Run(() =>
+        {
+            for (int i = 0; i < 5000; i++)
+            {
+                _uart.Receive([(byte)i]);
+            }
+        });
+        var got = new List<byte>();
+        while (got.Count < 5000)
+        {
+            if ((In(Lsr) & 1) != 0)
+            {
+                got.Add((byte)In(Rbr));
+            }
+            else if (writer.IsCompleted && (In(Lsr) & 1) == 0 && got.Count < 5000)
+            {
+                break;
+            }
+        }
+        await writer;
+        Assert.Equal(5000, got.Count);
+        for (int i = 0; i < got.Count; i++)
+        {
+            Assert.Equal((byte)i, got[i]);
+        }
+    }
+
+    [Fact]
     public void StreamSinkReceivesBytes()
     {
         var stream = new MemoryStream();
