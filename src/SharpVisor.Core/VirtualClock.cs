@@ -125,6 +125,11 @@ public sealed class TimerQueue(VirtualClock clock)
     {
         lock (_gate)
         {
+            if (t.IsArmed)
+            {
+                // Drop the old entry: a guest re-programming a timer in a loop must not grow the queue.
+                _queue.Remove(t, out _, out _);
+            }
             t.Deadline = deadlineNs;
             t.IsArmed = true;
             _queue.Enqueue(t, deadlineNs);
@@ -140,7 +145,23 @@ public sealed class TimerQueue(VirtualClock clock)
     {
         lock (_gate)
         {
-            t.IsArmed = false;
+            if (t.IsArmed)
+            {
+                _queue.Remove(t, out _, out _);
+                t.IsArmed = false;
+            }
+        }
+    }
+
+    /// <summary>Entries in the queue (armed timers only: re-arming and cancelling remove the old entry).</summary>
+    public int Count
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _queue.Count;
+            }
         }
     }
 
