@@ -42,3 +42,15 @@ public interface IMsiSink
     /// <param name="requesterId">PCI requester ID (bus &lt;&lt; 8 | devfn) the message comes from.</param>
     void SendMsi(ulong address, uint data, ushort requesterId);
 }
+
+/// <summary>Drives several interrupt inputs from one source (an ISA IRQ goes to both the PIC and the IOAPIC).</summary>
+public sealed class IrqFanOut(params IIrqLine[] outputs) : IIrqLine
+{
+    public void SetLevel(bool asserted)
+    {
+        foreach (var o in outputs)
+        {
+            o.SetLevel(asserted);
+        }
+    }
+}

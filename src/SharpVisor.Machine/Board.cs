@@ -2,7 +2,10 @@ using SharpVisor.Core;
 using SharpVisor.Cpu.X86;
 using SharpVisor.Devices.Interrupts;
 using SharpVisor.Devices.Iommu;
+using SharpVisor.Devices.Legacy;
 using SharpVisor.Devices.Pci;
+using SharpVisor.Machine.Acpi;
+using SharpVisor.Machine.Boot;
 
 namespace SharpVisor.Machine;
 
@@ -26,15 +29,31 @@ public sealed partial class VirtualMachine
     public PciHostBridge Pci { get; private set; } = null!;
     public IntelIommu? Iommu { get; private set; }
     public EduDevice Edu { get; private set; } = null!;
+    public Pic8259Pair Pic { get; private set; } = null!;
+    public Uart16550 Com1 { get; private set; } = null!;
+    public Pit8254 Pit { get; private set; } = null!;
+    public Rtc Rtc { get; private set; } = null!;
+    public Hpet Hpet { get; private set; } = null!;
+    public AcpiPm AcpiPm { get; private set; } = null!;
+    public PcFirmware Firmware { get; private set; } = null!;
+
+    public const ushort AcpiPmBase = 0x600;
+    public const ulong HpetBase = 0xFED0_0000;
 
     void BuildBoard()
     {
+        // The 8259 pair reaches the boot CPU through LINT0 (virtual-wire mode) until the kernel moves to the IOAPIC.
+        Pic = new Pic8259Pair(asserted => LocalApics[0].Lint0.SetLevel(asserted));
+        Ports.Register(0x20, 2, Pic.MasterPort);
+        Ports.Register(0xA0, 2, Pic.SlavePort);
+        Ports.Register(0x4D0, 2, Pic.ElcrPort);
+
         // Interrupt fabric: LAPICs on one bus; MSIs (devices and IOAPIC) through the remapper when VT-d is on.
         ApicBus = new ApicBus();
         LocalApics = new LocalApic[Cpus.Length];
         for (int i = 0; i < Cpus.Length; i++)
         {
-            var apic = new LocalApic((uint)i, ApicBus, Cpus[i], Timers, Cpus[i].Tsc);
+            var apic = new LocalApic((uint)i, ApicBus, Cpus[i], Timers, Cpus[i].Tsc, i == 0 ? Pic : null);
             LocalApics[i] = apic;
             ApicBus.Attach(apic);
             Cpus[i].Apic = new VcpuApicPort(apic);
@@ -63,6 +82,8 @@ public sealed partial class VirtualMachine
             apic.EoiListener = IoApic;
         }
 
+        BuildLegacyDevices();
+
         Pci = new PciHostBridge(Memory, Ports, msi, dma, EcamBase, EcamBuses);
         var route = PciIntxRouting.CreateRouter(gsi => IoApic.GetPin(gsi));
         Edu = new EduDevice();
@@ -71,16 +92,84 @@ public sealed partial class VirtualMachine
         Pci.RegisterCounters(Counters);
     }
 
+    /// <summary>ISA interrupt n: PIC input n and IOAPIC pin n, except IRQ 0 which is IOAPIC pin 2 (MADT override).</summary>
+    IIrqLine IsaIrq(int irq) => new IrqFanOut(Pic.Input(irq), IoApic.GetPin(irq == 0 ? 2 : irq));
+
+    void BuildLegacyDevices()
+    {
+        Com1 = new Uart16550(IsaIrq(4), ConsoleOutput, "com1");
+        Ports.Register(0x3F8, 8, Com1);
+        Pit = new Pit8254(Timers, IsaIrq(0));
+        Ports.Register(0x40, 4, Pit);
+        Ports.Register(0x61, 1, Pit.Port61);
+        DateTime? start = _config.Clock == ClockMode.Deterministic ? new DateTime(2026, 1, 1, 0, 0, 0, DateTimeKind.Utc) : null;
+        Rtc = new Rtc(Timers, IsaIrq(8), start);
+        Rtc.SetMemorySize(Ram.LowRamEnd, Ram.HighRamSize);
+        Ports.Register(0x70, 2, Rtc);
+        var i8042 = new I8042(IsaIrq(1), IsaIrq(12), () => RequestExit(new VmExit(VmExitKind.Reset, "the guest reset the machine (i8042)")));
+        Ports.Register(0x60, 1, i8042.DataPort);
+        Ports.Register(0x64, 1, i8042.CommandPort);
+        // The DSDT's \_S5 package says sleep type 0 (as QEMU's q35), so S5 is type 0 here too.
+        AcpiPm = new AcpiPm(Timers, IoApic.GetPin(9), () => RequestExit(new VmExit(VmExitKind.PowerOff, "the guest powered off")), s5SleepType: 0);
+        Ports.Register(AcpiPmBase, AcpiPm.BlockSize, AcpiPm);
+        Ports.Register(0xCF9, 1, new ResetControl(() => RequestExit(new VmExit(VmExitKind.Reset, "the guest reset the machine"))));
+        Hpet = new Hpet(Timers, IsaIrq(0), IsaIrq(8), gsi => IoApic.GetPin(gsi), legacy =>
+        {
+            // Legacy replacement routing takes IRQ 0 and IRQ 8 away from the PIT and RTC (HPET spec 2.3.9.2.2).
+            Pit.Irq0Connected = !legacy;
+            Rtc.IrqConnected = !legacy;
+        });
+        Memory.AddMmio(HpetBase, Hpet.RegionSize, Hpet);
+        Ports.Register(0xF4, 1, new DebugExit(status => RequestExit(new VmExit(VmExitKind.PowerOff, $"debug-exit port written (status {status})", status))));
+        foreach (var c in Com1.Counters.Concat(Pit.Counters).Concat(Rtc.Counters).Concat(Hpet.Counters).Concat(AcpiPm.Counters).Concat(Pic.Counters))
+        {
+            Counters.Add(c);
+        }
+    }
+
     void LoadGuest()
     {
-        throw new UserErrorException("booting a kernel is not possible yet: the kernel loaders are being integrated (see README: status)");
+        var acpi = AcpiMachineDescription.ForMachine(Ram, Cpus.Length);
+        if (Iommu is { } iommu)
+        {
+            acpi = acpi with { ExtraTables = [DmarTable.Build(iommu.Options, IoApicId, IoApicSourceId, DmarTable.Flags.InterruptRemapping)] };
+        }
+        Firmware = PcFirmware.Install(Ram, acpi);
+        byte[] kernel = LinuxLoader.ReadFile(_config.Kernel!, "kernel");
+        byte[]? initrd = _config.Initrd is { } path ? LinuxLoader.ReadFile(path, "initrd") : null;
+        var boot = LinuxLoader.Load(Ram, new LinuxBootRequest(kernel, initrd, _config.CommandLine, Firmware.E820, Firmware.Acpi.RsdpAddress));
+        ApplyBootEntry(Cpus[0], boot.Entry);
+    }
+
+    /// <summary>Puts the boot CPU in the state the loader describes (registers, control registers, hidden segment state).</summary>
+    static void ApplyBootEntry(Cpu.X86.Cpu cpu, BootEntry e)
+    {
+        cpu.Cr0Value = e.Cr0;
+        cpu.Cr3 = e.Cr3;
+        cpu.Cr4Value = e.Cr4;
+        cpu.EferValue = e.Efer;
+        cpu.GdtBase = e.GdtBase;
+        cpu.GdtLimit = e.GdtLimit;
+        cpu.IdtBase = 0;
+        cpu.IdtLimit = 0;
+        static SegmentRegister Seg(BootSegment s) => new() { Selector = s.Selector, Base = s.Base, Limit = s.Limit, Attributes = s.Attributes };
+        cpu.Segs[(int)Cpu.X86.Seg.CS] = Seg(e.Cs);
+        foreach (var s in new[] { Cpu.X86.Seg.DS, Cpu.X86.Seg.ES, Cpu.X86.Seg.SS, Cpu.X86.Seg.FS, Cpu.X86.Seg.GS })
+        {
+            cpu.Segs[(int)s] = Seg(e.Data);
+        }
+        cpu.Tr = Seg(e.Tr);
+        cpu.SetFlags(BootEntry.InitialRflags);
+        cpu.Rip = e.Rip;
+        cpu.Rsi = e.Rsi;
+        cpu.Rax = e.Rax;
+        cpu.Rbx = e.Rbx;
+        cpu.FlushTlb(includeGlobal: true);
+        cpu.UpdateMode();
     }
 
     /// <summary>A byte typed on the console, for the guest's serial port.</summary>
-    public void SendConsoleInput(byte b)
-    {
-        _ = b; // wired to COM1 when the UART lands
-    }
+    public void SendConsoleInput(byte b) => Com1.Receive([b]);
 }
 
 /// <summary>Presents a <see cref="LocalApic"/> to its vCPU (MMIO page while in xAPIC mode, MSRs, interrupts).</summary>
