@@ -10,6 +10,8 @@ filter=()
 if [[ "${1:-}" == "--filter" && -n "${2:-}" ]]; then filter=(--filter "$2"); fi
 
 require_dotnet
+# iasl validates the ACPI tables; the Machine tests fetch Debian's kernel with apt-get download.
+apt_install acpica-tools cpio
 step "build (Release, warnings are errors)"
 dotnet build SharpVisor.slnx -c Release -nologo -v quiet -clp:NoSummary
 

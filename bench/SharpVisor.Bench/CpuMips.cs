@@ -2,8 +2,8 @@ using System.Diagnostics;
 using Iced.Intel;
 using SharpVisor.Core;
 using SharpVisor.Cpu.X86;
-using Vcpu = SharpVisor.Cpu.X86.Cpu;
 using static Iced.Intel.AssemblerRegisters;
+using Vcpu = SharpVisor.Cpu.X86.Cpu;
 
 namespace SharpVisor.Bench;
 

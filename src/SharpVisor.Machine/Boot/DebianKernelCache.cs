@@ -57,6 +57,11 @@ public static class DebianKernelCache
         try
         {
             Run("dpkg-deb", ["-x", deb, staging], CacheDirectory, TimeSpan.FromMinutes(2));
+            if (Directory.Exists(target) && !Directory.Exists(Path.Combine(target, "boot")))
+            {
+                // A tree left incomplete (an interrupted unpack, or another tool's files): replace it.
+                Directory.Delete(target, recursive: true);
+            }
             if (!Directory.Exists(target))
             {
                 Directory.Move(staging, target);
