@@ -75,8 +75,7 @@ public static partial class X87Arith
             flags |= X87Status.Invalid;
             return indefinite;
         }
-        if (value.IsDenormal)
-            flags |= X87Status.Denormal;
+        // No DE: the host reports none for a denormal source of a store (FIST/FST/FBSTP).
         bool negative = value.IsNegative;
         ulong m = Unpack(value, out int e);
         if (!RoundToIntegral(negative, m, e, rc, ref flags, out ulong magnitude))
@@ -90,7 +89,7 @@ public static partial class X87Arith
     private static long InvalidInteger(long indefinite, ref X87Status flags)
     {
         // The masked response replaces the rounded value, so no precision exception is reported.
-        flags = (flags & X87Status.Denormal) | X87Status.Invalid;
+        flags = X87Status.Invalid;
         return indefinite;
     }
 
@@ -161,12 +160,11 @@ public static partial class X87Arith
             flags |= X87Status.Invalid;
             return PackedBcd.Indefinite;
         }
-        if (value.IsDenormal)
-            flags |= X87Status.Denormal;
+        // No DE: the host reports none for a denormal source of a store (FIST/FST/FBSTP).
         ulong m = Unpack(value, out int e);
         if (!RoundToIntegral(negative, m, e, cw.Rounding, ref flags, out ulong magnitude) || magnitude > 999_999_999_999_999_999UL)
         {
-            flags = (flags & X87Status.Denormal) | X87Status.Invalid;
+            flags = X87Status.Invalid;
             return PackedBcd.Indefinite;
         }
         ulong low = 0;
@@ -257,8 +255,7 @@ public static partial class X87Arith
                     flags |= X87Status.Invalid;
                 return sign | 0x7FC0_0000 | (uint)(value.Mantissa >> 40) & 0x7F_FFFF;
         }
-        if (value.IsDenormal)
-            flags |= X87Status.Denormal;
+        // No DE: the host reports none for a denormal source of a store (FIST/FST/FBSTP).
         ulong m = Unpack(value, out int e);
         Rounded r = Round(value.IsNegative, ref e, (UInt128)m << 64, Single, cw, rebiasUnmasked: false, ref flags, out ulong rm, out int lsbExp);
         if (r == Rounded.Infinity)
@@ -292,8 +289,7 @@ public static partial class X87Arith
                     flags |= X87Status.Invalid;
                 return sign | 0x7FF8_0000_0000_0000 | (value.Mantissa >> 11) & 0xF_FFFF_FFFF_FFFF;
         }
-        if (value.IsDenormal)
-            flags |= X87Status.Denormal;
+        // No DE: the host reports none for a denormal source of a store (FIST/FST/FBSTP).
         ulong m = Unpack(value, out int e);
         Rounded r = Round(value.IsNegative, ref e, (UInt128)m << 64, Double, cw, rebiasUnmasked: false, ref flags, out ulong rm, out int lsbExp);
         if (r == Rounded.Infinity)

@@ -163,10 +163,12 @@ public static partial class X87Arith
     // ---------------------------------------------------------------- FPREM, FPREM1
 
     /// <summary>
-    /// The exponent difference beyond which FPREM/FPREM1 only partially reduce (SDM Vol. 2 FPREM:
-    /// "N is an implementation-dependent number between 32 and 63"); the tests pin the host's value.
+    /// How many quotient bits one partial FPREM/FPREM1 step develops when the exponent difference d is
+    /// 64 or more (SDM Vol. 2 FPREM: "N is an implementation-dependent number between 32 and 63"):
+    /// 32 + d mod 32, so that the leftover difference d - N is a multiple of 32. This is what the host
+    /// (AMD) computes, and what QEMU cites from AMD's documentation.
     /// </summary>
-    public const int PartialRemainderBits = 63;
+    private static int PartialRemainderBits(int d) => 32 + (d & 31);
 
     /// <summary>
     /// FPREM (<paramref name="ieee"/> false: quotient truncated) or FPREM1 (true: quotient rounded to
@@ -194,8 +196,9 @@ public static partial class X87Arith
         if (partial)
         {
             // Reduce by b·2^(d-N) only: eb is raised so that d becomes N.
-            eb += d - PartialRemainderBits;
-            d = PartialRemainderBits;
+            int n = PartialRemainderBits(d);
+            eb += d - n;
+            d = n;
             flags |= X87Status.C2;
         }
         ulong q;

@@ -159,9 +159,18 @@ public static partial class X87Arith
         bool tiny = exp < format.EMin;
         if (tiny && exp == format.EMin - 1 && RoundsUpToNextBinade(negative, sig, precision, rc))
             tiny = false; // rounding with unbounded exponent reaches the smallest normal
+        if (tiny && rebiasUnmasked && !cw.IsMasked(X87Status.Underflow) && exp + BiasAdjust < format.EMin)
+        {
+            // Too tiny even for the rebias (FSCALE): the host delivers a signed zero whatever RC says.
+            flags |= X87Status.Underflow | X87Status.Precision;
+            m = 0;
+            lsbExp = format.MinLsb;
+            return Rounded.Finite;
+        }
         if (tiny && rebiasUnmasked && !cw.IsMasked(X87Status.Underflow))
         {
-            // SDM §8.5.4: unmasked underflow delivers the rounded result scaled by 2^24576.
+            // SDM §8.5.4: unmasked underflow delivers the rounded result scaled by 2^24576 (when
+            // that is in range; beyond it, as FSCALE can produce, the masked response is delivered).
             flags |= X87Status.Underflow;
             exp += BiasAdjust;
             return Round(negative, ref exp, sig, format, cw, rebiasUnmasked, ref flags, out m, out lsbExp);
@@ -220,7 +229,8 @@ public static partial class X87Arith
         if (m != 0 && exp > format.EMax)
         {
             flags |= X87Status.Overflow;
-            if (rebiasUnmasked && !cw.IsMasked(X87Status.Overflow))
+            // Beyond the rebias range (possible with FSCALE) the masked response is delivered.
+            if (rebiasUnmasked && !cw.IsMasked(X87Status.Overflow) && exp - BiasAdjust <= format.EMax)
             {
                 // SDM §8.5.3: unmasked overflow delivers the rounded result scaled by 2^-24576.
                 exp -= BiasAdjust;
@@ -228,7 +238,9 @@ public static partial class X87Arith
                 return Rounded.Finite;
             }
             flags |= X87Status.Precision;
-            bool toInfinity = rc switch
+            // Too large even for the rebias (FSCALE): the host delivers infinity whatever RC says.
+            bool beyondRebias = rebiasUnmasked && !cw.IsMasked(X87Status.Overflow);
+            bool toInfinity = beyondRebias || rc switch
             {
                 X87Rounding.NearestEven => true,
                 X87Rounding.Up => !negative,

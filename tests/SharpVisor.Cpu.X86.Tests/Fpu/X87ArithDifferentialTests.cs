@@ -7,7 +7,7 @@ namespace SharpVisor.Cpu.X86.Tests.Fpu;
 /// condition codes the SDM defines for each instruction (the ones it calls undefined are masked out).
 /// SV_FPU_CASES raises the number of random cases per instruction (default keeps the run ~1 s).
 /// </summary>
-public sealed class X87ArithDifferentialTests
+public sealed partial class X87ArithDifferentialTests
 {
     internal static readonly int Cases = int.TryParse(Environment.GetEnvironmentVariable("SV_FPU_CASES"), out int n) ? n : 2000;
 
