@@ -185,8 +185,10 @@ public static partial class X87Arith
             return InvalidResult(ref flags);
         if (a.IsDenormal || b.IsDenormal)
             flags |= X87Status.Denormal;
-        if (ka == Kind.Zero || kb == Kind.Infinity)
+        if (ka == Kind.Zero)
             return a;
+        if (kb == Kind.Infinity) // a unchanged, except that a pseudo-denormal comes back normalised
+            return a.IsPseudoDenormal ? new Float80(a.IsNegative, 1, a.Mantissa) : a;
 
         bool negative = a.IsNegative;
         ulong ma = Unpack(a, out int ea);
