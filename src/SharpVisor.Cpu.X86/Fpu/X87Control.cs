@@ -63,5 +63,8 @@ public readonly struct X87Control
 
     public bool IsMasked(X87Status exception) => (Word & (ushort)exception) == (ushort)exception;
 
+    /// <summary>The same control word with PC = 64 bits, for the instructions PC does not apply to.</summary>
+    public X87Control WithPrecision64() => new((ushort)(Word | 0x0300));
+
     public X87Control WithRounding(X87Rounding rounding) => new((ushort)((Word & ~0x0C00) | ((int)rounding << 10)));
 }
