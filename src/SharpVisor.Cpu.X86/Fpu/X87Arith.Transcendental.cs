@@ -105,6 +105,8 @@ public static partial class X87Arith
             // even when it is exact.
             Float80 product = Mul(y, FromInt64(e), cw.WithPrecision64(), out X87Status mulFlags);
             flags |= mulFlags | X87Status.Precision;
+            if (product.IsDenormal)
+                flags |= X87Status.Underflow; // tiny and (as far as the host is concerned) inexact
             return product;
         }
         ulong my = Unpack(y, out int ey);
