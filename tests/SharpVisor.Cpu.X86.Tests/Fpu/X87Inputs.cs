@@ -94,7 +94,7 @@ internal sealed class X87Inputs
     public X87Control Control(bool allowUnmaskedPost = false)
     {
         var rc = (X87Rounding)_random.Next(4);
-        int pc = new[] { 0, 2, 3, 3 }[_random.Next(4)];
+        int pc = new[] { 0, 1, 2, 3, 3 }[_random.Next(5)]; // 1 is the reserved encoding
         int masks = 0x3F;
         if (allowUnmaskedPost && _random.Next(8) == 0)
             masks = 0x07 | (_random.Next(8) << 3); // IM, DM, ZM stay masked (their unmasked response leaves ST0 unchanged)
