@@ -112,13 +112,26 @@ internal readonly struct Wide
 
     public static Wide operator /(Wide a, Wide b) => a * b.Reciprocal();
 
-    /// <summary>Division by a small positive integer, keeping all 128 bits.</summary>
+    /// <summary>Division by a positive integer below 2^32, keeping all 128 bits: schoolbook long division in 32-bit digits.</summary>
     public Wide DivideBy(uint n)
     {
-        (UInt128 q, UInt128 r) = UInt128.DivRem(Sig, n);
-        int lz = (int)UInt128.LeadingZeroCount(q);
-        UInt128 fill = lz == 0 ? 0 : (r << lz) / n;
-        return new Wide(Negative, Exp - lz, (q << lz) | fill);
+        ulong hi = (ulong)(Sig >> 64), lo = (ulong)Sig;
+        ulong d3 = (hi >> 32) / n, rem = (hi >> 32) - d3 * n;
+        ulong cur = (rem << 32) | (uint)hi;
+        ulong d2 = cur / n;
+        rem = cur - d2 * n;
+        cur = (rem << 32) | (lo >> 32);
+        ulong d1 = cur / n;
+        rem = cur - d1 * n;
+        cur = (rem << 32) | (uint)lo;
+        ulong d0 = cur / n;
+        rem = cur - d0 * n;
+        ulong extra = (rem << 32) / n; // 32 more quotient bits to refill after normalising
+        var q = new UInt128((d3 << 32) | d2, (d1 << 32) | d0);
+        int lz = (int)UInt128.LeadingZeroCount(q); // at most 32 since Sig ≥ 2^127 and n < 2^32
+        if (lz != 0)
+            q = (q << lz) | (extra >> (32 - lz));
+        return new Wide(Negative, Exp - lz, q);
     }
 
     /// <summary>1/x by Newton's iteration r ← r(2 - xr) from a double estimate (53 → 106 → 128 bits).</summary>

@@ -217,9 +217,8 @@ public static partial class X87Arith
             }
             return FinishRemainder(negative, ma, ea, 0, partial, ref flags);
         }
-        (UInt128 qw, UInt128 rw) = UInt128.DivRem((UInt128)ma << d, mb);
-        q = (ulong)qw; // bits 0-2 are all that is reported
-        r = (ulong)rw;
+        // ma·2^d ÷ mb: the high word ma >> (64 - d) is below 2^d ≤ mb, so the quotient fits 64 bits.
+        q = DivRem128(d == 0 ? 0 : ma >> (64 - d), ma << d, mb, out r); // only q's bits 0-2 are reported
         if (ieee && !partial)
         {
             UInt128 twice = (UInt128)r << 1;

@@ -1,5 +1,6 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics.X86;
 
 namespace SharpVisor.Cpu.X86.Fpu;
 
@@ -462,12 +463,45 @@ public static partial class X87Arith
             return SignedZero(negative);
         ulong ma = Unpack(a, out int ea);
         ulong mb = Unpack(b, out int eb);
-        UInt128 q = UInt128.DivRem((UInt128)ma << 64, mb).Quotient;
-        ulong r = (ulong)(((UInt128)ma << 64) - q * mb);
-        (UInt128 q2, UInt128 r2) = UInt128.DivRem((UInt128)r << 64, mb);
-        UInt128 sig = (q << 63) | (q2 >> 1) | ((((ulong)q2 & 1) != 0 || r2 != 0) ? UInt128.One : UInt128.Zero);
-        int lz = LeadingZeros(sig);
-        return RoundPack(negative, ea - eb - lz, sig << lz, cw.PrecisionBits, cw, ref flags);
+        // ma/mb is in (1/2, 2): take the integer bit first so both long-division steps have a
+        // 64-bit quotient, then 128 fraction bits and the remainder as the sticky bit.
+        bool atLeastOne = ma >= mb;
+        if (atLeastOne)
+            ma -= mb;
+        ulong q1 = DivRem128(ma, 0, mb, out ulong r1);
+        ulong q2 = DivRem128(r1, 0, mb, out ulong r2);
+        UInt128 sig;
+        int exp;
+        if (atLeastOne)
+        {
+            sig = (UInt128.One << 127) | ((UInt128)q1 << 63) | (q2 >> 1) | (((q2 & 1) | r2) != 0 ? UInt128.One : 0);
+            exp = ea - eb;
+        }
+        else
+        {
+            sig = new UInt128(q1, q2 | (r2 != 0 ? 1UL : 0));
+            exp = ea - eb - 1;
+        }
+        return RoundPack(negative, exp, sig, cw.PrecisionBits, cw, ref flags);
+    }
+
+    /// <summary>(hi:lo) ÷ d for hi &lt; d, so that the quotient fits in 64 bits; the DIV instruction where there is one.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static ulong DivRem128(ulong hi, ulong lo, ulong d, out ulong remainder)
+    {
+        if (X86Base.X64.IsSupported)
+        {
+            // SYSLIB5004: DivRem is marked "for evaluation" in .NET 10; it is the plain DIV r/m64, and
+            // UInt128's software division is several times slower. The fallback keeps other hosts working.
+#pragma warning disable SYSLIB5004
+            (ulong q, ulong r) = X86Base.X64.DivRem(lo, hi, d);
+#pragma warning restore SYSLIB5004
+            remainder = r;
+            return q;
+        }
+        (UInt128 quotient, UInt128 rem) = UInt128.DivRem(new UInt128(hi, lo), d);
+        remainder = (ulong)rem;
+        return (ulong)quotient;
     }
 
     /// <summary>FSQRT: √a rounded to PC/RC; negative non-zero operands are invalid, √-0 = -0.</summary>
@@ -502,9 +536,9 @@ public static partial class X87Arith
     {
         double estimate = Math.Sqrt((double)x);
         ulong r = estimate >= 18446744073709551615.0 ? ulong.MaxValue : (ulong)estimate;
-        if (r != 0)
+        if (r != 0 && (ulong)(x >> 64) < r)
         {
-            UInt128 next = (r + x / r) >> 1;
+            UInt128 next = ((UInt128)r + DivRem128((ulong)(x >> 64), (ulong)x, r, out _)) >> 1;
             r = next > ulong.MaxValue ? ulong.MaxValue : (ulong)next;
         }
         while ((UInt128)r * r > x)
