@@ -179,8 +179,34 @@ public static partial class X87Arith
 
     // ---------------------------------------------------------------- binary32 / binary64
 
+    /// <summary>
+    /// Flags of an arithmetic or compare instruction with a memory operand (FADD m32, FCOM m64 …), built
+    /// as "convert the operand, then operate": the conversion's IE (SNaN operand) always counts, its DE
+    /// only when the operation went ahead on numbers — not when the register operand is a NaN or an
+    /// unsupported encoding, and not when the operation itself was invalid or divided by zero, as the
+    /// host shows (the same precedence as for register operands).
+    /// </summary>
+    public static X87Status CombineOperandFlags(X87Status operation, X87Status conversion, Float80 registerOperand)
+    {
+        X87Status flags = operation | (conversion & X87Status.Invalid);
+        bool proceeded = (operation & (X87Status.Invalid | X87Status.ZeroDivide)) == 0
+            && !registerOperand.IsNaN && !registerOperand.IsUnsupported;
+        if ((conversion & X87Status.Denormal) != 0 && proceeded)
+            flags |= X87Status.Denormal;
+        return flags;
+    }
+
     /// <summary>FLD m32: exact; a denormal raises DE, an SNaN raises IE and is quieted.</summary>
-    public static Float80 FromFloat32(uint bits, out X87Status flags)
+    public static Float80 FromFloat32(uint bits, out X87Status flags) => WidenFloat32(bits, quietSignaling: true, out flags);
+
+    /// <summary>
+    /// The m32 operand of FADD/FSUB/FMUL/FDIV/FCOM …: widened exactly with an SNaN left signaling (the
+    /// operation then raises IE and picks the NaN by the two-operand rule, as the host does); DE is
+    /// reported for <see cref="CombineOperandFlags"/>.
+    /// </summary>
+    public static Float80 Float32Operand(uint bits, out X87Status flags) => WidenFloat32(bits, quietSignaling: false, out flags);
+
+    private static Float80 WidenFloat32(uint bits, bool quietSignaling, out X87Status flags)
     {
         flags = X87Status.None;
         bool negative = (bits >> 31) != 0;
@@ -190,9 +216,15 @@ public static partial class X87Arith
         {
             if (fraction == 0)
                 return Infinity(negative);
+            ulong quiet = Float80.QuietBit;
             if ((fraction & 0x400000) == 0)
-                flags |= X87Status.Invalid;
-            return new Float80(negative, Float80.MaxBiasedExponent, Float80.IntegerBit | Float80.QuietBit | (fraction << 40));
+            {
+                if (!quietSignaling)
+                    quiet = 0;
+                else
+                    flags |= X87Status.Invalid;
+            }
+            return new Float80(negative, Float80.MaxBiasedExponent, Float80.IntegerBit | quiet | (fraction << 40));
         }
         if (e == 0)
         {
@@ -206,7 +238,12 @@ public static partial class X87Arith
     }
 
     /// <summary>FLD m64: exact; a denormal raises DE, an SNaN raises IE and is quieted.</summary>
-    public static Float80 FromFloat64(ulong bits, out X87Status flags)
+    public static Float80 FromFloat64(ulong bits, out X87Status flags) => WidenFloat64(bits, quietSignaling: true, out flags);
+
+    /// <summary>The m64 operand of an arithmetic or compare instruction; see <see cref="Float32Operand"/>.</summary>
+    public static Float80 Float64Operand(ulong bits, out X87Status flags) => WidenFloat64(bits, quietSignaling: false, out flags);
+
+    private static Float80 WidenFloat64(ulong bits, bool quietSignaling, out X87Status flags)
     {
         flags = X87Status.None;
         bool negative = (bits >> 63) != 0;
@@ -216,9 +253,15 @@ public static partial class X87Arith
         {
             if (fraction == 0)
                 return Infinity(negative);
+            ulong quiet = Float80.QuietBit;
             if ((fraction & (1UL << 51)) == 0)
-                flags |= X87Status.Invalid;
-            return new Float80(negative, Float80.MaxBiasedExponent, Float80.IntegerBit | Float80.QuietBit | (fraction << 11));
+            {
+                if (!quietSignaling)
+                    quiet = 0;
+                else
+                    flags |= X87Status.Invalid;
+            }
+            return new Float80(negative, Float80.MaxBiasedExponent, Float80.IntegerBit | quiet | (fraction << 11));
         }
         if (e == 0)
         {

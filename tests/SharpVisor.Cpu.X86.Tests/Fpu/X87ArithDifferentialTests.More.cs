@@ -222,3 +222,50 @@ public sealed partial class X87ArithDifferentialTests
         (ref X87Frame f) => { f.Out0 = X87Arith.Remainder(f.In0, f.In1, ieee: true, out var s); f.Sw = (ushort)s; },
         Outputs.Out0, Exceptions | C0 | C1 | C2 | C3, 32);
 }
+
+public sealed partial class X87ArithDifferentialTests
+{
+    // Memory-operand arithmetic as an instruction handler composes it: convert the operand, operate,
+    // combine the flags with CombineOperandFlags. FADD m32, FDIV m64, FIADD m32, FCOM m32.
+    private static void MemoryOperand(X87Inputs r, ref X87Frame f, int width)
+    {
+        f.Cw = r.Control().Word;
+        f.In0 = r.Any();
+        f.Mem = width == 0 ? (ulong)(uint)r.Random.Next(int.MinValue, int.MaxValue) >> r.Random.Next(32) : FloatBits(r, width);
+    }
+
+
+    [Fact]
+    public void FaddFloat32() => Check("fadd m32", 1, [0xD8, M(0), Mem], 1, (X87Inputs r, ref X87Frame f) => MemoryOperand(r, ref f, 32),
+        (ref X87Frame f) =>
+        {
+            Float80 m = X87Arith.Float32Operand((uint)f.Mem, out X87Status cf);
+            f.Out0 = X87Arith.Add(f.In0, m, new X87Control(f.Cw), out X87Status s);
+            f.Sw = (ushort)X87Arith.CombineOperandFlags(s, cf, f.In0);
+        }, Outputs.Out0, ArithMask, 33);
+
+    [Fact]
+    public void FdivFloat64() => Check("fdiv m64", 1, [0xDC, M(6), Mem], 1, (X87Inputs r, ref X87Frame f) => MemoryOperand(r, ref f, 64),
+        (ref X87Frame f) =>
+        {
+            Float80 m = X87Arith.Float64Operand(f.Mem, out X87Status cf);
+            f.Out0 = X87Arith.Div(f.In0, m, new X87Control(f.Cw), out X87Status s);
+            f.Sw = (ushort)X87Arith.CombineOperandFlags(s, cf, f.In0);
+        }, Outputs.Out0, ArithMask, 34);
+
+    [Fact]
+    public void FiaddInt32() => Check("fiadd m32", 1, [0xDA, M(0), Mem], 1, (X87Inputs r, ref X87Frame f) => MemoryOperand(r, ref f, 0),
+        (ref X87Frame f) =>
+        {
+            f.Out0 = X87Arith.Add(f.In0, X87Arith.FromInt32((int)(uint)f.Mem), new X87Control(f.Cw), out X87Status s);
+            f.Sw = (ushort)s;
+        }, Outputs.Out0, ArithMask, 35);
+
+    [Fact]
+    public void FcomFloat32() => Check("fcom m32", 1, [0xD8, M(2), Mem], 1, (X87Inputs r, ref X87Frame f) => MemoryOperand(r, ref f, 32),
+        (ref X87Frame f) =>
+        {
+            Float80 m = X87Arith.Float32Operand((uint)f.Mem, out X87Status cf);
+            f.Sw = (ushort)X87Arith.CombineOperandFlags(X87Arith.Compare(f.In0, m, quiet: false), cf, f.In0);
+        }, Outputs.None, Exceptions | C0 | C1 | C2 | C3, 36);
+}
