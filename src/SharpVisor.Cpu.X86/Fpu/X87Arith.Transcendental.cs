@@ -52,8 +52,28 @@ public static partial class X87Arith
         ulong m = Unpack(x, out int e);
         if (m == Float80.IntegerBit && e == 0)
             return x.IsNegative ? new Float80(true, Float80.ExponentBias - 1, Float80.IntegerBit) : x; // 2^-1 - 1, 2^1 - 1
-        Wide y = Wide.FromParts(x.IsNegative, e, m) * Ln2;
-        // expm1(y) = y + y²/2! + y³/3! + … keeps full relative precision for small y.
+        if (e >= 0)
+            return RoundWide(Exp2M1OutOfDomain(x.IsNegative, e, m), cw, ref flags);
+        return RoundWide(Expm1(Wide.FromParts(x.IsNegative, e, m) * Ln2), cw, ref flags);
+    }
+
+    /// <summary>
+    /// |x| &gt; 1, where the SDM leaves F2XM1 undefined: a sensible 2^x - 1 = 2^n·2^f - 1 at bounded cost
+    /// (the series alone would need ever more terms).
+    /// </summary>
+    private static Wide Exp2M1OutOfDomain(bool negative, int e, ulong m)
+    {
+        if (e >= 15)
+            return negative ? Wide.One.Negate() + Wide.One.Scale(-40000) : Wide.One.Scale(40000); // → -1 or overflow
+        long n = (long)(m >> (63 - e));
+        Wide f = Wide.FromParts(false, e, m) - Wide.FromInt(n); // exact, in [0, 1)
+        Wide power = (Expm1(f * Ln2) + Wide.One).Scale((int)n); // 2^|x|
+        return negative ? power.Reciprocal() - Wide.One : power - Wide.One;
+    }
+
+    /// <summary>e^y - 1 = y + y²/2! + y³/3! + …, keeping full relative precision for small y (|y| &lt; 1).</summary>
+    private static Wide Expm1(Wide y)
+    {
         Wide sum = y, term = y;
         for (uint n = 2; n < 400; n++)
         {
@@ -65,7 +85,7 @@ public static partial class X87Arith
             }
             sum += term;
         }
-        return RoundWide(sum, cw, ref flags);
+        return sum;
     }
 
     // ---------------------------------------------------------------- FYL2X, FYL2XP1
@@ -134,11 +154,21 @@ public static partial class X87Arith
             return Infinity(negative);
         if (ky == Kind.Zero)
             return SignedZero(negative);
-        // ln(1 + x) = 2·atanh(x / (2 + x)) keeps full relative precision for small x.
+        // ln(1 + x) = 2·atanh(x / (2 + x)) keeps full relative precision for small x. For |x| ≥ 1/2,
+        // well outside the defined range, log2 of 1 + x is taken directly (bounded cost).
         Wide wx = Wide.FromParts(x.IsNegative, e, m);
-        Wide ln = AtanhSeries(wx / (Wide.One.Scale(1) + wx)).Scale(1);
+        Wide log2;
+        if (e >= -1)
+        {
+            Wide onePlus = Wide.One + wx;
+            log2 = Log2((ulong)(onePlus.Sig >> 64), onePlus.Exp);
+        }
+        else
+        {
+            log2 = AtanhSeries(wx / (Wide.One.Scale(1) + wx)).Scale(1) * InvLn2;
+        }
         ulong my = Unpack(y, out int ey);
-        return RoundWide(Wide.FromParts(y.IsNegative, ey, my) * ln * InvLn2, cw, ref flags);
+        return RoundWide(Wide.FromParts(y.IsNegative, ey, my) * log2, cw, ref flags);
     }
 
     /// <summary>log2(m·2^(e-63)) for a normalised significand.</summary>

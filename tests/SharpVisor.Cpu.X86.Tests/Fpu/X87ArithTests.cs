@@ -186,3 +186,23 @@ public sealed class X87ArithTests
         }
     }
 }
+
+public sealed class X87TranscendentalDomainTests
+{
+    private static Float80 F(double value) => Float80.FromDouble(value);
+
+    [Fact]
+    public void OutsideTheDefinedRangesResultsStaySensibleAndCheap()
+    {
+        // F2XM1 for |x| > 1 and FYL2XP1 for |x| ≥ 1 - √2/2 are undefined by the SDM; a guest may still
+        // execute them, and they must not cost unbounded time or produce garbage.
+        X87Control cw = X87Control.Default;
+        Assert.Equal(Math.Pow(2, 5.5) - 1, X87Arith.Exp2M1(F(5.5), cw, out _).ToDouble(), 12);
+        Assert.Equal(Math.Pow(2, -3.25) - 1, X87Arith.Exp2M1(F(-3.25), cw, out _).ToDouble(), 15);
+        Assert.Equal(Float80.PositiveInfinity, X87Arith.Exp2M1(F(1e300), cw, out X87Status flags));
+        Assert.Equal(X87Status.Overflow, flags & X87Status.Overflow);
+        Assert.Equal(-1.0, X87Arith.Exp2M1(F(-1e300), cw, out _).ToDouble());
+        Assert.Equal(2 * Math.Log2(1e6 + 1), X87Arith.YLog2XPlus1(F(1e6), F(2), cw, out _).ToDouble(), 9);
+        Assert.Equal(Math.Log2(1 - 0.999), X87Arith.YLog2XPlus1(F(-0.999), F(1), cw, out _).ToDouble(), 12);
+    }
+}
