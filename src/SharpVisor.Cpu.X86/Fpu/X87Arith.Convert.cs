@@ -275,9 +275,20 @@ public static partial class X87Arith
     }
 
     /// <summary>
+    /// With OE or UE unmasked, a store to memory stores nothing and reports that exception alone (no
+    /// PE, no C1), as the host shows; the caller must then leave memory unchanged.
+    /// </summary>
+    private static X87Status UnmaskedStoreFault(X87Status flags, X87Control cw)
+    {
+        var fault = (X87Status)((ushort)flags & ~cw.Word) & (X87Status.Overflow | X87Status.Underflow);
+        return fault != 0 ? fault : flags;
+    }
+
+    /// <summary>
     /// FST m32 per RC with single range and precision (PC does not apply). NaNs keep their top
     /// fraction bits and are quieted; unsupported encodings store the single indefinite 0xFFC00000.
-    /// With OE/UE unmasked the handler must not store (SDM §8.5.3-8.5.4: memory destinations are unchanged).
+    /// With OE/UE unmasked the handler must not store (SDM §8.5.3-8.5.4: memory destinations are unchanged);
+    /// the flags then hold that exception alone.
     /// </summary>
     public static uint ToFloat32(Float80 value, X87Control cw, out X87Status flags)
     {
@@ -301,6 +312,7 @@ public static partial class X87Arith
         // No DE: the host reports none for a denormal source of a store (FIST/FST/FBSTP).
         ulong m = Unpack(value, out int e);
         Rounded r = Round(value.IsNegative, ref e, (UInt128)m << 64, Single, cw, rebiasUnmasked: false, ref flags, out ulong rm, out int lsbExp);
+        flags = UnmaskedStoreFault(flags, cw);
         if (r == Rounded.Infinity)
             return sign | 0x7F80_0000;
         if (r == Rounded.MaxFinite)
@@ -335,6 +347,7 @@ public static partial class X87Arith
         // No DE: the host reports none for a denormal source of a store (FIST/FST/FBSTP).
         ulong m = Unpack(value, out int e);
         Rounded r = Round(value.IsNegative, ref e, (UInt128)m << 64, Double, cw, rebiasUnmasked: false, ref flags, out ulong rm, out int lsbExp);
+        flags = UnmaskedStoreFault(flags, cw);
         if (r == Rounded.Infinity)
             return sign | 0x7FF0_0000_0000_0000;
         if (r == Rounded.MaxFinite)

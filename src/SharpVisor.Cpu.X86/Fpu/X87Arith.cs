@@ -5,13 +5,21 @@ using System.Runtime.Intrinsics.X86;
 namespace SharpVisor.Cpu.X86.Fpu;
 
 /// <summary>
-/// Bit-exact x87 arithmetic (Intel SDM Vol. 1 chapters 4 and 8): every operation takes the control
-/// word (RC and, for add/sub/mul/div/sqrt only, PC) and returns the result plus the exception flags
-/// and condition codes it raises, with the masked responses applied. A handler ORs the exception bits
-/// into FSW, raises #MF itself if an unmasked one is set, and keeps the destination unchanged for an
-/// unmasked invalid operation (SDM §8.5). For unmasked overflow/underflow into a register the result
-/// already carries the 2^∓24576 exponent bias adjustment of SDM §8.5.3-8.5.4.
-/// Nothing here allocates.
+/// Bit-exact x87 arithmetic (Intel SDM Vol. 1 chapters 4 and 8), checked against a real x87 by the
+/// differential tests. Every operation takes the control word (RC; PC only for add/sub/mul/div/sqrt,
+/// as on hardware) and returns the result plus the exception flags and condition codes it raises
+/// (<see cref="X87Status"/>, in FSW bit positions), with the masked responses applied.
+/// <para>How an instruction handler uses a result (SDM §8.5):</para>
+/// <list type="bullet">
+/// <item>OR the exception bits into FSW; copy the condition codes the instruction defines (C1 after an
+/// inexact result means "rounded up"; C1 is 0 otherwise).</item>
+/// <item>IE, DE or ZE set and unmasked in FCW: leave the destination (and the stack) unchanged, then #MF.</item>
+/// <item>OE/UE unmasked with a register destination: store the returned value, which already carries
+/// the 2^∓24576 rebias of §8.5.3-8.5.4. With a memory destination (FST/FIST/FBSTP): store nothing.</item>
+/// <item>Memory operands of arithmetic and compares: widen with Float32Operand/Float64Operand (or
+/// FromInt16/32), operate, then <see cref="CombineOperandFlags"/>.</item>
+/// </list>
+/// Stack overflow/underflow (IE with SF, C1) and tags are the handler's business. Nothing here allocates.
 /// </summary>
 public static partial class X87Arith
 {
@@ -395,7 +403,7 @@ public static partial class X87Arith
         {
             s = x - y;
             if (s == 0)
-                return SignedZero(roundDown); // SDM table 4-? : exact x - x is +0 except when rounding down
+                return SignedZero(roundDown); // IEEE 754 §6.3: an exact x - x is +0, -0 when rounding down
         }
         int lz = LeadingZeros(s);
         return RoundPack(sa, ea + 1 - lz, s << lz, precision, cw, ref flags);

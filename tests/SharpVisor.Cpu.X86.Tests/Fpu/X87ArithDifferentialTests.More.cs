@@ -85,7 +85,7 @@ public sealed partial class X87ArithDifferentialTests
     /// <summary>Values in and around the single and double exponent ranges (overflow, denormal results).</summary>
     private static void FloatRangeInput(X87Inputs r, ref X87Frame f, int bias)
     {
-        f.Cw = r.Control().Word;
+        f.Cw = r.Control(allowUnmaskedPost: true).Word;
         if (r.Random.Next(4) == 0)
         {
             f.In0 = r.Any();
@@ -103,12 +103,16 @@ public sealed partial class X87ArithDifferentialTests
     [Fact]
     public void FstpFloat32() => Check("fstp m32", 1, [0xD9, M(3), Mem], 0,
         (X87Inputs r, ref X87Frame f) => FloatRangeInput(r, ref f, 127),
-        (ref X87Frame f) => { f.Mem = X87Arith.ToFloat32(f.In0, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, Outputs.Mem, Exceptions | C1, 19);
+        (ref X87Frame f) => { f.Mem = StoreUnlessUnmasked(X87Arith.ToFloat32(f.In0, new X87Control(f.Cw), out var s), s, f.Cw); f.Sw = (ushort)s; }, Outputs.Mem, Exceptions | C1, 19);
+
+    /// <summary>SDM §8.5.3-8.5.4: with OE/UE unmasked a memory destination is left unchanged (here: 0).</summary>
+    private static ulong StoreUnlessUnmasked(ulong value, X87Status flags, ushort cw)
+        => ((ushort)flags & ~cw & (ushort)(X87Status.Overflow | X87Status.Underflow)) != 0 ? 0 : value;
 
     [Fact]
     public void FstpFloat64() => Check("fstp m64", 1, [0xDD, M(3), Mem], 0,
         (X87Inputs r, ref X87Frame f) => FloatRangeInput(r, ref f, 1023),
-        (ref X87Frame f) => { f.Mem = X87Arith.ToFloat64(f.In0, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, Outputs.Mem, Exceptions | C1, 20);
+        (ref X87Frame f) => { f.Mem = StoreUnlessUnmasked(X87Arith.ToFloat64(f.In0, new X87Control(f.Cw), out var s), s, f.Cw); f.Sw = (ushort)s; }, Outputs.Mem, Exceptions | C1, 20);
 
     [Fact]
     public void Fbld() => Check("fbld", 0, [0xDF, M(4), Mem], 1,
