@@ -272,4 +272,20 @@ public sealed partial class X87ArithDifferentialTests
             Float80 m = X87Arith.Float32Operand((uint)f.Mem, out X87Status cf);
             f.Sw = (ushort)X87Arith.CombineOperandFlags(X87Arith.Compare(f.In0, m, quiet: false), cf, f.In0);
         }, Outputs.None, Exceptions | C0 | C1 | C2 | C3, 36);
+
+    /// <summary>
+    /// Results just below the smallest normal that round up to it: UE depends on whether tininess is
+    /// detected before or after rounding (the host: after). Every RC × PC, both signs.
+    /// </summary>
+    [Fact]
+    public void TininessAtTheNormalBoundary() => Check("fmul tiny boundary", 2, [0xD8, 0xC9], 2,
+        (X87Inputs r, ref X87Frame f) =>
+        {
+            f.Cw = r.Control().Word;
+            ulong[] justBelow = [ulong.MaxValue, ulong.MaxValue - 1, 0xFFFF_FFFF_FFFF_F800, 0xFFFF_FFFF_FFFF_FC00, 0xFFFF_FF80_0000_0000, 0xFFFF_FFC0_0000_0000, 0xFFFF_FF7F_FFFF_FFFF];
+            f.In0 = new Float80(r.Random.Next(2) == 0, 1, justBelow[r.Random.Next(justBelow.Length)]);
+            f.In1 = new Float80(false, 0x3FFE, Float80.IntegerBit); // × 0.5
+        },
+        (ref X87Frame f) => { f.Out0 = X87Arith.Mul(f.In0, f.In1, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; },
+        Outputs.Out0, ArithMask, 37, 400);
 }
