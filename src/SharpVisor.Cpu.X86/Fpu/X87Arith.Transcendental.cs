@@ -252,12 +252,12 @@ public static partial class X87Arith
         return new Wide(negative, 127 - HalfPi66FractionBits, magnitude);
     }
 
-    private static void SinCosSeries(Wide r, out Wide sin, out Wide cos)
+    private static void SinCosSeries(Wide r, bool wantSin, bool wantCos, out Wide sin, out Wide cos)
     {
         Wide r2 = r * r;
         Wide term = r;
         sin = r;
-        for (uint n = 2; n < 200; n += 2)
+        for (uint n = 2; wantSin && n < 200; n += 2)
         {
             term = (term * r2).DivideBy(n * (n + 1)).Negate();
             if (term.NegligibleAgainst(sin))
@@ -269,7 +269,7 @@ public static partial class X87Arith
         }
         term = Wide.One;
         cos = Wide.One;
-        for (uint n = 1; n < 200; n += 2)
+        for (uint n = 1; wantCos && n < 200; n += 2)
         {
             term = (term * r2).DivideBy(n * (n + 1)).Negate();
             if (term.NegligibleAgainst(cos))
@@ -281,11 +281,12 @@ public static partial class X87Arith
         }
     }
 
-    /// <summary>sin and cos of |x| after the π₆₆ reduction.</summary>
-    private static void SinCosOfMagnitude(Float80 x, out Wide sin, out Wide cos)
+    /// <summary>sin and/or cos of |x| after the π₆₆ reduction (what is not needed is not computed).</summary>
+    private static void SinCosOfMagnitude(Float80 x, bool needSin, bool needCos, out Wide sin, out Wide cos)
     {
         Wide r = Reduce(x, out int quadrant);
-        SinCosSeries(r, out Wide s, out Wide c);
+        bool odd = (quadrant & 1) != 0;
+        SinCosSeries(r, odd ? needCos : needSin, odd ? needSin : needCos, out Wide s, out Wide c);
         (sin, cos) = quadrant switch
         {
             0 => (s, c),
@@ -304,7 +305,7 @@ public static partial class X87Arith
             return special;
         if (kx == Kind.Zero)
             return x;
-        SinCosOfMagnitude(x, out Wide sin, out _);
+        SinCosOfMagnitude(x, needSin: true, needCos: false, out Wide sin, out _);
         return RoundWide(x.IsNegative ? sin.Negate() : sin, cw, ref flags);
     }
 
@@ -317,7 +318,7 @@ public static partial class X87Arith
             return special;
         if (kx == Kind.Zero)
             return Float80.One;
-        SinCosOfMagnitude(x, out _, out Wide cos);
+        SinCosOfMagnitude(x, needSin: false, needCos: true, out _, out Wide cos);
         return RoundWide(cos, cw, ref flags);
     }
 
@@ -339,7 +340,7 @@ public static partial class X87Arith
             cos = Float80.One;
             return x;
         }
-        SinCosOfMagnitude(x, out Wide s, out Wide c);
+        SinCosOfMagnitude(x, needSin: true, needCos: true, out Wide s, out Wide c);
         X87Status sinFlags = X87Status.None, cosFlags = X87Status.None;
         Float80 sin = RoundWide(x.IsNegative ? s.Negate() : s, cw, ref sinFlags);
         cos = RoundWide(c, cw, ref cosFlags);
@@ -375,7 +376,7 @@ public static partial class X87Arith
         }
         else
         {
-            SinCosSeries(r, out Wide s, out Wide c);
+            SinCosSeries(r, wantSin: true, wantCos: true, out Wide s, out Wide c);
             tan = (quadrant & 1) == 0 ? s / c : (c / s).Negate();
         }
         return RoundWide(x.IsNegative ? tan.Negate() : tan, cw, ref flags);
