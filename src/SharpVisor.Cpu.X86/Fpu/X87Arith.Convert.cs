@@ -104,9 +104,24 @@ public static partial class X87Arith
             magnitude = 0;
             return false;
         }
-        UInt128 x = ShiftRightJam((UInt128)m << 64, 63 - e);
-        magnitude = (ulong)(x >> 64);
-        ulong fraction = (ulong)x;
+        // Integer part and the fraction as a 64-bit binary fraction (anything below jammed into bit 0).
+        int shift = 63 - e;
+        ulong fraction;
+        if (shift == 0)
+        {
+            magnitude = m;
+            fraction = 0;
+        }
+        else if (shift < 64)
+        {
+            magnitude = m >> shift;
+            fraction = m << (64 - shift);
+        }
+        else
+        {
+            magnitude = 0;
+            fraction = shift == 64 ? m : 1;
+        }
         if (fraction == 0)
             return true;
         flags |= X87Status.Precision;

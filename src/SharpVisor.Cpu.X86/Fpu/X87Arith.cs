@@ -187,19 +187,27 @@ public static partial class X87Arith
 
         lsbExp = Math.Max(exp - precision + 1, format.MinLsb);
         int keep = exp - lsbExp + 1; // significant bits kept, <= precision (<= 64)
+        // Plain 64-bit halves: the kept bits all lie in the high half, and this is the hot path.
+        ulong hi = (ulong)(sig >> 64), lo = (ulong)sig;
         bool roundBit, sticky;
         if (keep <= 0)
         {
             m = 0;
             roundBit = keep == 0;
-            sticky = keep < 0 || (sig << 1) != 0;
+            sticky = keep < 0 || (hi << 1) != 0 || lo != 0;
+        }
+        else if (keep == 64)
+        {
+            m = hi;
+            roundBit = (lo >> 63) != 0;
+            sticky = (lo << 1) != 0;
         }
         else
         {
-            int drop = 128 - keep; // >= 64
-            m = (ulong)(sig >> drop);
-            roundBit = ((sig >> (drop - 1)) & 1) != 0;
-            sticky = (sig & ((UInt128.One << (drop - 1)) - 1)) != 0;
+            int drop = 64 - keep; // 1..63 bits of the high half go
+            m = hi >> drop;
+            roundBit = ((hi >> (drop - 1)) & 1) != 0;
+            sticky = (hi & ((1UL << (drop - 1)) - 1)) != 0 || lo != 0;
         }
 
         bool inexact = roundBit | sticky;
@@ -270,12 +278,23 @@ public static partial class X87Arith
     /// <summary>Whether rounding sig to precision bits (unbounded exponent) carries into the next power of two.</summary>
     private static bool RoundsUpToNextBinade(bool negative, UInt128 sig, int precision, X87Rounding rc)
     {
-        int drop = 128 - precision;
-        UInt128 kept = sig >> drop;
-        if (kept != (UInt128.One << precision) - 1)
-            return false;
-        bool roundBit = ((sig >> (drop - 1)) & 1) != 0;
-        bool sticky = (sig & ((UInt128.One << (drop - 1)) - 1)) != 0;
+        ulong hi = (ulong)(sig >> 64), lo = (ulong)sig;
+        bool roundBit, sticky;
+        if (precision == 64)
+        {
+            if (hi != ulong.MaxValue)
+                return false;
+            roundBit = (lo >> 63) != 0;
+            sticky = (lo << 1) != 0;
+        }
+        else
+        {
+            int drop = 64 - precision;
+            if (hi >> drop != (1UL << precision) - 1)
+                return false;
+            roundBit = ((hi >> (drop - 1)) & 1) != 0;
+            sticky = (hi & ((1UL << (drop - 1)) - 1)) != 0 || lo != 0;
+        }
         return rc switch
         {
             X87Rounding.NearestEven => roundBit,
