@@ -36,7 +36,13 @@ public sealed class CpuIdModel
     public uint MaxExtendedLeaf => 0x8000_0008;
 
     /// <summary>Answers CPUID for (leaf, subleaf) as processor <paramref name="apicId"/>.</summary>
-    public (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf, uint apicId)
+    public (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf, uint apicId) => Query(leaf, subleaf, apicId, TscHz);
+
+    /// <summary>
+    /// As <see cref="Query(uint, uint, uint)"/> with the TSC rate RDTSC really counts at
+    /// (<see cref="CpuPlatform.TscHz"/>), so leaves 15H/16H never disagree with the TSC.
+    /// </summary>
+    public (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf, uint apicId, long tscHz)
     {
         if (leaf >= 0x8000_0000 ? leaf > MaxExtendedLeaf : leaf > MaxBasicLeaf)
         {
@@ -61,8 +67,9 @@ public sealed class CpuIdModel
             case 6:
                 return (0, 0, 0, 0);
             case 7:
-                // Structured extended features: only ARCH_CAPABILITIES (EDX bit 29).
-                return subleaf == 0 ? (0u, 0u, 0u, 1u << 29) : (0u, 0u, 0u, 0u);
+                // Structured extended features: EBX bit 1 IA32_TSC_ADJUST (implemented in MsrAccess),
+                // EDX bit 29 IA32_ARCH_CAPABILITIES.
+                return subleaf == 0 ? (0u, 1u << 1, 0u, 1u << 29) : (0u, 0u, 0u, 0u);
             case 0xB:
                 {
                     // x2APIC topology: one thread per core, all cores in one package.
@@ -76,9 +83,9 @@ public sealed class CpuIdModel
                 }
             case 0x15:
                 // TSC/crystal ratio: EBX/EAX times the crystal clock in ECX (SDM CPUID leaf 15H).
-                return (1, (uint)(TscHz / 25_000_000), 25_000_000, 0);
+                return (1, (uint)(tscHz / 25_000_000), 25_000_000, 0);
             case 0x16:
-                return ((uint)(TscHz / 1_000_000), (uint)(TscHz / 1_000_000), 100, 0);
+                return ((uint)(tscHz / 1_000_000), (uint)(tscHz / 1_000_000), 100, 0);
             case 0x8000_0000:
                 return (MaxExtendedLeaf, 0, 0, 0);
             case 0x8000_0001:
