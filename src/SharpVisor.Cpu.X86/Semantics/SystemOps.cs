@@ -450,7 +450,7 @@ public static unsafe class SystemOps
         }
         ref SegmentRegister tr = ref c.Tr;
         // Only a 32/64-bit TSS (type 9 or 11) has an I/O map base at offset 0x66.
-        if ((tr.Type & 7) != 1 || (tr.Type & 8) == 0 || tr.Limit < 0x67)
+        if (!tr.IsSystem || (tr.Type & 0xD) != 9 || tr.Limit < 0x67)
         {
             throw Denied(c, port);
         }
