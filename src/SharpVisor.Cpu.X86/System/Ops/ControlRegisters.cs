@@ -203,6 +203,10 @@ public static class ControlRegisters
     /// <summary>DR4/DR5 alias DR6/DR7 unless CR4.DE, when they are #UD (SDM 18.2.2).</summary>
     static int AliasDr(Cpu c, int dr)
     {
+        if (dr > 7)
+        {
+            throw c.InvalidOpcode(); // DR8-DR15 (REX.R) do not exist: #UD (SDM MOV DR, 64-bit mode exceptions)
+        }
         if (dr is 4 or 5)
         {
             if ((c.Cr4Value & Cr4.DE) != 0)

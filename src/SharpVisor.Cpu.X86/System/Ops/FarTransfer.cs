@@ -382,7 +382,7 @@ internal static unsafe class FarTransfer
     static void Flat(Cpu c, Seg s, ushort selector, ushort attributes) =>
         c.Segs[(int)s] = new SegmentRegister { Selector = selector, Base = 0, Limit = 0xFFFF_FFFF, Attributes = attributes };
 
-    /// <summary>SYSCALL (SDM Vol. 4B... Vol. 2B SYSCALL): #UD outside 64-bit mode or with EFER.SCE clear.</summary>
+    /// <summary>SYSCALL (SDM Vol. 2B SYSCALL): #UD outside 64-bit mode (Intel) or with EFER.SCE clear.</summary>
     internal static void Syscall(Cpu c, ref Op op)
     {
         if (c.Mode != CpuMode.Long64 || (c.EferValue & Efer.SCE) == 0)
@@ -428,7 +428,7 @@ internal static unsafe class FarTransfer
             Flat(c, Seg.CS, (ushort)(sel | 3), Code32Ring3);
             rip = (uint)rip;
         }
-        // SS keeps its cached attributes on real hardware only partially; the SDM loads a flat ring-3 data segment.
+        // SS: a flat ring-3 data segment at STAR[63:48] + 8 (SDM SYSRET pseudo-code).
         Flat(c, Seg.SS, (ushort)((sel + 8) | 3), Data32Ring3);
         c.SetFlags((c.Regs.Gpr[11] & 0x3C7FD7) | RFlags.Reserved1);
         c.NextRip = rip;

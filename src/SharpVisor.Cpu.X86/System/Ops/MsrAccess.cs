@@ -50,6 +50,14 @@ public static unsafe class MsrAccess
         return c.GeneralProtection(0);
     }
 
+    /// <summary>
+    /// MTRRdefType as firmware leaves it: MTRRs enabled (E, bit 11) with write-back as the default
+    /// type (SDM Vol. 3A 12.11.2.1). The power-on value is 0 (all uncached, MTRRs off); when Linux
+    /// is started without firmware, the loader calls this on every vCPU, otherwise Linux 6.1 sees
+    /// "MTRRs disabled" and also skips PAT initialisation.
+    /// </summary>
+    public static void ApplyFirmwareDefaults(Cpu c) => c.Msr.MtrrDefType = (1 << 11) | 6;
+
     public static ulong Read(Cpu c, uint msr)
     {
         var m = c.Msr;
