@@ -18,10 +18,10 @@ public sealed class SysMachine : IDisposable
     public readonly VirtualClock Clock = new(ClockMode.Deterministic);
     public readonly Cpu Cpu;
 
-    public SysMachine(long tscHz = 1_000_000_000)
+    public SysMachine(long tscHz = 1_000_000_000, int cpuIndex = 0)
     {
         var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(Ram), Ports = Ports, Clock = Clock, TscHz = tscHz };
-        Cpu = new Cpu(0, platform);
+        Cpu = new Cpu(cpuIndex, platform);
         WriteGdt();
         IdentityMap();
     }
