@@ -64,7 +64,12 @@ internal static unsafe class FarTransfer
         uint err = (uint)(selector & ~3);
         if (d.IsSystem)
         {
-            // Call gates, task gates and TSS descriptors (SDM 5.8.3, 7.3): Linux never uses them.
+            if (d.Type == 0xC || (d.Type == 0x4 && !c.LongModeActive))
+            {
+                ThroughCallGate(c, selector, d, addr, call, oldCs, ret);
+                return;
+            }
+            // Task gates and TSS descriptors (task switches, SDM 7.3): Linux never uses them.
             throw Unsupported(c, $"far {(call ? "CALL" : "JMP")} through system descriptor type {d.Type}", selector);
         }
         if (!d.IsCode)
@@ -101,6 +106,152 @@ internal static unsafe class FarTransfer
         c.MarkAccessed(d, addr);
         c.SetSegment(Seg.CS, (ushort)((selector & ~3) | c.Cpl), d);
         c.NextRip = offset;
+    }
+
+    /// <summary>
+    /// Far CALL/JMP through a call gate (SDM Vol. 3A 5.8.3-5.8.6; CALL pseudo-code "CALL-GATE"):
+    /// 64-bit gates in IA-32e mode (16 bytes, target must be 64-bit code, stack switch to a null SS
+    /// and TSS.RSPn), 32/16-bit gates in legacy mode (stack switch to TSS SSn:ESPn, copying the
+    /// gate's parameter count).
+    /// </summary>
+    static void ThroughCallGate(Cpu c, ushort gateSel, in Descriptor gate, ulong gateAddr, bool call, ushort oldCs, ulong ret)
+    {
+        uint gateErr = (uint)(gateSel & ~3);
+        if (gate.Dpl < c.Cpl || gate.Dpl < (gateSel & 3))
+        {
+            throw c.GeneralProtection(gateErr);
+        }
+        if (!gate.Present)
+        {
+            throw c.Fault(Vector.NP, gateErr);
+        }
+        bool gate64 = c.LongModeActive;
+        ulong target = (gate.Raw & 0xFFFF) | ((gate.Raw >> 32) & 0xFFFF_0000);
+        if (gate64)
+        {
+            if ((uint)(gateSel & ~7) + 15 > ((gateSel & 4) != 0 ? c.Ldtr.Limit : c.GdtLimit))
+            {
+                throw c.GeneralProtection(gateErr);
+            }
+            ulong hi = c.ReadDescriptorHigh(gateAddr);
+            if (((hi >> 40) & 0x1F) != 0)
+            {
+                throw c.GeneralProtection(gateErr);
+            }
+            target |= (hi & 0xFFFF_FFFF) << 32;
+        }
+        else if (gate.Type == 0x4)
+        {
+            target &= 0xFFFF;
+        }
+        ushort csSel = (ushort)(gate.Raw >> 16);
+        if ((csSel & ~3) == 0)
+        {
+            throw c.GeneralProtection(0);
+        }
+        uint csErr = (uint)(csSel & ~3);
+        var cs = c.ReadDescriptor(csSel, out ulong csAddr);
+        if (!cs.IsCode || cs.Dpl > c.Cpl || (!call && !cs.IsConforming && cs.Dpl != c.Cpl))
+        {
+            throw c.GeneralProtection(csErr);
+        }
+        if (gate64 && (!cs.Long || cs.Big))
+        {
+            throw c.GeneralProtection(csErr);
+        }
+        if (!cs.Present)
+        {
+            throw c.Fault(Vector.NP, csErr);
+        }
+        if (gate64 ? !MsrAccess.IsCanonical(target) : target > cs.Limit)
+        {
+            throw c.GeneralProtection(0);
+        }
+        int size = gate64 ? 8 : gate.Type == 0xC ? 4 : 2;
+        int newCpl = cs.IsConforming ? c.Cpl : cs.Dpl;
+        if (call && newCpl < c.Cpl)
+        {
+            CallGateToInner(c, gate, gate64, size, newCpl, csSel, cs, csAddr, target, oldCs, ret);
+            return;
+        }
+        if (call)
+        {
+            c.PushSized(size, oldCs);
+            c.PushSized(size, ret);
+        }
+        c.MarkAccessed(cs, csAddr);
+        c.SetSegment(Seg.CS, (ushort)((csSel & ~3) | c.Cpl), cs);
+        c.NextRip = target;
+    }
+
+    static void CallGateToInner(Cpu c, in Descriptor gate, bool gate64, int size, int newCpl, ushort csSel, in Descriptor cs, ulong csAddr, ulong target, ushort oldCs, ulong ret)
+    {
+        ushort oldSs = c.Segs[(int)Seg.SS].Selector;
+        ulong oldSp = c.Regs.Gpr[4];
+        if (gate64)
+        {
+            // 64-bit TSS: RSPn at 4 + 8n; SS becomes a null selector with RPL = new CPL (SDM 5.8.6).
+            ulong rsp = c.SystemRead(c.Tr.Base + 4 + (ulong)newCpl * 8, 8);
+            if (!MsrAccess.IsCanonical(rsp))
+            {
+                throw c.Fault(Vector.SS, 0);
+            }
+            ReadOnlySpan<ulong> frame = [oldSs, oldSp, oldCs, ret];
+            for (int i = 0; i < frame.Length; i++)
+            {
+                c.SystemWrite(rsp - (ulong)(i + 1) * 8, 8, frame[i]);
+            }
+            c.MarkAccessed(cs, csAddr);
+            c.Segs[(int)Seg.SS] = new SegmentRegister { Selector = (ushort)newCpl, Attributes = (ushort)(0x93 | (newCpl << 5)) };
+            c.SetSegment(Seg.CS, (ushort)((csSel & ~3) | newCpl), cs);
+            c.Regs.Gpr[4] = rsp - 32;
+            c.NextRip = target;
+            return;
+        }
+        // 32-bit TSS: ESPn at 4 + 8n, SSn at 8 + 8n (SDM 7.2.1).
+        ulong newSp = c.SystemRead(c.Tr.Base + 4 + (ulong)newCpl * 8, 4);
+        ushort newSs = (ushort)c.SystemRead(c.Tr.Base + 8 + (ulong)newCpl * 8, 2);
+        uint ssErr = (uint)(newSs & ~3);
+        if ((newSs & ~3) == 0)
+        {
+            throw c.Fault(Vector.TS, 0);
+        }
+        var ssd = c.ReadDescriptor(newSs, out ulong ssAddr, Vector.TS);
+        if ((newSs & 3) != newCpl || ssd.Dpl != newCpl || !ssd.IsWritableData)
+        {
+            throw c.Fault(Vector.TS, ssErr);
+        }
+        if (!ssd.Present)
+        {
+            throw c.Fault(Vector.SS, ssErr);
+        }
+        int count = (int)((gate.Raw >> 32) & 0x1F);
+        ulong oldSsBase = c.Segs[(int)Seg.SS].Base;
+        ulong oldMask = c.StackMask;
+        ulong newMask = ssd.Big ? 0xFFFF_FFFFUL : 0xFFFF;
+        // Read the parameters from the old stack before anything is written.
+        Span<ulong> values = stackalloc ulong[4 + 31];
+        int n = 0;
+        values[n++] = oldSs;
+        values[n++] = oldSp & oldMask;
+        for (int i = count - 1; i >= 0; i--)
+        {
+            values[n++] = c.ReadSized((oldSsBase + ((oldSp + (ulong)(i * size)) & oldMask)) & 0xFFFF_FFFF, size);
+        }
+        values[n++] = oldCs;
+        values[n++] = ret;
+        ulong sp = newSp;
+        for (int i = 0; i < n; i++)
+        {
+            sp = (sp - (ulong)size) & newMask;
+            c.SystemWrite((ssd.Base + sp) & 0xFFFF_FFFF, size, values[i]);
+        }
+        c.MarkAccessed(ssd, ssAddr);
+        c.SetSegment(Seg.SS, newSs, ssd);
+        c.MarkAccessed(cs, csAddr);
+        c.SetSegment(Seg.CS, (ushort)((csSel & ~3) | newCpl), cs);
+        c.Regs.Gpr[4] = ssd.Big ? sp : (c.Regs.Gpr[4] & ~0xFFFFUL) | sp;
+        c.NextRip = target;
     }
 
     // ------------------------------------------------------------------ far RET / IRET
