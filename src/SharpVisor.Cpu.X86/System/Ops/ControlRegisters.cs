@@ -46,7 +46,7 @@ public static class ControlRegisters
             case 8:
                 if ((v & ~0xFUL) != 0)
                 {
-                    throw Fail(c, "CR8 reserved bits");
+                    throw Fail(c, "CR8 reserved bits", v);
                 }
                 WriteTpr(c, (uint)v << 4);
                 c.RecheckInterrupts(); // lowering the priority may unmask a pending interrupt
@@ -56,10 +56,11 @@ public static class ControlRegisters
         }
     }
 
-    static GuestFault Fail(Cpu c, string why)
+    /// <summary>Counts a refused write and logs it once per <paramref name="rule"/> (a fixed string, so a guest cannot flood the log).</summary>
+    static GuestFault Fail(Cpu c, string rule, ulong value = 0)
     {
         s_crFaults.Increment();
-        Log.Once($"crfault:{why}", "cpu", $"cpu{c.Index}: control register write refused (#GP): {why}");
+        Log.Once($"crfault:{rule}", "cpu", $"cpu{c.Index}: control register write refused (#GP): {rule} (value 0x{value:x}, further ones counted in {s_crFaults.Name})");
         return c.GeneralProtection(0);
     }
 
@@ -68,7 +69,7 @@ public static class ControlRegisters
     {
         if ((v >> 32) != 0)
         {
-            throw Fail(c, "CR0[63:32] set");
+            throw Fail(c, "CR0[63:32] set", v);
         }
         v = (v & Cr0Defined) | Cr0.ET; // ET is hardwired to 1 (SDM 2.5)
         if ((v & Cr0.PG) != 0 && (v & Cr0.PE) == 0)
@@ -124,7 +125,7 @@ public static class ControlRegisters
             // PCIDE is never set (PCID not advertised), so bit 63 is reserved too (SDM 4.5.4, Table 4-12).
             if ((v >> Cpu.PhysAddrBits) != 0)
             {
-                throw Fail(c, $"CR3 reserved bits above MAXPHYADDR ({v:x})");
+                throw Fail(c, "CR3 reserved bits above MAXPHYADDR", v);
             }
         }
         else
@@ -140,7 +141,7 @@ public static class ControlRegisters
     {
         if ((v & ~Cr4Supported) != 0)
         {
-            throw Fail(c, $"CR4 bits not supported ({v & ~Cr4Supported:x})");
+            throw Fail(c, "CR4 bits of features not advertised", v);
         }
         if (c.LongModeActive && (v & Cr4.PAE) == 0)
         {
@@ -225,7 +226,7 @@ public static class ControlRegisters
         dr = AliasDr(c, dr);
         if (dr >= 6 && (v >> 32) != 0)
         {
-            throw Fail(c, $"DR{dr}[63:32] set");
+            throw Fail(c, "DR6/DR7 bits 63:32 set", v);
         }
         switch (dr)
         {

@@ -34,9 +34,22 @@ public static unsafe class MsrAccess
     /// <summary>A valid PAT entry: UC, WC, WT, WP, WB, UC- (SDM Vol. 3A Table 12-10).</summary>
     static bool IsPatType(ulong t) => t is 0 or 1 or 4 or 5 or 6 or 7;
 
+    /// <summary>Unknown MSR numbers seen so far: each is logged once, and at most <see cref="MaxUnknownLogged"/> of them, so a guest probing every MSR number cannot flood the log.</summary>
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<(uint, bool), byte> s_unknownSeen = new();
+    const int MaxUnknownLogged = 256;
+
     static GuestFault Unknown(Cpu c, uint msr, bool write, ulong value)
     {
         s_unknown.Increment();
+        if (s_unknownSeen.Count >= MaxUnknownLogged)
+        {
+            Log.Once("msr:unknown-cap", "cpu", $"more than {MaxUnknownLogged} distinct unknown MSRs accessed; further ones are only counted in {s_unknown.Name}");
+            return c.GeneralProtection(0);
+        }
+        if (!s_unknownSeen.TryAdd((msr, write), 0))
+        {
+            return c.GeneralProtection(0);
+        }
         Log.Once($"msr:{(write ? 'w' : 'r')}:{msr:x}", "cpu",
             write ? $"cpu{c.Index}: WRMSR to unknown MSR 0x{msr:x} value 0x{value:x} at {c.Rip:x} (raising #GP)"
                   : $"cpu{c.Index}: RDMSR of unknown MSR 0x{msr:x} at {c.Rip:x} (raising #GP)");
