@@ -26,11 +26,14 @@ public sealed class CpuIdModel
 
     /// <summary>
     /// IA32_ARCH_CAPABILITIES: RDCL_NO(0), IBRS_ALL(1), SKIP_L1DFL_VMENTRY(3), SSB_NO(4), MDS_NO(5),
-    /// PSCHANGE_MC_NO(6), TAA_NO(8), SBDR_SSDP_NO(13), FBSDP_NO(14), PSDP_NO(15), GDS_NO(26), RFDS_NO(27).
+    /// PSCHANGE_MC_NO(6), TAA_NO(8), SBDR_SSDP_NO(13), FBSDP_NO(14), PSDP_NO(15), BHI_NO(20),
+    /// PBRSB_NO(24), GDS_NO(26), RFDS_NO(27). An interpreter has no branch predictor, so BHI_NO and
+    /// PBRSB_NO are true; without BHI_NO, stable 6.1 kernels add a branch-history clearing loop to
+    /// every system call.
     /// </summary>
     public ulong ArchCapabilities { get; init; } =
         (1UL << 0) | (1UL << 1) | (1UL << 3) | (1UL << 4) | (1UL << 5) | (1UL << 6) | (1UL << 8) |
-        (1UL << 13) | (1UL << 14) | (1UL << 15) | (1UL << 26) | (1UL << 27);
+        (1UL << 13) | (1UL << 14) | (1UL << 15) | (1UL << 20) | (1UL << 24) | (1UL << 26) | (1UL << 27);
 
     public uint MaxBasicLeaf => 0x16;
     public uint MaxExtendedLeaf => 0x8000_0008;
