@@ -26,17 +26,26 @@ public sealed class CpuIdModel
 
     /// <summary>
     /// IA32_ARCH_CAPABILITIES: RDCL_NO(0), IBRS_ALL(1), SKIP_L1DFL_VMENTRY(3), SSB_NO(4), MDS_NO(5),
-    /// PSCHANGE_MC_NO(6), TAA_NO(8), SBDR_SSDP_NO(13), FBSDP_NO(14), PSDP_NO(15), GDS_NO(26), RFDS_NO(27).
+    /// PSCHANGE_MC_NO(6), TAA_NO(8), SBDR_SSDP_NO(13), FBSDP_NO(14), PSDP_NO(15), BHI_NO(20),
+    /// PBRSB_NO(24), GDS_NO(26), RFDS_NO(27). An interpreter has no branch predictor, so BHI_NO and
+    /// PBRSB_NO are true; without BHI_NO, stable 6.1 kernels add a branch-history clearing loop to
+    /// every system call.
     /// </summary>
     public ulong ArchCapabilities { get; init; } =
         (1UL << 0) | (1UL << 1) | (1UL << 3) | (1UL << 4) | (1UL << 5) | (1UL << 6) | (1UL << 8) |
-        (1UL << 13) | (1UL << 14) | (1UL << 15) | (1UL << 26) | (1UL << 27);
+        (1UL << 13) | (1UL << 14) | (1UL << 15) | (1UL << 20) | (1UL << 24) | (1UL << 26) | (1UL << 27);
 
     public uint MaxBasicLeaf => 0x16;
     public uint MaxExtendedLeaf => 0x8000_0008;
 
     /// <summary>Answers CPUID for (leaf, subleaf) as processor <paramref name="apicId"/>.</summary>
-    public (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf, uint apicId)
+    public (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf, uint apicId) => Query(leaf, subleaf, apicId, TscHz);
+
+    /// <summary>
+    /// As <see cref="Query(uint, uint, uint)"/> with the TSC rate RDTSC really counts at
+    /// (<see cref="CpuPlatform.TscHz"/>), so leaves 15H/16H never disagree with the TSC.
+    /// </summary>
+    public (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf, uint apicId, long tscHz)
     {
         if (leaf >= 0x8000_0000 ? leaf > MaxExtendedLeaf : leaf > MaxBasicLeaf)
         {
@@ -61,8 +70,9 @@ public sealed class CpuIdModel
             case 6:
                 return (0, 0, 0, 0);
             case 7:
-                // Structured extended features: only ARCH_CAPABILITIES (EDX bit 29).
-                return subleaf == 0 ? (0u, 0u, 0u, 1u << 29) : (0u, 0u, 0u, 0u);
+                // Structured extended features: EBX bit 1 IA32_TSC_ADJUST (implemented in MsrAccess),
+                // EDX bit 29 IA32_ARCH_CAPABILITIES.
+                return subleaf == 0 ? (0u, 1u << 1, 0u, 1u << 29) : (0u, 0u, 0u, 0u);
             case 0xB:
                 {
                     // x2APIC topology: one thread per core, all cores in one package.
@@ -76,9 +86,9 @@ public sealed class CpuIdModel
                 }
             case 0x15:
                 // TSC/crystal ratio: EBX/EAX times the crystal clock in ECX (SDM CPUID leaf 15H).
-                return (1, (uint)(TscHz / 25_000_000), 25_000_000, 0);
+                return (1, (uint)(tscHz / 25_000_000), 25_000_000, 0);
             case 0x16:
-                return ((uint)(TscHz / 1_000_000), (uint)(TscHz / 1_000_000), 100, 0);
+                return ((uint)(tscHz / 1_000_000), (uint)(tscHz / 1_000_000), 100, 0);
             case 0x8000_0000:
                 return (MaxExtendedLeaf, 0, 0, 0);
             case 0x8000_0001:

@@ -24,6 +24,10 @@ public sealed class Msrs
     public ulong Pat, MiscEnable, SpecCtrl, MtrrDefType, FeatureControl;
     /// <summary>Offset added to the virtual clock's tick count to give this vCPU's TSC (WRMSR TSC, TSC_ADJUST).</summary>
     public long TscOffset;
+    /// <summary>IA32_TSC_ADJUST (SDM Vol. 3B 18.17.3): changes with every TSC write or adjust write.</summary>
+    public long TscAdjust;
+    /// <summary>CR8/TPR value kept while there is no (enabled) local APIC to hold it.</summary>
+    public uint TprWithoutApic;
     public readonly ulong[] MtrrVariable = new ulong[16];
     public readonly ulong[] MtrrFixed = new ulong[11];
 
@@ -34,7 +38,8 @@ public sealed class Msrs
         Pat = 0x0007_0406_0007_0406; // power-on PAT (SDM Vol. 3A 12.12.4)
         MiscEnable = 1; // fast strings enabled
         SpecCtrl = MtrrDefType = FeatureControl = 0;
-        TscOffset = 0;
+        TscOffset = TscAdjust = 0;
+        TprWithoutApic = 0;
         Array.Clear(MtrrVariable);
         Array.Clear(MtrrFixed);
     }
