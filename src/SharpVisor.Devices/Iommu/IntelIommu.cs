@@ -44,11 +44,13 @@ public sealed partial class IntelIommu : IMmioDevice
     readonly VtdContextCache _contextCache;
     readonly VtdIotlb _iotlb;
     readonly Dictionary<ushort, VtdDmaSpace> _dmaSpaces = [];
+    readonly VtdPasidCache _pasidCache;
 
     // ---- register state (11.4) ----
     uint _gsts;
     ulong _rtaddr;              // 11.4.5, as last written
     ulong _activeRootTable;     // latched by GCMD.SRTP
+    int _activeTableMode;       // RTADDR.TTM latched by GCMD.SRTP: 0 legacy, 1 scalable
     ulong _ccmd;
     uint _fsts;                 // PFO, IQE, ICE, ITE and FRI; PPF is derived from the F bits
     uint _fectl = VtdEventCtl.Im;   // 11.4.9.3: IM resets to 1
@@ -79,6 +81,7 @@ public sealed partial class IntelIommu : IMmioDevice
         _hawPageMask = ((1UL << options.HostAddressWidth) - 1) & PageMask4K;
         _contextCache = new VtdContextCache(options.ContextCacheSets, options.ContextCacheWays);
         _iotlb = new VtdIotlb(options.IotlbSets, options.IotlbWays);
+        _pasidCache = new VtdPasidCache(options.PasidCacheSets, options.PasidCacheWays);
         _faultLow = new ulong[options.FaultRecordingRegisters];
         _faultHigh = new ulong[options.FaultRecordingRegisters];
         _iec = new VtdIrte[options.InterruptEntryCacheEntries];
@@ -107,12 +110,26 @@ public sealed partial class IntelIommu : IMmioDevice
         {
             if (!_dmaSpaces.TryGetValue(requesterId, out var space))
             {
-                space = new VtdDmaSpace(this, requesterId);
+                space = new VtdDmaSpace(this, VtdRequest.WithoutPasid(requesterId));
                 _dmaSpaces.Add(requesterId, space);
             }
             return space;
         }
     }
+
+    /// <summary>
+    /// The DMA view of one requester's requests-with-PASID (scalable mode, 3.4.3): each access
+    /// carries <paramref name="pasid"/> and, when <paramref name="privileged"/>, the supervisor
+    /// attribute (honoured only when the PASID entry's SRE is set).
+    /// </summary>
+    public IDmaSpace DmaSpaceFor(ushort requesterId, uint pasid, bool privileged = false)
+    {
+        var request = new VtdRequest { SourceId = requesterId, HasPasid = true, Pasid = pasid & 0xF_FFFF, Privileged = privileged };
+        return new VtdDmaSpace(this, request);
+    }
+
+    /// <summary>Entries currently held by the PASID cache.</summary>
+    public int PasidCacheCount { get { lock (_lock) return _pasidCache.Count; } }
 
     // ================= MMIO =================
 
@@ -262,8 +279,8 @@ public sealed partial class IntelIommu : IMmioDevice
                 break;
             case VtdReg.Rtaddr:
                 // 11.4.5: RTA is bits 63:12; TTM (11:10) selects legacy (00) or scalable (01) mode.
-                // Scalable mode is not implemented (ECAP.SMTS=0), so TTM is reserved and reads 0.
-                _rtaddr = (_rtaddr & 0xFFFF_FFFF_0000_0000UL) | (value & 0xFFFF_F000u);
+                // Without ECAP.SMTS, TTM is reserved and reads 0.
+                _rtaddr = (_rtaddr & 0xFFFF_FFFF_0000_0000UL) | (value & (0xFFFF_F000u | (_options.ScalableMode ? 0xC00u : 0)));
                 break;
             case VtdReg.Rtaddr + 4:
                 _rtaddr = (_rtaddr & 0xFFFF_FFFFUL) | ((ulong)value << 32);
@@ -366,6 +383,7 @@ public sealed partial class IntelIommu : IMmioDevice
         if ((value & VtdGcmd.Srtp) != 0)
         {
             _activeRootTable = _rtaddr & PageMask4K;
+            _activeTableMode = (int)(_rtaddr >> 10) & 3;
             _gsts |= VtdGcmd.Srtp;
         }
         if ((value & VtdGcmd.Wbf) != 0)
