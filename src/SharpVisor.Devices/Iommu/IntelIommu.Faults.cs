@@ -112,10 +112,10 @@ public sealed partial class IntelIommu
     void WriteFaultStatus(uint value)
     {
         // PFO, IQE, ICE, ITE are RW1C; PPF and FRI are RO; the rest is reserved (11.4.9.2).
-        bool queueWasStopped = (_fsts & VtdFsts.Iqe) != 0;
+        bool queueWasStopped = (_fsts & (VtdFsts.Iqe | VtdFsts.Ite)) != 0;
         _fsts &= ~(value & VtdFsts.Rw1cMask);
         ClearEventPendingIfServiced();
-        if (queueWasStopped && (_fsts & VtdFsts.Iqe) == 0)
+        if (queueWasStopped && (_fsts & (VtdFsts.Iqe | VtdFsts.Ite)) == 0)
         {
             // 6.5.2.10: once software clears IQE, fetching resumes at IQH (Linux's qi_check_fault
             // overwrites the bad descriptor with its wait descriptor before clearing IQE).

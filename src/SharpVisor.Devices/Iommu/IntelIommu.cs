@@ -66,7 +66,13 @@ public sealed partial class IntelIommu : IMmioDevice
     int _nextFaultIndex;
     int _lastFaultIndex = -1;
 
-    public IntelIommu(VtdOptions options, GuestMemory ram, IMsiSink eventSink, IApicBus apicBus, CounterRegistry? registry = null, string name = "dmar0")
+    /// <param name="timers">
+    /// The machine's timer queue: bounds (in virtual time) how long an invalidation wait waits for
+    /// device-TLB invalidation completions. Without it, devices must answer from inside
+    /// <see cref="IAtsEndpoint.InvalidateDeviceTlb"/>, or the wait times out at once.
+    /// </param>
+    public IntelIommu(VtdOptions options, GuestMemory ram, IMsiSink eventSink, IApicBus apicBus, CounterRegistry? registry = null, string name = "dmar0",
+        TimerQueue? timers = null)
     {
         options.Validate();
         _options = options;
@@ -88,6 +94,7 @@ public sealed partial class IntelIommu : IMmioDevice
         _iecIndex = new int[options.InterruptEntryCacheEntries];
         Array.Fill(_iecIndex, -1);
         InterruptRemapper = new VtdInterruptRemapper(this);
+        _invalidationTimer = timers?.Create($"{name}.devtlb_inv_timeout", OnInvalidationTimeout);
     }
 
     public string Name { get; }
@@ -468,6 +475,7 @@ public sealed partial class IntelIommu : IMmioDevice
     /// <summary>Sends queued event interrupts; called after the lock is released (the sink may call back).</summary>
     void DrainOutbox()
     {
+        DispatchDeviceInvalidations();
         while (true)
         {
             PendingMessage m;
