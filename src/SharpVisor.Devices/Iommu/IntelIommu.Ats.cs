@@ -65,6 +65,7 @@ public sealed partial class IntelIommu
     readonly Queue<PendingDeviceInvalidation> _deviceOutbox = new();
     int _outstandingDeviceInvalidations;
     bool _queueStalled;
+    bool _stalledOnWait;        // the stalled descriptor is an invalidation wait (else a device-TLB invalidation short of tags)
     bool _dispatching;
     readonly TimerQueue.Timer? _invalidationTimer;
 
@@ -284,7 +285,7 @@ public sealed partial class IntelIommu
         if (state.Outstanding == uint.MaxValue)
         {
             // Every tag is in flight: wait for one to be answered (or to time out).
-            StallQueue();
+            StallQueue(onWait: false);
             return DescriptorOutcome.Stall;
         }
         byte tag = (byte)BitOperations.TrailingZeroCount(~state.Outstanding);
@@ -335,9 +336,10 @@ public sealed partial class IntelIommu
     }
 
     /// <summary>Stops queue processing at the current descriptor; a virtual-time timer bounds the wait.</summary>
-    void StallQueue()
+    void StallQueue(bool onWait)
     {
         _queueStalled = true;
+        _stalledOnWait = onWait;
         if (_invalidationTimer is { IsArmed: false })
         {
             _invalidationTimer.ArmAfter(_options.DeviceTlbInvalidationTimeoutNs);
@@ -347,8 +349,9 @@ public sealed partial class IntelIommu
     /// <summary>
     /// 6.5.2.10 Invalidation Time-out Error: a device did not answer in time. FSTS.ITE is set (a
     /// fault event), the stalled wait descriptor is aborted (its status is not written) and IQH
-    /// moves past it; every outstanding tag is dropped, so late answers are ignored. Fetching
-    /// resumes when software clears ITE (Linux's qi_check_fault then resubmits).
+    /// moves past it; every outstanding tag is dropped, so late answers are ignored. A device-TLB
+    /// invalidation that was waiting for a free tag stays at IQH and is sent again later.
+    /// Fetching resumes when software clears ITE (Linux's qi_check_fault then resubmits).
     /// </summary>
     void TimeOutStalledQueue()
     {
@@ -364,8 +367,10 @@ public sealed partial class IntelIommu
             _outstandingDeviceInvalidations -= BitOperations.PopCount(state.Outstanding);
             state.Outstanding = 0;
         }
-        ulong size = QueueBytes;
-        _iqh = (_iqh + (WideDescriptors ? 32UL : 16UL)) % size;
+        if (_stalledOnWait)
+        {
+            _iqh = (_iqh + (WideDescriptors ? 32UL : 16UL)) % QueueBytes;
+        }
         RaiseQueueError(VtdFsts.Ite);
     }
 

@@ -460,7 +460,7 @@ public sealed partial class IntelIommu
         {
             // 6.5.2.8: the wait completes only after every earlier invalidation did, including the
             // device-TLB invalidations still waiting for their devices' completions.
-            StallQueue();
+            StallQueue(onWait: true);
             return DescriptorOutcome.Stall;
         }
         Counters.InvalidationWaits.Increment();

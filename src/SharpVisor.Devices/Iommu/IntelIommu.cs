@@ -17,12 +17,14 @@ namespace SharpVisor.Devices.Iommu;
 /// platform's direct (non-remapped) MSI path (spec 5.1.6: these are not subject to remapping).
 /// All state is guarded by one lock; messages are sent after it is released.
 /// <para>
-/// Where later work plugs in: scalable mode (ECAP.SMTS) adds RTADDR.TTM=01b, 256-bit context
-/// entries and PASID directory/table lookups in <c>LookupContext</c> (the cached
-/// <see cref="VtdContext"/> grows a PASID-directory pointer and PGTT), first-level walks beside
-/// <c>WalkSecondLevel</c>, 256-bit descriptors (IQA.DW) and PASID-based descriptor types 6-8 in
-/// <c>ExecuteDescriptor</c>. ATS (ECAP.DT) enables context TT=01b, translation requests and real
-/// device-TLB invalidation (type 3 is acknowledged today). None of these is advertised yet.
+/// Scalable mode (ECAP.SMTS; IntelIommu.Scalable.cs): RTADDR.TTM=01b selects scalable-mode root
+/// and context entries, PASID directory/table lookups through the PASID cache, and first-level
+/// (IA-32e), second-level or pass-through translation per PASID entry; the queue then takes
+/// 256-bit descriptors (IQA.DW) including the PASID-based types 6-8. ATS (ECAP.DT;
+/// IntelIommu.Ats.cs, DeviceIotlb.cs): <see cref="AtsTranslate"/>, translated requests,
+/// <see cref="AttachAtsEndpoint"/> and <see cref="CompleteDeviceTlbInvalidation"/>; give the
+/// constructor the machine's <see cref="TimerQueue"/> so a silent device times out in virtual time.
+/// Nested translation (ECAP.NEST), page requests (PRS) and posted interrupts are not implemented.
 /// </para>
 /// </remarks>
 public sealed partial class IntelIommu : IMmioDevice
