@@ -318,7 +318,7 @@ public sealed partial class IntelIommu
         {
             // A write through a cached translation whose leaf D flag is still clear must walk
             // again to set it (3.6.2): the cached copy cannot stand for the dirty update.
-            if (!request.Write || (hit.Flags & VtdIotlbEntry.FlagDirty) != 0 || (hit.Permissions & 2) == 0)
+            if (!request.Write || (hit.Flags & VtdIotlbEntry.FlagDirty) != 0)
             {
                 Counters.IotlbHitsFor(hit.PageShift).Increment();
                 return VtdFaultReason.None;

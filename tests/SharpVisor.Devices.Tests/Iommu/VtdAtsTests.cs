@@ -236,6 +236,29 @@ public class VtdAtsTests
     }
 
     [Fact]
+    public void TimeOutWhileShortOfTagsKeepsTheInvalidationForLater()
+    {
+        var clock = new VirtualClock(ClockMode.Deterministic);
+        var timers = new TimerQueue(clock);
+        using var f = new VtdFixture(new VtdOptions { DeviceTlbInvalidationTimeoutNs = 1000 }, timers);
+        LegacyAtsContext(f);
+        var device = new RecordingAtsEndpoint();
+        f.Unit.AttachAtsEndpoint(Dev, device);
+        var b = new QueueBench(f);
+        var descs = Enumerable.Range(0, 33).Select(i => (DeviceTlbDesc(Dev), Iova + (ulong)i * 0x1000)).ToArray();
+        Assert.False(b.Run(9, descs));
+        ulong stalledAt = f.R64(Iqh);
+        Assert.Equal(32UL * 16, stalledAt);                     // on the 33rd descriptor
+        clock.SkipTo(1000);
+        timers.RunExpired();
+        Assert.NotEqual(0u, f.R32(Fsts) & (1u << 6));           // ITE
+        Assert.Equal(stalledAt, f.R64(Iqh));                    // not skipped: it has not reached the device
+        f.W32(Fsts, 1u << 6);                                   // software clears ITE: the queue resumes
+        Assert.Equal(33, device.Requests.Count);
+        Assert.Equal(Iova + 32 * 0x1000, device.Requests[32].Address);
+    }
+
+    [Fact]
     public void PasidBasedDeviceTlbInvalidationCarriesThePasid()
     {
         using var s = new VtdScalableFixture();

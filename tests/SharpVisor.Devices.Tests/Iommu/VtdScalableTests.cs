@@ -495,3 +495,38 @@ public class VtdScalableTests
         Assert.Equal(write ? 0UL : 1UL, (high >> 62) & 1);
     }
 }
+
+/// <summary>The order Linux 6.1 (intel_iommu=on, scalable mode by default) programs a unit in, end to end.</summary>
+public class VtdScalableLinuxSequenceTests
+{
+    [Fact]
+    public void ScalableModeBootMapUnmapAndFault()
+    {
+        const ushort Dev = 0x0018;       // 00:03.0
+        const ushort Did = 1;
+        using var s = new VtdScalableFixture();
+        // dmar_enable_qi: 256-bit descriptors because ECAP.SMTS.
+        s.EnableWideQueue();
+        // iommu_set_root_entry: RTADDR | DMA_RTADDR_SMT, SRTP, then the global flushes.
+        s.F.W64(Rtaddr, RootTable | (1UL << 10));
+        s.F.Command(Srtp);
+        Assert.True(s.Run(1, (ContextDesc(1), 0), (PasidCacheDesc(3, 0), 0), (IotlbDesc(1, 0), 0)));
+        // domain_context_mapping_one + intel_pasid_setup_first_level for a DMA domain on RID_PASID 0.
+        ulong dir = s.SetContext(Dev, ridPasid: 0, dte: true);
+        ulong fl = s.SetFirstLevel(dir, 0, Did, levels: 5);
+        ulong leaf = s.MapFirstLevel(fl, 5, 0xFFFF_F000, 0x50_0000);  // Linux allocates IOVAs from the top down
+        s.F.Command(Te);
+        var dma = s.Unit.DmaSpaceFor(Dev);
+        Assert.Equal(DmaStatus.Ok, dma.Write(0xFFFF_F800, [0x5A]));
+        Assert.Equal(0x5A, s.F.ReadRam(0x50_0800, 1)[0]);
+        // Unmap (strict): clear the PTE, qi_flush_piotlb PSI on RID_PASID, device-TLB flush, wait.
+        s.Ram.WriteU64(leaf, 0);
+        Assert.True(s.Run(2, (PasidIotlbDesc(3, Did, 0), 0xFFFF_F000), (DeviceTlbDesc(Dev), 0xFFFF_F000)));
+        Assert.Equal(DmaStatus.Blocked, dma.Write(0xFFFF_F800, [0x66]));
+        Assert.Equal(0x5A, s.F.ReadRam(0x50_0800, 1)[0]);
+        var (low, high) = s.F.FaultRecord(0);
+        Assert.Equal((int)VtdFaultReason.FirstLevelNotPresent, Reason(high));
+        Assert.Equal(0xFFFF_F000UL, low);
+        Assert.Equal(0u, s.F.R32(Fsts) & (1u << 4));            // no queue error along the way
+    }
+}
