@@ -18,6 +18,8 @@ public sealed partial class IntelIommu
             or VtdFaultReason.WriteNotPermitted or VtdFaultReason.ReadNotPermitted or VtdFaultReason.PagingEntryAccessError
             or VtdFaultReason.PagingEntryReserved or VtdFaultReason.TranslationTypeBlocked => true,
         VtdFaultReason.IrteNotPresent or VtdFaultReason.IrteReserved or VtdFaultReason.IrSourceIdMismatch => true,
+        // Scalable mode: every fault found at or after the context entry (SCT.2 onwards).
+        >= VtdFaultReason.SmContextEntryNotPresent => true,
         _ => false,
     };
 
@@ -25,7 +27,8 @@ public sealed partial class IntelIommu
     /// Records a fault (under the lock). <paramref name="faultInfo"/> is the page address for DMA
     /// faults, or the interrupt index in bits 63:48 for interrupt-remapping faults (11.4.9.7 FI).
     /// </summary>
-    void RecordFault(ushort sourceId, ulong faultInfo, VtdFaultReason reason, bool isRead, bool faultProcessingDisabled)
+    /// <remarks><paramref name="pasid"/>: the PASID of a request-with-PASID (PP=1 and PV in bits 95 and 123:104), else NoPasid.</remarks>
+    void RecordFault(ushort sourceId, ulong faultInfo, VtdFaultReason reason, bool isRead, bool faultProcessingDisabled, uint pasid = VtdIotlbEntry.NoPasid)
     {
         Counters.FaultsByReason(reason).Increment();
         if (faultProcessingDisabled && IsQualified(reason))
@@ -41,6 +44,10 @@ public sealed partial class IntelIommu
         }
         ulong low = faultInfo & PageMask4K;
         ulong high = sourceId | ((ulong)reason << 32) | (isRead ? FaultTypeRead : 0) | FaultF;
+        if (pasid != VtdIotlbEntry.NoPasid)
+        {
+            high |= (1UL << 31) | ((ulong)(pasid & 0xF_FFFF) << 40);   // PP (bit 95), PV (bits 123:104)
+        }
         // 7.2.1 allows compressing a fault identical to the one last recorded and still pending
         // (same source, reason, type and address): a device retrying a bad DMA fills one record.
         if (_lastFaultIndex >= 0 && _faultHigh[_lastFaultIndex] == high && _faultLow[_lastFaultIndex] == low)
@@ -105,10 +112,10 @@ public sealed partial class IntelIommu
     void WriteFaultStatus(uint value)
     {
         // PFO, IQE, ICE, ITE are RW1C; PPF and FRI are RO; the rest is reserved (11.4.9.2).
-        bool queueWasStopped = (_fsts & VtdFsts.Iqe) != 0;
+        bool queueWasStopped = (_fsts & (VtdFsts.Iqe | VtdFsts.Ite)) != 0;
         _fsts &= ~(value & VtdFsts.Rw1cMask);
         ClearEventPendingIfServiced();
-        if (queueWasStopped && (_fsts & VtdFsts.Iqe) == 0)
+        if (queueWasStopped && (_fsts & (VtdFsts.Iqe | VtdFsts.Ite)) == 0)
         {
             // 6.5.2.10: once software clears IQE, fetching resumes at IQH (Linux's qi_check_fault
             // overwrites the bad descriptor with its wait descriptor before clearing IQE).

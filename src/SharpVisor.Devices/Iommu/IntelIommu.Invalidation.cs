@@ -18,19 +18,24 @@ public sealed partial class IntelIommu
 
     void InvalidateContextCache(int granularity, ushort domainId, ushort sourceId, int functionMask)
     {
+        // Scalable mode (6.5.2.1): PASID-cache entries hang off the context entries they were
+        // found through, so they go with them (a superset of what the spec requires is safe).
         switch (granularity)
         {
             case VtdGranularity.Global:
                 Counters.ContextInvGlobal.Increment();
                 _contextCache.InvalidateAll();
+                _pasidCache.InvalidateAll();
                 break;
             case VtdGranularity.Domain:
                 Counters.ContextInvDomain.Increment();
                 _contextCache.InvalidateDomain(domainId);
+                _pasidCache.Invalidate(domainId, null);
                 break;
             case VtdGranularity.DeviceOrPage:
                 Counters.ContextInvDevice.Increment();
                 _contextCache.InvalidateDevice(sourceId, functionMask);
+                _pasidCache.InvalidateDevice(sourceId, functionMask);
                 break;
         }
     }
@@ -145,9 +150,12 @@ public sealed partial class IntelIommu
 
     void WriteQueueAddressLow(uint value)
     {
-        // IQA (11.4.10.3): IQA 63:12, DW 11 (256-bit descriptors, only with ECAP.SMTS: reserved here), QS 2:0.
-        _iqa = (_iqa & 0xFFFF_FFFF_0000_0000UL) | (value & 0xFFFF_F007u);
+        // IQA (11.4.10.3): IQA 63:12, DW 11 (256-bit descriptors, implemented only with ECAP.SMTS), QS 2:0.
+        _iqa = (_iqa & 0xFFFF_FFFF_0000_0000UL) | (value & (0xFFFF_F007u | (_options.ScalableMode ? 0x800u : 0)));
     }
+
+    /// <summary>IQA.DW: the queue holds 256-bit descriptors (Linux sets it whenever ECAP.SMTS is present).</summary>
+    bool WideDescriptors => (_iqa & 0x800) != 0;
 
     ulong QueueBytes => 4096UL << (int)(_iqa & 7);
 
@@ -177,7 +185,9 @@ public sealed partial class IntelIommu
     /// </summary>
     void ProcessQueue()
     {
-        if (!QueuedInvalidationEnabled || (_fsts & VtdFsts.Iqe) != 0)
+        // Stopped by a queue error or a device-TLB time-out until software clears it (6.5.2.10),
+        // or stalled waiting for device-TLB invalidation completions.
+        if (!QueuedInvalidationEnabled || (_fsts & (VtdFsts.Iqe | VtdFsts.Ite)) != 0 || _queueStalled)
         {
             return;
         }
@@ -190,30 +200,190 @@ public sealed partial class IntelIommu
             RaiseQueueError(VtdFsts.Iqe);
             return;
         }
+        bool wide = WideDescriptors;
+        int descriptorBytes = wide ? 32 : 16;
+        if (wide && ((_iqt | _iqh) & 0x10) != 0)
+        {
+            // 11.4.10.2: with 256-bit descriptors QT bit 4 is reserved (QT counts 32-byte units).
+            Counters.QueueErrors.Increment();
+            Log.Once($"{Name}.iqt_dw", Name, $"IQT 0x{_iqt:x} is not 32-byte aligned with 256-bit descriptors");
+            RaiseQueueError(VtdFsts.Iqe);
+            return;
+        }
         ulong queueBase = _iqa & _hawPageMask;
-        Span<ulong> d = stackalloc ulong[2];
+        Span<ulong> d = stackalloc ulong[4];
         while (_iqh != _iqt)
         {
-            if (!_ram.TryRead(queueBase + _iqh, MemoryMarshal.AsBytes(d)))
+            d.Clear();
+            if (!_ram.TryRead(queueBase + _iqh, MemoryMarshal.AsBytes(d[..(descriptorBytes / 8)])))
             {
                 Counters.QueueErrors.Increment();
                 Log.Once($"{Name}.iq_fetch", Name, $"invalidation queue at 0x{queueBase:x} is not guest RAM");
                 RaiseQueueError(VtdFsts.Iqe);
                 return;
             }
+            var outcome = ExecuteDescriptor(d, wide);
+            if (outcome == DescriptorOutcome.Stall)
+            {
+                // IQH stays on this descriptor; processing resumes when devices answer or time out.
+                Counters.QueueStalls.Increment();
+                return;
+            }
             Counters.QueueDescriptors.Increment();
-            if (!ExecuteDescriptor(d[0], d[1]))
+            if (outcome == DescriptorOutcome.Invalid)
             {
                 Counters.QueueErrors.Increment();
                 RaiseQueueError(VtdFsts.Iqe);
                 return;
             }
-            _iqh = (_iqh + 16) % size;
+            _iqh = (_iqh + (ulong)descriptorBytes) % size;
         }
     }
 
-    /// <summary>Executes one 128-bit descriptor; false for an invalid type or reserved bits set (IQE).</summary>
-    bool ExecuteDescriptor(ulong lo, ulong hi)
+    enum DescriptorOutcome : byte { Done, Invalid, Stall }
+
+    /// <summary>
+    /// Executes one descriptor: 128-bit, or 256-bit when IQA.DW=1 (6.5.2: the upper 128 bits are
+    /// reserved for every type this unit implements, so they must be zero).
+    /// </summary>
+    DescriptorOutcome ExecuteDescriptor(ReadOnlySpan<ulong> d, bool wide)
+    {
+        if (wide && (d[2] != 0 || d[3] != 0))
+        {
+            return DescriptorOutcome.Invalid;
+        }
+        ulong lo = d[0], hi = d[1];
+        int type = (int)(lo & 0xF) | (int)((lo >> 9) & 7) << 4;
+        switch (type)
+        {
+            case 3 when _options.DeviceTlb:
+                return ExecuteDeviceTlbInvalidation(lo, hi);
+            case 5:
+                return ExecuteWait(lo, hi);
+            case 6 when _options.ScalableMode:
+                return ExecutePasidIotlbInvalidation(lo, hi) ? DescriptorOutcome.Done : DescriptorOutcome.Invalid;
+            case 7 when _options.ScalableMode:
+                return ExecutePasidCacheInvalidation(lo, hi) ? DescriptorOutcome.Done : DescriptorOutcome.Invalid;
+            case 8 when _options.ScalableMode && _options.DeviceTlb:
+                return ExecutePasidDeviceTlbInvalidation(lo, hi);
+            default:
+                return ExecuteLegacyDescriptor(lo, hi) ? DescriptorOutcome.Done : DescriptorOutcome.Invalid;
+        }
+    }
+
+    /// <summary>6.5.2.4 PASID-based-IOTLB invalidate (p_iotlb_inv): G 5:4, DID 31:16, PASID 51:32; ADDR 127:76, IH 70, AM 69:64.</summary>
+    bool ExecutePasidIotlbInvalidation(ulong lo, ulong hi)
+    {
+        if ((lo & 0xFFF0_0000_0000_F1C0UL) != 0 || (hi & 0xF80UL) != 0)
+        {
+            return false;
+        }
+        int g = (int)(lo >> 4) & 3;
+        ushort did = (ushort)(lo >> 16);
+        uint pasid = (uint)(lo >> 32) & 0xF_FFFF;
+        int am = (int)(hi & 0x3F);
+        if (g == 3 && am <= _options.MaxAddressMaskValue)
+        {
+            // Page-selective-within-PASID: first-level entries of (DID, PASID) in the 2^AM pages at ADDR.
+            Counters.PasidIotlbInvPage.Increment();
+            _iotlb.InvalidatePages(did, pasid, hi & PageMask4K, am);
+            return true;
+        }
+        if (g is 2 or 3)
+        {
+            // Non-globals-within-PASID (G=10b; also what an AM beyond MAMV degrades to).
+            Counters.PasidIotlbInvPasid.Increment();
+            _iotlb.InvalidatePasid(did, pasid);
+            return true;
+        }
+        return false; // G=00b/01b are reserved
+    }
+
+    /// <summary>6.5.2.2 PASID-cache invalidate (pc_inv_dsc): G 5:4 (00 domain, 01 PASID, 11 global), DID 31:16, PASID 51:32.</summary>
+    bool ExecutePasidCacheInvalidation(ulong lo, ulong hi)
+    {
+        if ((lo & 0xFFF0_0000_0000_F1C0UL) != 0 || hi != 0)
+        {
+            return false;
+        }
+        ushort did = (ushort)(lo >> 16);
+        uint pasid = (uint)(lo >> 32) & 0xF_FFFF;
+        switch ((lo >> 4) & 3)
+        {
+            case 0:
+                Counters.PasidCacheInvDomain.Increment();
+                _pasidCache.Invalidate(did, null);
+                return true;
+            case 1:
+                Counters.PasidCacheInvPasid.Increment();
+                _pasidCache.Invalidate(did, pasid);
+                return true;
+            case 3:
+                Counters.PasidCacheInvGlobal.Increment();
+                _pasidCache.InvalidateAll();
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    /// <summary>
+    /// 6.5.2.5 Device-TLB invalidate: SID 47:32, QDEP 20:16, PFSID 15:12 and 63:52; ADDR 127:76,
+    /// S 64. Forwarded to the device's ATS endpoint with an invalidation tag.
+    /// </summary>
+    DescriptorOutcome ExecuteDeviceTlbInvalidation(ulong lo, ulong hi)
+    {
+        if ((lo & 0x0000_0000_FFE0_01F0UL) != 0 || (hi & 0xFFEUL) != 0)
+        {
+            return DescriptorOutcome.Invalid;
+        }
+        Counters.DeviceTlbInv.Increment();
+        DecodeInvalidationRange(hi & PageMask4K, (hi & 1) != 0, out ulong address, out ulong size);
+        return ForwardDeviceTlbInvalidation((ushort)(lo >> 32), address, size, null);
+    }
+
+    /// <summary>
+    /// 6.5.2.6 PASID-based device-TLB invalidate: QDEP 8:4, SID 31:16, PASID 51:32, PFSID 15:12 and
+    /// 63:52; ADDR 127:76, S 75, G 64.
+    /// </summary>
+    DescriptorOutcome ExecutePasidDeviceTlbInvalidation(ulong lo, ulong hi)
+    {
+        if ((hi & 0x7FEUL) != 0)
+        {
+            return DescriptorOutcome.Invalid;
+        }
+        Counters.DeviceTlbInvPasid.Increment();
+        DecodeInvalidationRange(hi & PageMask4K, (hi & (1UL << 11)) != 0, out ulong address, out ulong size);
+        return ForwardDeviceTlbInvalidation((ushort)(lo >> 16), address, size, (uint)(lo >> 32) & 0xF_FFFF);
+    }
+
+    /// <summary>
+    /// The PCIe ATS range encoding the descriptors use (6.5.2.5): with S=0 one 4 KiB page; with S=1
+    /// the lowest clear address bit at or above bit 12, at position n, makes the range 2^(n+1)
+    /// bytes (Linux qi_flush_dev_iotlb sets bits 12..12+mask-2 for a 2^mask-page range).
+    /// </summary>
+    static void DecodeInvalidationRange(ulong addressField, bool sizeBit, out ulong address, out ulong size)
+    {
+        if (!sizeBit)
+        {
+            address = addressField;
+            size = 4096;
+            return;
+        }
+        ulong ones = ~addressField >> 12;
+        if (ones == 0 || System.Numerics.BitOperations.TrailingZeroCount(ones) + 13 >= 64)
+        {
+            address = 0;
+            size = ulong.MaxValue; // every bit set: the whole address space
+            return;
+        }
+        int n = System.Numerics.BitOperations.TrailingZeroCount(ones) + 12;
+        size = 1UL << (n + 1);
+        address = addressField & ~(size - 1);
+    }
+
+    /// <summary>Executes one 128-bit descriptor of types 1-4; false for an invalid type or reserved bits set (IQE).</summary>
+    bool ExecuteLegacyDescriptor(ulong lo, ulong hi)
     {
         // Type: bits 3:0 with bits 11:9 as the high type bits (6.5.2); the latter are 0 for every
         // descriptor this unit accepts.
@@ -251,8 +421,8 @@ public sealed partial class IntelIommu
                     return true;
                 }
             case 3:
-                // 6.5.2.5 Device-TLB invalidate. No device implements ATS yet (ECAP.DT=0), so there is
-                // no device-TLB to invalidate: acknowledged as complete.
+                // 6.5.2.5 Device-TLB invalidate while ECAP.DT=0: no device-TLB can exist, so there is
+                // nothing to invalidate; acknowledged as complete.
                 Counters.DeviceTlbInv.Increment();
                 return true;
             case 4:
@@ -272,25 +442,30 @@ public sealed partial class IntelIommu
                     }
                     return true;
                 }
-            case 5:
-                return ExecuteWait(lo, hi);
             default:
-                // 6/7/8... are PASID-based (scalable mode) descriptors: invalid without ECAP.SMTS.
+                // 6/7/8 are PASID-based (scalable mode) descriptors: invalid without ECAP.SMTS.
                 Log.Once($"{Name}.qi_type{type}", Name, $"invalidation descriptor type {type} not supported; IQE");
                 return false;
         }
     }
 
     /// <summary>6.5.2.8 Invalidation wait: IF 4, SW 5, FN 6, PD 7, status data 63:32, status address 127:66.</summary>
-    bool ExecuteWait(ulong lo, ulong hi)
+    DescriptorOutcome ExecuteWait(ulong lo, ulong hi)
     {
         if ((lo & 0xFFFF_FF00UL) != 0 || (hi & 3) != 0)
         {
-            return false;
+            return DescriptorOutcome.Invalid;
+        }
+        if (_outstandingDeviceInvalidations > 0)
+        {
+            // 6.5.2.8: the wait completes only after every earlier invalidation did, including the
+            // device-TLB invalidations still waiting for their devices' completions.
+            StallQueue(onWait: true);
+            return DescriptorOutcome.Stall;
         }
         Counters.InvalidationWaits.Increment();
-        // Every earlier descriptor has completed (processing is synchronous), which is all the
-        // fence (FN) and page-drain (PD) flags ask for.
+        // Every earlier IOMMU-side invalidation has completed (processing is synchronous), which
+        // is all the fence (FN) and page-drain (PD) flags ask for.
         if ((lo & (1UL << 5)) != 0)
         {
             ulong statusAddress = hi & ~3UL;
@@ -310,6 +485,6 @@ public sealed partial class IntelIommu
                 RaiseEvent(ref _iectl, ref _invalidationEventPending, InvalidationEventMessage(), Counters.InvalidationEvents);
             }
         }
-        return true;
+        return DescriptorOutcome.Done;
     }
 }

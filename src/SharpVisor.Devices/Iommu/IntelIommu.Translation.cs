@@ -20,8 +20,12 @@ public sealed partial class IntelIommu
         public bool Untranslated;   // TE=0 or pass-through (protected memory regions apply)
     }
 
-    /// <summary>Translates one address (under the lock). On a fault the fault is recorded and the reason returned.</summary>
-    VtdFaultReason TranslateLocked(ushort sid, ulong address, bool isWrite, out PageTranslation result)
+    /// <summary>
+    /// Translates one address (under the lock). On a fault the fault is recorded and the reason
+    /// returned. Legacy mode: root → context → second level (3.4.2). Scalable mode: root →
+    /// context → PASID directory → PASID entry → first level, second level or pass-through (3.4.3).
+    /// </summary>
+    VtdFaultReason TranslateLocked(in VtdRequest request, ulong address, out PageTranslation result)
     {
         result = default;
         if (!TranslationEnabled)
@@ -33,39 +37,59 @@ public sealed partial class IntelIommu
             return VtdFaultReason.None;
         }
         Counters.Translations.Increment();
-        var reason = LookupContext(sid, out var context, out bool fpd);
+        var reason = ResolveLocked(in request, address, out var hit, out var kind, out bool fpd, out bool writeProtect);
         if (reason == VtdFaultReason.None)
         {
-            if (context.TranslationType == 2)
+            if (kind == ResolvedKind.PassThrough)
             {
-                // 9.3 TT=10b: pass-through, output = input (ECAP.PT).
+                // Legacy TT=10b (9.3) or scalable PGTT=100b (9.6): output = input (ECAP.PT).
                 Counters.PassThroughDma.Increment();
                 result.Output = address;
                 result.BytesInPage = 4096 - (address & 0xFFF);
                 result.Untranslated = true;
                 return VtdFaultReason.None;
             }
-            reason = TranslateSecondLevel(in context, address, isWrite, ref result);
+            reason = CheckAccess(in request, in hit, kind, writeProtect);
+            if (reason == VtdFaultReason.None)
+            {
+                ulong offset = address & ((1UL << hit.PageShift) - 1);
+                result.Output = hit.OutputBase + offset;
+                result.BytesInPage = (1UL << hit.PageShift) - offset;
+            }
         }
         if (reason != VtdFaultReason.None)
         {
             Counters.DmaBlocked.Increment();
-            RecordFault(sid, address, reason, !isWrite, fpd);
+            RecordFault(request.SourceId, address, reason, !request.Write, fpd, ActivePasidForRecord(in request));
         }
         return reason;
     }
+
+    /// <summary>The PASID a fault record names (11.4.9.7 PP/PV): only requests-with-PASID carry one.</summary>
+    static uint ActivePasidForRecord(in VtdRequest request) => request.HasPasid ? request.Pasid : VtdIotlbEntry.NoPasid;
 
     /// <summary>Finds the context entry of a source-id: context cache, else root table → context table (3.4.2).</summary>
     VtdFaultReason LookupContext(ushort sid, out VtdContext context, out bool fpd)
     {
         fpd = false;
-        if (_contextCache.TryGet(sid, out context))
+        if (_activeTableMode > 1)
+        {
+            // RTADDR.TTM 10b is reserved and 11b (abort-DMA mode) is not advertised (11.4.5).
+            context = default;
+            return VtdFaultReason.SmRootTableTypeInvalid;
+        }
+        bool scalable = _activeTableMode == 1;
+        if (_contextCache.TryGet(sid, out context) && context.Scalable == scalable)
         {
             Counters.ContextCacheHits.Increment();
             fpd = context.FaultProcessingDisable;
             return VtdFaultReason.None;
         }
         Counters.ContextCacheMisses.Increment();
+        if (scalable)
+        {
+            return LookupScalableContext(sid, out context, out fpd);
+        }
 
         // Root entry (9.1): bit 0 P, bits 11:1 reserved, 63:12 CTP; bits 127:64 reserved in legacy mode.
         Span<ulong> entry = stackalloc ulong[2];
@@ -102,7 +126,8 @@ public sealed partial class IntelIommu
             return VtdFaultReason.ContextEntryReserved;
         }
         int tt = (int)(lo >> 2) & 3;
-        bool ttOk = tt == 0 || (tt == 2 && _options.PassThrough); // TT=01b needs ECAP.DT (ATS): not yet
+        // TT=01b (translation and translated requests allowed) needs ECAP.DT; TT=10b needs ECAP.PT.
+        bool ttOk = tt == 0 || (tt == 1 && _options.DeviceTlb) || (tt == 2 && _options.PassThrough);
         int aw = (int)(hi & 7);
         // AW (9.3): 001b 39-bit/3-level, 010b 48-bit/4-level, 011b 57-bit/5-level; must be in SAGAW.
         bool awOk = aw is >= 1 and <= 3 && ((int)_options.SupportedAgaw & (1 << aw)) != 0;
@@ -115,6 +140,7 @@ public sealed partial class IntelIommu
             SourceId = sid,
             DomainId = (ushort)(hi >> 8),
             TranslationType = (byte)tt,
+            DeviceTlbEnabled = tt == 1,
             Levels = (byte)(aw + 2),
             FaultProcessingDisable = fpd,
             SlptPointer = lo & _hawPageMask,
@@ -127,41 +153,48 @@ public sealed partial class IntelIommu
         return VtdFaultReason.None;
     }
 
-    VtdFaultReason TranslateSecondLevel(in VtdContext context, ulong address, bool isWrite, ref PageTranslation result)
+    /// <summary>
+    /// Second-level translation of one address through the IOTLB (legacy mode, and scalable mode
+    /// with PGTT=010b): the address-width check (3.6), then the IOTLB, else a walk that fills it.
+    /// </summary>
+    VtdFaultReason LookupSecondLevel(in VtdContext context, ulong address, bool isWrite, bool scalable, out VtdIotlbEntry hit)
     {
         // 3.6: the input address must fit min(AGAW of the domain, MGAW).
-        int inputBits = Math.Min(30 + 9 * context.Levels, _options.MaxGuestAddressWidth);
+        int inputBits = Math.Min(12 + 9 * context.Levels, _options.MaxGuestAddressWidth); // 3 levels: 39 bits
         if (inputBits < 64 && (address >> inputBits) != 0)
         {
-            return VtdFaultReason.AddressBeyondAgaw;
+            hit = default;
+            return scalable ? VtdFaultReason.SmAddressBeyondWidth : VtdFaultReason.AddressBeyondAgaw;
         }
-        if (_iotlb.TryGet(context.DomainId, address, out var hit))
+        if (_iotlb.TryGet(context.DomainId, VtdIotlbEntry.NoPasid, address, out hit))
         {
             Counters.IotlbHitsFor(hit.PageShift).Increment();
+            return VtdFaultReason.None;
         }
-        else
+        Counters.IotlbMisses.Increment();
+        Counters.SecondLevelWalks.Increment();
+        var reason = WalkSecondLevel(in context, address, isWrite, out hit);
+        if (reason != VtdFaultReason.None)
         {
-            Counters.IotlbMisses.Increment();
-            var reason = WalkSecondLevel(in context, address, isWrite, out hit);
-            if (reason != VtdFaultReason.None)
-            {
-                return reason;
-            }
-            Counters.IotlbFillsFor(hit.PageShift).Increment();
-            if (_iotlb.Insert(in hit))
-            {
-                Counters.IotlbEvictions.Increment();
-            }
+            return scalable ? ScalableSecondLevelReason(reason) : reason;
         }
-        if (isWrite ? (hit.Permissions & 2) == 0 : (hit.Permissions & 1) == 0)
+        Counters.IotlbFillsFor(hit.PageShift).Increment();
+        if (_iotlb.Insert(in hit))
         {
-            return isWrite ? VtdFaultReason.WriteNotPermitted : VtdFaultReason.ReadNotPermitted;
+            Counters.IotlbEvictions.Increment();
         }
-        ulong offset = address & ((1UL << hit.PageShift) - 1);
-        result.Output = hit.OutputBase + offset;
-        result.BytesInPage = (1UL << hit.PageShift) - offset;
         return VtdFaultReason.None;
     }
+
+    /// <summary>The scalable-mode fault reasons (7.1.3, SSS/SGN rows) for the legacy second-level ones.</summary>
+    static VtdFaultReason ScalableSecondLevelReason(VtdFaultReason legacy) => legacy switch
+    {
+        VtdFaultReason.PagingEntryAccessError => VtdFaultReason.SmSecondLevelAccessError,
+        VtdFaultReason.PagingEntryReserved => VtdFaultReason.SmSecondLevelReserved,
+        VtdFaultReason.ReadNotPermitted => VtdFaultReason.SmReadNotPermitted,
+        VtdFaultReason.WriteNotPermitted => VtdFaultReason.SmWriteNotPermitted,
+        _ => legacy,
+    };
 
     /// <summary>Walks the second-level tables (3.6, 9.8) for a present translation of <paramref name="address"/>.</summary>
     VtdFaultReason WalkSecondLevel(in VtdContext context, ulong address, bool isWrite, out VtdIotlbEntry entry)
@@ -210,6 +243,7 @@ public sealed partial class IntelIommu
                 entry = new VtdIotlbEntry
                 {
                     DomainId = context.DomainId,
+                    PasidTag = VtdIotlbEntry.NoPasid,
                     PageShift = (byte)shift,
                     Permissions = (byte)(permissions & 3),
                     PageNumber = address >> shift,
@@ -226,7 +260,7 @@ public sealed partial class IntelIommu
 
     const int StackChunks = 16;
 
-    internal DmaStatus DmaRead(ushort sid, ulong address, Span<byte> destination)
+    internal DmaStatus DmaRead(VtdRequest request, ulong address, Span<byte> destination)
     {
         if (destination.Length == 0)
         {
@@ -245,7 +279,8 @@ public sealed partial class IntelIommu
                 if (translating)
                 {
                     Counters.DmaBlocked.Increment();
-                    RecordFault(sid, address, VtdFaultReason.ReadNotPermitted, isRead: true, faultProcessingDisabled: false);
+                    RecordFault(request.SourceId, address, _activeTableMode == 1 ? VtdFaultReason.SmReadNotPermitted : VtdFaultReason.ReadNotPermitted,
+                        isRead: true, faultProcessingDisabled: false, ActivePasidForRecord(in request));
                 }
             }
             DrainOutbox();
@@ -256,7 +291,8 @@ public sealed partial class IntelIommu
         Span<ulong> chunks = rented ?? stackalloc ulong[StackChunks * 2];
         try
         {
-            var status = TranslateRange(sid, address, (ulong)destination.Length, isWrite: false, chunks, out int count);
+            request.Write = false;
+            var status = TranslateRange(in request, address, (ulong)destination.Length, chunks, out int count);
             if (status != DmaStatus.Ok)
             {
                 return status;
@@ -279,7 +315,7 @@ public sealed partial class IntelIommu
         }
     }
 
-    internal DmaStatus DmaWrite(ushort sid, ulong address, ReadOnlySpan<byte> source)
+    internal DmaStatus DmaWrite(VtdRequest request, ulong address, ReadOnlySpan<byte> source)
     {
         if (source.Length == 0)
         {
@@ -287,14 +323,15 @@ public sealed partial class IntelIommu
         }
         if (TouchesInterruptRange(address, source.Length))
         {
-            return InterruptRangeWrite(sid, address, source);
+            return InterruptRangeWrite(request.SourceId, address, source);
         }
         int pages = PageCount(address, source.Length);
         ulong[]? rented = pages > StackChunks && pages != int.MaxValue ? ArrayPool<ulong>.Shared.Rent(pages * 2) : null;
         Span<ulong> chunks = rented ?? stackalloc ulong[StackChunks * 2];
         try
         {
-            var status = TranslateRange(sid, address, (ulong)source.Length, isWrite: true, chunks, out int count);
+            request.Write = true;
+            var status = TranslateRange(in request, address, (ulong)source.Length, chunks, out int count);
             if (status != DmaStatus.Ok)
             {
                 return status;
@@ -350,7 +387,7 @@ public sealed partial class IntelIommu
     /// Translates every page of a request before any byte moves, so a fault anywhere leaves memory
     /// untouched. <paramref name="chunks"/> receives (output address, length) pairs.
     /// </summary>
-    DmaStatus TranslateRange(ushort sid, ulong address, ulong length, bool isWrite, Span<ulong> chunks, out int count)
+    DmaStatus TranslateRange(in VtdRequest request, ulong address, ulong length, Span<ulong> chunks, out int count)
     {
         count = 0;
         var status = DmaStatus.Ok;
@@ -362,7 +399,7 @@ public sealed partial class IntelIommu
                 Counters.DmaBlocked.Increment();
                 if (TranslationEnabled)
                 {
-                    RecordFault(sid, address, VtdFaultReason.AddressBeyondAgaw, !isWrite, false);
+                    RecordFault(request.SourceId, address, _activeTableMode == 1 ? VtdFaultReason.SmAddressBeyondWidth : VtdFaultReason.AddressBeyondAgaw, !request.Write, false, ActivePasidForRecord(in request));
                 }
                 status = DmaStatus.Blocked;
             }
@@ -371,7 +408,7 @@ public sealed partial class IntelIommu
                 ulong at = address, remaining = length;
                 while (remaining > 0)
                 {
-                    if (TranslateLocked(sid, at, isWrite, out var page) != VtdFaultReason.None)
+                    if (TranslateLocked(in request, at, out var page) != VtdFaultReason.None)
                     {
                         status = DmaStatus.Blocked;
                         break;
@@ -410,10 +447,29 @@ public sealed partial class IntelIommu
     }
 }
 
-/// <summary>The DMA address space of one requester behind a VT-d unit.</summary>
-internal sealed class VtdDmaSpace(IntelIommu unit, ushort requesterId) : IDmaSpace
+/// <summary>
+/// The DMA address space of one requester behind a VT-d unit: untranslated requests, without a
+/// PASID or (scalable mode) with one, optionally with the privileged-mode attribute.
+/// </summary>
+internal sealed class VtdDmaSpace(IntelIommu unit, VtdRequest request) : IDmaSpace
 {
-    public ushort RequesterId => requesterId;
-    public DmaStatus Read(ulong address, Span<byte> destination) => unit.DmaRead(requesterId, address, destination);
-    public DmaStatus Write(ulong address, ReadOnlySpan<byte> source) => unit.DmaWrite(requesterId, address, source);
+    public ushort RequesterId => request.SourceId;
+    public DmaStatus Read(ulong address, Span<byte> destination) => unit.DmaRead(request, address, destination);
+    public DmaStatus Write(ulong address, ReadOnlySpan<byte> source) => unit.DmaWrite(request, address, source);
+}
+
+/// <summary>The attributes of one DMA request that translation depends on (PCIe TLP requester id and PASID prefix).</summary>
+internal struct VtdRequest
+{
+    public ushort SourceId;
+    public bool HasPasid;
+    /// <summary>The PASID of a request-with-PASID (20 bits).</summary>
+    public uint Pasid;
+    public bool Write;
+    /// <summary>PASID prefix PMR (privileged-mode requested): a supervisor request.</summary>
+    public bool Privileged;
+    /// <summary>PASID prefix ER (execute requested).</summary>
+    public bool Execute;
+
+    public static VtdRequest WithoutPasid(ushort sid) => new() { SourceId = sid, Pasid = VtdIotlbEntry.NoPasid };
 }

@@ -17,12 +17,14 @@ namespace SharpVisor.Devices.Iommu;
 /// platform's direct (non-remapped) MSI path (spec 5.1.6: these are not subject to remapping).
 /// All state is guarded by one lock; messages are sent after it is released.
 /// <para>
-/// Where later work plugs in: scalable mode (ECAP.SMTS) adds RTADDR.TTM=01b, 256-bit context
-/// entries and PASID directory/table lookups in <c>LookupContext</c> (the cached
-/// <see cref="VtdContext"/> grows a PASID-directory pointer and PGTT), first-level walks beside
-/// <c>WalkSecondLevel</c>, 256-bit descriptors (IQA.DW) and PASID-based descriptor types 6-8 in
-/// <c>ExecuteDescriptor</c>. ATS (ECAP.DT) enables context TT=01b, translation requests and real
-/// device-TLB invalidation (type 3 is acknowledged today). None of these is advertised yet.
+/// Scalable mode (ECAP.SMTS; IntelIommu.Scalable.cs): RTADDR.TTM=01b selects scalable-mode root
+/// and context entries, PASID directory/table lookups through the PASID cache, and first-level
+/// (IA-32e), second-level or pass-through translation per PASID entry; the queue then takes
+/// 256-bit descriptors (IQA.DW) including the PASID-based types 6-8. ATS (ECAP.DT;
+/// IntelIommu.Ats.cs, DeviceIotlb.cs): <see cref="AtsTranslate"/>, translated requests,
+/// <see cref="AttachAtsEndpoint"/> and <see cref="CompleteDeviceTlbInvalidation"/>; give the
+/// constructor the machine's <see cref="TimerQueue"/> so a silent device times out in virtual time.
+/// Nested translation (ECAP.NEST), page requests (PRS) and posted interrupts are not implemented.
 /// </para>
 /// </remarks>
 public sealed partial class IntelIommu : IMmioDevice
@@ -44,11 +46,13 @@ public sealed partial class IntelIommu : IMmioDevice
     readonly VtdContextCache _contextCache;
     readonly VtdIotlb _iotlb;
     readonly Dictionary<ushort, VtdDmaSpace> _dmaSpaces = [];
+    readonly VtdPasidCache _pasidCache;
 
     // ---- register state (11.4) ----
     uint _gsts;
     ulong _rtaddr;              // 11.4.5, as last written
     ulong _activeRootTable;     // latched by GCMD.SRTP
+    int _activeTableMode;       // RTADDR.TTM latched by GCMD.SRTP: 0 legacy, 1 scalable
     ulong _ccmd;
     uint _fsts;                 // PFO, IQE, ICE, ITE and FRI; PPF is derived from the F bits
     uint _fectl = VtdEventCtl.Im;   // 11.4.9.3: IM resets to 1
@@ -64,7 +68,13 @@ public sealed partial class IntelIommu : IMmioDevice
     int _nextFaultIndex;
     int _lastFaultIndex = -1;
 
-    public IntelIommu(VtdOptions options, GuestMemory ram, IMsiSink eventSink, IApicBus apicBus, CounterRegistry? registry = null, string name = "dmar0")
+    /// <param name="timers">
+    /// The machine's timer queue: bounds (in virtual time) how long an invalidation wait waits for
+    /// device-TLB invalidation completions. Without it, devices must answer from inside
+    /// <see cref="IAtsEndpoint.InvalidateDeviceTlb"/>, or the wait times out at once.
+    /// </param>
+    public IntelIommu(VtdOptions options, GuestMemory ram, IMsiSink eventSink, IApicBus apicBus, CounterRegistry? registry = null, string name = "dmar0",
+        TimerQueue? timers = null)
     {
         options.Validate();
         _options = options;
@@ -79,12 +89,14 @@ public sealed partial class IntelIommu : IMmioDevice
         _hawPageMask = ((1UL << options.HostAddressWidth) - 1) & PageMask4K;
         _contextCache = new VtdContextCache(options.ContextCacheSets, options.ContextCacheWays);
         _iotlb = new VtdIotlb(options.IotlbSets, options.IotlbWays);
+        _pasidCache = new VtdPasidCache(options.PasidCacheSets, options.PasidCacheWays);
         _faultLow = new ulong[options.FaultRecordingRegisters];
         _faultHigh = new ulong[options.FaultRecordingRegisters];
         _iec = new VtdIrte[options.InterruptEntryCacheEntries];
         _iecIndex = new int[options.InterruptEntryCacheEntries];
         Array.Fill(_iecIndex, -1);
         InterruptRemapper = new VtdInterruptRemapper(this);
+        _invalidationTimer = timers?.Create($"{name}.devtlb_inv_timeout", OnInvalidationTimeout);
     }
 
     public string Name { get; }
@@ -107,12 +119,26 @@ public sealed partial class IntelIommu : IMmioDevice
         {
             if (!_dmaSpaces.TryGetValue(requesterId, out var space))
             {
-                space = new VtdDmaSpace(this, requesterId);
+                space = new VtdDmaSpace(this, VtdRequest.WithoutPasid(requesterId));
                 _dmaSpaces.Add(requesterId, space);
             }
             return space;
         }
     }
+
+    /// <summary>
+    /// The DMA view of one requester's requests-with-PASID (scalable mode, 3.4.3): each access
+    /// carries <paramref name="pasid"/> and, when <paramref name="privileged"/>, the supervisor
+    /// attribute (honoured only when the PASID entry's SRE is set).
+    /// </summary>
+    public IDmaSpace DmaSpaceFor(ushort requesterId, uint pasid, bool privileged = false)
+    {
+        var request = new VtdRequest { SourceId = requesterId, HasPasid = true, Pasid = pasid & 0xF_FFFF, Privileged = privileged };
+        return new VtdDmaSpace(this, request);
+    }
+
+    /// <summary>Entries currently held by the PASID cache.</summary>
+    public int PasidCacheCount { get { lock (_lock) return _pasidCache.Count; } }
 
     // ================= MMIO =================
 
@@ -262,8 +288,8 @@ public sealed partial class IntelIommu : IMmioDevice
                 break;
             case VtdReg.Rtaddr:
                 // 11.4.5: RTA is bits 63:12; TTM (11:10) selects legacy (00) or scalable (01) mode.
-                // Scalable mode is not implemented (ECAP.SMTS=0), so TTM is reserved and reads 0.
-                _rtaddr = (_rtaddr & 0xFFFF_FFFF_0000_0000UL) | (value & 0xFFFF_F000u);
+                // Without ECAP.SMTS, TTM is reserved and reads 0.
+                _rtaddr = (_rtaddr & 0xFFFF_FFFF_0000_0000UL) | (value & (0xFFFF_F000u | (_options.ScalableMode ? 0xC00u : 0)));
                 break;
             case VtdReg.Rtaddr + 4:
                 _rtaddr = (_rtaddr & 0xFFFF_FFFFUL) | ((ulong)value << 32);
@@ -366,6 +392,7 @@ public sealed partial class IntelIommu : IMmioDevice
         if ((value & VtdGcmd.Srtp) != 0)
         {
             _activeRootTable = _rtaddr & PageMask4K;
+            _activeTableMode = (int)(_rtaddr >> 10) & 3;
             _gsts |= VtdGcmd.Srtp;
         }
         if ((value & VtdGcmd.Wbf) != 0)
@@ -450,6 +477,7 @@ public sealed partial class IntelIommu : IMmioDevice
     /// <summary>Sends queued event interrupts; called after the lock is released (the sink may call back).</summary>
     void DrainOutbox()
     {
+        DispatchDeviceInvalidations();
         while (true)
         {
             PendingMessage m;

@@ -28,9 +28,20 @@ public sealed class VtdCounters
     public readonly Counter FaultEvents, InvalidationEvents;
     public readonly Counter InterruptRequests, InterruptsRemapped, InterruptsPassedThrough, InterruptsBlocked;
     public readonly Counter DmaBlocked, DmaNotRam, DmaToInterruptRange, ProtectedRegionBlocked;
-    public readonly Counter GuestRegisterErrors;    // bad sizes/offsets, reserved granularities, register invalidation while QI is on...
+    public readonly Counter GuestRegisterErrors;
+    // Scalable mode and ATS.
+    public readonly Counter PasidCacheHits, PasidCacheMisses, PasidCacheEvictions;
+    public readonly Counter PasidTableReads;        // PASID directory / table entry reads from guest RAM
+    public readonly Counter FirstLevelWalks, SecondLevelWalks;
+    public readonly Counter AccessedDirtyUpdates;   // first-level A/D/EA flags set by the unit
+    public readonly Counter PasidCacheInvGlobal, PasidCacheInvDomain, PasidCacheInvPasid;
+    public readonly Counter PasidIotlbInvPasid, PasidIotlbInvPage;
+    public readonly Counter DeviceTlbInvPasid, DeviceTlbInvForwarded, DeviceTlbInvNoEndpoint;
+    public readonly Counter DeviceTlbCompletions, DeviceTlbLateCompletions, DeviceTlbTimeouts, QueueStalls;
+    public readonly Counter AtsTranslationRequests, AtsTranslationDenied, AtsUnsupportedRequests;
+    public readonly Counter TranslatedRequests, TranslatedRequestsBlocked;    // bad sizes/offsets, reserved granularities, register invalidation while QI is on...
 
-    readonly Counter[] _faultsByReason = new Counter[0x27];
+    readonly Counter[] _faultsByReason = new Counter[0x100];
 
     internal VtdCounters(string unit, CounterRegistry? registry)
     {
@@ -86,6 +97,30 @@ public sealed class VtdCounters
         DmaToInterruptRange = C("dma.interrupt_range");
         ProtectedRegionBlocked = C("dma.protected_region_blocked");
         GuestRegisterErrors = C("guest_register_errors");
+        PasidCacheHits = C("pasid_cache.hits");
+        PasidCacheMisses = C("pasid_cache.misses");
+        PasidCacheEvictions = C("pasid_cache.evictions");
+        PasidTableReads = C("pasid_walks.memory_reads");
+        FirstLevelWalks = C("page_walks.first_level");
+        SecondLevelWalks = C("page_walks.second_level");
+        AccessedDirtyUpdates = C("page_walks.ad_updates");
+        PasidCacheInvGlobal = C("inv.pasid_cache.global");
+        PasidCacheInvDomain = C("inv.pasid_cache.domain");
+        PasidCacheInvPasid = C("inv.pasid_cache.pasid");
+        PasidIotlbInvPasid = C("inv.p_iotlb.pasid");
+        PasidIotlbInvPage = C("inv.p_iotlb.page");
+        DeviceTlbInvPasid = C("inv.device_tlb_pasid");
+        DeviceTlbInvForwarded = C("ats.invalidations_forwarded");
+        DeviceTlbInvNoEndpoint = C("ats.invalidations_no_endpoint");
+        DeviceTlbCompletions = C("ats.invalidation_completions");
+        DeviceTlbLateCompletions = C("ats.invalidation_completions_late");
+        DeviceTlbTimeouts = C("ats.invalidation_timeouts");
+        QueueStalls = C("qi.stalls");
+        AtsTranslationRequests = C("ats.translation_requests");
+        AtsTranslationDenied = C("ats.translation_denied");
+        AtsUnsupportedRequests = C("ats.unsupported_requests");
+        TranslatedRequests = C("ats.translated_requests");
+        TranslatedRequestsBlocked = C("ats.translated_requests_blocked");
         foreach (VtdFaultReason r in Enum.GetValues<VtdFaultReason>())
         {
             if (r != VtdFaultReason.None)

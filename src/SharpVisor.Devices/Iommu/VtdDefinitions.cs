@@ -104,6 +104,80 @@ public enum VtdFaultReason : byte
     IrteReserved = 0x24,
     IrCompatibilityBlocked = 0x25,
     IrSourceIdMismatch = 0x26,
+
+    // ---- Scalable-mode DMA remapping faults (7.1.3, scalable-mode table; condition codes in comments) ----
+    /// <summary>SRTA.1: reading the scalable-mode root table failed.</summary>
+    SmRootTableAccessError = 0x30,
+    /// <summary>SRTA.2: RTADDR.TTM holds a value the unit does not support (QEMU: VTD_FR_RTADDR_INV_TTM).</summary>
+    SmRootTableTypeInvalid = 0x31,
+    /// <summary>SRTA.3: non-zero reserved field in the lower half (LP/LCTP) of a scalable-mode root entry.</summary>
+    SmRootEntryLowerReserved = 0x32,
+    /// <summary>SRTA.4: non-zero reserved field in the upper half (UP/UCTP) of a scalable-mode root entry.</summary>
+    SmRootEntryUpperReserved = 0x33,
+    /// <summary>SRTA.5/6: the present bit (LP for devfn 0-127, UP for 128-255) is clear.</summary>
+    SmRootEntryNotPresent = 0x34,
+    /// <summary>SCT.1: reading the scalable-mode context table failed.</summary>
+    SmContextTableAccessError = 0x40,
+    /// <summary>SCT.2: the present bit of the scalable-mode context entry is clear.</summary>
+    SmContextEntryNotPresent = 0x41,
+    /// <summary>SCT.3: non-zero reserved field in a present scalable-mode context entry.</summary>
+    SmContextEntryReserved = 0x42,
+    /// <summary>SCT.4: invalid programming of a present scalable-mode context entry.</summary>
+    SmContextEntryInvalid = 0x43,
+    /// <summary>SCT.5: translation request or translated request while DTE is 0.</summary>
+    SmDeviceTlbDisabled = 0x44,
+    /// <summary>SCT.6: request-with-PASID while PASIDE is 0.</summary>
+    SmPasidDisabled = 0x45,
+    /// <summary>SCT.7: request PASID beyond the PASID directory size (PDTS).</summary>
+    SmPasidBeyondDirectory = 0x46,
+    /// <summary>SCT.8: page request while PRE is 0 (QEMU: VTD_FR_SM_PRE_ABS).</summary>
+    SmPageRequestDisabled = 0x47,
+    /// <summary>SPD.1: reading the PASID directory entry failed.</summary>
+    PasidDirectoryAccessError = 0x50,
+    /// <summary>SPD.2: the present bit of the PASID directory entry is clear.</summary>
+    PasidDirectoryEntryNotPresent = 0x51,
+    /// <summary>SPD.3: non-zero reserved field in a present PASID directory entry.</summary>
+    PasidDirectoryEntryReserved = 0x52,
+    /// <summary>SPT.1: reading the PASID table entry failed.</summary>
+    PasidTableAccessError = 0x58,
+    /// <summary>SPT.2: the present bit of the PASID table entry is clear.</summary>
+    PasidEntryNotPresent = 0x59,
+    /// <summary>SPT.3: non-zero reserved field in a present PASID table entry.</summary>
+    PasidEntryReserved = 0x5A,
+    /// <summary>SPT.4: invalid programming of a PASID table entry (PGTT not supported, AW/FLPM not supported...).</summary>
+    PasidEntryInvalid = 0x5B,
+    /// <summary>SPT.5: supervisor request while SRE is 0 in the PASID entry.</summary>
+    PasidSupervisorDisabled = 0x5C,
+    /// <summary>SPT.6: execute request while ERE is 0 in the PASID entry.</summary>
+    PasidExecuteDisabled = 0x5D,
+    /// <summary>SFS.1: reading a first-level paging entry failed.</summary>
+    FirstLevelAccessError = 0x70,
+    /// <summary>SFS.2: the present bit of a first-level paging entry is clear.</summary>
+    FirstLevelNotPresent = 0x71,
+    /// <summary>SFS.3: non-zero reserved field in a present first-level paging entry.</summary>
+    FirstLevelReserved = 0x72,
+    /// <summary>SFS.4: the first-level table pointer (FLPTR) in the PASID entry is invalid.</summary>
+    FirstLevelPointerInvalid = 0x73,
+    /// <summary>SSS.1: reading a second-level paging entry failed (scalable mode).</summary>
+    SmSecondLevelAccessError = 0x78,
+    /// <summary>SSS.2: non-zero reserved field in a second-level paging entry (scalable mode).</summary>
+    SmSecondLevelReserved = 0x7A,
+    /// <summary>SGN.1: first-level input address is not canonical (QEMU: VTD_FR_FS_NON_CANONICAL).</summary>
+    SmNonCanonical = 0x80,
+    /// <summary>SGN.2: user request to a supervisor page (U/S clear) (QEMU: VTD_FR_FS_PAGING_ENTRY_US).</summary>
+    SmPrivilegeViolation = 0x81,
+    /// <summary>SGN.3: execute request to an execute-disabled (XD) page.</summary>
+    SmExecuteViolation = 0x82,
+    /// <summary>SGN.4: input address beyond the address width of the translation (AW / first-level paging mode).</summary>
+    SmAddressBeyondWidth = 0x83,
+    /// <summary>SGN.5: read request without read permission (second-level R=0 or not present).</summary>
+    SmReadNotPermitted = 0x84,
+    /// <summary>SGN.6: write request without write permission (QEMU: VTD_FR_SM_WRITE).</summary>
+    SmWriteNotPermitted = 0x85,
+    /// <summary>SGN.8: output address in the interrupt address range (QEMU: VTD_FR_SM_INTERRUPT_ADDR).</summary>
+    SmInterruptAddress = 0x87,
+    /// <summary>SFS.10: the atomic Accessed/Dirty update of a first-level entry failed (QEMU: VTD_FR_FS_BIT_UPDATE_FAILED).</summary>
+    FirstLevelBitUpdateFailed = 0x91,
 }
 
 /// <summary>Invalidation granularities used by CCMD (11.4.6 CIRG/CAIG) and IOTLB (11.4.8.1 IIRG/IAIG).</summary>

@@ -31,7 +31,9 @@ public sealed record VtdOptions
     public int HostAddressWidth { get; init; } = 39;
 
     /// <summary>CAP.MGAW (bits 21:16 hold width-1): the largest input (DMA) address width.</summary>
-    public int MaxGuestAddressWidth { get; init; } = 39;
+    /// <remarks>48 by default: Linux 6.1 builds first-level tables with 4 or 5 levels only
+    /// (domain_setup_first_level), so a first-level-capable unit needs MGAW of at least 48.</remarks>
+    public int MaxGuestAddressWidth { get; init; } = 48;
 
     /// <summary>CAP.SAGAW: the page-table depths the unit walks.</summary>
     public VtdAgaw SupportedAgaw { get; init; } = VtdAgaw.Levels3 | VtdAgaw.Levels4 | VtdAgaw.Levels5;
@@ -83,6 +85,39 @@ public sealed record VtdOptions
     /// <summary>ECAP.EIM: extended (x2APIC, 32-bit destination) interrupt mode. Needs <see cref="InterruptRemapping"/>.</summary>
     public bool ExtendedInterruptMode { get; init; } = true;
 
+    /// <summary>ECAP.SMTS (bit 43): scalable-mode translation (RTADDR.TTM=01b, 256-bit context entries, PASID tables, 256-bit descriptors).</summary>
+    public bool ScalableMode { get; init; } = true;
+
+    // FLTS, SLTS, PASID, FL1GP and FL5LP are advertised only with ScalableMode (they are scalable-mode features).
+
+    /// <summary>ECAP.FLTS (bit 47): first-level (IA-32e format) translation in PASID entries (PGTT=001b).</summary>
+    public bool FirstLevelTranslation { get; init; } = true;
+
+    /// <summary>ECAP.SLTS (bit 46): second-level translation in PASID entries (PGTT=010b).</summary>
+    public bool SecondLevelTranslation { get; init; } = true;
+
+    /// <summary>ECAP.PASID (bit 40) and PSS (bits 39:35 = width-1): PASID width in bits; 0 means no PASID support.</summary>
+    public int PasidBits { get; init; } = 20;
+
+    /// <summary>CAP.FL1GP (bit 56): 1 GiB first-level pages.</summary>
+    public bool FirstLevel1G { get; init; } = true;
+
+    /// <summary>CAP.FL5LP (bit 60): 5-level first-level paging (PASID entry FLPM=01b).</summary>
+    public bool FirstLevel5Level { get; init; } = true;
+
+    /// <summary>ECAP.DT (bit 2): device-TLBs (PCIe ATS): translation requests, translated requests, device-TLB invalidation.</summary>
+    public bool DeviceTlb { get; init; } = true;
+
+    /// <summary>
+    /// How long (virtual time) an invalidation wait descriptor waits for device-TLB invalidation
+    /// completions before the unit reports an Invalidation Time-out Error (6.5.2.10, FSTS.ITE).
+    /// </summary>
+    public long DeviceTlbInvalidationTimeoutNs { get; init; } = 10_000_000;
+
+    /// <summary>PASID-cache geometry (6.2.2): sets (a power of two) × ways.</summary>
+    public int PasidCacheSets { get; init; } = 16;
+    public int PasidCacheWays { get; init; } = 4;
+
     /// <summary>IOTLB geometry: sets (a power of two) × ways.</summary>
     public int IotlbSets { get; init; } = 64;
     public int IotlbWays { get; init; } = 8;
@@ -133,6 +168,14 @@ public sealed record VtdOptions
         Check(InterruptEntryCacheEntries > 0 && (InterruptEntryCacheEntries & (InterruptEntryCacheEntries - 1)) == 0, "the interrupt entry cache needs a power-of-two size");
         Check(!ExtendedInterruptMode || InterruptRemapping, "EIM needs interrupt remapping");
         Check(!InterruptRemapping || QueuedInvalidation, "interrupt remapping needs queued invalidation (spec 11.4.3, ECAP.IR)");
+        Check(!ScalableMode || QueuedInvalidation, "scalable mode needs queued invalidation (its caches are invalidated with 256-bit descriptors, 6.5.2)");
+        Check(!ScalableMode || FirstLevelTranslation || SecondLevelTranslation || PassThrough, "scalable mode needs first-level, second-level or pass-through translation");
+        Check(!ScalableMode || !FirstLevelTranslation || MaxGuestAddressWidth >= 48, "first-level translation needs MGAW >= 48 (4-level IA-32e paging)");
+        Check(PasidBits is >= 0 and <= 20, "the PASID width must be 0..20 bits");
+        Check(!ScalableMode || PasidBits > 0, "scalable mode needs PASID support (RID_PASID names a PASID entry)");
+        Check(DeviceTlbInvalidationTimeoutNs > 0, "the device-TLB invalidation timeout must be positive");
+        Check(PasidCacheSets > 0 && (PasidCacheSets & (PasidCacheSets - 1)) == 0 && PasidCacheWays is >= 1 and <= 64,
+            "the PASID cache needs a power-of-two set count and 1..64 ways");
     }
 
     /// <summary>The Capability Register value (11.4.2).</summary>
@@ -153,6 +196,11 @@ public sealed record VtdOptions
             cap |= (ulong)MaxAddressMaskValue << 48;                    // MAMV, bits 53:48
         }
         cap |= (ulong)(FaultRecordingRegisters - 1) << 40;              // NFR, bits 47:40
+        if (ScalableMode && FirstLevelTranslation)
+        {
+            if (FirstLevel1G) cap |= 1UL << 56;                         // FL1GP
+            if (FirstLevel5Level) cap |= 1UL << 60;                     // FL5LP
+        }
         // DWD/DRD (bits 54/55): write/read draining. Requests complete synchronously here, so
         // draining is implied; advertising them lets drivers set DW/DR, which we accept.
         cap |= (1UL << 54) | (1UL << 55);
@@ -165,14 +213,27 @@ public sealed record VtdOptions
         ulong ecap = 0;
         if (PageWalkCoherency) ecap |= 1UL << 0;                        // C
         if (QueuedInvalidation) ecap |= 1UL << 1;                       // QI
-        // DT (bit 2, device-TLB/ATS) is not advertised: ATS is not implemented yet.
+        if (DeviceTlb) ecap |= 1UL << 2;                                // DT: device-TLBs (ATS)
         if (InterruptRemapping) ecap |= 1UL << 3;                       // IR
         if (ExtendedInterruptMode) ecap |= 1UL << 4;                    // EIM
         if (PassThrough) ecap |= 1UL << 6;                              // PT
         if (SnoopControl) ecap |= 1UL << 7;                             // SC
         ecap |= (ulong)(IotlbRegisterOffset / 16) << 8;                 // IRO, bits 17:8
         if (InterruptRemapping) ecap |= 0xFUL << 20;                    // MHMV (bits 23:20): any IEC index mask is honoured
-        // SMTS/SLTS/FLTS/PASID/NEST/PRS stay clear: scalable mode is not implemented yet.
+        if (ScalableMode)
+        {
+            // Requests with PASID may carry the supervisor (SRS, bit 31) and execute (ERS, bit 30)
+            // attributes; both are honoured by first-level translation.
+            ecap |= (1UL << 30) | (1UL << 31);
+            ecap |= 1UL << 40;                                          // PASID
+            ecap |= (ulong)(PasidBits - 1) << 35;                       // PSS, bits 39:35
+            ecap |= 1UL << 43;                                          // SMTS
+            if (SecondLevelTranslation) ecap |= 1UL << 46;              // SLTS
+            if (FirstLevelTranslation) ecap |= 1UL << 47;               // FLTS
+            if (PageWalkCoherency) ecap |= 1UL << 48;                   // SMPWC: PASID/first-level walks are coherent too
+        }
+        // NEST (26), PRS (29), PDS, VCS stay clear: nested translation and page requests are not
+        // implemented; a PASID entry asking for nested translation is reported as invalid (SPT.4).
         return ecap;
     }
 

@@ -30,9 +30,9 @@ sealed class VtdFixture : IDisposable
     public readonly IntelIommu Unit;
     ulong _nextTable = 0x20_0000;
 
-    public VtdFixture(VtdOptions? options = null)
+    public VtdFixture(VtdOptions? options = null, TimerQueue? timers = null)
     {
-        Unit = new IntelIommu(options ?? new VtdOptions(), Ram, Events, Apic);
+        Unit = new IntelIommu(options ?? new VtdOptions(), Ram, Events, Apic, timers: timers);
     }
 
     public void Dispose() => Ram.Dispose();

@@ -16,11 +16,13 @@ public class VtdRegisterTests
             FaultRecordingRegisters = 1,
             PageWalkCoherency = false,
             ExtendedInterruptMode = false,
+            MaxGuestAddressWidth = 39,
+            ScalableMode = false,      // QEMU's default: legacy mode only
         };
         using var f = new VtdFixture(qemuLike);
         Assert.Equal(0xd2008c22260206UL, f.R64(0x08));
-        // QEMU also sets DT (bit 2, device-IOTLB); ATS is not implemented here so DT stays clear.
-        Assert.Equal(0xf00f4eUL & ~4UL, f.R64(0x10));
+        // QEMU with device-iotlb=on sets DT (bit 2); ATS is implemented, so the whole value matches.
+        Assert.Equal(0xf00f4eUL, f.R64(0x10));
         Assert.Equal(0x10u, f.R32(0x00));
     }
 
@@ -68,10 +70,14 @@ public class VtdRegisterTests
     [Fact]
     public void RootTableAddressKeepsOnlyImplementedBits()
     {
-        using var f = new VtdFixture();
+        using var f = new VtdFixture(new VtdOptions { ScalableMode = false });
         f.W64(Rtaddr, 0xFFFF_FFFF_FFFF_FFFFUL);
         // TTM (11:10) is reserved without scalable mode; bits above HAW (39) are not implemented.
         Assert.Equal(0x7F_FFFF_F000UL, f.R64(Rtaddr));
+        // With ECAP.SMTS, TTM is implemented (11.4.5).
+        using var sm = new VtdFixture();
+        sm.W64(Rtaddr, 0xFFFF_FFFF_FFFF_FFFFUL);
+        Assert.Equal(0x7F_FFFF_FC00UL, sm.R64(Rtaddr));
     }
 
     [Fact]
@@ -103,7 +109,7 @@ public class VtdRegisterTests
     [Fact]
     public void FeaturesNotAdvertisedCannotBeEnabled()
     {
-        using var f = new VtdFixture(new VtdOptions { QueuedInvalidation = false, InterruptRemapping = false, ExtendedInterruptMode = false });
+        using var f = new VtdFixture(new VtdOptions { QueuedInvalidation = false, InterruptRemapping = false, ExtendedInterruptMode = false, ScalableMode = false });
         f.W32(Gcmd, Qie | Ire | Cfi | Sirtp);
         Assert.Equal(0u, f.R32(Gsts));
         f.W64(Iqa, 0x40_0000);

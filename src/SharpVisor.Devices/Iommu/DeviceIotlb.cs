@@ -1,0 +1,283 @@
+using SharpVisor.Core;
+
+namespace SharpVisor.Devices.Iommu;
+
+/// <summary>
+/// A device-TLB (VT-d spec 4.1; PCIe ATS "ATC"): the translations a PCI function with the ATS
+/// capability caches for itself, tagged by PASID (or none) and untranslated page, bounded and
+/// set-associative with LRU replacement. Thread-safe (its own lock): the device's DMA and the
+/// unit's invalidations may come from different threads.
+/// </summary>
+public sealed class DeviceIotlb
+{
+    struct Entry
+    {
+        public uint Pasid;            // NoPasid for requests-without-PASID
+        public byte PageShift;
+        public AtsPermissions Permissions;
+        public ulong PageNumber;      // untranslated address >> PageShift
+        public ulong TranslatedBase;
+    }
+
+    const uint NoPasid = uint.MaxValue;
+    static readonly byte[] PageShifts = [12, 21, 30];
+
+    readonly Lock _lock = new();
+    readonly Entry[] _entries;
+    readonly bool[] _valid;
+    readonly ulong[] _lastUse;
+    readonly int _ways;
+    readonly int _setMask;
+    ulong _clock;
+
+    public DeviceIotlb(string name, int sets = 16, int ways = 4, CounterRegistry? registry = null)
+    {
+        if (sets <= 0 || (sets & (sets - 1)) != 0 || ways is < 1 or > 64)
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(sets), "the device-TLB needs a power-of-two set count and 1..64 ways");
+        }
+        _ways = ways;
+        _setMask = sets - 1;
+        _entries = new Entry[sets * ways];
+        _valid = new bool[sets * ways];
+        _lastUse = new ulong[sets * ways];
+        Counter C(string n)
+        {
+            var c = new Counter($"{name}.devtlb.{n}");
+            registry?.Add(c);
+            return c;
+        }
+        Hits = C("hits");
+        Misses = C("misses");
+        Evictions = C("evictions");
+        Invalidations = C("invalidations");
+        InvalidatedEntries = C("invalidated_entries");
+    }
+
+    public Counter Hits { get; }
+    public Counter Misses { get; }
+    public Counter Evictions { get; }
+    /// <summary>Invalidation requests received from the IOMMU.</summary>
+    public Counter Invalidations { get; }
+    public Counter InvalidatedEntries { get; }
+
+    public int Capacity => _entries.Length;
+
+    public int Count
+    {
+        get
+        {
+            lock (_lock)
+            {
+                int n = 0;
+                foreach (bool v in _valid) if (v) n++;
+                return n;
+            }
+        }
+    }
+
+    int SetOf(uint pasid, ulong pageNumber, byte shift)
+    {
+        ulong h = (pageNumber ^ ((ulong)pasid << 11) ^ shift) * 0x9E37_79B9_7F4A_7C15UL;
+        return (int)(h >> 40) & _setMask;
+    }
+
+    /// <summary>Looks up a cached translation of <paramref name="address"/> that grants <paramref name="needed"/>.</summary>
+    public bool TryTranslate(uint? pasid, ulong address, AtsPermissions needed, out ulong translated, out ulong bytesInPage)
+    {
+        uint tag = pasid ?? NoPasid;
+        lock (_lock)
+        {
+            foreach (byte shift in PageShifts)
+            {
+                ulong page = address >> shift;
+                int first = SetOf(tag, page, shift) * _ways;
+                for (int i = first; i < first + _ways; i++)
+                {
+                    ref var e = ref _entries[i];
+                    if (_valid[i] && e.PageNumber == page && e.PageShift == shift && e.Pasid == tag && (e.Permissions & needed) == needed)
+                    {
+                        _lastUse[i] = ++_clock;
+                        ulong offset = address & ((1UL << shift) - 1);
+                        translated = e.TranslatedBase + offset;
+                        bytesInPage = (1UL << shift) - offset;
+                        Hits.Increment();
+                        return true;
+                    }
+                }
+            }
+        }
+        Misses.Increment();
+        translated = 0;
+        bytesInPage = 0;
+        return false;
+    }
+
+    /// <summary>Caches a successful translation completion for <paramref name="address"/>.</summary>
+    public void Insert(uint? pasid, ulong address, in AtsTranslation translation)
+    {
+        if (translation.Status != AtsStatus.Success || translation.Permissions == AtsPermissions.None
+            || translation.PageShift is not (12 or 21 or 30))
+        {
+            return; // nothing usable: ATS says a denial must not be cached as a translation
+        }
+        byte shift = (byte)translation.PageShift;
+        var entry = new Entry
+        {
+            Pasid = pasid ?? NoPasid,
+            PageShift = shift,
+            Permissions = translation.Permissions,
+            PageNumber = address >> shift,
+            TranslatedBase = translation.TranslatedAddress & ~((1UL << shift) - 1),
+        };
+        lock (_lock)
+        {
+            int first = SetOf(entry.Pasid, entry.PageNumber, shift) * _ways;
+            int victim = first;
+            for (int i = first; i < first + _ways; i++)
+            {
+                ref var e = ref _entries[i];
+                if (!_valid[i] || (e.PageNumber == entry.PageNumber && e.PageShift == shift && e.Pasid == entry.Pasid))
+                {
+                    victim = i;
+                    break;
+                }
+                if (_lastUse[i] < _lastUse[victim]) victim = i;
+            }
+            if (_valid[victim] && !(_entries[victim].PageNumber == entry.PageNumber && _entries[victim].PageShift == shift && _entries[victim].Pasid == entry.Pasid))
+            {
+                Evictions.Increment();
+            }
+            _entries[victim] = entry;
+            _valid[victim] = true;
+            _lastUse[victim] = ++_clock;
+        }
+    }
+
+    /// <summary>Drops every cached translation of <paramref name="pasid"/> (null: requests-without-PASID) overlapping the range.</summary>
+    public void Invalidate(ulong address, ulong size, uint? pasid)
+    {
+        uint tag = pasid ?? NoPasid;
+        ulong last = size == ulong.MaxValue || address + size - 1 < address ? ulong.MaxValue : address + size - 1;
+        if (size == ulong.MaxValue) address = 0;
+        lock (_lock)
+        {
+            Invalidations.Increment();
+            for (int i = 0; i < _entries.Length; i++)
+            {
+                if (!_valid[i] || _entries[i].Pasid != tag) continue;
+                ulong start = _entries[i].PageNumber << _entries[i].PageShift;
+                ulong end = start + ((1UL << _entries[i].PageShift) - 1);
+                if (start <= last && address <= end)
+                {
+                    _valid[i] = false;
+                    InvalidatedEntries.Increment();
+                }
+            }
+        }
+    }
+
+    public void Clear()
+    {
+        lock (_lock)
+        {
+            Array.Clear(_valid);
+        }
+    }
+}
+
+/// <summary>
+/// The DMA path of a PCI function that uses ATS (VT-d 4.2): look in the device-TLB, else send a
+/// translation request to the unit and cache the answer, then issue a translated request. A
+/// page the unit will not translate is retried as an ordinary untranslated request, which the
+/// unit blocks and reports as a fault. It is also the function's <see cref="IAtsEndpoint"/>:
+/// invalidations drop device-TLB entries and are answered with their tag at once.
+/// </summary>
+public sealed class AtsDmaSpace : IDmaSpace, IAtsEndpoint
+{
+    readonly IntelIommu _unit;
+    readonly ushort _requesterId;
+    readonly uint? _pasid;
+    readonly IDmaSpace _untranslated;
+
+    /// <param name="pasid">Issue requests-with-PASID under this PASID (scalable mode), or none.</param>
+    public AtsDmaSpace(IntelIommu unit, ushort requesterId, DeviceIotlb tlb, uint? pasid = null)
+    {
+        _unit = unit;
+        _requesterId = requesterId;
+        _pasid = pasid;
+        Tlb = tlb;
+        _untranslated = pasid is uint p ? unit.DmaSpaceFor(requesterId, p) : unit.DmaSpaceFor(requesterId);
+    }
+
+    public DeviceIotlb Tlb { get; }
+
+    /// <summary>Registers this function as the ATS endpoint of its requester id (the ATS capability's Enable bit was set).</summary>
+    public void Attach() => _unit.AttachAtsEndpoint(_requesterId, this);
+
+    public void InvalidateDeviceTlb(ulong address, ulong size, uint? pasid, byte tag)
+    {
+        Tlb.Invalidate(address, size, pasid);
+        _unit.CompleteDeviceTlbInvalidation(_requesterId, 1u << tag);
+    }
+
+    public DmaStatus Read(ulong address, Span<byte> destination)
+    {
+        int done = 0;
+        while (done < destination.Length)
+        {
+            ulong at = address + (ulong)done;
+            if (!Translate(at, write: false, out ulong translated, out ulong inPage))
+            {
+                return _untranslated.Read(at, destination[done..]);
+            }
+            int len = (int)Math.Min(inPage, (ulong)(destination.Length - done));
+            var status = _unit.TranslatedDmaRead(_requesterId, translated, destination.Slice(done, len));
+            if (status != DmaStatus.Ok)
+            {
+                return status;
+            }
+            done += len;
+        }
+        return DmaStatus.Ok;
+    }
+
+    public DmaStatus Write(ulong address, ReadOnlySpan<byte> source)
+    {
+        int done = 0;
+        while (done < source.Length)
+        {
+            ulong at = address + (ulong)done;
+            if (!Translate(at, write: true, out ulong translated, out ulong inPage))
+            {
+                return _untranslated.Write(at, source[done..]);
+            }
+            int len = (int)Math.Min(inPage, (ulong)(source.Length - done));
+            var status = _unit.TranslatedDmaWrite(_requesterId, translated, source.Slice(done, len));
+            if (status != DmaStatus.Ok)
+            {
+                return status;
+            }
+            done += len;
+        }
+        return DmaStatus.Ok;
+    }
+
+    bool Translate(ulong address, bool write, out ulong translated, out ulong bytesInPage)
+    {
+        var needed = write ? AtsPermissions.Write : AtsPermissions.Read;
+        if (Tlb.TryTranslate(_pasid, address, needed, out translated, out bytesInPage))
+        {
+            return true;
+        }
+        var answer = _unit.AtsTranslate(_requesterId, _pasid, address, write);
+        if (answer.Status != AtsStatus.Success || (answer.Permissions & needed) != needed)
+        {
+            return false;
+        }
+        Tlb.Insert(_pasid, address, in answer);
+        translated = answer.TranslatedAddress;
+        bytesInPage = (1UL << answer.PageShift) - (address & ((1UL << answer.PageShift) - 1));
+        return true;
+    }
+}
