@@ -69,7 +69,7 @@ public sealed partial class VirtualMachine
         {
             var options = new VtdOptions();
             options.Validate();
-            Iommu = new IntelIommu(options, Ram, directMsi, ApicBus, Counters);
+            Iommu = new IntelIommu(options, Ram, directMsi, ApicBus, Counters, timers: Timers);
             Memory.AddMmio(options.BaseAddress, options.RegionSize, Iommu);
             msi = Iommu.InterruptRemapper;
             dma = new IommuDmaSpaceProvider(Iommu);
@@ -132,12 +132,16 @@ public sealed partial class VirtualMachine
         var acpi = AcpiMachineDescription.ForMachine(Ram, Cpus.Length);
         if (Iommu is { } iommu)
         {
-            acpi = acpi with { ExtraTables = [DmarTable.Build(iommu.Options, IoApicId, IoApicSourceId, DmarTable.Flags.InterruptRemapping)] };
+            acpi = acpi with { ExtraTables = [DmarTable.Build(iommu.Options, IoApicId, IoApicSourceId, DmarTable.Flags.InterruptRemapping, includeAtsr: iommu.Options.DeviceTlb)] };
         }
         Firmware = PcFirmware.Install(Ram, acpi);
         byte[] kernel = LinuxLoader.ReadFile(_config.Kernel!, "kernel");
         byte[]? initrd = _config.Initrd is { } path ? LinuxLoader.ReadFile(path, "initrd") : null;
         var boot = LinuxLoader.Load(Ram, new LinuxBootRequest(kernel, initrd, _config.CommandLine, Firmware.E820, Firmware.Acpi.RsdpAddress));
+        foreach (var cpu in Cpus)
+        {
+            MsrAccess.ApplyFirmwareDefaults(cpu); // MTRRs on, write-back default, as a BIOS leaves them
+        }
         ApplyBootEntry(Cpus[0], boot.Entry);
     }
 

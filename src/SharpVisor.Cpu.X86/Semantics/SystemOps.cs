@@ -7,7 +7,7 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// System instructions (SDM Vol. 2 entry of each): control/debug register moves, MSRs, CPUID,
 /// TSC, HLT, port I/O, descriptor tables, far transfers, SYSCALL/SYSENTER, IRET, INT n. The
 /// binders live here; the larger pieces of semantics are in System/Ops/ (ControlRegisters,
-/// MsrAccess, TscClock, FarTransfer, SegmentInstructions).
+/// MsrAccess, FarTransfer, SegmentInstructions).
 /// </summary>
 public static unsafe class SystemOps
 {
@@ -336,7 +336,7 @@ public static unsafe class SystemOps
     static void Rdtsc(Cpu c, ref Op op)
     {
         CheckTsd(c);
-        ulong tsc = TscClock.Read(c);
+        ulong tsc = c.Tsc.Read();
         c.Regs.Gpr[0] = (uint)tsc;
         c.Regs.Gpr[2] = tsc >> 32;
     }
@@ -344,7 +344,7 @@ public static unsafe class SystemOps
     static void Rdtscp(Cpu c, ref Op op)
     {
         CheckTsd(c);
-        ulong tsc = TscClock.Read(c);
+        ulong tsc = c.Tsc.Read();
         c.Regs.Gpr[0] = (uint)tsc;
         c.Regs.Gpr[2] = tsc >> 32;
         c.Regs.Gpr[1] = (uint)c.Msr.TscAux;

@@ -35,6 +35,9 @@ public sealed class CpuIdModel
         (1UL << 0) | (1UL << 1) | (1UL << 3) | (1UL << 4) | (1UL << 5) | (1UL << 6) | (1UL << 8) |
         (1UL << 13) | (1UL << 14) | (1UL << 15) | (1UL << 20) | (1UL << 24) | (1UL << 26) | (1UL << 27);
 
+    /// <summary>The "core crystal" of CPUID 0x15: must equal the local APIC timer's input clock.</summary>
+    public long CrystalHz { get; init; } = 1_000_000_000;
+
     public uint MaxBasicLeaf => 0x16;
     public uint MaxExtendedLeaf => 0x8000_0008;
 
@@ -86,7 +89,9 @@ public sealed class CpuIdModel
                 }
             case 0x15:
                 // TSC/crystal ratio: EBX/EAX times the crystal clock in ECX (SDM CPUID leaf 15H).
-                return (1, (uint)(tscHz / 25_000_000), 25_000_000, 0);
+                // Linux also takes the local APIC timer's input rate from ECX (native_calibrate_tsc
+                // sets lapic_timer_period from it), so the crystal is the APIC timer's clock.
+                return (1, (uint)(tscHz / CrystalHz), (uint)CrystalHz, 0);
             case 0x16:
                 return ((uint)(tscHz / 1_000_000), (uint)(tscHz / 1_000_000), 100, 0);
             case 0x8000_0000:

@@ -22,8 +22,6 @@ public sealed class Msrs
     public ulong Star, Lstar, Cstar, Sfmask, KernelGsBase, TscAux;
     public ulong SysenterCs, SysenterEsp, SysenterEip;
     public ulong Pat, MiscEnable, SpecCtrl, MtrrDefType, FeatureControl;
-    /// <summary>Offset added to the virtual clock's tick count to give this vCPU's TSC (WRMSR TSC, TSC_ADJUST).</summary>
-    public long TscOffset;
     /// <summary>IA32_TSC_ADJUST (SDM Vol. 3B 18.17.3): changes with every TSC write or adjust write.</summary>
     public long TscAdjust;
     /// <summary>CR8/TPR value kept while there is no (enabled) local APIC to hold it.</summary>
@@ -38,7 +36,7 @@ public sealed class Msrs
         Pat = 0x0007_0406_0007_0406; // power-on PAT (SDM Vol. 3A 12.12.4)
         MiscEnable = 1; // fast strings enabled
         SpecCtrl = MtrrDefType = FeatureControl = 0;
-        TscOffset = TscAdjust = 0;
+        // TSC_ADJUST, like the TSC itself (Cpu.Tsc), survives INIT.
         TprWithoutApic = 0;
         Array.Clear(MtrrVariable);
         Array.Clear(MtrrFixed);

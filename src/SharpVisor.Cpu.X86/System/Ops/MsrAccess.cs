@@ -76,7 +76,7 @@ public static unsafe class MsrAccess
         var m = c.Msr;
         switch (msr)
         {
-            case MsrIndex.Tsc: return TscClock.Read(c);
+            case MsrIndex.Tsc: return c.Tsc.Read();
             case MsrIndex.TscAdjust: return (ulong)m.TscAdjust;
             case MsrIndex.PlatformId: return 0;
             case MsrIndex.FeatureControl: return FeatureControlValue;
@@ -126,13 +126,13 @@ public static unsafe class MsrAccess
             case MsrIndex.Tsc:
                 {
                     // Writing the TSC moves IA32_TSC_ADJUST by the same amount (SDM Vol. 3B 18.17.3).
-                    long delta = (long)(v - TscClock.Read(c));
-                    m.TscOffset += delta;
+                    long delta = (long)(v - c.Tsc.Read());
+                    c.Tsc.Write(v);
                     m.TscAdjust += delta;
                     return;
                 }
             case MsrIndex.TscAdjust:
-                m.TscOffset += (long)v - m.TscAdjust;
+                c.Tsc.Write(c.Tsc.Read() + (v - (ulong)m.TscAdjust));
                 m.TscAdjust = (long)v;
                 return;
             case MsrIndex.SpecCtrl:
