@@ -177,7 +177,7 @@ public unsafe class BitOpsTests : IClassFixture<RunnerFixture>
     public void NegativeRegisterOffsetReachesBelowTheOperand()
     {
         using var m = new InterpreterMachine();
-        m.Load(Instruction.Create(Code.Bts_rm32_r32, new MemoryOperand(Register.RBX, 0x100), Register.RCX));
+        m.Load(Instruction.Create(Code.Bts_rm32_r32, new MemoryOperand(Register.RBX, 0x100), Register.ECX));
         m.Cpu.Regs.Gpr[3] = InterpreterMachine.DataAddress;
         m.Cpu.Regs.Gpr[1] = unchecked((ulong)-33); // bit 31 of the dword at -8 (SDM BT: offset SAR 5, * 4)
         Assert.Null(m.Run());

@@ -27,7 +27,7 @@ public unsafe class MulDivTests : IClassFixture<RunnerFixture>
         {
             r = Pick(t, bits);
         }
-        while (r.GetFullRegister() is Register.RAX or Register.RDX || r is Register.AH or Register.DH);
+        while (r.GetFullRegister() is Register.RAX or Register.RDX || r is Register.AH or Register.CH or Register.DH or Register.BH);
         return r;
     }
 
