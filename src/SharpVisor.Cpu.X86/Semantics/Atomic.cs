@@ -237,7 +237,7 @@ public static unsafe class Atomic
     static void Cmpxchg16b(Cpu c, ref Op op)
     {
         ulong la = op.Linear(c);
-        if ((op.Offset(c) & 15) != 0)
+        if ((la & 15) != 0)
         {
             throw c.GeneralProtection();
         }

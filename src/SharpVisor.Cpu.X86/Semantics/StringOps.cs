@@ -10,7 +10,7 @@ public interface IStringOp
     static abstract void Step<S>(Cpu c, ref Op op) where S : IOpSize;
     /// <summary>CMPS and SCAS: REPE/REPNE also end on ZF.</summary>
     static abstract bool Compares { get; }
-    /// <summary>Bulk path for REP with DF = 0 over RAM: returns elements done (registers updated),
+    /// <summary>Bulk path for REP over RAM (either direction): returns elements done (registers updated),
     /// 0 when this element cannot take it (straddles a page), -1 when the chunk is not plain RAM.</summary>
     static abstract long Bulk<S>(Cpu c, ref Op op, ulong count) where S : IOpSize;
 }
@@ -27,8 +27,8 @@ public interface IStringOp
 /// <see cref="ChunkBytes"/> bulk bytes): then it leaves RIP on itself with the registers describing
 /// the completed iterations and ends the block, so pending interrupts are taken between chunks as
 /// on hardware (SDM Vol. 2B REP: "interrupts ... recognized ... between iterations"). A fault in an
-/// iteration leaves the completed ones committed. REP MOVS and REP STOS with DF = 0 over RAM copy or
-/// fill whole page-contained runs through host memory (memcpy/memset/clear_page in Linux).
+/// iteration leaves the completed ones committed. REP MOVS and REP STOS over RAM copy or fill whole
+/// page-contained runs through host memory (memcpy/memset/clear_page in Linux; DF = 1 for memmove).
 /// </remarks>
 public static unsafe class StringOps
 {
@@ -121,7 +121,7 @@ public static unsafe class StringOps
             return;
         }
         bool repNe = (op.Flags & OpFlags.RepNe) != 0 && (op.Flags & OpFlags.Rep) == 0;
-        bool tryBulk = !c.DF;
+        bool tryBulk = true;
         int steps = ChunkIterations;
         long bytes = ChunkBytes;
         while (true)
@@ -194,18 +194,59 @@ public static unsafe class StringOps
         SetAddrReg(c, 7, c.Regs.Gpr[7] + step, op.AddrMask);
 
     /// <summary>
-    /// How many whole elements from the current SI (or DI) stay inside one page and do not wrap the
-    /// address size: the run a bulk copy may cover. 0 when the next element straddles a page.
+    /// How many whole elements from the current SI (or DI), going up (DF = 0) or down (DF = 1), stay
+    /// inside one page and do not wrap the address size: the run a bulk copy may cover. 0 when the
+    /// next element straddles a page.
     /// </summary>
-    internal static ulong RunLength<S>(ulong linear, ulong offset, ulong mask, ulong count) where S : IOpSize
+    internal static ulong RunLength<S>(ulong linear, ulong offset, ulong mask, ulong count, bool down) where S : IOpSize
     {
         ulong e = (ulong)(S.Bits / 8);
-        ulong n = Math.Min(count, (0x1000 - (linear & 0xFFF)) / e);
-        if (mask != ulong.MaxValue)
+        ulong inPage = linear & 0xFFF;
+        if (inPage > 0x1000 - e)
         {
-            n = Math.Min(n, (mask + 1 - offset) / e);
+            return 0;
+        }
+        ulong n;
+        if (!down)
+        {
+            n = Math.Min(count, (0x1000 - inPage) / e);
+            if (mask != ulong.MaxValue)
+            {
+                n = Math.Min(n, (mask + 1 - offset) / e);
+            }
+        }
+        else
+        {
+            n = Math.Min(count, inPage / e + 1);
+            if (mask != ulong.MaxValue)
+            {
+                n = Math.Min(n, offset / e + 1);
+            }
         }
         return n;
+    }
+
+    /// <summary>
+    /// Host pointer to the lowest byte of a run of <paramref name="n"/> elements whose first (in
+    /// execution order) element is at <paramref name="firstLa"/>: write access is checked on the first
+    /// element (so a #PF reports its address, as the first iteration would) and cached code in the
+    /// whole run is dropped. Null for MMIO.
+    /// </summary>
+    internal static byte* WritableRun<S>(Cpu c, ulong firstLa, ulong n, bool down) where S : IOpSize
+    {
+        int e = S.Bits / 8;
+        byte* p = c.WritablePointer(firstLa, e);
+        if (p == null)
+        {
+            return null;
+        }
+        ulong span = (n - 1) * (ulong)e;
+        byte* low = down ? p - span : p;
+        if (c.Ram.NoteWrite((ulong)(low - c.Ram.HostBase), span + (ulong)e))
+        {
+            c.ExitBlock = true; // the rest of the current block may be stale
+        }
+        return low;
     }
 
     // ------------------------------------------------------------------ port I/O (INS, OUTS, and IN/OUT if SystemOps wants it)
@@ -286,33 +327,44 @@ public readonly unsafe struct MovsOp : IStringOp
 
     public static long Bulk<S>(Cpu c, ref Op op, ulong count) where S : IOpSize
     {
+        bool down = c.DF;
         ulong mask = op.AddrMask;
         ulong si = c.Regs.Gpr[6] & mask, di = c.Regs.Gpr[7] & mask;
         ulong srcLa = StringOps.SourceLinear(c, ref op), dstLa = StringOps.DestLinear(c, ref op);
-        ulong n = Math.Min(StringOps.RunLength<S>(srcLa, si, mask, count), StringOps.RunLength<S>(dstLa, di, mask, count));
+        ulong n = Math.Min(StringOps.RunLength<S>(srcLa, si, mask, count, down), StringOps.RunLength<S>(dstLa, di, mask, count, down));
         if (n == 0)
         {
             return 0;
         }
-        int len = (int)(n * (ulong)(S.Bits / 8));
+        int e = S.Bits / 8;
+        int len = (int)(n * (ulong)e);
+        ulong span = (ulong)(len - e);
         // The source is translated first: its #PF comes before the destination's, as in the first iteration.
         ulong pa = c.Translate(srcLa, Access.Read, c.Cpl == 3);
-        long off = c.Ram.HostOffset(pa);
-        if (off < 0 || !c.Ram.IsRamRange(pa, (ulong)len))
+        ulong paLow = down ? pa - span : pa;
+        long off = c.Ram.HostOffset(paLow);
+        if (off < 0 || !c.Ram.IsRamRange(paLow, (ulong)len))
         {
             return -1;
         }
-        byte* dst = c.WritablePointer(dstLa, len);
+        byte* dst = StringOps.WritableRun<S>(c, dstLa, n, down);
         if (dst == null)
         {
             return -1;
         }
         byte* src = c.Ram.HostBase + off;
-        if (dst > src && dst < src + len)
+        // Overlap where the iteration order is visible (a later element reads what an earlier one
+        // wrote: the pattern-fill idiom): copy element by element in the instruction's order.
+        if (!down && dst > src && dst < src + len)
         {
-            // Forward overlap: element-by-element order is visible (the classic pattern fill), copy as the loop would.
-            int e = S.Bits / 8;
             for (int i = 0; i < len; i += e)
+            {
+                Buffer.MemoryCopy(src + i, dst + i, e, e);
+            }
+        }
+        else if (down && dst < src && src < dst + len)
+        {
+            for (int i = len - e; i >= 0; i -= e)
             {
                 Buffer.MemoryCopy(src + i, dst + i, e, e);
             }
@@ -321,8 +373,9 @@ public readonly unsafe struct MovsOp : IStringOp
         {
             Buffer.MemoryCopy(src, dst, len, len);
         }
-        StringOps.SetAddrReg(c, 6, si + (ulong)len, mask);
-        StringOps.SetAddrReg(c, 7, di + (ulong)len, mask);
+        ulong delta = down ? (ulong)-len : (ulong)len;
+        StringOps.SetAddrReg(c, 6, si + delta, mask);
+        StringOps.SetAddrReg(c, 7, di + delta, mask);
         return (long)n;
     }
 }
@@ -340,16 +393,17 @@ public readonly unsafe struct StosOp : IStringOp
 
     public static long Bulk<S>(Cpu c, ref Op op, ulong count) where S : IOpSize
     {
+        bool down = c.DF;
         ulong mask = op.AddrMask;
         ulong di = c.Regs.Gpr[7] & mask;
         ulong dstLa = StringOps.DestLinear(c, ref op);
-        ulong n = StringOps.RunLength<S>(dstLa, di, mask, count);
+        ulong n = StringOps.RunLength<S>(dstLa, di, mask, count, down);
         if (n == 0)
         {
             return 0;
         }
         int len = (int)(n * (ulong)(S.Bits / 8));
-        byte* dst = c.WritablePointer(dstLa, len);
+        byte* dst = StringOps.WritableRun<S>(c, dstLa, n, down);
         if (dst == null)
         {
             return -1;
@@ -362,7 +416,7 @@ public readonly unsafe struct StosOp : IStringOp
             case 32: new Span<uint>(dst, (int)n).Fill((uint)v); break;
             default: new Span<ulong>(dst, (int)n).Fill(v); break;
         }
-        StringOps.SetAddrReg(c, 7, di + (ulong)len, mask);
+        StringOps.SetAddrReg(c, 7, di + (down ? (ulong)-len : (ulong)len), mask);
         return (long)n;
     }
 }

@@ -243,6 +243,24 @@ public unsafe class StringOpsTests : IClassFixture<RunnerFixture>
     }
 
     [Fact]
+    public void BulkStoreOverTheFollowingInstructionsInvalidatesTheDecodedBlock()
+    {
+        // rep stosb overwrites the "mov eax, 0x12345678" right after it (same decoded block) with
+        // NOPs: the block must end and be decoded again, so the stale MOV never runs.
+        using var m = new InterpreterMachine();
+        m.Load(Make("Stosb", 64, RepPrefixKind.Repe), Instruction.Create(Code.Mov_r32_imm32, Register.EAX, 0x12345678));
+        ulong movAt = m.End - 5; // the 5-byte MOV is the last instruction
+        m.Cpu.Regs.Gpr[0] = 0x90;
+        m.Cpu.Regs.Gpr[7] = movAt;
+        m.Cpu.Regs.Gpr[1] = 5;
+        m.Cpu.Regs.Gpr[4] = 0x8000;
+        var exit = m.Cpu.Run(100); // runs into the UD2 fence; with no IDT the machine shuts down
+        Assert.Equal(CpuExit.Shutdown, exit);
+        Assert.Equal(0x90UL, m.Cpu.Regs.Gpr[0]);
+        Assert.Equal(0UL, m.Cpu.Regs.Gpr[1]);
+    }
+
+    [Fact]
     public void LegacyModeSourceIsDsAndDestinationIsEs()
     {
         // 32-bit protected mode with distinct DS and ES bases: MOVS reads DS:ESI and writes ES:EDI.
