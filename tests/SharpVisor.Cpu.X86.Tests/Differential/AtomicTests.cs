@@ -161,41 +161,84 @@ public unsafe class AtomicTests : IClassFixture<RunnerFixture>
         Assert.Equal(InterpreterMachine.DataAddress, m.Cpu.Cr2);
     }
 
-    [Fact]
-    public void LockedCmpxchgIsAtomicAcrossThreads()
+    /// <summary>
+    /// Two vCPUs on two host threads run the same loop <paramref name="n"/> times (ESI counts down)
+    /// against one shared location at DataAddress (RDI); a lost update would leave the total short.
+    /// </summary>
+    static InterpreterMachine RunOnTwoThreads(Action<Assembler, Label> body, int n)
     {
-        // Two vCPUs on two host threads each add 1 to a shared counter 20000 times with a LOCK
-        // CMPXCHG retry loop; a lost update would leave the counter short.
-        const int N = 20000;
-        using var m1 = new InterpreterMachine();
+        var m1 = new InterpreterMachine();
         var cpus = new[] { m1.Cpu, new Cpu(1, m1.Cpu.Platform) };
         CpuSetup.EnterLongMode(cpus[1], m1.Cpu.Cr3);
-        // loop: mov eax,[rbx]; lea ecx,[rax+1]; lock cmpxchg [rbx],ecx; jne loop; dec esi; jnz loop
         var a = new Assembler(64);
         var loop = a.CreateLabel();
         a.Label(ref loop);
-        a.mov(AssemblerRegisters.eax, AssemblerRegisters.__dword_ptr[AssemblerRegisters.rbx]);
-        a.lea(AssemblerRegisters.ecx, AssemblerRegisters.__[AssemblerRegisters.rax + 1]);
-        a.@lock.cmpxchg(AssemblerRegisters.__dword_ptr[AssemblerRegisters.rbx], AssemblerRegisters.ecx);
-        a.jne(loop);
+        body(a, loop);
         a.dec(AssemblerRegisters.esi);
         a.jnz(loop);
         using var ms = new MemoryStream();
         a.Assemble(new StreamCodeWriter(ms), InterpreterMachine.CodeAddress);
         m1.LoadBytes(ms.ToArray());
         ulong end = m1.End;
-        m1.Ram.WriteU32(InterpreterMachine.DataAddress, 0);
         var threads = cpus.Select(c => new Thread(() =>
         {
             c.Rip = InterpreterMachine.CodeAddress;
-            c.Regs.Gpr[3] = InterpreterMachine.DataAddress;
-            c.Regs.Gpr[6] = N;
+            c.Regs.Gpr[7] = InterpreterMachine.DataAddress;
+            c.Regs.Gpr[6] = (ulong)n;
+            c.Regs.Gpr[1] = 1;
             while (c.Rip != end && c.StepForTest() == null)
             {
             }
         })).ToArray();
         foreach (var th in threads) th.Start();
         foreach (var th in threads) th.Join();
-        Assert.Equal((uint)(2 * N), m1.Ram.ReadU32(InterpreterMachine.DataAddress));
+        Assert.All(cpus, c => Assert.Equal(end, c.Rip));
+        return m1;
+    }
+
+    const int ThreadIterations = 20000;
+
+    [Fact]
+    public void LockedCmpxchgIsAtomicAcrossThreads()
+    {
+        using var m = RunOnTwoThreads((a, loop) =>
+        {
+            // mov eax,[rdi]; lea ecx,[rax+1]; lock cmpxchg [rdi],ecx; jne loop
+            a.mov(AssemblerRegisters.eax, AssemblerRegisters.__dword_ptr[AssemblerRegisters.rdi]);
+            a.lea(AssemblerRegisters.ecx, AssemblerRegisters.__[AssemblerRegisters.rax + 1]);
+            a.@lock.cmpxchg(AssemblerRegisters.__dword_ptr[AssemblerRegisters.rdi], AssemblerRegisters.ecx);
+            a.jne(loop);
+        }, ThreadIterations);
+        Assert.Equal((uint)(2 * ThreadIterations), m.Ram.ReadU32(InterpreterMachine.DataAddress));
+    }
+
+    [Fact]
+    public void LockedXaddIsAtomicAcrossThreads()
+    {
+        using var m = RunOnTwoThreads((a, loop) =>
+        {
+            // mov ecx,1; lock xadd [rdi],ecx
+            a.mov(AssemblerRegisters.ecx, 1);
+            a.@lock.xadd(AssemblerRegisters.__dword_ptr[AssemblerRegisters.rdi], AssemblerRegisters.ecx);
+        }, ThreadIterations);
+        Assert.Equal((uint)(2 * ThreadIterations), m.Ram.ReadU32(InterpreterMachine.DataAddress));
+    }
+
+    [Fact]
+    public void Cmpxchg16bIsAtomicAcrossThreads()
+    {
+        // Both halves are incremented together by a CMPXCHG16B retry loop: a torn or lost update
+        // would leave them short or different.
+        using var m = RunOnTwoThreads((a, loop) =>
+        {
+            a.mov(AssemblerRegisters.rax, AssemblerRegisters.__qword_ptr[AssemblerRegisters.rdi]);
+            a.mov(AssemblerRegisters.rdx, AssemblerRegisters.__qword_ptr[AssemblerRegisters.rdi + 8]);
+            a.lea(AssemblerRegisters.rbx, AssemblerRegisters.__[AssemblerRegisters.rax + 1]);
+            a.lea(AssemblerRegisters.rcx, AssemblerRegisters.__[AssemblerRegisters.rdx + 1]);
+            a.@lock.cmpxchg16b(AssemblerRegisters.__xmmword_ptr[AssemblerRegisters.rdi]);
+            a.jne(loop);
+        }, ThreadIterations / 2);
+        Assert.Equal((ulong)ThreadIterations, m.Ram.ReadU64(InterpreterMachine.DataAddress));
+        Assert.Equal((ulong)ThreadIterations, m.Ram.ReadU64(InterpreterMachine.DataAddress + 8));
     }
 }
