@@ -80,7 +80,10 @@ public unsafe class StringOpsTests : IClassFixture<RunnerFixture>
                             ctx.Gpr[1] = (ulong)count;
                             ctx.Rflags = down ? ctx.Rflags | DF : ctx.Rflags & ~DF;
                         }
-                        var ins = Make(op + s, 64, rep);
+                        // A source segment override (ES/CS/SS/DS have base 0 in 64-bit mode on both sides;
+                        // FS/GS would use the host thread's bases) exercises the prefix decoding.
+                        Register[] overrides = [Register.None, Register.None, Register.ES, Register.CS, Register.SS, Register.DS];
+                        var ins = Make(op + s, 64, rep, op is "Movs" or "Cmps" or "Lods" ? overrides[t.Rng.Next(overrides.Length)] : Register.None);
                         string diff = t.Check(t.Encode(ins), ctx, data, DiffCase.ArithFlags, $"{rep} {op}{s} df={down} count={count} si={si} di={di}");
                         if (diff.Length > 0) failures.Add(diff);
                     }
