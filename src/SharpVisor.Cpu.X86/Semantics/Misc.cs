@@ -5,7 +5,7 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// <summary>
 /// Leftover general-purpose instructions (SDM Vol. 2): XLAT; CLFLUSH/CLFLUSHOPT (no cache to flush:
 /// only the access check); LFENCE/MFENCE/SFENCE; PAUSE; PREFETCHh (never fault); ENDBR32/64 (NOP,
-/// CET is not advertised); UD0/UD1/UD2 and the non-advertised RDRAND/RDSEED (#UD); the BCD
+/// CET is not advertised); UD0/UD1/UD2 and the non-advertised RDRAND/RDSEED, BMI1/BMI2/ADX (#UD); the BCD
 /// adjustments DAA, DAS, AAA, AAS, AAM, AAD and BOUND (invalid in 64-bit mode: #UD).
 /// </summary>
 public static unsafe class Misc
@@ -26,6 +26,14 @@ public static unsafe class Misc
         Binder.Add(Mnemonic.Endbr64, &BindNop);
         Binder.Add(Mnemonic.Endbr32, &BindNop);
         foreach (var m in new[] { Mnemonic.Ud0, Mnemonic.Ud1, Mnemonic.Ud2, Mnemonic.Rdrand, Mnemonic.Rdseed })
+        {
+            Binder.Add(m, &BindUd);
+        }
+        // BMI1, BMI2 and ADX are not advertised (CPUID.(7,0):EBX bits 3, 8, 19 = 0): on such a
+        // processor their (mostly VEX) encodings are #UD. Bound explicitly so that this is not
+        // reported as a missing implementation.
+        foreach (var m in new[] { Mnemonic.Andn, Mnemonic.Bextr, Mnemonic.Blsi, Mnemonic.Blsmsk, Mnemonic.Blsr, Mnemonic.Bzhi,
+            Mnemonic.Mulx, Mnemonic.Pdep, Mnemonic.Pext, Mnemonic.Rorx, Mnemonic.Sarx, Mnemonic.Shlx, Mnemonic.Shrx, Mnemonic.Adcx, Mnemonic.Adox })
         {
             Binder.Add(m, &BindUd);
         }

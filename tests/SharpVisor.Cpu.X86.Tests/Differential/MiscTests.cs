@@ -99,6 +99,24 @@ public unsafe class MiscTests : IClassFixture<RunnerFixture>
         Assert.Equal(0, m.Cpu.Counters.Unimplemented.Value); // bound on purpose, not the "not implemented" fallback
     }
 
+    [Theory]
+    [InlineData(Code.VEX_Shlx_r32_rm32_r32), InlineData(Code.VEX_Sarx_r64_rm64_r64), InlineData(Code.VEX_Andn_r32_r32_rm32),
+        InlineData(Code.VEX_Bzhi_r64_rm64_r64), InlineData(Code.VEX_Pdep_r32_r32_rm32), InlineData(Code.Adcx_r32_rm32)]
+    public void UnadvertisedBitManipulationExtensionsRaiseUd(Code code)
+    {
+        using var m = new InterpreterMachine();
+        var ins = code == Code.Adcx_r32_rm32
+            ? Instruction.Create(code, Register.EAX, Register.ECX)
+            : Instruction.Create(code, code.ToString().Contains("64") ? Register.RAX : Register.EAX,
+                code.ToString().Contains("64") ? Register.RCX : Register.ECX, code.ToString().Contains("64") ? Register.RDX : Register.EDX);
+        m.Load(ins);
+        m.Cpu.Regs.Gpr[0] = 0x1234;
+        Assert.Equal<int?>(Vector.UD, m.Run());
+        Assert.Equal(0x1234UL, m.Cpu.Regs.Gpr[0]);
+        Assert.Equal(0, m.Cpu.Counters.Unimplemented.Value);
+        Assert.Equal(0u, new CpuIdModel().Query(7, 0, 0).Ebx & ((1u << 3) | (1u << 8) | (1u << 19))); // BMI1, BMI2, ADX
+    }
+
     [Fact]
     public void RdrandAndRdseedAreNotAdvertised()
     {
