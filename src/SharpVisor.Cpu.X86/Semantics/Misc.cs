@@ -66,6 +66,10 @@ public static unsafe class Misc
 
     static bool BindXlat(in Instruction ins, ref Op op)
     {
+        if ((op.Flags & OpFlags.Lock) != 0)
+        {
+            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
+        }
         op.Exec = &Xlat;
         return true;
     }
@@ -82,6 +86,10 @@ public static unsafe class Misc
 
     static bool BindClflush(in Instruction ins, ref Op op)
     {
+        if ((op.Flags & OpFlags.Lock) != 0)
+        {
+            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
+        }
         op.Exec = &Clflush;
         return true;
     }
@@ -94,6 +102,10 @@ public static unsafe class Misc
 
     static bool BindFence(in Instruction ins, ref Op op)
     {
+        if ((op.Flags & OpFlags.Lock) != 0)
+        {
+            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
+        }
         op.Exec = &Fence;
         return true;
     }
@@ -103,6 +115,10 @@ public static unsafe class Misc
 
     static bool BindPause(in Instruction ins, ref Op op)
     {
+        if ((op.Flags & OpFlags.Lock) != 0)
+        {
+            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
+        }
         op.Exec = &Pause;
         return true;
     }
@@ -114,6 +130,10 @@ public static unsafe class Misc
 
     static bool BindBcd(in Instruction ins, ref Op op)
     {
+        if ((op.Flags & OpFlags.Lock) != 0)
+        {
+            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
+        }
         op.Exec = ins.Mnemonic switch
         {
             Mnemonic.Daa => &Daa,
@@ -257,6 +277,10 @@ public static unsafe class Misc
 
     static bool BindBound(in Instruction ins, ref Op op)
     {
+        if ((op.Flags & OpFlags.Lock) != 0)
+        {
+            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
+        }
         if (ins.Op1Kind != OpKind.Memory)
         {
             return Alu.BindUd(ref op); // the register form is #UD
