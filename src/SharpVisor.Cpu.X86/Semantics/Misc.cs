@@ -1,9 +1,305 @@
+using Iced.Intel;
+
 namespace SharpVisor.Cpu.X86.Semantics;
 
-/// <summary>Instruction family: not implemented yet (its instructions raise #UD with a log line).</summary>
-public static class Misc
+/// <summary>
+/// Leftover general-purpose instructions (SDM Vol. 2): XLAT; CLFLUSH/CLFLUSHOPT (no cache to flush:
+/// only the access check); LFENCE/MFENCE/SFENCE; PAUSE; PREFETCHh (never fault); ENDBR32/64 (NOP,
+/// CET is not advertised); UD0/UD1/UD2 and the non-advertised RDRAND/RDSEED, BMI1/BMI2/ADX (#UD); the BCD
+/// adjustments DAA, DAS, AAA, AAS, AAM, AAD and BOUND (invalid in 64-bit mode: #UD).
+/// </summary>
+public static unsafe class Misc
 {
     public static void Register()
     {
+        Binder.Add(Mnemonic.Xlatb, &BindXlat);
+        Binder.Add(Mnemonic.Clflush, &BindClflush);
+        Binder.Add(Mnemonic.Clflushopt, &BindClflush); // 66-prefixed CLFLUSH: on a CPU without CLFLUSHOPT the prefix is ignored
+        Binder.Add(Mnemonic.Lfence, &BindFence);
+        Binder.Add(Mnemonic.Mfence, &BindFence);
+        Binder.Add(Mnemonic.Sfence, &BindFence);
+        Binder.Add(Mnemonic.Pause, &BindPause);
+        foreach (var m in new[] { Mnemonic.Prefetcht0, Mnemonic.Prefetcht1, Mnemonic.Prefetcht2, Mnemonic.Prefetchnta, Mnemonic.Prefetchw, Mnemonic.Prefetch })
+        {
+            Binder.Add(m, &BindNop);
+        }
+        Binder.Add(Mnemonic.Endbr64, &BindNop);
+        Binder.Add(Mnemonic.Endbr32, &BindNop);
+        foreach (var m in new[] { Mnemonic.Ud0, Mnemonic.Ud1, Mnemonic.Ud2, Mnemonic.Rdrand, Mnemonic.Rdseed })
+        {
+            Binder.Add(m, &BindUd);
+        }
+        // BMI1, BMI2 and ADX are not advertised (CPUID.(7,0):EBX bits 3, 8, 19 = 0): on such a
+        // processor their (mostly VEX) encodings are #UD. Bound explicitly so that this is not
+        // reported as a missing implementation.
+        foreach (var m in new[] { Mnemonic.Andn, Mnemonic.Bextr, Mnemonic.Blsi, Mnemonic.Blsmsk, Mnemonic.Blsr, Mnemonic.Bzhi,
+            Mnemonic.Mulx, Mnemonic.Pdep, Mnemonic.Pext, Mnemonic.Rorx, Mnemonic.Sarx, Mnemonic.Shlx, Mnemonic.Shrx, Mnemonic.Adcx, Mnemonic.Adox })
+        {
+            Binder.Add(m, &BindUd);
+        }
+        Binder.Add(Mnemonic.Daa, &BindBcd);
+        Binder.Add(Mnemonic.Das, &BindBcd);
+        Binder.Add(Mnemonic.Aaa, &BindBcd);
+        Binder.Add(Mnemonic.Aas, &BindBcd);
+        Binder.Add(Mnemonic.Aam, &BindBcd);
+        Binder.Add(Mnemonic.Aad, &BindBcd);
+        Binder.Add(Mnemonic.Bound, &BindBound);
+    }
+
+    static bool BindUd(in Instruction ins, ref Op op) => Alu.BindUd(ref op);
+
+    static bool BindNop(in Instruction ins, ref Op op)
+    {
+        if ((op.Flags & OpFlags.Lock) != 0)
+        {
+            return Alu.BindUd(ref op);
+        }
+        op.Exec = &Nop;
+        return true;
+    }
+
+    static void Nop(Cpu c, ref Op op)
+    {
+    }
+
+    // ------------------------------------------------------------------ XLAT
+
+    static bool BindXlat(in Instruction ins, ref Op op)
+    {
+        if ((op.Flags & OpFlags.Lock) != 0)
+        {
+            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
+        }
+        op.Exec = &Xlat;
+        return true;
+    }
+
+    /// <summary>AL ← seg:[rBX + zero-extended AL] at the address size (SDM XLAT).</summary>
+    static void Xlat(Cpu c, ref Op op)
+    {
+        ulong ea = (c.Regs.Gpr[op.Base] + (byte)c.Regs.Gpr[0]) & op.AddrMask;
+        byte v = c.Read8((c.Regs.SegBase[op.Seg] + ea) & c.Regs.LinearMask);
+        c.SetReg8(0, v);
+    }
+
+    // ------------------------------------------------------------------ cache and ordering
+
+    static bool BindClflush(in Instruction ins, ref Op op)
+    {
+        if ((op.Flags & OpFlags.Lock) != 0)
+        {
+            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
+        }
+        op.Exec = &Clflush;
+        return true;
+    }
+
+    /// <summary>
+    /// No cache to flush, but the access is checked as a read (SDM CLFLUSH: "treated as a read for
+    /// permission checking": #PF, #GP on non-canonical). Translating only — never a device read.
+    /// </summary>
+    static void Clflush(Cpu c, ref Op op) => c.Translate(op.Linear(c), Access.Read, c.Cpl == 3);
+
+    static bool BindFence(in Instruction ins, ref Op op)
+    {
+        if ((op.Flags & OpFlags.Lock) != 0)
+        {
+            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
+        }
+        op.Exec = &Fence;
+        return true;
+    }
+
+    /// <summary>Other vCPUs run on other host threads: a full host barrier orders this vCPU's accesses.</summary>
+    static void Fence(Cpu c, ref Op op) => Interlocked.MemoryBarrier();
+
+    static bool BindPause(in Instruction ins, ref Op op)
+    {
+        if ((op.Flags & OpFlags.Lock) != 0)
+        {
+            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
+        }
+        op.Exec = &Pause;
+        return true;
+    }
+
+    /// <summary>A spin-wait hint: let a sibling hardware thread (maybe the vCPU we wait for) run.</summary>
+    static void Pause(Cpu c, ref Op op) => Thread.SpinWait(1);
+
+    // ------------------------------------------------------------------ BCD (legacy modes only)
+
+    static bool BindBcd(in Instruction ins, ref Op op)
+    {
+        if ((op.Flags & OpFlags.Lock) != 0)
+        {
+            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
+        }
+        op.Exec = ins.Mnemonic switch
+        {
+            Mnemonic.Daa => &Daa,
+            Mnemonic.Das => &Das,
+            Mnemonic.Aaa => &Aaa,
+            Mnemonic.Aas => &Aas,
+            Mnemonic.Aam => &Aam,
+            _ => &Aad,
+        };
+        op.Imm = ins.OpCount > 0 ? ins.GetImmediate(0) & 0xFF : 10;
+        return true;
+    }
+
+    /// <summary>Iced does not decode these in 64-bit mode; the check covers any other way in.</summary>
+    static void CheckLegacy(Cpu c)
+    {
+        if (c.Mode == CpuMode.Long64)
+        {
+            throw c.InvalidOpcode();
+        }
+    }
+
+    /// <summary>Sets SF, ZF, PF from an 8-bit result and CF/AF explicitly (OF undefined: 0).</summary>
+    static void BcdFlags(Cpu c, byte al, bool cf, bool af) => c.FlagsResult(al, 8, cf, false, af);
+
+    /// <summary>DAA, SDM Vol. 2A pseudo-code (CF from the +6 carry or old CF, then the +60H step).</summary>
+    static void Daa(Cpu c, ref Op op)
+    {
+        CheckLegacy(c);
+        byte al = (byte)c.Regs.Gpr[0];
+        byte oldAl = al;
+        bool oldCf = c.CF();
+        bool cf = false, af;
+        if ((al & 0xF) > 9 || c.AF())
+        {
+            cf = oldCf || al + 6 > 0xFF;
+            al = (byte)(al + 6);
+            af = true;
+        }
+        else
+        {
+            af = false;
+        }
+        if (oldAl > 0x99 || oldCf)
+        {
+            al = (byte)(al + 0x60);
+            cf = true;
+        }
+        else
+        {
+            cf = false;
+        }
+        c.SetReg8(0, al);
+        BcdFlags(c, al, cf, af);
+    }
+
+    /// <summary>DAS, SDM Vol. 2A pseudo-code (no "else CF ← 0" in the second step, unlike DAA).</summary>
+    static void Das(Cpu c, ref Op op)
+    {
+        CheckLegacy(c);
+        byte al = (byte)c.Regs.Gpr[0];
+        byte oldAl = al;
+        bool oldCf = c.CF();
+        bool cf = false, af;
+        if ((al & 0xF) > 9 || c.AF())
+        {
+            cf = oldCf || al < 6;
+            al = (byte)(al - 6);
+            af = true;
+        }
+        else
+        {
+            af = false;
+        }
+        if (oldAl > 0x99 || oldCf)
+        {
+            al = (byte)(al - 0x60);
+            cf = true;
+        }
+        c.SetReg8(0, al);
+        BcdFlags(c, al, cf, af);
+    }
+
+    /// <summary>AAA: IF (AL AND 0FH) &gt; 9 or AF THEN AX ← AX + 106H; AF ← CF ← 1 ELSE AF ← CF ← 0; AL ← AL AND 0FH.</summary>
+    static void Aaa(Cpu c, ref Op op)
+    {
+        CheckLegacy(c);
+        ulong ax = (ushort)c.Regs.Gpr[0];
+        bool adjust = (ax & 0xF) > 9 || c.AF();
+        if (adjust)
+        {
+            ax = (ax + 0x106) & 0xFFFF;
+        }
+        ax &= 0xFF0F;
+        S16.SetReg(c, 0, ax);
+        BcdFlags(c, (byte)ax, adjust, adjust);
+    }
+
+    /// <summary>AAS: IF (AL AND 0FH) &gt; 9 or AF THEN AX ← AX − 6; AH ← AH − 1; AF ← CF ← 1 ELSE AF ← CF ← 0; AL ← AL AND 0FH.</summary>
+    static void Aas(Cpu c, ref Op op)
+    {
+        CheckLegacy(c);
+        ulong ax = (ushort)c.Regs.Gpr[0];
+        bool adjust = (ax & 0xF) > 9 || c.AF();
+        if (adjust)
+        {
+            ax = (ax - 6) & 0xFFFF;
+            ax = (ax - 0x100) & 0xFFFF;
+        }
+        ax &= 0xFF0F;
+        S16.SetReg(c, 0, ax);
+        BcdFlags(c, (byte)ax, adjust, adjust);
+    }
+
+    /// <summary>AAM imm8: AH ← AL / imm8; AL ← AL MOD imm8; an immediate of 0 is #DE. SF/ZF/PF from AL.</summary>
+    static void Aam(Cpu c, ref Op op)
+    {
+        CheckLegacy(c);
+        byte divisor = (byte)op.Imm;
+        if (divisor == 0)
+        {
+            throw c.Fault(Vector.DE);
+        }
+        byte al = (byte)c.Regs.Gpr[0];
+        byte q = (byte)(al / divisor), r = (byte)(al % divisor);
+        S16.SetReg(c, 0, ((ulong)q << 8) | r);
+        BcdFlags(c, r, false, false);
+    }
+
+    /// <summary>AAD imm8: AL ← (AL + AH × imm8) AND FFH; AH ← 0. SF/ZF/PF from AL.</summary>
+    static void Aad(Cpu c, ref Op op)
+    {
+        CheckLegacy(c);
+        ulong ax = (ushort)c.Regs.Gpr[0];
+        byte al = (byte)((ax & 0xFF) + (ax >> 8) * (op.Imm & 0xFF));
+        S16.SetReg(c, 0, al);
+        BcdFlags(c, al, false, false);
+    }
+
+    // ------------------------------------------------------------------ BOUND
+
+    static bool BindBound(in Instruction ins, ref Op op)
+    {
+        if ((op.Flags & OpFlags.Lock) != 0)
+        {
+            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
+        }
+        if (ins.Op1Kind != OpKind.Memory)
+        {
+            return Alu.BindUd(ref op); // the register form is #UD
+        }
+        op.Exec = op.Size == 2 ? &Bound<S16> : &Bound<S32>;
+        return true;
+    }
+
+    /// <summary>BOUND r, m: #BR unless lower ≤ r ≤ upper (signed; the bounds pair is at m and m + size).</summary>
+    static void Bound<S>(Cpu c, ref Op op) where S : IOpSize
+    {
+        CheckLegacy(c);
+        ulong la = op.Linear(c);
+        long lower = (long)Cpu.SignExtend(S.Load(c, la), S.Bits);
+        long upper = (long)Cpu.SignExtend(S.Load(c, (la + (ulong)(S.Bits / 8)) & c.Regs.LinearMask), S.Bits);
+        long index = (long)Cpu.SignExtend(S.GetReg(c, op.R1), S.Bits);
+        if (index < lower || index > upper)
+        {
+            throw c.Fault(Vector.BR);
+        }
     }
 }
