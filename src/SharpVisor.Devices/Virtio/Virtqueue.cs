@@ -60,7 +60,7 @@ public sealed class DescriptorChain
     public ushort Head { get; private set; }
     public uint ReadableLength { get; private set; }
     public uint WritableLength { get; private set; }
-    /// <summary>Highest writable byte offset written so far (what goes to used.len).</summary>
+    /// <summary>Bytes written into the writable part so far, at most its length (what goes to used.len).</summary>
     public uint BytesWritten => _written;
     /// <summary>True once a buffer access failed: the queue is then broken by the caller.</summary>
     public bool Faulted { get; private set; }
@@ -131,7 +131,7 @@ public sealed class DescriptorChain
         {
             return false;
         }
-        uint end = offset + (uint)source.Length;
+        uint total = (uint)source.Length;
         for (int i = _firstWritable; i < _count && !source.IsEmpty; i++)
         {
             var s = _segments[i];
@@ -149,7 +149,7 @@ public sealed class DescriptorChain
             source = source[n..];
             offset = 0;
         }
-        _written = Math.Max(_written, end);
+        _written = (uint)Math.Min((ulong)_written + total, WritableLength);
         return true;
     }
 }
