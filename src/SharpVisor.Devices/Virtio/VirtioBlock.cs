@@ -56,7 +56,7 @@ public sealed class VirtioBlock : VirtioPciDevice, IDisposable
         try
         {
             _file = new FileStream(path, FileMode.Open, readOnly ? FileAccess.Read : FileAccess.ReadWrite,
-                readOnly ? FileShare.Read : FileShare.None, bufferSize: 0);
+                FileShare.Read, bufferSize: 0);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
