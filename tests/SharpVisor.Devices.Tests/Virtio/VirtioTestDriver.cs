@@ -16,7 +16,7 @@ namespace SharpVisor.Devices.Tests.Virtio;
 sealed class VirtioTestDriver : IDisposable
 {
     public const int Slot = 3;
-    public readonly PciTestRig Rig = new();
+    public readonly PciTestRig Rig;
     public readonly VirtioPciDevice Device;
     public readonly Dictionary<byte, (int Bar, uint Offset, uint Length, int CapOffset)> Caps = [];
     public uint NotifyMultiplier;
@@ -24,8 +24,11 @@ sealed class VirtioTestDriver : IDisposable
     public DriverQueue[] Queues = [];
     ulong _nextFree = 0x10_0000;
 
-    public VirtioTestDriver(VirtioPciDevice device)
+    /// <param name="dma">The requester's DMA space, bound to guest RAM once the rig exists (default: identity).</param>
+    public VirtioTestDriver(VirtioPciDevice device, CheckingDmaProvider? dma = null)
     {
+        Rig = new PciTestRig(dma: dma);
+        dma?.Bind(new IdentityDmaSpace(Rig.Ram));
         Device = device;
         Rig.Bus.Add(device, Slot, 0);
         PciFirmware.AssignResources(Rig.Bus);
@@ -299,5 +302,36 @@ sealed class DriverQueue(VirtioTestDriver driver, int index, ushort size, ulong 
         ulong e = Used + 4 + 8UL * (uint)(_lastUsed % Size);
         _lastUsed++;
         return (Ram.ReadU32(e), Ram.ReadU32(e + 4));
+    }
+}
+
+/// <summary>
+/// Identity DMA that lets a test see and veto every device access (the property tests record
+/// every write the device makes and count all accesses to prove the work is bounded).
+/// </summary>
+sealed class CheckingDmaProvider : IDmaSpaceProvider, IDmaSpace
+{
+    IDmaSpace? _inner;
+    public Action<ulong, int>? OnWrite;
+    public long Accesses;
+
+    public void Bind(IDmaSpace inner) => _inner = inner;
+    public IDmaSpace ForRequester(ushort requesterId) => this;
+
+    public DmaStatus Read(ulong address, Span<byte> destination)
+    {
+        Accesses++;
+        return _inner!.Read(address, destination);
+    }
+
+    public DmaStatus Write(ulong address, ReadOnlySpan<byte> source)
+    {
+        Accesses++;
+        var status = _inner!.Write(address, source);
+        if (status == DmaStatus.Ok)
+        {
+            OnWrite?.Invoke(address, source.Length);
+        }
+        return status;
     }
 }
