@@ -69,8 +69,6 @@ public sealed class VirtioConsole : VirtioPciDevice
 
     protected override bool WantsBuffers(int queue) => queue != ReceiveQueue || _inputCount > 0;
 
-    protected override void OnDriverOk() => ProcessQueueLocked(ReceiveQueue);
-
     protected override void OnReset()
     {
         // Input that arrived before the driver was ready stays queued; nothing else to drop.

@@ -539,6 +539,12 @@ public abstract class VirtioPciDevice : PciFunction
         if ((_status & StatusDriverOk) != 0 && (old & StatusDriverOk) == 0)
         {
             OnDriverOk();
+            // Buffers the driver made available (and notified) before DRIVER_OK were not consumed
+            // then (3.1.1: the device must not); take them now.
+            for (int i = 0; i < _queues.Length; i++)
+            {
+                ProcessQueueLocked(i);
+            }
         }
         return false;
     }

@@ -104,7 +104,7 @@ sealed class VirtioTestDriver : IDisposable
     }
 
     /// <summary>The whole probe with every offered feature accepted (as Linux does for the ones it knows).</summary>
-    public void Start(ulong? features = null, bool msix = true, ushort queueSize = 0)
+    public void Start(ulong? features = null, bool msix = true, ushort queueSize = 0, bool driverOk = true)
     {
         Assert.True(Negotiate(features ?? ReadDeviceFeatures()));
         if (msix)
@@ -138,7 +138,10 @@ sealed class VirtioTestDriver : IDisposable
             CommonWrite(VirtioPci.QueueEnable, 2, 1);
             Assert.Equal(1UL, Common(VirtioPci.QueueEnable, 2));
         }
-        AddStatus(VirtioPci.StatusDriverOk);
+        if (driverOk)
+        {
+            AddStatus(VirtioPci.StatusDriverOk);
+        }
     }
 
     void WriteTwoPart(int offset, ulong value)

@@ -321,4 +321,46 @@ public class VirtioTransportTests
         d.CfgWrite(cap + 16, 4, VirtioPci.StatusAcknowledge);
         Assert.Equal(VirtioPci.StatusAcknowledge, d.Status);
     }
+
+    [Fact]
+    public void Buffers_are_not_consumed_before_driver_ok_and_are_taken_at_driver_ok()
+    {
+        using var d = new VirtioTestDriver(new VirtioEntropy());
+        d.Start(driverOk: false);
+        var q = d.Queues[0];
+        ulong buf = d.Allocate(16);
+        q.Post((buf, 16, true));
+        q.Notify();
+        Assert.Equal(0, q.UsedIndex); // 3.1.1: no buffer consumed before DRIVER_OK
+        d.AddStatus(VirtioPci.StatusDriverOk);
+        Assert.Equal(1, q.UsedIndex);
+        Assert.Equal(1, d.MsiCount(1));
+    }
+
+    [Fact]
+    public void Reset_waits_for_a_request_in_flight_on_another_thread()
+    {
+        var entered = new ManualResetEventSlim();
+        var release = new ManualResetEventSlim();
+        var console = new VirtioConsole(_ =>
+        {
+            entered.Set();
+            release.Wait(5000);
+        });
+        using var d = new VirtioTestDriver(console);
+        d.Start();
+        var tx = d.Queues[VirtioConsole.TransmitQueue];
+        tx.Post((d.AllocateData("x"u8), 1, false));
+        var sender = new Thread(tx.Notify);
+        sender.Start();
+        Assert.True(entered.Wait(5000));
+        var reset = new Thread(() => d.CommonWrite(VirtioPci.DeviceStatus, 1, 0));
+        reset.Start();
+        Assert.False(reset.Join(100)); // blocked behind the request in flight
+        release.Set();
+        Assert.True(reset.Join(5000));
+        Assert.True(sender.Join(5000));
+        Assert.Equal(1, tx.UsedIndex); // the request completed before the reset took effect
+        Assert.Equal(0, d.Status);
+    }
 }
