@@ -316,6 +316,8 @@ sealed class CheckingDmaProvider : IDmaSpaceProvider, IDmaSpace
 {
     IDmaSpace? _inner;
     public Action<ulong, int>? OnWrite;
+    /// <summary>Addresses an "IOMMU" refuses (the access returns <see cref="DmaStatus.Blocked"/>).</summary>
+    public Func<ulong, bool>? Blocked;
     public long Accesses;
 
     public void Bind(IDmaSpace inner) => _inner = inner;
@@ -324,13 +326,13 @@ sealed class CheckingDmaProvider : IDmaSpaceProvider, IDmaSpace
     public DmaStatus Read(ulong address, Span<byte> destination)
     {
         Accesses++;
-        return _inner!.Read(address, destination);
+        return Blocked?.Invoke(address) == true ? DmaStatus.Blocked : _inner!.Read(address, destination);
     }
 
     public DmaStatus Write(ulong address, ReadOnlySpan<byte> source)
     {
         Accesses++;
-        var status = _inner!.Write(address, source);
+        var status = Blocked?.Invoke(address) == true ? DmaStatus.Blocked : _inner!.Write(address, source);
         if (status == DmaStatus.Ok)
         {
             OnWrite?.Invoke(address, source.Length);
