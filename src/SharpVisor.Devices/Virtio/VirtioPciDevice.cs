@@ -206,6 +206,8 @@ public abstract class VirtioPciDevice : PciFunction
     {
         lock (Gate)
         {
+            // May nest inside a request (a console sink that feeds input back): keep the outer mark.
+            int outer = _activeThread;
             _activeThread = Environment.CurrentManagedThreadId;
             try
             {
@@ -213,7 +215,7 @@ public abstract class VirtioPciDevice : PciFunction
             }
             finally
             {
-                _activeThread = 0;
+                _activeThread = outer;
             }
         }
         FlushInterrupts();
