@@ -363,4 +363,44 @@ public class VirtioTransportTests
         Assert.Equal(1, tx.UsedIndex); // the request completed before the reset took effect
         Assert.Equal(0, d.Status);
     }
+
+    [Theory]
+    [InlineData("next out of range")]
+    [InlineData("head out of range")]
+    [InlineData("indirect with next")]
+    [InlineData("length overflow")]
+    [InlineData("indirect table too big")]
+    public void Malformed_chains_need_reset_and_complete_nothing(string kind)
+    {
+        using var d = new VirtioTestDriver(new VirtioEntropy());
+        d.Start(queueSize: 16);
+        var q = d.Queues[0];
+        ulong buf = d.Allocate(64);
+        ushort head = 0;
+        switch (kind)
+        {
+            case "next out of range":
+                q.WriteDescriptor(q.Desc, 0, buf, 16, Virtqueue.DescFlagWrite | Virtqueue.DescFlagNext, 16);
+                break;
+            case "head out of range":
+                head = 16;
+                break;
+            case "indirect with next":
+                q.WriteDescriptor(q.Desc, 0, buf, 16, Virtqueue.DescFlagIndirect | Virtqueue.DescFlagNext, 1);
+                break;
+            case "length overflow":
+                q.WriteDescriptor(q.Desc, 0, buf, 0xFFFF_FFFF, Virtqueue.DescFlagWrite | Virtqueue.DescFlagNext, 1);
+                q.WriteDescriptor(q.Desc, 1, buf, 0xFFFF_FFFF, Virtqueue.DescFlagWrite, 0);
+                break;
+            default:
+                // 300 entries: more than any chain may hold (the rng queue maximum is 64).
+                q.WriteDescriptor(q.Desc, 0, buf, 16 * 300, Virtqueue.DescFlagIndirect, 0);
+                break;
+        }
+        q.PublishHead(head);
+        q.Notify();
+        Assert.NotEqual(0, d.Status & VirtioPci.StatusNeedsReset);
+        Assert.Equal(0, q.UsedIndex);
+        Assert.All(d.ReadRam(buf, 64), b => Assert.Equal(0, b));
+    }
 }
