@@ -403,4 +403,17 @@ public class VirtioTransportTests
         Assert.Equal(0, q.UsedIndex);
         Assert.All(d.ReadRam(buf, 64), b => Assert.Equal(0, b));
     }
+
+    [Fact]
+    public void Needs_reset_without_msix_sets_the_isr_config_bit()
+    {
+        using var d = new VirtioTestDriver(new VirtioEntropy());
+        d.Start(msix: false);
+        var q = d.Queues[0];
+        q.PublishHead(200); // head beyond the queue
+        q.Notify();
+        Assert.NotEqual(0, d.Status & VirtioPci.StatusNeedsReset);
+        Assert.Equal(VirtioPci.IsrConfig, d.ReadIsr() & VirtioPci.IsrConfig);
+        Assert.Equal(0, d.ReadIsr());
+    }
 }
