@@ -1,0 +1,139 @@
+using System.Buffers.Binary;
+using SharpVisor.Core;
+
+namespace SharpVisor.Devices.Virtio;
+
+/// <summary>Receives Ethernet frames from a network backend (on the backend's thread).</summary>
+public delegate void NetFrameReceiver(ReadOnlySpan<byte> frame);
+
+/// <summary>Where a virtio-net device's frames go: a socket, later a TAP device.</summary>
+public interface INetBackend : IDisposable
+{
+    /// <summary>Sets the receiver of incoming frames; called once, before any frame flows.</summary>
+    void Start(NetFrameReceiver receiver);
+
+    /// <summary>Sends one Ethernet frame (without FCS). Must not block for long: drop instead.</summary>
+    void Send(ReadOnlySpan<byte> frame);
+}
+
+/// <summary>
+/// virtio-net (virtio 1.2, 5.1) with one receive and one transmit queue, a MAC address in the
+/// configuration (VIRTIO_NET_F_MAC), link status (VIRTIO_NET_F_STATUS, always up) and no
+/// offloads: every frame carries the 12-byte struct virtio_net_hdr of VERSION_1 (5.1.6), which
+/// the device ignores on transmit and writes as "no checksum, no GSO, one buffer" on receive.
+/// </summary>
+public sealed class VirtioNet : VirtioPciDevice, IDisposable
+{
+    public const int FeatureMac = 5;
+    public const int FeatureStatus = 16;
+    public const int ReceiveQueue = 0;
+    public const int TransmitQueue = 1;
+    public const int HeaderLength = 12;
+    /// <summary>Largest frame carried: a 9000-byte jumbo payload plus Ethernet and VLAN headers.</summary>
+    public const int MaxFrameLength = 9018;
+    /// <summary>Frames held while the guest has no receive buffer; beyond this they are dropped.</summary>
+    public const int ReceiveBacklog = 128;
+
+    readonly INetBackend _backend;
+    readonly byte[] _txFrame = new byte[MaxFrameLength];
+    readonly byte[][] _rxFrames = new byte[ReceiveBacklog][];
+    readonly int[] _rxLengths = new int[ReceiveBacklog];
+    int _rxHead;
+    int _rxCount;
+
+    public readonly Counter TxFrames = new("virtio.net.tx_frames");
+    public readonly Counter RxFrames = new("virtio.net.rx_frames");
+    public readonly Counter TxDropped = new("virtio.net.tx_dropped");
+    public readonly Counter RxDropped = new("virtio.net.rx_dropped");
+
+    public VirtioNet(INetBackend backend, ReadOnlySpan<byte> mac)
+        : base("net", VirtioDeviceType.Network, 0x02_00_00, 2, 256, 1UL << FeatureMac | 1UL << FeatureStatus, 8)
+    {
+        if (mac.Length != 6)
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(mac), "a MAC address has 6 bytes");
+        }
+        for (int i = 0; i < ReceiveBacklog; i++)
+        {
+            _rxFrames[i] = new byte[MaxFrameLength];
+        }
+        // 5.1.4 struct virtio_net_config: mac[6], le16 status (VIRTIO_NET_S_LINK_UP = 1).
+        mac.CopyTo(DeviceConfig);
+        BinaryPrimitives.WriteUInt16LittleEndian(DeviceConfig.AsSpan(6), 1);
+        _backend = backend;
+        _backend.Start(Receive);
+    }
+
+    public override IEnumerable<Counter> Counters => [.. base.Counters, TxFrames, RxFrames, TxDropped, RxDropped];
+
+    void Receive(ReadOnlySpan<byte> frame)
+    {
+        lock (Gate)
+        {
+            if (frame.Length > MaxFrameLength || _rxCount == ReceiveBacklog || !DriverOk)
+            {
+                RxDropped.Increment();
+                return;
+            }
+            int slot = (_rxHead + _rxCount) % ReceiveBacklog;
+            frame.CopyTo(_rxFrames[slot]);
+            _rxLengths[slot] = frame.Length;
+            _rxCount++;
+        }
+        Kick(ReceiveQueue);
+    }
+
+    protected override bool WantsBuffers(int queue) => queue != ReceiveQueue || _rxCount > 0;
+
+    protected override void OnReset()
+    {
+        _rxHead = 0;
+        _rxCount = 0;
+    }
+
+    protected override bool HandleRequest(int queue, DescriptorChain chain)
+    {
+        if (queue == TransmitQueue)
+        {
+            // 5.1.6.2: header then the frame, all device-readable.
+            if (chain.ReadableLength < HeaderLength)
+            {
+                return false;
+            }
+            uint length = chain.ReadableLength - HeaderLength;
+            if (length > MaxFrameLength)
+            {
+                TxDropped.Increment();
+                return true;
+            }
+            if (!chain.Read(HeaderLength, _txFrame.AsSpan(0, (int)length)))
+            {
+                return true; // Faulted: the caller breaks the queue
+            }
+            TxFrames.Increment();
+            _backend.Send(_txFrame.AsSpan(0, (int)length));
+            return true;
+        }
+
+        var frame = _rxFrames[_rxHead].AsSpan(0, _rxLengths[_rxHead]);
+        _rxHead = (_rxHead + 1) % ReceiveBacklog;
+        _rxCount--;
+        if (chain.WritableLength < HeaderLength + (uint)frame.Length)
+        {
+            // Without VIRTIO_NET_F_MRG_RXBUF a frame must fit one buffer (5.1.6.3.1); Linux drops
+            // a completion this short as a length error and reposts the buffer.
+            RxDropped.Increment();
+            return true;
+        }
+        Span<byte> header = stackalloc byte[HeaderLength];
+        header.Clear();
+        BinaryPrimitives.WriteUInt16LittleEndian(header[10..], 1); // num_buffers
+        if (chain.Write(0, header) && chain.Write(HeaderLength, frame))
+        {
+            RxFrames.Increment();
+        }
+        return true;
+    }
+
+    public void Dispose() => _backend.Dispose();
+}
