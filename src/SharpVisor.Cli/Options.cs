@@ -14,7 +14,11 @@ public static class Options
           --append STRING      kernel command line (default: console=ttyS0)
           --memory MIB         guest RAM in MiB (default 512)
           --cpus N             number of vCPUs (default 1)
-          --disk FILE          a disk image (repeatable)
+          --disk PATH[,format=raw][,readonly]
+                               a virtio-blk disk on a raw image file (repeatable)
+          --rng                a virtio-rng device fed from the host's RNG
+          --net stream,listen=HOST:PORT | stream,connect=HOST:PORT[,mac=XX:..]
+                               a virtio-net NIC on a stream socket (QEMU's socket framing)
           --iommu on|off       Intel VT-d IOMMU (default off)
           --clock host|deterministic
                                guest time follows the host, or advances with executed instructions
@@ -27,7 +31,7 @@ public static class Options
     public static MachineConfig ParseRun(IReadOnlyList<string> args)
     {
         var cfg = new MachineConfig();
-        var disks = new List<string>();
+        var disks = new List<DiskSpec>();
         for (int i = 0; i < args.Count; i++)
         {
             string a = args[i];
@@ -46,7 +50,9 @@ public static class Options
                 "--append" => cfg with { CommandLine = Value() },
                 "--memory" => cfg with { MemoryMiB = ParseULong(a, Value()) },
                 "--cpus" => cfg with { Cpus = (int)Math.Min(int.MaxValue, ParseULong(a, Value())) },
-                "--disk" => AddDisk(cfg, disks, Value()),
+                "--disk" => AddDisk(cfg, disks, DiskSpec.Parse(Value())),
+                "--rng" => cfg with { Rng = true },
+                "--net" => cfg with { Net = NetSpec.Parse(Value()) },
                 "--iommu" => cfg with { Iommu = ParseOnOff(a, Value()) },
                 "--clock" => cfg with { Clock = ParseClock(Value()) },
                 "--timeout" => cfg with { TimeoutSeconds = ParseSeconds(a, Value()) },
@@ -57,9 +63,9 @@ public static class Options
         return cfg with { Disks = disks };
     }
 
-    static MachineConfig AddDisk(MachineConfig cfg, List<string> disks, string path)
+    static MachineConfig AddDisk(MachineConfig cfg, List<DiskSpec> disks, DiskSpec disk)
     {
-        disks.Add(path);
+        disks.Add(disk);
         return cfg;
     }
 

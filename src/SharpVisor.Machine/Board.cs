@@ -4,6 +4,7 @@ using SharpVisor.Devices.Interrupts;
 using SharpVisor.Devices.Iommu;
 using SharpVisor.Devices.Legacy;
 using SharpVisor.Devices.Pci;
+using SharpVisor.Devices.Virtio;
 using SharpVisor.Machine.Acpi;
 using SharpVisor.Machine.Boot;
 
@@ -88,8 +89,37 @@ public sealed partial class VirtualMachine
         var route = PciIntxRouting.CreateRouter(gsi => IoApic.GetPin(gsi));
         Edu = new EduDevice();
         Pci.Bus.Add(Edu, 3, 0, route(3, Edu.InterruptPin));
+        int slot = 4;
+        foreach (var d in _config.Disks)
+        {
+            var blk = new VirtioBlock(d.Path, d.ReadOnly, serial: $"disk{slot - 4}");
+            _disposables.Add(blk);
+            AddPci(blk, slot++, route);
+        }
+        if (_config.Rng)
+        {
+            AddPci(new VirtioEntropy(), slot++, route);
+        }
+        if (_config.Net is { } net)
+        {
+            var backend = net.Listen ? StreamSocketNetBackend.Listen(net.EndPoint) : StreamSocketNetBackend.Connect(net.EndPoint);
+            var nic = new VirtioNet(backend, net.Mac);
+            _disposables.Add(nic);
+            AddPci(nic, slot++, route);
+        }
         PciFirmware.AssignResources(Pci.Bus, interruptLine: PciIntxRouting.InterruptLine);
         Pci.RegisterCounters(Counters);
+    }
+
+    readonly List<IDisposable> _disposables = [];
+
+    void AddPci(VirtioPciDevice device, int slot, Func<int, int, IIrqLine?> route)
+    {
+        Pci.Bus.Add(device, slot, 0, route(slot, device.InterruptPin));
+        foreach (var c in device.Counters)
+        {
+            Counters.Add(c);
+        }
     }
 
     /// <summary>ISA interrupt n: PIC input n and IOAPIC pin n, except IRQ 0 which is IOAPIC pin 2 (MADT override).</summary>

@@ -202,6 +202,10 @@ public sealed partial class VirtualMachine : IDisposable
 
     public void Dispose()
     {
+        foreach (var d in _disposables)
+        {
+            d.Dispose();
+        }
         _timerWake.Dispose();
         Ram.Dispose();
     }
