@@ -596,9 +596,9 @@ public static unsafe class Sse
         {
             op.Sub = (byte)(ins.Mnemonic switch { Mnemonic.Rcpps => 0, Mnemonic.Rcpss => 1, Mnemonic.Rsqrtps => 2, _ => 3 });
         }
-        if (op.Exec != null && ins.Mnemonic is Mnemonic.Cmpps or Mnemonic.Cmppd or Mnemonic.Cmpss && op.Sub > 7)
+        if (ins.Mnemonic is Mnemonic.Cmpps or Mnemonic.Cmppd or Mnemonic.Cmpss)
         {
-            return false; // predicates 8-31 are AVX only
+            op.Sub &= 7; // legacy encodings use imm8[2:0] only (predicates 8-31 are VEX-only)
         }
         return op.Exec != null;
     }
@@ -606,11 +606,11 @@ public static unsafe class Sse
     /// <summary>SSE2 CMPSD xmm, xmm/m64, imm8 (forwarded here when the string family owns the mnemonic).</summary>
     public static bool BindCmpsd(in Instruction ins, ref Op op)
     {
-        if (ins.Code != Code.Cmpsd_xmm_xmmm64_imm8 || !Prep(ins, ref op) || op.Imm > 7)
+        if (ins.Code != Code.Cmpsd_xmm_xmmm64_imm8 || !Prep(ins, ref op))
         {
             return false;
         }
-        op.Sub = (byte)op.Imm;
+        op.Sub = (byte)(op.Imm & 7);
         op.Exec = &CompareScalar<double>;
         return true;
     }

@@ -84,59 +84,105 @@ public static class SseFloat
         return true;
     }
 
+    static int Sign<T>(T v) where T : IBinaryFloatingPointIeee754<T> => v > T.Zero ? 1 : v < T.Zero ? -1 : 0;
+
+
     /// <summary>
-    /// Turns the round-to-nearest result <paramref name="r"/> of finite operands, whose exact value
-    /// lies on the side <paramref name="err"/> (-1, 0, +1) of it, into the MXCSR-rounded result with
-    /// OE/UE/PE and FTZ applied.
+    /// Rounds the value (r + e) * 2^scale to the format of T under MXCSR (RC, FTZ), setting
+    /// OE/UE/PE. <paramref name="r"/> is a normal double (the round-to-nearest result of the exact
+    /// value scaled into range) and <paramref name="err"/> the sign of the exact value minus r
+    /// (|e| below half an ulp of r). Working on the 53-bit significand as 4*M + err keeps every
+    /// comparison with a rounding boundary or midpoint of the (coarser or subnormal) target grid
+    /// exact (SDM Vol. 1 4.8.4 rounding, 4.9.1.4-4.9.1.6 OE/UE/PE; x86 detects tininess after rounding).
     /// </summary>
-    public static T Finish<T>(T r, int err, uint mxcsr, ref uint flags) where T : IBinaryFloatingPointIeee754<T>
+    public static T RoundScaled<T>(double r, int err, int scale, uint mxcsr, ref uint flags) where T : IBinaryFloatingPointIeee754<T>
     {
-        int rc = Rc(mxcsr);
-        if (T.IsInfinity(r))
+        bool isDouble = typeof(T) == typeof(double);
+        int p = isDouble ? 53 : 24, emin = isDouble ? -1022 : -126, emax = isDouble ? 1023 : 127;
+        bool neg = r < 0;
+        ulong rb = BitConverter.DoubleToUInt64Bits(r);
+        int e = (int)((rb >> 52) & 0x7FF) - 1023;
+        ulong m = (rb & 0xF_FFFF_FFFF_FFFF) | (1UL << 52);
+        int x = e + scale; // exponent of the exact value
+        int magErr = neg ? -err : err;
+        UInt128 n;
+        if (magErr < 0 && m == 1UL << 52)
         {
-            // Overflow of the nearest result (SDM Vol. 1 4.9.1.4): the mode picks infinity or the largest finite value.
-            flags |= OE | PE;
-            bool neg = T.IsNegative(r);
-            bool toInf = rc == RoundNearest || (rc == RoundUp && !neg) || (rc == RoundDown && neg);
-            return toInf ? r : neg ? T.NegativeOne * MaxFinite<T>() : MaxFinite<T>();
+            // Just below a power of two: the exact value lies in the binade below, whose grid is
+            // twice as fine; nearest rounding bounds it within half of that grid's ulp.
+            n = ((UInt128)m << 3) - 1;
+            x--;
         }
-        if (err != 0)
+        else
+        {
+            n = ((UInt128)m << 2) + (UInt128)(Int128)magErr; // n/4 is the 53-bit significand, nudged by the sticky sign
+        }
+        int shift = (53 - p) + Math.Max(0, emin - x);
+        int s2 = Math.Min(shift + 2, 120);
+        UInt128 kept = n >> s2;
+        UInt128 rem = n & ((UInt128.One << s2) - 1);
+        UInt128 half = UInt128.One << (s2 - 1);
+        bool inexact = rem != 0;
+        int rc = Rc(mxcsr);
+        bool up = rc switch
+        {
+            RoundNearest => rem > half || (rem == half && (kept & 1) != 0),
+            RoundUp => inexact && !neg,
+            RoundDown => inexact && neg,
+            _ => false,
+        };
+        if (up)
+        {
+            kept++;
+        }
+        int qe = Math.Max(x, emin) - (p - 1); // exponent of the last kept bit
+        if (kept >> p != 0)
+        {
+            kept >>= 1;
+            qe++;
+        }
+        ulong sign = neg ? (isDouble ? 1UL << 63 : 1UL << 31) : 0;
+        if (inexact)
         {
             flags |= PE;
-            switch (rc)
+        }
+        bool normal = kept >> (p - 1) != 0;
+        int resultExp = qe + (p - 1);
+        if (normal && resultExp > emax)
+        {
+            flags |= OE | PE;
+            bool toInf = rc == RoundNearest || (rc == RoundUp && !neg) || (rc == RoundDown && neg);
+            ulong inf = isDouble ? 0x7FF0_0000_0000_0000UL : 0x7F80_0000UL;
+            return FromBits<T>(sign | (toInf ? inf : inf - 1));
+        }
+        if (!normal)
+        {
+            // Tiny: masked underflow is signalled only when also inexact; FTZ flushes to a signed zero.
+            if ((mxcsr & Ftz) != 0)
             {
-                case RoundDown when err < 0: r = T.BitDecrement(r); break;
-                case RoundUp when err > 0: r = T.BitIncrement(r); break;
-                case RoundZero when err < 0 && (T.IsPositive(r) && r != T.Zero): r = T.BitDecrement(r); break;
-                case RoundZero when err > 0 && T.IsNegative(r) && r != T.Zero: r = T.BitIncrement(r); break;
+                flags |= UE | PE;
+                return FromBits<T>(sign);
             }
-            if (T.IsInfinity(r))
-            {
-                flags |= OE;
-                return r;
-            }
-            // Masked underflow: tiny and inexact (x86 detects tininess after rounding).
-            if (r == T.Zero || T.IsSubnormal(r))
+            if (inexact)
             {
                 flags |= UE;
-                if ((mxcsr & Ftz) != 0)
-                {
-                    return T.IsNegative(r) || (r == T.Zero && err < 0) ? T.NegativeZero : T.Zero;
-                }
             }
+            return FromBits<T>(sign | (ulong)kept);
         }
-        else if (T.IsSubnormal(r) && (mxcsr & Ftz) != 0)
-        {
-            // FTZ flushes a tiny exact result too, signalling underflow and precision (SDM Vol. 1 10.2.3.3).
-            flags |= UE | PE;
-            return T.IsNegative(r) ? T.NegativeZero : T.Zero;
-        }
-        return r;
+        ulong biased = (ulong)(resultExp + (isDouble ? 1023 : 127));
+        ulong frac = (ulong)kept & ((1UL << (p - 1)) - 1);
+        return FromBits<T>(sign | (biased << (p - 1)) | frac);
     }
 
-    static T MaxFinite<T>() where T : IBinaryFloatingPointIeee754<T> => T.BitDecrement(T.PositiveInfinity);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static double ToD<T>(T v) where T : IBinaryFloatingPointIeee754<T> => double.CreateTruncating(v);
 
-    static int Sign<T>(T v) where T : IBinaryFloatingPointIeee754<T> => v > T.Zero ? 1 : v < T.Zero ? -1 : 0;
+    /// <summary>Splits a finite nonzero double into (value in [1,2), exponent).</summary>
+    static double Normalize(double v, out int exp)
+    {
+        exp = Math.ILogB(v);
+        return Math.ScaleB(v, -exp);
+    }
 
     public static T Add<T>(T a, T b, uint mxcsr, ref uint flags) where T : IBinaryFloatingPointIeee754<T>
     {
@@ -155,19 +201,32 @@ public static class SseFloat
             }
             return a + b;
         }
-        T r = a + b;
-        if (T.IsInfinity(r))
+        // In double (exact conversions for float operands); halved when the sum would overflow.
+        double da = ToD(a), db = ToD(b);
+        int scale = 0;
+        if (double.IsInfinity(da + db))
         {
-            return Finish(r, 0, mxcsr, ref flags);
+            da *= 0.5;
+            db *= 0.5;
+            scale = 1;
         }
-        // TwoSum (Knuth): the exact rounding error of a + b.
-        T bb = r - a;
-        T e = (a - (r - bb)) + (b - bb);
-        if (r == T.Zero && e == T.Zero && Rc(mxcsr) == RoundDown && !(a == T.Zero && b == T.Zero && T.IsNegative(a) == T.IsNegative(b)))
+        double r = da + db;
+        // TwoSum (Knuth): the exact rounding error of da + db.
+        double bb = r - da;
+        double e = (da - (r - bb)) + (db - bb);
+        if (r == 0)
         {
-            return T.NegativeZero; // an exact zero sum of opposite values is -0 when rounding down (IEEE 754 6.3)
+            // An exact zero: opposite values give +0, or -0 when rounding down (IEEE 754 6.3).
+            bool negZero = (a == T.Zero && b == T.Zero && T.IsNegative(a) && T.IsNegative(b)) ||
+                (Rc(mxcsr) == RoundDown && !(a == T.Zero && b == T.Zero && T.IsNegative(a) == T.IsNegative(b)));
+            return negZero ? T.NegativeZero : T.Zero;
         }
-        return Finish(r, Sign(e), mxcsr, ref flags);
+        if (double.IsSubnormal(r))
+        {
+            r = Math.ScaleB(r, 128); // exact (a subnormal sum is exact); keeps the significand normal
+            scale -= 128;
+        }
+        return RoundScaled<T>(r, Sign(e), scale, mxcsr, ref flags);
     }
 
     public static T Sub<T>(T a, T b, uint mxcsr, ref uint flags) where T : IBinaryFloatingPointIeee754<T>
@@ -196,21 +255,14 @@ public static class SseFloat
             }
             return a * b;
         }
-        T r = a * b;
-        if (T.IsInfinity(r))
+        if (a == T.Zero || b == T.Zero)
         {
-            return Finish(r, 0, mxcsr, ref flags);
+            return a * b;
         }
-        int err;
-        if (r == T.Zero)
-        {
-            err = a == T.Zero || b == T.Zero ? 0 : T.IsNegative(a) != T.IsNegative(b) ? -1 : 1;
-        }
-        else
-        {
-            err = Sign(T.FusedMultiplyAdd(a, b, -r));
-        }
-        return Finish(r, err, mxcsr, ref flags);
+        // Operands scaled to [1,2): the product and its FMA residual cannot under/overflow.
+        double ma = Normalize(ToD(a), out int ea), mb = Normalize(ToD(b), out int eb);
+        double r = ma * mb;
+        return RoundScaled<T>(r, Sign(Math.FusedMultiplyAdd(ma, mb, -r)), ea + eb, mxcsr, ref flags);
     }
 
     public static T Div<T>(T a, T b, uint mxcsr, ref uint flags) where T : IBinaryFloatingPointIeee754<T>
@@ -235,22 +287,11 @@ public static class SseFloat
         {
             return a / b;
         }
-        T r = a / b;
-        if (T.IsInfinity(r))
-        {
-            return Finish(r, 0, mxcsr, ref flags);
-        }
-        int err;
-        if (r == T.Zero)
-        {
-            err = T.IsNegative(a) != T.IsNegative(b) ? -1 : 1;
-        }
-        else
-        {
-            // a - r*b has the sign of (exact quotient - r) times the sign of b.
-            err = Sign(T.FusedMultiplyAdd(-r, b, a)) * Sign(b);
-        }
-        return Finish(r, err, mxcsr, ref flags);
+        double ma = Normalize(ToD(a), out int ea), mb = Normalize(ToD(b), out int eb);
+        double r = ma / mb;
+        // ma - r*mb has the sign of (exact quotient - r) times the sign of mb.
+        int err = Math.Sign(Math.FusedMultiplyAdd(-r, mb, ma)) * Math.Sign(mb);
+        return RoundScaled<T>(r, err, ea - eb, mxcsr, ref flags);
     }
 
     public static T Sqrt<T>(T a, uint mxcsr, ref uint flags) where T : IBinaryFloatingPointIeee754<T>, IRootFunctions<T>
@@ -277,8 +318,12 @@ public static class SseFloat
         {
             return a;
         }
-        T r = T.Sqrt(a);
-        return Finish(r, Sign(T.FusedMultiplyAdd(-r, r, a)), mxcsr, ref flags);
+        double d = ToD(a);
+        int ea = Math.ILogB(d);
+        int k = ea - (ea & 1); // even, so the square root scales exactly
+        double m = Math.ScaleB(d, -k);
+        double r = Math.Sqrt(m);
+        return RoundScaled<T>(r, Math.Sign(Math.FusedMultiplyAdd(-r, r, m)), k / 2, mxcsr, ref flags);
     }
 
     /// <summary>MINxx/MAXxx (SDM Vol. 2B): any NaN or two zeros give the second (source) operand unchanged; IE for any NaN.</summary>
@@ -360,12 +405,8 @@ public static class SseFloat
         {
             return (float)d;
         }
-        float r = (float)d;
-        if (float.IsInfinity(r))
-        {
-            return Finish(r, 0, mxcsr, ref flags);
-        }
-        return Finish(r, Math.Sign(d - r), mxcsr, ref flags);
+        double m = Normalize(d, out int e);
+        return RoundScaled<float>(m, 0, e, mxcsr, ref flags);
     }
 
     public static double ToDouble(float f, uint mxcsr, ref uint flags)
@@ -385,10 +426,14 @@ public static class SseFloat
     /// <summary>Integer to float/double rounded by MXCSR.RC (CVTSI2SS/SD, CVTDQ2PS).</summary>
     public static T FromInt<T>(long v, uint mxcsr, ref uint flags) where T : IBinaryFloatingPointIeee754<T>
     {
-        T r = T.CreateTruncating(v); // correctly rounded to nearest
-        Int128 back = Int128.CreateTruncating(r);
+        if (v == 0)
+        {
+            return T.Zero;
+        }
+        double r = v; // round to nearest double, then to T from the exact remainder's sign
+        Int128 back = (Int128)r;
         Int128 exact = v;
-        return Finish(r, exact > back ? 1 : exact < back ? -1 : 0, mxcsr, ref flags);
+        return RoundScaled<T>(r, exact > back ? 1 : exact < back ? -1 : 0, 0, mxcsr, ref flags);
     }
 
     /// <summary>

@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using Iced.Intel;
 using SharpVisor.Core;
 using static Iced.Intel.AssemblerRegisters;
@@ -103,7 +104,16 @@ public sealed unsafe class DifferentialRunner : IDisposable
         var native = *_ctx;
         byte[] nativeData = _data.Bytes[..DataSize].ToArray();
 
-        // ---- emulated
+        var (emulated, emulatedData, rip, exception) = RunInterpreter(instruction, input, data);
+        return new Outcome(native, emulated, nativeData, emulatedData, rip, exception);
+    }
+
+    /// <summary>
+    /// Runs the bytes on the interpreter only (for cases that would fault natively: alignment #GP,
+    /// #UD/#NM from CR0/CR4 settings). Returns the state, data window, RIP and any exception vector.
+    /// </summary>
+    public (X86Context State, byte[] Data, ulong Rip, int? Exception) RunInterpreter(ReadOnlySpan<byte> instruction, in X86Context input, ReadOnlySpan<byte> data)
+    {
         data.CopyTo(_ram.GetSpan(GuestDataPa, DataSize));
         _ram.TryWrite(GuestCodePa + CodeOffset, instruction); // through TryWrite: invalidates cached blocks
         _ram.TryWrite(GuestCodePa + CodeOffset + (ulong)instruction.Length, [0x0F, 0x0B]); // UD2 fence
@@ -114,7 +124,7 @@ public sealed unsafe class DifferentialRunner : IDisposable
         _cpu.SetFlags(input.Rflags);
         for (int i = 0; i < 16; i++)
         {
-            _cpu.Fpu.Xmm[i] = System.Runtime.Intrinsics.Vector128.Create(_ctx->XmmLow(i), _ctx->XmmHigh(i)).AsByte();
+            _cpu.Fpu.Xmm[i] = System.Runtime.Intrinsics.Vector128.Create(input.XmmLow(i), input.XmmHigh(i)).AsByte();
         }
         _cpu.Fpu.Mxcsr = EffectiveMxcsr(input.Mxcsr);
         _cpu.Rip = CodeAddress;
@@ -140,7 +150,7 @@ public sealed unsafe class DifferentialRunner : IDisposable
             emulated.SetXmm(i, x.GetElement(0), x.GetElement(1));
         }
         emulated.Mxcsr = _cpu.Fpu.Mxcsr;
-        return new Outcome(native, emulated, nativeData, _ram.GetSpan(GuestDataPa, DataSize).ToArray(), _cpu.Rip, exception);
+        return (emulated, _ram.GetSpan(GuestDataPa, DataSize).ToArray(), _cpu.Rip, exception);
     }
 
     /// <summary>
@@ -190,9 +200,9 @@ public sealed unsafe class DifferentialRunner : IDisposable
             post.movdqu(__xmmword_ptr[rax + X86Context.XmmOffset + i * 16], xmms[i]);
         }
         post.stmxcsr(__dword_ptr[rax + X86Context.MxcsrOffset]);
+        post.mov(rsp, __qword_ptr[rax + 16 * 8 + 8]);
         post.mov(rax, (ulong)_hostFpu);
         post.fxrstor64(__[rax]); // the host's x87 state and MXCSR exactly as before
-        post.mov(rsp, __qword_ptr[rax + 16 * 8 + 8]);
         post.cld();
         post.pop(r15); post.pop(r14); post.pop(r13); post.pop(r12); post.pop(rbp); post.pop(rbx);
         post.ret();
