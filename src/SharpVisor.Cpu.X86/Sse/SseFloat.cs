@@ -271,8 +271,11 @@ public static class SseFloat
         {
             return n;
         }
-        a = Source(a, mxcsr, ref flags);
-        b = Source(b, mxcsr, ref flags);
+        // A denormal dividend of a division by zero reports ZE only (the higher-priority
+        // pre-computation exception of the element, as the host CPU does).
+        uint de = 0;
+        a = Source(a, mxcsr, ref de);
+        b = Source(b, mxcsr, ref de);
         if ((a == T.Zero && b == T.Zero) || (T.IsInfinity(a) && T.IsInfinity(b)))
         {
             flags |= IE;
@@ -283,6 +286,7 @@ public static class SseFloat
             flags |= ZE;
             return a / b;
         }
+        flags |= de;
         if (T.IsInfinity(a) || T.IsInfinity(b) || a == T.Zero)
         {
             return a / b;
@@ -304,16 +308,19 @@ public static class SseFloat
             }
             return Quiet(a);
         }
-        a = Source(a, mxcsr, ref flags);
+        uint de = 0;
+        a = Source(a, mxcsr, ref de);
         if (a == T.Zero)
         {
+            flags |= de;
             return a; // sqrt(-0) = -0
         }
         if (T.IsNegative(a))
         {
-            flags |= IE;
+            flags |= IE; // invalid takes priority over the denormal-operand flag
             return Indefinite<T>();
         }
+        flags |= de;
         if (T.IsInfinity(a))
         {
             return a;
@@ -332,7 +339,8 @@ public static class SseFloat
         if (T.IsNaN(a) || T.IsNaN(b))
         {
             flags |= IE;
-            return b;
+            // The source comes back unchanged (even an SNaN), but a denormal one still reads as zero under DAZ.
+            return T.IsSubnormal(b) && (mxcsr & Daz) != 0 ? (T.IsNegative(b) ? T.NegativeZero : T.Zero) : b;
         }
         a = Source(a, mxcsr, ref flags);
         b = Source(b, mxcsr, ref flags);
