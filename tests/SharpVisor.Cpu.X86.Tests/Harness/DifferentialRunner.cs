@@ -104,13 +104,15 @@ public sealed unsafe class DifferentialRunner : IDisposable
         var native = *_ctx;
         byte[] nativeData = _data.Bytes[..DataSize].ToArray();
 
-        var (emulated, emulatedData, rip, exception) = RunInterpreter(instruction, input, data);
+        var same = input;
+        same.Mxcsr = _ctx->Mxcsr; // the interpreter runs with exactly the native MXCSR
+        var (emulated, emulatedData, rip, exception) = RunInterpreter(instruction, same, data);
         return new Outcome(native, emulated, nativeData, emulatedData, rip, exception);
     }
 
     /// <summary>
     /// Runs the bytes on the interpreter only (for cases that would fault natively: alignment #GP,
-    /// #UD/#NM from CR0/CR4 settings). Returns the state, data window, RIP and any exception vector.
+    /// #UD/#NM from CR0/CR4 settings, unmasked SIMD exceptions: MXCSR is used as given). Returns the state, data window, RIP and any exception vector.
     /// </summary>
     public (X86Context State, byte[] Data, ulong Rip, int? Exception) RunInterpreter(ReadOnlySpan<byte> instruction, in X86Context input, ReadOnlySpan<byte> data)
     {
@@ -126,7 +128,7 @@ public sealed unsafe class DifferentialRunner : IDisposable
         {
             _cpu.Fpu.Xmm[i] = System.Runtime.Intrinsics.Vector128.Create(input.XmmLow(i), input.XmmHigh(i)).AsByte();
         }
-        _cpu.Fpu.Mxcsr = EffectiveMxcsr(input.Mxcsr);
+        _cpu.Fpu.Mxcsr = input.Mxcsr == 0 ? 0x1F80u : input.Mxcsr; // unmasked exceptions are allowed here
         _cpu.Rip = CodeAddress;
         int? exception = null;
         ulong end = CodeAddress + (ulong)instruction.Length;
