@@ -9,7 +9,7 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// <summary>
 /// SSE and SSE2 (SDM Vol. 1 ch. 10-11, Vol. 2 instruction pages): XMM moves, packed integer,
 /// packed/scalar single and double floating point, conversions, MXCSR, FXSAVE/FXRSTOR.
-/// MMX register forms are not implemented (they decode to #UD with a log line).
+/// MMX and the MMX-register forms live in Sse/Mmx.cs.
 /// </summary>
 /// <remarks>
 /// Op fields for this family: <see cref="Op.R1"/> = XMM index (0-15) of operand 0 when it is an
@@ -19,7 +19,7 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// <see cref="Op.Imm2"/> = memory operand size in bytes; <see cref="Op.Imm"/> = imm8;
 /// <see cref="Op.Sub"/> = compare predicate / variant.
 /// </remarks>
-public static unsafe class Sse
+public static unsafe partial class Sse
 {
     const byte MemSrc = 1, Aligned = 2;
 
@@ -49,6 +49,11 @@ public static unsafe class Sse
             Binder.Add(Mnemonic.Cmpsd, &BindCmpsd);
         }
         Binder.Add(Mnemonic.Movnti, &BindMovnti);
+        foreach (var m in new[] { Mnemonic.Pshufw, Mnemonic.Maskmovq, Mnemonic.Movntq, Mnemonic.Movq2dq, Mnemonic.Movdq2q })
+        {
+            Binder.Add(m, &BindMmx);
+        }
+        Binder.Add(Mnemonic.Emms, &BindEmms);
         Binder.Add(Mnemonic.Maskmovdqu, &BindMaskmovdqu);
         foreach (var m in new[] { Mnemonic.Movmskps, Mnemonic.Movmskpd, Mnemonic.Pmovmskb, Mnemonic.Pextrw, Mnemonic.Pinsrw })
         {
@@ -301,6 +306,10 @@ public static unsafe class Sse
 
     static bool BindVec(in Instruction ins, ref Op op)
     {
+        if (IsMmxForm(ins))
+        {
+            return BindMmx(ins, ref op);
+        }
         if (!Prep(ins, ref op))
         {
             return false;
@@ -362,6 +371,10 @@ public static unsafe class Sse
 
     static bool BindMovdq(in Instruction ins, ref Op op)
     {
+        if (IsMmxForm(ins))
+        {
+            return BindMmx(ins, ref op);
+        }
         if (!Prep(ins, ref op))
         {
             return false;
@@ -519,6 +532,10 @@ public static unsafe class Sse
     /// <summary>MOVMSKPS/PD, PMOVMSKB (r32/r64 ← xmm), PEXTRW (r ← xmm, imm8), PINSRW (xmm ← r32/m16, imm8).</summary>
     static bool BindGprXmm(in Instruction ins, ref Op op)
     {
+        if (IsMmxForm(ins))
+        {
+            return BindMmx(ins, ref op);
+        }
         if (!Prep(ins, ref op))
         {
             return false;

@@ -113,6 +113,13 @@ public sealed class DiffCase(DifferentialRunner runner, int seed)
                 }
             }
         }
+        for (int i = 0; i < 8; i++)
+        {
+            if (n.Mm[i] != e.Mm[i])
+            {
+                sb.Append($" mm{i} native=0x{n.Mm[i]:x} emulated=0x{e.Mm[i]:x};");
+            }
+        }
         if ((n.Mxcsr & mxcsrMask) != (e.Mxcsr & mxcsrMask))
         {
             sb.Append($" mxcsr native=0x{n.Mxcsr:x} emulated=0x{e.Mxcsr:x} (mask 0x{mxcsrMask:x});");
@@ -126,6 +133,13 @@ public sealed class DiffCase(DifferentialRunner runner, int seed)
             if (input.XmmLow(i) != 0 || input.XmmHigh(i) != 0)
             {
                 inXmm.Append($"xmm{i}={input.XmmHigh(i):x16}_{input.XmmLow(i):x16} ");
+            }
+        }
+        for (int i = 0; i < 8; i++)
+        {
+            if (input.Mm[i] != 0)
+            {
+                inXmm.Append($"mm{i}=0x{input.Mm[i]:x} ");
             }
         }
         var inRegs = new StringBuilder();

@@ -104,6 +104,14 @@ public sealed unsafe class DifferentialRunner : IDisposable
         var native = *_ctx;
         byte[] nativeData = _data.Bytes[..DataSize].ToArray();
 
+        // x87/MMX: as the stub's MOVQ mm loads leave it (the interpreter-only path keeps the x87 state as set)
+        for (int i = 0; i < 8; i++)
+        {
+            _cpu.Fpu.Mantissa[i] = input.Mm[i]; // as the native MOVQ mm loads: TOP 0, all valid
+            _cpu.Fpu.SignExp[i] = 0xFFFF;
+        }
+        _cpu.Fpu.Top = 0;
+        _cpu.Fpu.Tag = 0;
         var same = input;
         same.Mxcsr = _ctx->Mxcsr; // the interpreter runs with exactly the native MXCSR
         var (emulated, emulatedData, rip, exception) = RunInterpreter(instruction, same, data);
@@ -152,6 +160,10 @@ public sealed unsafe class DifferentialRunner : IDisposable
             emulated.SetXmm(i, x.GetElement(0), x.GetElement(1));
         }
         emulated.Mxcsr = _cpu.Fpu.Mxcsr;
+        for (int i = 0; i < 8; i++)
+        {
+            emulated.Mm[i] = _cpu.Fpu.Mantissa[i];
+        }
         return (emulated, _ram.GetSpan(GuestDataPa, DataSize).ToArray(), _cpu.Rip, exception);
     }
 
@@ -173,6 +185,11 @@ public sealed unsafe class DifferentialRunner : IDisposable
             pre.movdqu(xmms[i], __xmmword_ptr[rax + X86Context.XmmOffset + i * 16]);
         }
         pre.ldmxcsr(__dword_ptr[rax + X86Context.MxcsrOffset]);
+        AssemblerRegisterMM[] mms = [mm0, mm1, mm2, mm3, mm4, mm5, mm6, mm7];
+        for (int i = 0; i < 8; i++)
+        {
+            pre.movq(mms[i], __qword_ptr[rax + X86Context.MmOffset + i * 8]);
+        }
         pre.mov(__qword_ptr[rax + 16 * 8 + 8], rsp);
         pre.mov(rsp, __qword_ptr[rax + 4 * 8]);
         pre.push(__qword_ptr[rax + 16 * 8]);
@@ -202,6 +219,10 @@ public sealed unsafe class DifferentialRunner : IDisposable
             post.movdqu(__xmmword_ptr[rax + X86Context.XmmOffset + i * 16], xmms[i]);
         }
         post.stmxcsr(__dword_ptr[rax + X86Context.MxcsrOffset]);
+        for (int i = 0; i < 8; i++)
+        {
+            post.movq(__qword_ptr[rax + X86Context.MmOffset + i * 8], mms[i]);
+        }
         post.mov(rsp, __qword_ptr[rax + 16 * 8 + 8]);
         post.mov(rax, (ulong)_hostFpu);
         post.fxrstor64(__[rax]); // the host's x87 state and MXCSR exactly as before

@@ -22,11 +22,14 @@ public unsafe struct X86Context
     /// </summary>
     public uint Mxcsr;
     public uint Pad;
+    /// <summary>MM0..MM7 (the x87 registers' significands); compared only by tests that use MMX.</summary>
+    public fixed ulong Mm[8];
 
     public static readonly string[] Names = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
 
     public const int XmmOffset = 18 * 8;
     public const int MxcsrOffset = XmmOffset + 256;
+    public const int MmOffset = MxcsrOffset + 8;
 
     public ulong XmmLow(int i) => MemoryMarshal.Read<ulong>(XmmSpan(i));
     public ulong XmmHigh(int i) => MemoryMarshal.Read<ulong>(XmmSpan(i)[8..]);

@@ -198,4 +198,28 @@ public class SseFaultTests : IClassFixture<RunnerFixture>
         Assert.Equal(Vector.GP, o.Exception);
         Assert.Equal(ctx.XmmLow(0), o.State.XmmLow(0)); // nothing restored
     }
+
+    /// <summary>MMX aliasing (SDM Vol. 1 9.5, 9.6): MMi is R[i]'s significand; an MMX instruction sets TOP = 0 and all tags valid, EMMS empties them.</summary>
+    [Fact]
+    public void MmxInstructionsUseThePhysicalX87RegistersAndTags()
+    {
+        var c = _runner.Cpu;
+        c.Fpu.Reset();
+        c.Fpu.Top = 5;
+        c.Fpu.Mantissa[1] = 0x0102_0304_0506_0708;
+        c.Fpu.Mantissa[2] = 0x1010_1010_1010_10FF;
+        var o = Run(Encode(Instruction.Create(Code.Paddb_mm_mmm64, Register.MM1, Register.MM2)), Context());
+        Assert.Null(o.Exception);
+        Assert.Equal(0x1112_1314_1516_1707UL, c.Fpu.Mantissa[1]);
+        Assert.Equal(0xFFFF, c.Fpu.SignExp[1]);
+        Assert.Equal(0, c.Fpu.Top);
+        Assert.Equal(0, c.Fpu.Tag);
+        Assert.Null(Run(Encode(Instruction.Create(Code.Emms)), Context()).Exception);
+        Assert.Equal(0xFFFF, c.Fpu.Tag);
+        var paddb = Encode(Instruction.Create(Code.Paddb_mm_mmm64, Register.MM1, Register.MM2));
+        Assert.Equal(Vector.NM, Run(paddb, Context(), setCr0: X86.Cr0.TS).Exception);
+        Assert.Equal(Vector.UD, Run(paddb, Context(), setCr0: X86.Cr0.EM).Exception);
+        Assert.Equal(0xFFFF, c.Fpu.Tag); // faulting MMX instructions leave the x87 state alone
+        c.Fpu.Reset();
+    }
 }
