@@ -73,6 +73,10 @@ public static unsafe partial class Sse
         {
             Binder.Add(m, &BindCvt);
         }
+        foreach (var m in new[] { Mnemonic.Cvtpi2ps, Mnemonic.Cvtpi2pd, Mnemonic.Cvtps2pi, Mnemonic.Cvttps2pi, Mnemonic.Cvtpd2pi, Mnemonic.Cvttpd2pi })
+        {
+            Binder.Add(m, &BindCvtMmx);
+        }
         Binder.Add(Mnemonic.Ldmxcsr, &BindMxcsr);
         Binder.Add(Mnemonic.Stmxcsr, &BindMxcsr);
         foreach (var m in new[] { Mnemonic.Fxsave, Mnemonic.Fxsave64, Mnemonic.Fxrstor, Mnemonic.Fxrstor64 })

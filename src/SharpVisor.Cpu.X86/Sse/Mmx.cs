@@ -14,8 +14,6 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// Op fields: R1 = MM/XMM index (or GPR slot) of operand 0, R2 = index of the register source
 /// (or GPR slot), Aux bit 0 = memory source, Imm = imm8, Sub = <see cref="UnpackHigh"/> /
 /// <see cref="Pack"/> adjustments for running the 128-bit lane operation on 64-bit values.
-/// Not implemented (they raise #UD with a log line): CVTPI2PS, CVTPS2PI, CVTTPS2PI, CVTPI2PD,
-/// CVTPD2PI, CVTTPD2PI.
 /// </remarks>
 public static unsafe partial class Sse
 {
@@ -404,5 +402,89 @@ public static unsafe partial class Sse
     {
         CheckMmx(c);
         c.Fpu.Tag = 0xFFFF;
+    }
+
+    /// <summary>CVTPI2PS/PD, CVT[T]PS2PI, CVT[T]PD2PI: conversions between MMX and XMM registers.</summary>
+    static bool BindCvtMmx(in Instruction ins, ref Op op)
+    {
+        if (!PrepMmx(ins, ref op))
+        {
+            return false;
+        }
+        if (op.Imm2 == 16)
+        {
+            op.Aux |= Aligned; // CVTPD2PI m128
+        }
+        op.Sub = (byte)(ins.Mnemonic is Mnemonic.Cvttps2pi or Mnemonic.Cvttpd2pi ? 1 : 0);
+        op.Exec = ins.Mnemonic switch
+        {
+            Mnemonic.Cvtpi2ps => &Cvtpi2ps,
+            Mnemonic.Cvtpi2pd => &Cvtpi2pd,
+            Mnemonic.Cvtps2pi or Mnemonic.Cvttps2pi => &Cvtps2pi,
+            _ => &Cvtpd2pi,
+        };
+        return true;
+    }
+
+    /// <summary>CVTPI2PS: two int32 to the low two floats (rounded by MXCSR.RC); an MM source is an MMX transition, a memory one is not.</summary>
+    static void Cvtpi2ps(Cpu c, ref Op op)
+    {
+        Check(c);
+        bool mm = (op.Aux & MemSrc) == 0;
+        if (mm)
+        {
+            CheckMmx(c);
+        }
+        ulong s = MmSrc(c, ref op);
+        uint mx = c.Fpu.Mxcsr, flags = 0;
+        float a = SseFloat.FromInt<float>((int)s, mx, ref flags), b = SseFloat.FromInt<float>((int)(s >> 32), mx, ref flags);
+        Commit(c, flags);
+        if (mm)
+        {
+            MmxEnter(c);
+        }
+        c.Fpu.Xmm[op.R1] = c.Fpu.Xmm[op.R1].AsSingle().WithElement(0, a).WithElement(1, b).AsByte();
+    }
+
+    static void Cvtpi2pd(Cpu c, ref Op op)
+    {
+        Check(c);
+        bool mm = (op.Aux & MemSrc) == 0;
+        if (mm)
+        {
+            CheckMmx(c);
+        }
+        ulong s = MmSrc(c, ref op);
+        if (mm)
+        {
+            MmxEnter(c);
+        }
+        c.Fpu.Xmm[op.R1] = Vector128.Create((double)(int)s, (int)(s >> 32)).AsByte(); // exact
+    }
+
+    static void Cvtps2pi(Cpu c, ref Op op)
+    {
+        Check(c);
+        CheckMmx(c);
+        var s = Src(c, ref op).AsSingle();
+        uint mx = c.Fpu.Mxcsr, flags = 0;
+        long a = SseFloat.ToInt(s.GetElement(0), op.Sub != 0, false, mx, ref flags);
+        long b = SseFloat.ToInt(s.GetElement(1), op.Sub != 0, false, mx, ref flags);
+        Commit(c, flags);
+        MmxEnter(c);
+        SetMm(c, op.R1, (uint)a | ((ulong)(uint)b << 32));
+    }
+
+    static void Cvtpd2pi(Cpu c, ref Op op)
+    {
+        Check(c);
+        CheckMmx(c);
+        var s = Src(c, ref op).AsDouble();
+        uint mx = c.Fpu.Mxcsr, flags = 0;
+        long a = SseFloat.ToInt(s.GetElement(0), op.Sub != 0, false, mx, ref flags);
+        long b = SseFloat.ToInt(s.GetElement(1), op.Sub != 0, false, mx, ref flags);
+        Commit(c, flags);
+        MmxEnter(c);
+        SetMm(c, op.R1, (uint)a | ((ulong)(uint)b << 32));
     }
 }

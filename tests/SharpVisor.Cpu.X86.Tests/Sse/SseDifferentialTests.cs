@@ -69,13 +69,17 @@ public class SseDifferentialTests : IClassFixture<RunnerFixture>
         };
     }
 
-    static X86Context Context(DiffCase t, bool randomMxcsr)
+    static unsafe X86Context Context(DiffCase t, bool randomMxcsr)
     {
         var ctx = t.RandomContext();
         for (int i = 0; i < 16; i++)
         {
             var (lo, hi) = RandomLanes(t);
             ctx.SetXmm(i, lo, hi);
+        }
+        for (int i = 0; i < 8; i++)
+        {
+            ctx.Mm[i] = t.Rng.Next(2) == 0 ? t.Value() : RandomSingle(t.Rng) | ((ulong)RandomSingle(t.Rng) << 32);
         }
         // Random RC, FTZ, DAZ and sticky flags; the runner forces the exception masks on.
         ctx.Mxcsr = randomMxcsr ? (uint)t.Rng.Next(0x10000) | 0x1F80 : 0x1F80;
@@ -237,7 +241,8 @@ public class SseDifferentialTests : IClassFixture<RunnerFixture>
         "FloatCompare" => [Mnemonic.Cmpps, Mnemonic.Cmppd, Mnemonic.Cmpss, Mnemonic.Cmpsd, Mnemonic.Comiss, Mnemonic.Ucomiss, Mnemonic.Comisd, Mnemonic.Ucomisd],
         _ => [Mnemonic.Cvtsi2ss, Mnemonic.Cvtsi2sd, Mnemonic.Cvtss2si, Mnemonic.Cvttss2si, Mnemonic.Cvtsd2si, Mnemonic.Cvttsd2si, Mnemonic.Cvtss2sd,
             Mnemonic.Cvtsd2ss, Mnemonic.Cvtps2pd, Mnemonic.Cvtpd2ps, Mnemonic.Cvtdq2ps, Mnemonic.Cvtps2dq, Mnemonic.Cvttps2dq, Mnemonic.Cvtdq2pd,
-            Mnemonic.Cvtpd2dq, Mnemonic.Cvttpd2dq],
+            Mnemonic.Cvtpd2dq, Mnemonic.Cvttpd2dq, Mnemonic.Cvtpi2ps, Mnemonic.Cvtpi2pd, Mnemonic.Cvtps2pi, Mnemonic.Cvttps2pi, Mnemonic.Cvtpd2pi,
+            Mnemonic.Cvttpd2pi],
     };
 
     [Theory]
