@@ -88,7 +88,7 @@ public static unsafe partial class Sse
     // ------------------------------------------------------------------ state checks and operands
 
     /// <summary>
-    /// SSE availability (SDM Vol. 3A 13.1.3/Table 2-? "Effect of CR0/CR4 on SSE"): CR0.EM or
+    /// SSE availability (SDM Vol. 3A 13.1.3 and the SSE instruction exception tables): CR0.EM or
     /// !CR4.OSFXSR → #UD; CR0.TS → #NM (Linux's lazy/eager FPU switch).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
