@@ -33,6 +33,7 @@ public sealed class DiffCase(DifferentialRunner runner, int seed)
         ctx.Gpr[3] = runner.DataAddress;      // RBX: data base
         ctx.Gpr[4] = runner.StackTop - 64;    // RSP: room above for POP tests
         ctx.Rflags = 0x202 | ((ulong)_rng.Next() & ArithFlags);
+        ctx.Mxcsr = 0x1F80;
         return ctx;
     }
 
@@ -59,10 +60,19 @@ public sealed class DiffCase(DifferentialRunner runner, int seed)
     }
 
     /// <summary>Runs one case and returns a description of every difference (empty when equal).</summary>
-    public unsafe string Check(byte[] code, X86Context input, byte[] data, ulong flagsMask = ArithFlags, string? label = null)
+    public unsafe string Check(byte[] code, X86Context input, byte[] data, ulong flagsMask = ArithFlags, string? label = null) =>
+        Check(code, input, data, flagsMask, label, 0xFFFF_FFFF, null);
+
+    /// <summary>
+    /// As above, also comparing MXCSR under <paramref name="mxcsrMask"/>; <paramref name="xmmCompare"/>
+    /// (register index, native, emulated) may accept an XMM difference (approximation instructions).
+    /// </summary>
+    public unsafe string Check(byte[] code, X86Context input, byte[] data, ulong flagsMask, string? label, uint mxcsrMask,
+        Func<int, X86Context, X86Context, bool>? xmmCompare)
     {
         var o = runner.Run(code, input, data);
         var sb = new StringBuilder();
+        var inXmm = new StringBuilder();
         if (o.EmulatedException is int v)
         {
             sb.Append($" exception {v} raised by the interpreter;");
@@ -93,11 +103,48 @@ public sealed class DiffCase(DifferentialRunner runner, int seed)
                 break;
             }
         }
+        for (int i = 0; i < 16; i++)
+        {
+            if (n.XmmLow(i) != e.XmmLow(i) || n.XmmHigh(i) != e.XmmHigh(i))
+            {
+                if (xmmCompare is null || !xmmCompare(i, n, e))
+                {
+                    sb.Append($" xmm{i} native={n.XmmHigh(i):x16}_{n.XmmLow(i):x16} emulated={e.XmmHigh(i):x16}_{e.XmmLow(i):x16};");
+                }
+            }
+        }
+        for (int i = 0; i < 8; i++)
+        {
+            if (n.Mm[i] != e.Mm[i])
+            {
+                sb.Append($" mm{i} native=0x{n.Mm[i]:x} emulated=0x{e.Mm[i]:x};");
+            }
+        }
+        if ((n.Mxcsr & mxcsrMask) != (e.Mxcsr & mxcsrMask))
+        {
+            sb.Append($" mxcsr native=0x{n.Mxcsr:x} emulated=0x{e.Mxcsr:x} (mask 0x{mxcsrMask:x});");
+        }
         if (sb.Length == 0)
         {
             return "";
         }
+        for (int i = 0; i < 16; i++)
+        {
+            if (input.XmmLow(i) != 0 || input.XmmHigh(i) != 0)
+            {
+                inXmm.Append($"xmm{i}={input.XmmHigh(i):x16}_{input.XmmLow(i):x16} ");
+            }
+        }
+        for (int i = 0; i < 8; i++)
+        {
+            if (input.Mm[i] != 0)
+            {
+                inXmm.Append($"mm{i}=0x{input.Mm[i]:x} ");
+            }
+        }
         var inRegs = new StringBuilder();
+        inRegs.Append(inXmm);
+        inRegs.Append($"mxcsr=0x{DifferentialRunner.EffectiveMxcsr(input.Mxcsr):x} ");
         for (int i = 0; i < 16; i++)
         {
             inRegs.Append($"{X86Context.Names[i]}=0x{input.Gpr[i]:x} ");

@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using Iced.Intel;
 using SharpVisor.Core;
 using static Iced.Intel.AssemblerRegisters;
@@ -26,6 +27,8 @@ public sealed unsafe class DifferentialRunner : IDisposable
     readonly NativeCode _data = new(DataSize);
     readonly NativeCode _stack = new(8192);
     readonly X86Context* _ctx = (X86Context*)System.Runtime.InteropServices.NativeMemory.AllocZeroed((nuint)sizeof(X86Context));
+    /// <summary>FXSAVE area for the host's x87/SSE state around the test (FXSAVE needs 16-byte alignment).</summary>
+    readonly byte* _hostFpu = (byte*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(512, 64);
     readonly GuestMemory _ram = new(8 << 20);
     readonly Cpu _cpu;
     ulong _nextTable = PageTablesPa;
@@ -39,7 +42,11 @@ public sealed unsafe class DifferentialRunner : IDisposable
         Map(pml4, (ulong)_data.Address, GuestDataPa, 1);
         Map(pml4, (ulong)_stack.Address, GuestStackPa, 2);
         CpuSetup.EnterLongModeUser(_cpu, pml4);
+        _cpu.Cr4Value |= X86.Cr4.OSFXSR | X86.Cr4.OSXMMEXCPT;
     }
+
+    /// <summary>The MXCSR the native side runs with: 0 means the default; exceptions always masked.</summary>
+    public static uint EffectiveMxcsr(uint mxcsr) => (mxcsr == 0 ? 0x1F80u : mxcsr & 0xFFFF) | 0x1F80;
 
     /// <summary>Host/guest address of the data window (4 KiB, the same on both sides).</summary>
     public ulong DataAddress => (ulong)_data.Address;
@@ -91,12 +98,32 @@ public sealed unsafe class DifferentialRunner : IDisposable
         // ---- native
         BuildStub(instruction);
         *_ctx = input;
+        _ctx->Mxcsr = EffectiveMxcsr(input.Mxcsr);
         data.CopyTo(_data.Bytes);
         _code.Call(0, _ctx);
         var native = *_ctx;
         byte[] nativeData = _data.Bytes[..DataSize].ToArray();
 
-        // ---- emulated
+        // x87/MMX: as the stub's MOVQ mm loads leave it (the interpreter-only path keeps the x87 state as set)
+        for (int i = 0; i < 8; i++)
+        {
+            _cpu.Fpu.Mantissa[i] = input.Mm[i]; // as the native MOVQ mm loads: TOP 0, all valid
+            _cpu.Fpu.SignExp[i] = 0xFFFF;
+        }
+        _cpu.Fpu.Top = 0;
+        _cpu.Fpu.Tag = 0;
+        var same = input;
+        same.Mxcsr = _ctx->Mxcsr; // the interpreter runs with exactly the native MXCSR
+        var (emulated, emulatedData, rip, exception) = RunInterpreter(instruction, same, data);
+        return new Outcome(native, emulated, nativeData, emulatedData, rip, exception);
+    }
+
+    /// <summary>
+    /// Runs the bytes on the interpreter only (for cases that would fault natively: alignment #GP,
+    /// #UD/#NM from CR0/CR4 settings, unmasked SIMD exceptions: MXCSR is used as given). Returns the state, data window, RIP and any exception vector.
+    /// </summary>
+    public (X86Context State, byte[] Data, ulong Rip, int? Exception) RunInterpreter(ReadOnlySpan<byte> instruction, in X86Context input, ReadOnlySpan<byte> data)
+    {
         data.CopyTo(_ram.GetSpan(GuestDataPa, DataSize));
         _ram.TryWrite(GuestCodePa + CodeOffset, instruction); // through TryWrite: invalidates cached blocks
         _ram.TryWrite(GuestCodePa + CodeOffset + (ulong)instruction.Length, [0x0F, 0x0B]); // UD2 fence
@@ -105,6 +132,11 @@ public sealed unsafe class DifferentialRunner : IDisposable
             _cpu.Regs.Gpr[i] = input.Gpr[i];
         }
         _cpu.SetFlags(input.Rflags);
+        for (int i = 0; i < 16; i++)
+        {
+            _cpu.Fpu.Xmm[i] = System.Runtime.Intrinsics.Vector128.Create(input.XmmLow(i), input.XmmHigh(i)).AsByte();
+        }
+        _cpu.Fpu.Mxcsr = input.Mxcsr == 0 ? 0x1F80u : input.Mxcsr; // unmasked exceptions are allowed here
         _cpu.Rip = CodeAddress;
         int? exception = null;
         ulong end = CodeAddress + (ulong)instruction.Length;
@@ -122,7 +154,17 @@ public sealed unsafe class DifferentialRunner : IDisposable
             emulated.Gpr[i] = _cpu.Regs.Gpr[i];
         }
         emulated.Rflags = _cpu.GetFlags();
-        return new Outcome(native, emulated, nativeData, _ram.GetSpan(GuestDataPa, DataSize).ToArray(), _cpu.Rip, exception);
+        for (int i = 0; i < 16; i++)
+        {
+            var x = _cpu.Fpu.Xmm[i].AsUInt64();
+            emulated.SetXmm(i, x.GetElement(0), x.GetElement(1));
+        }
+        emulated.Mxcsr = _cpu.Fpu.Mxcsr;
+        for (int i = 0; i < 8; i++)
+        {
+            emulated.Mm[i] = _cpu.Fpu.Mantissa[i];
+        }
+        return (emulated, _ram.GetSpan(GuestDataPa, DataSize).ToArray(), _cpu.Rip, exception);
     }
 
     /// <summary>
@@ -134,7 +176,20 @@ public sealed unsafe class DifferentialRunner : IDisposable
         ulong ctx = (ulong)_ctx;
         var pre = new Assembler(64);
         pre.push(rbx); pre.push(rbp); pre.push(r12); pre.push(r13); pre.push(r14); pre.push(r15);
+        pre.mov(rax, (ulong)_hostFpu);
+        pre.fxsave64(__[rax]);
         pre.mov(rax, ctx);
+        AssemblerRegisterXMM[] xmms = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
+        for (int i = 0; i < 16; i++)
+        {
+            pre.movdqu(xmms[i], __xmmword_ptr[rax + X86Context.XmmOffset + i * 16]);
+        }
+        pre.ldmxcsr(__dword_ptr[rax + X86Context.MxcsrOffset]);
+        AssemblerRegisterMM[] mms = [mm0, mm1, mm2, mm3, mm4, mm5, mm6, mm7];
+        for (int i = 0; i < 8; i++)
+        {
+            pre.movq(mms[i], __qword_ptr[rax + X86Context.MmOffset + i * 8]);
+        }
         pre.mov(__qword_ptr[rax + 16 * 8 + 8], rsp);
         pre.mov(rsp, __qword_ptr[rax + 4 * 8]);
         pre.push(__qword_ptr[rax + 16 * 8]);
@@ -159,7 +214,18 @@ public sealed unsafe class DifferentialRunner : IDisposable
         }
         post.pushfq();
         post.pop(__qword_ptr[rax + 16 * 8]);
+        for (int i = 0; i < 16; i++)
+        {
+            post.movdqu(__xmmword_ptr[rax + X86Context.XmmOffset + i * 16], xmms[i]);
+        }
+        post.stmxcsr(__dword_ptr[rax + X86Context.MxcsrOffset]);
+        for (int i = 0; i < 8; i++)
+        {
+            post.movq(__qword_ptr[rax + X86Context.MmOffset + i * 8], mms[i]);
+        }
         post.mov(rsp, __qword_ptr[rax + 16 * 8 + 8]);
+        post.mov(rax, (ulong)_hostFpu);
+        post.fxrstor64(__[rax]); // the host's x87 state and MXCSR exactly as before
         post.cld();
         post.pop(r15); post.pop(r14); post.pop(r13); post.pop(r12); post.pop(rbp); post.pop(rbx);
         post.ret();
@@ -194,6 +260,7 @@ public sealed unsafe class DifferentialRunner : IDisposable
         _data.Dispose();
         _stack.Dispose();
         System.Runtime.InteropServices.NativeMemory.Free(_ctx);
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(_hostFpu);
         _ram.Dispose();
     }
 }
