@@ -38,16 +38,10 @@ public static unsafe partial class Sse
         {
             Binder.Add(m, &BindMovPartial);
         }
-        // Iced names SSE2 MOVSD/CMPSD like the string instructions; when the string family owns
-        // those mnemonics it forwards the non-string forms to BindMovsd/BindCmpsd.
-        if (!Binder.IsImplemented(Mnemonic.Movsd))
-        {
-            Binder.Add(Mnemonic.Movsd, &BindMovsd);
-        }
-        if (!Binder.IsImplemented(Mnemonic.Cmpsd))
-        {
-            Binder.Add(Mnemonic.Cmpsd, &BindCmpsd);
-        }
+        // Iced names SSE2 MOVSD/CMPSD like the string instructions: the string family owns those
+        // mnemonics (it registers first) and forwards the non-string forms here.
+        StringOps.SseMovsdBinder = &BindMovsd;
+        StringOps.SseCmpsdBinder = &BindCmpsd;
         Binder.Add(Mnemonic.Movnti, &BindMovnti);
         foreach (var m in new[] { Mnemonic.Pshufw, Mnemonic.Maskmovq, Mnemonic.Movntq, Mnemonic.Movq2dq, Mnemonic.Movdq2q })
         {
