@@ -175,9 +175,10 @@ public sealed unsafe partial class Cpu : IVcpuSignals
         }
         if (Mode is CpuMode.Protected or CpuMode.Compatibility or CpuMode.Long64)
         {
-            // CPL is CS.RPL once CS is loaded in protected mode; right after MOV CR0.PE=1 the old
-            // real-mode selector is still in CS and the CPL stays 0 until a far jump (SDM 9.9.1).
-            Cpl = previous == CpuMode.Real ? 0 : cs.Selector & 3;
+            // CPL is CS.RPL once CS is loaded in protected mode. Right after MOV CR0.PE=1 the old
+            // real-mode selector is still in CS (its low bits mean nothing) and the CPL is the
+            // DPL of the hidden CS state — 0 after real mode — until a far jump (SDM 9.9.1).
+            Cpl = previous == CpuMode.Real ? cs.Dpl : cs.Selector & 3;
         }
         bool flat64 = Mode == CpuMode.Long64;
         for (int i = 0; i < 6; i++)

@@ -48,12 +48,14 @@ public static class CpuSetup
         c.Cr0Value = Cr0.PE | Cr0.ET;
         c.Cr4Value = 0;
         c.EferValue = 0;
-        c.Segs[(int)Seg.CS] = new SegmentRegister { Selector = codeSelector, Base = 0, Limit = 0xFFFF_FFFF, Attributes = Code32 };
+        // The hidden DPL matches the selectors' RPL, as after loading them from a flat GDT.
+        int dpl = (codeSelector & 3) << 5;
+        c.Segs[(int)Seg.CS] = new SegmentRegister { Selector = codeSelector, Base = 0, Limit = 0xFFFF_FFFF, Attributes = (ushort)(Code32 | dpl) };
         for (int s = 0; s < 6; s++)
         {
             if (s != (int)Seg.CS)
             {
-                c.Segs[s] = new SegmentRegister { Selector = dataSelector, Base = 0, Limit = 0xFFFF_FFFF, Attributes = Data32 };
+                c.Segs[s] = new SegmentRegister { Selector = dataSelector, Base = 0, Limit = 0xFFFF_FFFF, Attributes = (ushort)(Data32 | ((dataSelector & 3) << 5)) };
             }
         }
         c.Tr = new SegmentRegister { Selector = 0, Base = 0, Limit = 0x67, Attributes = 0x8B };
