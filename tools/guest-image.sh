@@ -33,7 +33,7 @@ apt_update_once() {
 
 # An existing complete image wins: no network is needed once the cache is filled.
 existing=$(ls -d "$cache"/guest/image-linux-image-*-amd64 2>/dev/null | sort -V | tail -n1 || true)
-if [[ -n "$existing" && -f "$existing/initramfs.cpio.gz" && -f "$existing/vmlinuz" ]]; then
+if [[ -n "$existing" && -f "$existing/initramfs.cpio.gz" && -f "$existing/vmlinuz" && -f "$existing/busybox" ]]; then
     echo "$existing/vmlinuz $existing/initramfs.cpio.gz"
     exit 0
 fi
@@ -88,6 +88,7 @@ echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
 mkdir -p "$dir.partial"
 cp "$work/kernel/boot/vmlinuz-$kver" "$dir.partial/vmlinuz"
 cp "$work/kernel/boot/config-$kver" "$dir.partial/config"
+cp "$work/busybox/bin/busybox" "$dir.partial/busybox"   # the same binary, for host-side comparisons in tests
 ( cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -9 ) >"$dir.partial/initramfs.cpio.gz"
 rm -rf "$dir"
 mv "$dir.partial" "$dir"
