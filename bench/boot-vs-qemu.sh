@@ -7,7 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/tools/common.sh"
 runs=${1:-1}
-apt_install qemu-system-x86
+apt_install qemu-system-x86 bc cpio
 read -r kernel initrd < <("$root/tools/guest-image.sh" | tail -n1)
 
 # A test layer whose /test/run powers off immediately (Linux unpacks concatenated archives).

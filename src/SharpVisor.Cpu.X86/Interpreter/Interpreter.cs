@@ -65,6 +65,18 @@ public sealed unsafe partial class Cpu
     public CpuExit Run(long budget)
     {
         long start = InstructionsRetired;
+        try
+        {
+            return RunLoop(budget, start);
+        }
+        finally
+        {
+            Counters.Instructions.Add(InstructionsRetired - start);
+        }
+    }
+
+    CpuExit RunLoop(long budget, long start)
+    {
         while (true)
         {
             if (_stopRequested)
