@@ -1,0 +1,140 @@
+using SharpVisor.Cpu.X86.Fpu;
+using SharpVisor.Cpu.X86.Tests.Fpu;
+using SharpVisor.Cpu.X86.Tests.Harness;
+
+namespace SharpVisor.Cpu.X86.Tests.X87;
+
+/// <summary>Memory operand formats of the x87 instructions under test (what to put at [rbx+0x100]).</summary>
+public enum X87Mem { None, F32, F64, F80, I16, I32, I64, Bcd }
+
+/// <summary>
+/// One x87 differential case. The whole x87 state is loaded with FRSTOR from a random image at
+/// [rbx] (random TOP, tags, registers, control word, non-pending flags), the instructions under test
+/// run, then FNSAVE stores the whole state at [rbx+0x200] — so the differential runner, which
+/// compares the data window, compares every x87 register, tag, flag and pointer. FNSAVE does not
+/// wait and re-initialises the FPU, so an unmasked exception raised by the instruction under test
+/// never faults on the host. FCS and FDS are zeroed in the image before the comparison: the host's
+/// selectors are not the interpreter's.
+/// </summary>
+internal sealed class X87Case
+{
+    public const int ImageOffset = 0, MemOffset = 0x100, SaveOffset = 0x200, SavedCwOffset = 0xFF0;
+    readonly DiffCase _diff;
+    readonly X87Inputs _inputs;
+
+    public X87Case(DifferentialRunner runner, int seed)
+    {
+        _diff = new DiffCase(runner, seed);
+        _inputs = new X87Inputs(seed);
+    }
+
+    public Random Rng => _diff.Rng;
+    public X87Inputs Inputs => _inputs;
+
+    /// <summary>The ModRM encoding of [rbx+0x100] for an escape byte and a /reg field.</summary>
+    public static byte[] Mem(byte escape, int reg) => [escape, (byte)(0x83 | (reg << 3)), 0x00, 0x01, 0x00, 0x00];
+
+    public static byte[] Wrap(ReadOnlySpan<byte> body)
+    {
+        var code = new List<byte>();
+        code.AddRange([0xD9, 0xBB, 0xF0, 0x0F, 0x00, 0x00]); // fnstcw [rbx+0xFF0]  (the host's FCW, restored at the end)
+        code.AddRange([0xDB, 0xE3]);                         // fninit
+        code.AddRange([0xDD, 0x23]);                         // frstor [rbx]
+        code.AddRange(body.ToArray());
+        code.AddRange([0xDD, 0xB3, 0x00, 0x02, 0x00, 0x00]); // fnsave [rbx+0x200]
+        code.AddRange([0x66, 0xC7, 0x83, 0x10, 0x02, 0x00, 0x00, 0x00, 0x00]); // mov word [rbx+0x210], 0 (FCS)
+        code.AddRange([0x66, 0xC7, 0x83, 0x18, 0x02, 0x00, 0x00, 0x00, 0x00]); // mov word [rbx+0x218], 0 (FDS)
+        code.AddRange([0xD9, 0xAB, 0xF0, 0x0F, 0x00, 0x00]); // fldcw [rbx+0xFF0]
+        return [.. code];
+    }
+
+    /// <summary>A random control word: every RC and PC; a third of the time some exceptions unmasked.</summary>
+    public ushort Control(bool allowUnmasked = true)
+    {
+        ushort cw = _inputs.Control().Word;
+        if (allowUnmasked && Rng.Next(3) == 0)
+            cw = (ushort)((cw & ~0x3F) | Rng.Next(64));
+        return cw;
+    }
+
+    public Float80 Value() => _inputs.Any();
+
+    /// <summary>A random FRSTOR image (32-bit protected-mode layout) at <see cref="ImageOffset"/>.</summary>
+    public void RandomImage(byte[] data, ushort cw, int emptyOneIn = 4, int? top = null)
+    {
+        int t = top ?? Rng.Next(8);
+        // Only masked exception flags, so that nothing is pending when the instruction under test runs.
+        int flags = Rng.Next(64) & cw & 0x3F;
+        ushort sw = (ushort)((t << 11) | flags | (Rng.Next(16) switch { var b => ((b & 1) << 8) | ((b & 2) << 8) | ((b & 4) << 8) | ((b & 8) << 11) }));
+        ushort tw = 0;
+        for (int r = 0; r < 8; r++)
+            tw |= (ushort)((Rng.Next(emptyOneIn) == 0 ? 3 : Rng.Next(3)) << (2 * r));
+        Span<byte> img = data.AsSpan(ImageOffset, 108);
+        BitConverter.TryWriteBytes(img[0..], (uint)cw);
+        BitConverter.TryWriteBytes(img[4..], (uint)sw);
+        BitConverter.TryWriteBytes(img[8..], (uint)tw);
+        for (int st = 0; st < 8; st++)
+        {
+            Float80 v = Value();
+            BitConverter.TryWriteBytes(img[(28 + st * 10)..], v.Mantissa);
+            BitConverter.TryWriteBytes(img[(28 + st * 10 + 8)..], v.SignExponent);
+        }
+    }
+
+    /// <summary>Puts a memory operand of <paramref name="format"/> at <see cref="MemOffset"/>.</summary>
+    public void RandomOperand(byte[] data, X87Mem format)
+    {
+        Span<byte> m = data.AsSpan(MemOffset, 10);
+        Float80 v = Value();
+        switch (format)
+        {
+            case X87Mem.F32:
+                uint f32 = Rng.Next(3) == 0 ? (uint)Rng.NextInt64() : X87Arith.ToFloat32(v, X87Control.Default, out _);
+                BitConverter.TryWriteBytes(m, f32);
+                break;
+            case X87Mem.F64:
+                ulong f64 = Rng.Next(3) == 0 ? (ulong)Rng.NextInt64() ^ ((ulong)Rng.Next(2) << 63) : X87Arith.ToFloat64(v, X87Control.Default, out _);
+                BitConverter.TryWriteBytes(m, f64);
+                break;
+            case X87Mem.F80:
+                BitConverter.TryWriteBytes(m, v.Mantissa);
+                BitConverter.TryWriteBytes(m[8..], v.SignExponent);
+                break;
+            case X87Mem.I16 or X87Mem.I32 or X87Mem.I64:
+                ulong x = _diff.Value();
+                if (Rng.Next(2) == 0)
+                    x = (ulong)(long)Rng.Next(-1000, 1000);
+                BitConverter.TryWriteBytes(m, x);
+                break;
+            case X87Mem.Bcd:
+                ulong low = 0;
+                int digits = Rng.Next(19);
+                for (int i = 0; i < 16 && i < digits; i++)
+                    low |= (ulong)Rng.Next(10) << (4 * i);
+                ushort high = (ushort)(digits > 16 ? Rng.Next(10) | (Rng.Next(10) << 4) : 0);
+                high |= (ushort)(Rng.Next(2) << 15);
+                BitConverter.TryWriteBytes(m, low);
+                BitConverter.TryWriteBytes(m[8..], high);
+                break;
+        }
+    }
+
+    /// <summary>Runs the wrapped body from a fresh random state; returns the differences (empty when equal).</summary>
+    public string Check(byte[] body, X87Mem format, ushort? cw = null, ulong flagsMask = 0, string? label = null, Action<byte[]>? setup = null)
+    {
+        byte[] data = _diff.RandomData();
+        RandomImage(data, cw ?? Control());
+        RandomOperand(data, format);
+        setup?.Invoke(data);
+        return _diff.Check(Wrap(body), _diff.RandomContext(), data, flagsMask, label);
+    }
+
+    /// <summary>Runs <paramref name="body"/> as is (no FRSTOR/FNSAVE wrapping) with <paramref name="data"/>.</summary>
+    public string CheckRaw(byte[] code, byte[] data, ulong flagsMask = 0, string? label = null) =>
+        _diff.Check(code, _diff.RandomContext(), data, flagsMask, label);
+
+    public byte[] RandomData() => _diff.RandomData();
+
+    public static int Iterations(int bounded) =>
+        int.TryParse(Environment.GetEnvironmentVariable("SV_DIFF_ITERATIONS"), out int n) && n > 0 ? n : bounded;
+}
