@@ -34,7 +34,7 @@ internal sealed class X87Case
     /// <summary>The ModRM encoding of [rbx+0x100] for an escape byte and a /reg field.</summary>
     public static byte[] Mem(byte escape, int reg) => [escape, (byte)(0x83 | (reg << 3)), 0x00, 0x01, 0x00, 0x00];
 
-    public static byte[] Wrap(ReadOnlySpan<byte> body)
+    public static byte[] Wrap(ReadOnlySpan<byte> body, ushort swMask = 0xFFFF)
     {
         var code = new List<byte>();
         code.AddRange([0xD9, 0xBB, 0xF0, 0x0F, 0x00, 0x00]); // fnstcw [rbx+0xFF0]  (the host's FCW, restored at the end)
@@ -44,6 +44,8 @@ internal sealed class X87Case
         code.AddRange([0xDD, 0xB3, 0x00, 0x02, 0x00, 0x00]); // fnsave [rbx+0x200]
         code.AddRange([0x66, 0xC7, 0x83, 0x10, 0x02, 0x00, 0x00, 0x00, 0x00]); // mov word [rbx+0x210], 0 (FCS)
         code.AddRange([0x66, 0xC7, 0x83, 0x18, 0x02, 0x00, 0x00, 0x00, 0x00]); // mov word [rbx+0x218], 0 (FDS)
+        if (swMask != 0xFFFF)
+            code.AddRange([0x66, 0x81, 0xA3, 0x04, 0x02, 0x00, 0x00, (byte)swMask, (byte)(swMask >> 8)]); // and word [rbx+0x204], swMask
         code.AddRange([0xD9, 0xAB, 0xF0, 0x0F, 0x00, 0x00]); // fldcw [rbx+0xFF0]
         return [.. code];
     }
@@ -120,13 +122,13 @@ internal sealed class X87Case
     }
 
     /// <summary>Runs the wrapped body from a fresh random state; returns the differences (empty when equal).</summary>
-    public string Check(byte[] body, X87Mem format, ushort? cw = null, ulong flagsMask = 0, string? label = null, Action<byte[]>? setup = null)
+    public string Check(byte[] body, X87Mem format, ushort? cw = null, ulong flagsMask = 0, string? label = null, Action<byte[]>? setup = null, ushort swMask = 0xFFFF)
     {
         byte[] data = _diff.RandomData();
         RandomImage(data, cw ?? Control());
         RandomOperand(data, format);
         setup?.Invoke(data);
-        return _diff.Check(Wrap(body), _diff.RandomContext(), data, flagsMask, label);
+        return _diff.Check(Wrap(body, swMask), _diff.RandomContext(), data, flagsMask, label);
     }
 
     /// <summary>Runs <paramref name="body"/> as is (no FRSTOR/FNSAVE wrapping) with <paramref name="data"/>.</summary>
