@@ -845,7 +845,8 @@ public static unsafe class X87
         Float80 v;
         if (IsEmpty(f, 0) && (op.Imm & Quiet) != 0)
         {
-            // FSTPNCE with an empty ST(0): no stack fault and nothing written, only the pop (as the host does).
+            // FSTPNCE with an empty ST(0): no stack fault and nothing written, only the pop; C1 = 0 (as the host does).
+            f.Status &= unchecked((ushort)~C1);
             PopTimes(f, op.Imm & PopMask);
             return;
         }

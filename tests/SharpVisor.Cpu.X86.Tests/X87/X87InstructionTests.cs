@@ -163,40 +163,35 @@ public sealed class X87InstructionTests : IClassFixture<RunnerFixture>
         Run(107, 900, forms);
     }
 
-    [Fact]
-    public void Transcendentals()
+    void RunWithinOneUlp(int seed, int count, Form[] forms, Action<X87Case, byte[]>? operand = null)
     {
-        Form[] forms =
-        [
-            R("fyl2x", 0xD9, 0xF1), R("fptan", 0xD9, 0xF2), R("fpatan", 0xD9, 0xF3),
-            R("fsincos", 0xD9, 0xFB), R("fsin", 0xD9, 0xFE), R("fcos", 0xD9, 0xFF),
-        ];
-        Run(108, 600, forms);
-    }
-
-    /// <summary>F2XM1 (-1 ≤ x ≤ 1) and FYL2XP1 (|x| &lt; 1 - √2/2): outside, the SDM leaves the result undefined.</summary>
-    [Fact]
-    public void TranscendentalsInTheirDomains()
-    {
-        Form[] forms = [R("f2xm1", 0xD9, 0xF0), R("fyl2xp1", 0xD9, 0xF9)];
-        var t = new X87Case(_runner, 110);
+        var t = new X87Case(_runner, seed);
         var failures = new List<string>();
-        for (int i = 0; i < X87Case.Iterations(400); i++)
+        for (int i = 0; i < X87Case.Iterations(count); i++)
         {
             var form = forms[t.Rng.Next(forms.Length)];
-            ushort cw = t.Control();
-            string d = t.Check(form.Bytes, form.Mem, cw, 0, form.Name, data =>
-            {
-                t.RandomImage(data, cw);
-                // ST(0) (the first register of the image) in the domain: |x| below 2^-2 (or tiny, zero, NaN).
-                var x = t.Value();
-                if (x.BiasedExponent is > 0x3FFC and < 0x7FFF)
-                    x = new SharpVisor.Cpu.X86.Fpu.Float80(x.IsNegative, 0x3FFC - t.Rng.Next(80), x.Mantissa | (1UL << 63));
-                BitConverter.TryWriteBytes(data.AsSpan(28), x.Mantissa);
-                BitConverter.TryWriteBytes(data.AsSpan(36), x.SignExponent);
-            });
+            string d = t.CheckWithinOneUlp(form.Bytes, t.Control(), form.Name, operand is null ? null : data => operand(t, data));
             if (d.Length > 0) failures.Add(d);
         }
         Assert.True(failures.Count == 0, $"{failures.Count} failures:\n" + string.Join("\n", failures.Take(8)));
     }
+
+    [Fact]
+    public void Transcendentals() => RunWithinOneUlp(108, 600,
+    [
+        R("fyl2x", 0xD9, 0xF1), R("fptan", 0xD9, 0xF2), R("fpatan", 0xD9, 0xF3),
+        R("fsincos", 0xD9, 0xFB), R("fsin", 0xD9, 0xFE), R("fcos", 0xD9, 0xFF),
+    ]);
+
+    /// <summary>F2XM1 (-1 ≤ x ≤ 1) and FYL2XP1 (|x| &lt; 1 - √2/2): outside, the SDM leaves the result undefined.</summary>
+    [Fact]
+    public void TranscendentalsInTheirDomains() => RunWithinOneUlp(110, 400, [R("f2xm1", 0xD9, 0xF0), R("fyl2xp1", 0xD9, 0xF9)], (t, data) =>
+    {
+        // ST(0) (the first register of the image) in the domain: |x| below 2^-2 (or tiny, zero, NaN …).
+        var x = t.Value();
+        if (x.BiasedExponent is > 0x3FFC and < 0x7FFF)
+            x = new SharpVisor.Cpu.X86.Fpu.Float80(x.IsNegative, 0x3FFC - t.Rng.Next(80), x.Mantissa | (1UL << 63));
+        BitConverter.TryWriteBytes(data.AsSpan(28), x.Mantissa);
+        BitConverter.TryWriteBytes(data.AsSpan(36), x.SignExponent);
+    });
 }
