@@ -161,7 +161,15 @@ internal sealed class X87Case
         byte[] data = _diff.RandomData();
         RandomImage(data, cw);
         setup?.Invoke(data);
-        var o = _runner.Run(Wrap(body), _diff.RandomContext(), data);
+        var ctx = _diff.RandomContext();
+        string d = CompareWithinOneUlp(_runner.Run(Wrap(body), ctx, data), data, label);
+        // See Check: a difference that does not repeat comes from the host (here typically a context
+        // switch: AMD's FXSAVE/XRSTOR do not keep FIP/FDP/FOP, so the kernel's restore changes them).
+        return d.Length == 0 ? d : CompareWithinOneUlp(_runner.Run(Wrap(body), ctx, data), data, label);
+    }
+
+    static string CompareWithinOneUlp(DifferentialRunner.Outcome o, byte[] data, string label)
+    {
         if (o.EmulatedException is int v)
             return $"{label}: exception {v}";
         byte[] n = o.NativeData, e = o.EmulatedData;

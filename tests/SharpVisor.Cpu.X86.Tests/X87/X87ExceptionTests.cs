@@ -118,6 +118,22 @@ public sealed unsafe class X87ExceptionTests
         Assert.Equal(0x80A0UL, m.Cpu.Rax & 0xFFFF);
     }
 
+    /// <summary>
+    /// Intel: an unmasked #D on FLD m32/m64 leaves TOP and the registers unchanged (SDM Vol. 1
+    /// §8.5.2). The AMD host loads the value anyway, so this is checked here rather than against it.
+    /// </summary>
+    [Fact]
+    public void FldOfADenormalWithDenormalUnmaskedDoesNotPush()
+    {
+        using var m = Machine(Cr0.NE);
+        m.Cpu.Fpu.Control = 0x037D; // DM unmasked
+        m.Ram.TryWrite(InterpreterMachine.DataAddress, BitConverter.GetBytes(0x0000_0001u)); // smallest single denormal
+        m.LoadBytes([0xD9, 0x03, 0xDF, 0xE0]); // fld dword [rbx]; fnstsw ax
+        Assert.Null(m.Run());
+        Assert.Equal(0x8082UL, m.Cpu.Rax & 0xFFFF); // B, ES, DE; TOP still 0
+        Assert.Equal(0xFFFF, m.Cpu.Fpu.Tag);
+    }
+
     [Fact]
     public void StackOverflowMaskedPushesTheIndefinite()
     {
