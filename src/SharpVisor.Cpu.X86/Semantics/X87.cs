@@ -1016,6 +1016,10 @@ public static unsafe class X87
             SetCompareResult(c, ref op, C0 | C2 | C3);
             PopTimes(c.Fpu, op.Imm & PopMask);
         }
+        else if ((op.Imm & SetsEflags) != 0)
+        {
+            c.SetArithFlags(c.GetFlags() & (RFlags.ZF | RFlags.PF | RFlags.CF)); // OF, SF, AF cleared regardless
+        }
     }
 
     static void CompareMem(Cpu c, ref Op op)
