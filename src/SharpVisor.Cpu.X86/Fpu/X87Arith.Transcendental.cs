@@ -99,17 +99,18 @@ public static partial class X87Arith
             return nan;
         if (x.IsNegative && kx != Kind.Zero)
             return InvalidResult(ref flags); // detected before DE, as on the host
-        if (x.IsDenormal || y.IsDenormal)
-            flags |= X87Status.Denormal;
         if (kx == Kind.Zero)
         {
-            // log2(0) = -∞: ∞ with the opposite sign of y; 0·∞ is invalid.
+            // log2(0) = -∞: ∞ with the opposite sign of y; 0·∞ is invalid. A denormal y raises no
+            // DE here, only ZE (as the host shows: with DM unmasked the result is still written).
             if (ky == Kind.Zero)
                 return InvalidResult(ref flags);
             if (ky != Kind.Infinity)
                 flags |= X87Status.ZeroDivide;
             return Infinity(!y.IsNegative);
         }
+        if (x.IsDenormal || y.IsDenormal)
+            flags |= X87Status.Denormal;
         if (kx == Kind.Infinity)
             return ky == Kind.Zero ? InvalidResult(ref flags) : Infinity(y.IsNegative);
         ulong m = Unpack(x, out int e);

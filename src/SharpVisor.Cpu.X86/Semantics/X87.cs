@@ -143,8 +143,10 @@ public static unsafe class X87
             case Code.Fisttp_m64int: op.Aux = M64Int; op.Imm = 1 | Truncate; op.Exec = &FstMem; return true;
             case Code.Fbstp_m80bcd: op.Aux = M80Bcd; op.Imm = 1; op.Exec = &FstMem; return true;
             case Code.Fst_sti: op.R1 = (byte)i; op.Exec = &FstReg; return true;
-            // D9 D8+i, DF D0+i, DF D8+i: reserved aliases of FSTP ST(i) (SDM Vol. 2 appendix A.2.4.2 footnotes).
-            case Code.Fstp_sti or Code.Fstpnce_sti or Code.Fstp_sti_DFD0 or Code.Fstp_sti_DFD8:
+            // D9 D8+i: FSTP ST(i) without the empty check (FSTPNCE).
+            case Code.Fstpnce_sti: op.R1 = (byte)i; op.Imm = 1 | Quiet; op.Exec = &FstReg; return true;
+            // DF D0+i, DF D8+i: reserved aliases of FSTP ST(i) (SDM Vol. 2 appendix A.2.4.2 footnotes).
+            case Code.Fstp_sti or Code.Fstp_sti_DFD0 or Code.Fstp_sti_DFD8:
                 op.R1 = (byte)i; op.Imm = 1; op.Exec = &FstReg; return true;
 
             // ---- exchange, conditional move
@@ -722,11 +724,9 @@ public static unsafe class X87
         NotePointers(c, ref op);
         if (IsEmpty(f, op.R2))
         {
+            // Underflow takes precedence: masked, the indefinite is pushed whatever ST(7) holds (as the host does).
             if (StackFaultResponse(f, overflow: false))
-            {
-                if (CanPush(f))
-                    Push(f, Float80.Indefinite);
-            }
+                Push(f, Float80.Indefinite);
             return;
         }
         Float80 v = Get(f, op.R2);
@@ -843,6 +843,13 @@ public static unsafe class X87
         var f = c.Fpu;
         NotePointers(c, ref op);
         Float80 v;
+        if (IsEmpty(f, 0) && (op.Imm & Quiet) != 0)
+        {
+            // FSTPNCE with an empty ST(0): no stack fault and nothing written, only the pop; C1 = 0 (as the host does).
+            f.Status &= unchecked((ushort)~C1);
+            PopTimes(f, op.Imm & PopMask);
+            return;
+        }
         if (IsEmpty(f, 0))
         {
             if (!StackFaultResponse(f, overflow: false))
@@ -888,15 +895,15 @@ public static unsafe class X87
         CheckWaiting(c);
         var f = c.Fpu;
         NotePointers(c, ref op);
-        bool take = c.Condition(op.Sub);
         if (IsEmpty(f, 0) || IsEmpty(f, op.R2))
         {
-            if (StackFaultResponse(f, overflow: false) && take)
+            // Masked: ST(0) gets the indefinite whatever the condition (as the host does).
+            if (StackFaultResponse(f, overflow: false))
                 Set(f, 0, Float80.Indefinite);
             return;
         }
-        f.Status &= unchecked((ushort)~C1);
-        if (take)
+        // C1 is only defined for a stack underflow (SDM Vol. 2 FCMOVcc): otherwise left as is, as on the host.
+        if (c.Condition(op.Sub))
         {
             Set(f, 0, Get(f, op.R2));
         }
@@ -975,6 +982,12 @@ public static unsafe class X87
         if (!Signal(f, flags))
         {
             SetConditions(f, C1, 0);
+            if ((op.Imm & SetsEflags) != 0)
+            {
+                // Intel: ZF, PF, CF are set only when the exception is masked; OF, SF, AF are cleared
+                // regardless (SDM Vol. 2 FCOMI). (AMD sets "unordered" even when unmasked.)
+                c.SetArithFlags(c.GetFlags() & (RFlags.ZF | RFlags.PF | RFlags.CF));
+            }
             return;
         }
         SetCompareResult(c, ref op, (ushort)flags);
@@ -1002,6 +1015,10 @@ public static unsafe class X87
         {
             SetCompareResult(c, ref op, C0 | C2 | C3);
             PopTimes(c.Fpu, op.Imm & PopMask);
+        }
+        else if ((op.Imm & SetsEflags) != 0)
+        {
+            c.SetArithFlags(c.GetFlags() & (RFlags.ZF | RFlags.PF | RFlags.CF)); // OF, SF, AF cleared regardless
         }
     }
 
@@ -1067,6 +1084,8 @@ public static unsafe class X87
         NotePointers(c, ref op);
         if (IsEmpty(f, 0))
         {
+            if (op.Sub >= 5)
+                f.Status &= unchecked((ushort)~C2); // FSIN/FCOS: C2 = 0 unless out of range
             if (StackFaultResponse(f, overflow: false))
                 Set(f, 0, Float80.Indefinite);
             return;
@@ -1106,6 +1125,8 @@ public static unsafe class X87
         int dst = pops == 0 ? 0 : 1;
         if (IsEmpty(f, 0) || IsEmpty(f, 1))
         {
+            if (op.Sub is 1 or 2)
+                f.Status &= unchecked((ushort)~C2); // FPREM/FPREM1: C2 = 0, no partial remainder pending
             if (StackFaultResponse(f, overflow: false))
             {
                 Set(f, dst, Float80.Indefinite);
@@ -1125,10 +1146,20 @@ public static unsafe class X87
                 {
                     // C2 = reduction incomplete; C0, C3, C1 = quotient bits 2, 1, 0 (SDM Vol. 2 FPREM).
                     Float80 r = X87Arith.Remainder(st0, st1, ieee: op.Sub == 2, out flags);
-                    bool proceed = Signal(f, flags);
-                    if (!proceed)
+                    if (r.IsDenormal && !Masked(f, UE))
                     {
-                        SetConditions(f, C1, 0);
+                        // The remainder is exact, but an unmasked underflow is signalled on tininess
+                        // alone and the register gets the result rebiased by 2^24576 (SDM Vol. 1 §8.5.4).
+                        flags |= X87Status.Underflow;
+                        r = Rebias(r);
+                    }
+                    bool proceed = Signal(f, flags);
+                    if (!proceed || r.IsNaN)
+                    {
+                        // No quotient: C2 = 0 and C1 = 0, C0 and C3 keep their values (as the host does).
+                        SetConditions(f, C1 | C2, 0);
+                        if (proceed)
+                            Set(f, 0, r);
                         return;
                     }
                     SetConditions(f, ConditionCodes, (ushort)flags);
@@ -1147,19 +1178,28 @@ public static unsafe class X87
         }
     }
 
+    /// <summary>A denormal scaled by 2^24576 (normalised), the register result of an unmasked underflow.</summary>
+    static Float80 Rebias(Float80 denormal)
+    {
+        int lz = System.Numerics.BitOperations.LeadingZeroCount(denormal.Mantissa);
+        return new Float80(denormal.IsNegative, 1 - lz + 24576, denormal.Mantissa << lz);
+    }
+
     /// <summary>FXTRACT, FSINCOS, FPTAN: ST(0) is replaced, then a second result is pushed.</summary>
     static void Pushing(Cpu c, ref Op op)
     {
         CheckWaiting(c);
         var f = c.Fpu;
         NotePointers(c, ref op);
+        if (op.Sub != 0)
+            f.Status &= unchecked((ushort)~C2); // FSINCOS/FPTAN: C2 = 0 unless out of range
         if (IsEmpty(f, 0))
         {
+            // Masked: both results are the indefinite; the push happens whatever ST(7) holds (as the host does).
             if (StackFaultResponse(f, overflow: false))
             {
                 Set(f, 0, Float80.Indefinite);
-                if (IsEmpty(f, 7))
-                    Push(f, Float80.Indefinite);
+                Push(f, Float80.Indefinite);
             }
             return;
         }

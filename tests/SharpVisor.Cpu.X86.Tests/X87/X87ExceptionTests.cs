@@ -31,6 +31,24 @@ public sealed unsafe class X87ExceptionTests
         Assert.Equal(0UL, m.Cpu.Rax & 0xFFFF);
     }
 
+    /// <summary>
+    /// Linux's FPU detection (arch/x86/kernel/fpu/init.c, fpu__init_system_early_generic): with CR0.TS
+    /// and EM clear, FNINIT; FNSTSW m16; FNSTCW m16 must give FSW = 0 and (FCW &amp; 0x103F) == 0x003F,
+    /// else the kernel decides there is no FPU.
+    /// </summary>
+    [Fact]
+    public void LinuxFpuProbeSeesAnFpu()
+    {
+        using var m = Machine(Cr0.NE | Cr0.MP, Cr0.TS | Cr0.EM);
+        m.Ram.TryWrite(InterpreterMachine.DataAddress, new byte[] { 0xFF, 0xFF, 0xFF, 0xFF });
+        m.LoadBytes([0xDB, 0xE3, 0xDD, 0x3B, 0xD9, 0x7B, 0x02]); // fninit; fnstsw [rbx]; fnstcw [rbx+2]
+        Assert.Null(m.Run());
+        ushort fsw = BitConverter.ToUInt16(m.Ram.GetSpan(InterpreterMachine.DataAddress, 2));
+        ushort fcw = BitConverter.ToUInt16(m.Ram.GetSpan(InterpreterMachine.DataAddress + 2, 2));
+        Assert.Equal(0, fsw);
+        Assert.Equal(0x003F, fcw & 0x103F);
+    }
+
     [Theory]
     [InlineData(Cr0.EM)]
     [InlineData(Cr0.TS)]
@@ -116,6 +134,22 @@ public sealed unsafe class X87ExceptionTests
         m.LoadBytes([0xD9, 0x2B, 0xDF, 0xE0, 0xD9, 0xD0]); // fldcw; fnstsw ax; fnop → #MF
         Assert.Equal(Vector.MF, m.Run());
         Assert.Equal(0x80A0UL, m.Cpu.Rax & 0xFFFF);
+    }
+
+    /// <summary>
+    /// Intel: an unmasked #D on FLD m32/m64 leaves TOP and the registers unchanged (SDM Vol. 1
+    /// §8.5.2). The AMD host loads the value anyway, so this is checked here rather than against it.
+    /// </summary>
+    [Fact]
+    public void FldOfADenormalWithDenormalUnmaskedDoesNotPush()
+    {
+        using var m = Machine(Cr0.NE);
+        m.Cpu.Fpu.Control = 0x037D; // DM unmasked
+        m.Ram.TryWrite(InterpreterMachine.DataAddress, BitConverter.GetBytes(0x0000_0001u)); // smallest single denormal
+        m.LoadBytes([0xD9, 0x03, 0xDF, 0xE0]); // fld dword [rbx]; fnstsw ax
+        Assert.Null(m.Run());
+        Assert.Equal(0x8082UL, m.Cpu.Rax & 0xFFFF); // B, ES, DE; TOP still 0
+        Assert.Equal(0xFFFF, m.Cpu.Fpu.Tag);
     }
 
     [Fact]
