@@ -113,14 +113,9 @@ public sealed partial class VirtualMachine
 
     readonly List<IDisposable> _disposables = [];
 
-    void AddPci(VirtioPciDevice device, int slot, Func<int, int, IIrqLine?> route)
-    {
+    /// <summary>Adds a device before firmware assignment; its counters register with the bus's (Pci.RegisterCounters).</summary>
+    void AddPci(VirtioPciDevice device, int slot, Func<int, int, IIrqLine?> route) =>
         Pci.Bus.Add(device, slot, 0, route(slot, device.InterruptPin));
-        foreach (var c in device.Counters)
-        {
-            Counters.Add(c);
-        }
-    }
 
     /// <summary>ISA interrupt n: PIC input n and IOAPIC pin n, except IRQ 0 which is IOAPIC pin 2 (MADT override).</summary>
     IIrqLine IsaIrq(int irq) => new IrqFanOut(Pic.Input(irq), IoApic.GetPin(irq == 0 ? 2 : irq));

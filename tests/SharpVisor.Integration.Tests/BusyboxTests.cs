@@ -57,10 +57,12 @@ public class BusyboxTests
         }
     }
 
-    internal static (VmExit Exit, string Console) Boot(string kernel, string initrd, string cmdline, double timeoutSeconds, int cpus = 1, ClockMode clock = ClockMode.Host)
+    internal static (VmExit Exit, string Console) Boot(string kernel, string initrd, string cmdline, double timeoutSeconds, int cpus = 1,
+        ClockMode clock = ClockMode.Host, Func<MachineConfig, MachineConfig>? customize = null)
     {
         var output = new MemoryStream();
         var config = new MachineConfig { Kernel = kernel, Initrd = initrd, CommandLine = cmdline, Cpus = cpus, Clock = clock, TimeoutSeconds = timeoutSeconds, MemoryMiB = 512 };
+        config = customize?.Invoke(config) ?? config;
         using var vm = new VirtualMachine(config, b => { lock (output) { output.WriteByte(b); } });
         var exit = vm.Run();
         lock (output)
