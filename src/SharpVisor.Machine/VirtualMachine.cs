@@ -117,7 +117,15 @@ public sealed partial class VirtualMachine : IDisposable
         {
             while (_exit is null)
             {
-                switch (cpu.Run(Slice))
+                var exit = cpu.Run(Slice);
+                if (cpu.Index == 0 && Timers.NextDeadlineNs <= Clock.NowNs)
+                {
+                    // The boot CPU also fires due timers between slices, so timer interrupts keep
+                    // pace with guest progress even when the host starves the timer thread (the
+                    // kernel's IO-APIC timer check counts PIT ticks during a TSC busy-wait).
+                    Timers.RunExpired();
+                }
+                switch (exit)
                 {
                     case CpuExit.Halted:
                     case CpuExit.WaitForSipi:

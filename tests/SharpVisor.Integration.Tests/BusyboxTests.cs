@@ -10,6 +10,7 @@ namespace SharpVisor.Integration.Tests;
 /// busybox programs (hashing, compression, sorting, arithmetic, floating point), and compares their
 /// output with the same busybox binary run natively on the host.
 /// </summary>
+[Collection(VmCollection.Name)]
 public class BusyboxTests
 {
     /// <summary>Each command's output must be deterministic (no times, no PIDs).</summary>
@@ -41,7 +42,7 @@ public class BusyboxTests
         string initrd = image.WithTestScript(script.ToString());
         try
         {
-            var (exit, console) = Boot(image.Kernel, initrd, "console=ttyS0 quiet", timeoutSeconds: 600);
+            var (exit, console) = Boot(image.Kernel, initrd, "console=ttyS0 quiet", timeoutSeconds: 300);
             Assert.True(exit.Kind == VmExitKind.PowerOff, $"the VM did not power off: {exit.Message}\n{Tail(console)}");
             var guest = Split(console);
             for (int i = 0; i < s_commands.Length; i++)
@@ -63,7 +64,23 @@ public class BusyboxTests
         var output = new MemoryStream();
         var config = new MachineConfig { Kernel = kernel, Initrd = initrd, CommandLine = cmdline, Cpus = cpus, Clock = clock, TimeoutSeconds = timeoutSeconds, MemoryMiB = 512 };
         config = customize?.Invoke(config) ?? config;
-        using var vm = new VirtualMachine(config, b => { lock (output) { output.WriteByte(b); } });
+        VirtualMachine? machine = null;
+        var panic = Encoding.ASCII.GetBytes("Kernel panic");
+        int matched = 0;
+        using var vm = machine = new VirtualMachine(config, b =>
+        {
+            lock (output)
+            {
+                output.WriteByte(b);
+            }
+            // A panicked kernel never powers off: stop at once instead of waiting for the timeout.
+            matched = b == panic[matched] ? matched + 1 : b == panic[0] ? 1 : 0;
+            if (matched == panic.Length)
+            {
+                matched = 0;
+                machine?.RequestExit(new VmExit(VmExitKind.Shutdown, "the guest kernel panicked"));
+            }
+        });
         var exit = vm.Run();
         lock (output)
         {
@@ -104,4 +121,11 @@ public class BusyboxTests
     }
 
     static string Tail(string s) => s.Length <= 3000 ? s : s[^3000..];
+}
+
+/// <summary>Tests that boot whole VMs run one at a time: each keeps the host's two cores busy.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class VmCollection
+{
+    public const string Name = "virtual machines";
 }

@@ -9,6 +9,7 @@ namespace SharpVisor.Integration.Tests;
 /// x2APIC interrupt remapping, groups the devices, and a virtio disk keeps working with every DMA
 /// translated — the data the guest writes is in the image file, byte for byte.
 /// </summary>
+[Collection(VmCollection.Name)]
 public class IommuTests
 {
     [Fact]
@@ -28,7 +29,7 @@ public class IommuTests
             """);
         try
         {
-            var (exit, console) = BusyboxTests.Boot(image.Kernel, initrd, "console=ttyS0 quiet intel_iommu=on", timeoutSeconds: 600,
+            var (exit, console) = BusyboxTests.Boot(image.Kernel, initrd, "console=ttyS0 quiet intel_iommu=on", timeoutSeconds: 300,
                 customize: c => c with { Iommu = true, Disks = [new DiskSpec(disk)] });
             Assert.True(exit.Kind == VmExitKind.PowerOff, $"the VM did not power off: {exit.Message}\n{console}");
             Assert.Contains("DMAR: dmar0: Using Queued invalidation", console);

@@ -4,6 +4,7 @@ using SharpVisor.Machine;
 namespace SharpVisor.Integration.Tests;
 
 /// <summary>Whole-machine behaviour a user relies on: several CPUs, and repeatable runs.</summary>
+[Collection(VmCollection.Name)]
 public class MachineTests
 {
     /// <summary>--cpus 2: both CPUs come online (INIT-SIPI-SIPI) and each one runs a program.</summary>
@@ -20,7 +21,7 @@ public class MachineTests
             """);
         try
         {
-            var (exit, console) = BusyboxTests.Boot(image.Kernel, initrd, "console=ttyS0 quiet", timeoutSeconds: 600, cpus: 2);
+            var (exit, console) = BusyboxTests.Boot(image.Kernel, initrd, "console=ttyS0 quiet", timeoutSeconds: 300, cpus: 2);
             Assert.True(exit.Kind == VmExitKind.PowerOff, $"the VM did not power off: {exit.Message}\n{console}");
             Assert.Contains("online=0-1", console);
             string expected = "  -";
