@@ -11,8 +11,11 @@ public static class Program
             case "mips":
                 CpuMips.Run(seconds);
                 return 0;
+            case "iommu":
+                IommuBench.Run(seconds);
+                return 0;
             default:
-                Console.Error.WriteLine("usage: SharpVisor.Bench mips [seconds]");
+                Console.Error.WriteLine("usage: SharpVisor.Bench mips|iommu [seconds]");
                 return 2;
         }
     }

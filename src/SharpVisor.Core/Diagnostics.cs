@@ -56,12 +56,12 @@ public static class Log
     public static void Warn(string component, string message) => Write(LogLevel.Warn, component, message);
     public static void Error(string component, string message) => Write(LogLevel.Error, component, message);
 
-    /// <summary>Logs a warning the first time <paramref name="key"/> is seen; later ones are dropped.</summary>
-    public static void Once(string key, string component, string message)
+    /// <summary>Logs the first time <paramref name="key"/> is seen (a warning unless told otherwise); later ones are dropped.</summary>
+    public static void Once(string key, string component, string message, LogLevel level = LogLevel.Warn)
     {
-        if (s_seen.TryAdd(key, 0))
+        if (level >= MinLevel && s_seen.TryAdd(key, 0))
         {
-            Write(LogLevel.Warn, component, message);
+            Write(level, component, message);
         }
     }
 }

@@ -58,6 +58,7 @@ public sealed partial class VirtualMachine : IDisposable
                 Counters.Add(c);
             }
         }
+        Counters.Add(MsrAccess.UnknownAccesses);
         BuildBoard();
         LoadGuest();
     }

@@ -50,9 +50,11 @@ public static unsafe class MsrAccess
         {
             return c.GeneralProtection(0);
         }
+        // Info, not a warning: Linux probes MSRs with rdmsr_safe/wrmsr_safe and a #GP is the
+        // answer it expects from a CPU without them; the counter still records every access.
         Log.Once($"msr:{(write ? 'w' : 'r')}:{msr:x}", "cpu",
             write ? $"cpu{c.Index}: WRMSR to unknown MSR 0x{msr:x} value 0x{value:x} at {c.Rip:x} (raising #GP)"
-                  : $"cpu{c.Index}: RDMSR of unknown MSR 0x{msr:x} at {c.Rip:x} (raising #GP)");
+                  : $"cpu{c.Index}: RDMSR of unknown MSR 0x{msr:x} at {c.Rip:x} (raising #GP)", LogLevel.Info);
         return c.GeneralProtection(0);
     }
 
