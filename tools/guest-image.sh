@@ -33,7 +33,9 @@ apt_update_once() {
 
 # An existing complete image wins: no network is needed once the cache is filled.
 existing=$(ls -d "$cache"/guest/image-linux-image-*-amd64 2>/dev/null | sort -V | tail -n1 || true)
-if [[ -n "$existing" && -f "$existing/initramfs.cpio.gz" && -f "$existing/vmlinuz" && -f "$existing/busybox" ]]; then
+# Bump when the image's contents change, so caches from older scripts are rebuilt.
+image_version=2
+if [[ -n "$existing" && "$(cat "$existing/image-version" 2>/dev/null)" == "$image_version" ]]; then
     echo "$existing/vmlinuz $existing/initramfs.cpio.gz"
     exit 0
 fi
@@ -78,17 +80,25 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done </lib/modules/load-order
+# Test images add /test/run (tools and tests append a cpio layer); it runs instead of the shell.
 [ -x /test/run ] && exec /test/run
 echo "SharpVisor guest: Linux $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPU(s). 'poweroff' ends the VM."
-exec setsid cttyhack sh
+# busybox init as PID 1, so that `poweroff` and `reboot` work (they signal init).
+exec /bin/init
 INIT
 chmod +x "$root/init"
+cat >"$root/etc/inittab" <<'TAB'
+::respawn:/bin/cttyhack /bin/sh -l
+::ctrlaltdel:/bin/reboot
+::shutdown:/bin/sync
+TAB
 echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
 
 mkdir -p "$dir.partial"
 cp "$work/kernel/boot/vmlinuz-$kver" "$dir.partial/vmlinuz"
 cp "$work/kernel/boot/config-$kver" "$dir.partial/config"
 cp "$work/busybox/bin/busybox" "$dir.partial/busybox"   # the same binary, for host-side comparisons in tests
+echo "$image_version" >"$dir.partial/image-version"
 ( cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -9 ) >"$dir.partial/initramfs.cpio.gz"
 rm -rf "$dir"
 mv "$dir.partial" "$dir"
