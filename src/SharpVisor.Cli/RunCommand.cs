@@ -1,38 +1,70 @@
+using System.Diagnostics;
 using SharpVisor.Core;
 using SharpVisor.Machine;
 
 namespace SharpVisor.Cli;
 
-/// <summary>`sharpvisor run`: builds the VM, connects the terminal, runs to the end and reports.</summary>
+/// <summary>
+/// `sharpvisor run`: builds the VM, connects the terminal, runs to the end and reports. A guest
+/// reset (`reboot`) power-cycles the machine: a fresh VM with the same configuration boots again
+/// on the same terminal, unless resets come so fast that the guest is stuck in a reset loop.
+/// </summary>
 public static class RunCommand
 {
+    /// <summary>More resets than this within <see cref="ResetLoopWindow"/> ends the run with an error.</summary>
+    const int MaxQuickResets = 5;
+    static readonly TimeSpan ResetLoopWindow = TimeSpan.FromSeconds(60);
+
     public static int Execute(MachineConfig config)
     {
-        TerminalConsole? console = null;
         VirtualMachine? vm = null;
-        console = new TerminalConsole(b => vm?.SendConsoleInput(b), () => vm?.RequestExit(new VmExit(VmExitKind.Stopped, "quit from the console (Ctrl-A x)")));
-        vm = new VirtualMachine(config, console.Write);
+        var console = new TerminalConsole(b => vm?.SendConsoleInput(b), () => vm?.RequestExit(new VmExit(VmExitKind.Stopped, "quit from the console (Ctrl-A x)")));
+        var resets = new Queue<TimeSpan>();
+        var clock = Stopwatch.StartNew();
         VmExit exit;
         using (console)
         {
             console.Start();
-            exit = vm.Run();
+            while (true)
+            {
+                vm = new VirtualMachine(config, console.Write);
+                exit = vm.Run();
+                if (exit.Kind != VmExitKind.Reset)
+                {
+                    break;
+                }
+                resets.Enqueue(clock.Elapsed);
+                while (clock.Elapsed - resets.Peek() > ResetLoopWindow)
+                {
+                    resets.Dequeue();
+                }
+                if (resets.Count > MaxQuickResets)
+                {
+                    exit = new VmExit(VmExitKind.Error, $"reset loop: the guest reset the machine {resets.Count} times within {ResetLoopWindow.TotalSeconds:F0} s");
+                    break;
+                }
+                PrintStats(config, vm);
+                vm.Dispose();
+            }
         }
+        PrintStats(config, vm);
+        vm.Dispose();
+        if (exit.Kind == VmExitKind.PowerOff)
+        {
+            return exit.GuestStatus;
+        }
+        Console.Error.WriteLine($"\nsharpvisor: {exit.Message}");
+        return 1;
+    }
+
+    static void PrintStats(MachineConfig config, VirtualMachine vm)
+    {
         if (config.PrintStats)
         {
             foreach (var c in vm.Counters.All.Where(c => c.Value != 0))
             {
                 Console.Error.WriteLine($"  {c.Name} {c.Value}");
             }
-        }
-        vm.Dispose();
-        switch (exit.Kind)
-        {
-            case VmExitKind.PowerOff:
-                return exit.GuestStatus;
-            default:
-                Console.Error.WriteLine($"\nsharpvisor: {exit.Message}");
-                return 1;
         }
     }
 }
