@@ -162,12 +162,22 @@ public sealed partial class VirtualMachine
         Firmware = PcFirmware.Install(Ram, acpi);
         byte[] kernel = LinuxLoader.ReadFile(_config.Kernel!, "kernel");
         byte[]? initrd = _config.Initrd is { } path ? LinuxLoader.ReadFile(path, "initrd") : null;
-        var boot = LinuxLoader.Load(Ram, new LinuxBootRequest(kernel, initrd, _config.CommandLine, Firmware.E820, Firmware.Acpi.RsdpAddress));
+        BootEntry entry;
+        if (!BzImage.LooksLikeBzImage(kernel) && MultibootLoader.FindHeader(kernel) is not null)
+        {
+            // A Multiboot v1 kernel (test kernels, hypervisors): the initrd, if any, is its one module.
+            var modules = initrd is null ? [] : new[] { new MultibootModule(initrd, Path.GetFileName(_config.Initrd!)) };
+            entry = MultibootLoader.Load(Ram, kernel, _config.CommandLine, modules, Firmware.E820).Entry;
+        }
+        else
+        {
+            entry = LinuxLoader.Load(Ram, new LinuxBootRequest(kernel, initrd, _config.CommandLine, Firmware.E820, Firmware.Acpi.RsdpAddress)).Entry;
+        }
         foreach (var cpu in Cpus)
         {
             MsrAccess.ApplyFirmwareDefaults(cpu); // MTRRs on, write-back default, as a BIOS leaves them
         }
-        ApplyBootEntry(Cpus[0], boot.Entry);
+        ApplyBootEntry(Cpus[0], entry);
     }
 
     /// <summary>Puts the boot CPU in the state the loader describes (registers, control registers, hidden segment state).</summary>
