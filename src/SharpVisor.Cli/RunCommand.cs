@@ -61,9 +61,9 @@ public static class RunCommand
     {
         if (config.PrintStats)
         {
-            foreach (var c in vm.Counters.All.Where(c => c.Value != 0))
+            foreach (var (name, c) in vm.Counters.Entries.Where(e => e.Counter.Value != 0))
             {
-                Console.Error.WriteLine($"  {c.Name} {c.Value}");
+                Console.Error.WriteLine($"  {name} {c.Value}");
             }
         }
     }

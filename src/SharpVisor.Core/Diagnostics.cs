@@ -19,13 +19,20 @@ public sealed class Counter(string name)
     public override string ToString() => $"{Name}={Value}";
 }
 
-/// <summary>Collects the counters of one machine for printing at exit (and later, the API).</summary>
+/// <summary>
+/// Collects the counters of one machine for printing at exit (and later, the API). A counter may be
+/// registered under a scope (e.g. a PCI location) so two devices of one type stay distinguishable.
+/// </summary>
 public sealed class CounterRegistry
 {
-    readonly ConcurrentQueue<Counter> _counters = new();
-    public Counter Add(Counter c) { _counters.Enqueue(c); return c; }
+    readonly ConcurrentQueue<(string? Scope, Counter Counter)> _counters = new();
+    public Counter Add(Counter c, string? scope = null) { _counters.Enqueue((scope, c)); return c; }
     public Counter Create(string name) => Add(new Counter(name));
-    public IEnumerable<Counter> All => _counters.OrderBy(c => c.Name, StringComparer.Ordinal);
+    public IEnumerable<Counter> All => _counters.Select(e => e.Counter).OrderBy(c => c.Name, StringComparer.Ordinal);
+
+    /// <summary>Every counter with its display name ("scope/name" when scoped), sorted by that name.</summary>
+    public IEnumerable<(string Name, Counter Counter)> Entries =>
+        _counters.Select(e => (e.Scope is null ? e.Counter.Name : $"{e.Scope}/{e.Counter.Name}", e.Counter)).OrderBy(e => e.Item1, StringComparer.Ordinal);
 }
 
 public enum LogLevel { Debug, Info, Warn, Error }

@@ -39,3 +39,20 @@ public class TimerQueueTests
         Assert.False(fired);
     }
 }
+
+public class CounterRegistryTests
+{
+    [Fact]
+    public void ScopedCountersOfTwoDevicesOfOneTypeGetDistinctNames()
+    {
+        var registry = new CounterRegistry();
+        var a = registry.Add(new Counter("virtio.blk.requests"), scope: "00:04.0");
+        var b = registry.Add(new Counter("virtio.blk.requests"), scope: "00:05.0");
+        registry.Create("cpu0.instructions");
+        a.Increment();
+        b.Add(2);
+        Assert.Equal(
+            [("00:04.0/virtio.blk.requests", 1L), ("00:05.0/virtio.blk.requests", 2L), ("cpu0.instructions", 0L)],
+            registry.Entries.Select(e => (e.Name, e.Counter.Value)).ToList());
+    }
+}

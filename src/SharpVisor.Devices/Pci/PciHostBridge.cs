@@ -69,7 +69,7 @@ public sealed class PciHostBridge
         {
             foreach (var c in f.Counters)
             {
-                registry.Add(c);
+                registry.Add(c, scope: f.Location); // two devices of one type have the same counter names
             }
         }
     }
