@@ -69,10 +69,13 @@ public class VirtqueuePropertyTests
                         uint length = PickLength(Next());
                         uint f = Next();
                         ushort flags = (ushort)(f & 7);
-                        // The device may legitimately overwrite a descriptor table the driver marked
-                        // writable, which would change the chains under this test's model: keep
-                        // writable buffers off the tables (they may still cover the rings).
-                        if (Overlaps(address, length, q.Desc, 16UL * size) || Overlaps(address, length, Indirect, 256))
+                        // The device may legitimately overwrite whatever the driver marks writable. A
+                        // writable buffer over a descriptor table would change the chains under this
+                        // test's model, and one over the rings would fill them with random bytes that
+                        // the used-ring checks below then read as completions (seed 4QiBRrbHPL31): keep
+                        // writable buffers off the tables and the rings (split-ring sizes, virtio 1.2 2.7).
+                        if (Overlaps(address, length, q.Desc, 16UL * size) || Overlaps(address, length, Indirect, 256)
+                            || Overlaps(address, length, q.Avail, 6UL + 2UL * size) || Overlaps(address, length, q.Used, 6UL + 8UL * size))
                         {
                             flags &= unchecked((ushort)~Virtqueue.DescFlagWrite);
                         }
