@@ -47,7 +47,7 @@ public sealed partial class VirtualMachine : IDisposable
             Ports = Ports,
             Clock = Clock,
             TscHz = TscHz,
-            CpuId = new CpuIdModel { LogicalProcessors = config.Cpus, TscHz = TscHz },
+            CpuId = new CpuIdModel { LogicalProcessors = config.Cpus },
         };
         Cpus = new Vcpu[config.Cpus];
         for (int i = 0; i < Cpus.Length; i++)

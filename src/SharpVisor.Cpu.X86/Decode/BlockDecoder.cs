@@ -93,7 +93,6 @@ public sealed unsafe partial class Cpu
         decoder.IP = Rip;
         while (b.Count < Block.MaxOps)
         {
-            int start = _reader.Position;
             decoder.Decode(out Instruction ins);
             if (decoder.LastError == DecoderError.NoMoreBytes)
             {
@@ -111,7 +110,6 @@ public sealed unsafe partial class Cpu
             {
                 break;
             }
-            _ = start;
         }
         return true;
     }

@@ -204,12 +204,13 @@ public sealed unsafe partial class Cpu
         return null;
     }
 
-    /// <summary>INIT: the processor state of SDM Table 9-1 but with caches/MSRs mostly kept; an AP then waits for SIPI.</summary>
+    /// <summary>
+    /// INIT: the reset state of SDM Table 9-1 (the TSC and TSC_ADJUST survive: they live outside
+    /// <see cref="Reset"/>); an application processor then waits for SIPI.
+    /// </summary>
     void InitSignal()
     {
-        ulong efer = 0;
         Reset();
-        EferValue = efer;
         FlushTlb(includeGlobal: true);
         FlushCodeCache();
         _waitingForSipi = Index != 0;

@@ -22,7 +22,10 @@ public sealed class CpuIdModel
     /// <summary>Family 6, model 0x8F (a recent server core), stepping 8 — see ArchCapabilities.</summary>
     public uint Signature { get; init; } = 0x0008_06F8;
     public int LogicalProcessors { get; init; } = 1;
-    public long TscHz { get; init; } = 2_000_000_000;
+
+    /// <summary>TSC rate assumed by the 3-argument <see cref="Query(uint, uint, uint)"/> (feature queries in tests);
+    /// the vCPU always passes its platform's real rate.</summary>
+    public const long DefaultTscHz = 2_000_000_000;
 
     /// <summary>
     /// IA32_ARCH_CAPABILITIES: RDCL_NO(0), IBRS_ALL(1), SKIP_L1DFL_VMENTRY(3), SSB_NO(4), MDS_NO(5),
@@ -42,7 +45,7 @@ public sealed class CpuIdModel
     public uint MaxExtendedLeaf => 0x8000_0008;
 
     /// <summary>Answers CPUID for (leaf, subleaf) as processor <paramref name="apicId"/>.</summary>
-    public (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf, uint apicId) => Query(leaf, subleaf, apicId, TscHz);
+    public (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf, uint apicId) => Query(leaf, subleaf, apicId, DefaultTscHz);
 
     /// <summary>
     /// As <see cref="Query(uint, uint, uint)"/> with the TSC rate RDTSC really counts at

@@ -204,7 +204,6 @@ public sealed unsafe class DifferentialRunner : IDisposable
         }
         pre.mov(rax, __qword_ptr[rax]);
         byte[] preBytes = Assemble(pre, (ulong)_code.Address);
-        var jmpToTest = new Assembler(64);
         var post = new Assembler(64);
         post.mov(__qword_ptr[ctx], rax);
         post.mov(rax, ctx);
@@ -244,7 +243,6 @@ public sealed unsafe class DifferentialRunner : IDisposable
         instruction.CopyTo(span[CodeOffset..]);
         ulong postAt = (ulong)_code.Address + CodeOffset + (ulong)instruction.Length;
         Assemble(post, postAt).CopyTo(span[(CodeOffset + instruction.Length)..]);
-        _ = jmpToTest;
     }
 
     static byte[] Assemble(Assembler a, ulong ip)
