@@ -11,7 +11,7 @@ if [[ "${1:-}" == "--filter" && -n "${2:-}" ]]; then filter=(--filter "$2"); fi
 
 require_dotnet
 # iasl validates the ACPI tables; the Machine tests fetch Debian's kernel with apt-get download.
-apt_install acpica-tools cpio
+apt_install acpica-tools cpio e2fsprogs
 step "build (Release, warnings are errors)"
 dotnet build SharpVisor.slnx -c Release -nologo -v quiet -clp:NoSummary
 

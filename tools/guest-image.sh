@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares SharpVisor's default guest: Debian's stock kernel (linux-image-amd64) and a busybox
-# initramfs carrying the kernel's virtio and ext4 modules. Everything is fetched with
+# initramfs carrying the kernel's virtio and ext4 modules, and e2fsprogs (mkfs.ext4, e2fsck) with the
+# shared libraries they need. Everything is fetched with
 # `apt-get download` (no root install) into a cache; a second call only prints the paths.
 #
 # Usage: tools/guest-image.sh [--print]      prints "KERNEL INITRD" (space-separated) on stdout
@@ -34,7 +35,7 @@ apt_update_once() {
 # An existing complete image wins: no network is needed once the cache is filled.
 existing=$(ls -d "$cache"/guest/image-linux-image-*-amd64 2>/dev/null | sort -V | tail -n1 || true)
 # Bump when the image's contents change, so caches from older scripts are rebuilt.
-image_version=2
+image_version=3
 if [[ -n "$existing" && "$(cat "$existing/image-version" 2>/dev/null)" == "$image_version" ]]; then
     echo "$existing/vmlinuz $existing/initramfs.cpio.gz"
     exit 0
@@ -46,14 +47,19 @@ dir="$cache/guest/image-$pkg"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-step "downloading $pkg and busybox-static (first run only)"
-( cd "$work" && apt-get download -q -o APT::Sandbox::User=root "$pkg" busybox-static >&2 ) \
-    || die "apt-get download of $pkg busybox-static failed"
+# e2fsprogs is dynamically linked: its libraries and the C library come along.
+e2fs_pkgs=(e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1 libc6)
+step "downloading $pkg, busybox-static and e2fsprogs (first run only)"
+( cd "$work" && apt-get download -q -o APT::Sandbox::User=root "$pkg" busybox-static "${e2fs_pkgs[@]}" >&2 ) \
+    || die "apt-get download of $pkg busybox-static ${e2fs_pkgs[*]} failed"
 
 step "unpacking"
 mkdir -p "$work/kernel" "$work/busybox"
 dpkg-deb -x "$work"/linux-image-*.deb "$work/kernel"
 dpkg-deb -x "$work"/busybox-static_*.deb "$work/busybox"
+for p in "${e2fs_pkgs[@]}"; do
+    dpkg-deb -x "$work/${p}"_*.deb "$work/userland" || die "cannot unpack $p"
+done
 kver=${pkg#linux-image-}
 mods="$work/kernel/lib/modules/$kver/kernel"
 [[ -d "$mods" ]] || die "unexpected layout of $pkg: no lib/modules/$kver"
@@ -62,6 +68,19 @@ step "building the busybox initramfs"
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,root,lib/modules}
 cp "$work/busybox/bin/busybox" "$root/bin/busybox"
+# e2fsprogs: the tools (with their mkfs.ext4/fsck.ext4 names), mke2fs.conf, and the shared objects
+# they load (ld.so, libc, libext2fs, libe2p, libcom_err, libblkid, libuuid).
+ul="$work/userland"
+mkdir -p "$root/sbin" "$root/lib/x86_64-linux-gnu" "$root/lib64"
+cp -a "$ul"/sbin/{mke2fs,mkfs.ext4,e2fsck,fsck.ext4} "$root/sbin/" || die "e2fsprogs: unexpected layout"
+cp "$ul/etc/mke2fs.conf" "$root/etc/"
+for lib in ld-linux-x86-64.so.2 libc.so.6 libext2fs.so.2 libe2p.so.2 libcom_err.so.2 libblkid.so.1 libuuid.so.1; do
+    # Some packages ship under /lib, others under /usr/lib; the guest has them all in /lib.
+    src=$(find "$ul" -name "$lib" | head -n1)
+    [[ -n "$src" ]] || die "e2fsprogs: $lib missing from ${e2fs_pkgs[*]}"
+    cp -L "$src" "$root/lib/x86_64-linux-gnu/$lib"
+done
+ln -sf ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$root/lib64/ld-linux-x86-64.so.2"
 # Modules in dependency order (modules.dep is made by depmod at install time, which we skip).
 order=(drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev
        drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/block/virtio_blk

@@ -59,7 +59,7 @@ public class BusyboxTests
     }
 
     internal static (VmExit Exit, string Console) Boot(string kernel, string initrd, string cmdline, double timeoutSeconds, int cpus = 1,
-        ClockMode clock = ClockMode.Host, Func<MachineConfig, MachineConfig>? customize = null)
+        ClockMode clock = ClockMode.Host, Func<MachineConfig, MachineConfig>? customize = null, Action<VirtualMachine>? inspect = null)
     {
         var output = new MemoryStream();
         var config = new MachineConfig { Kernel = kernel, Initrd = initrd, CommandLine = cmdline, Cpus = cpus, Clock = clock, TimeoutSeconds = timeoutSeconds, MemoryMiB = 512 };
@@ -82,6 +82,7 @@ public class BusyboxTests
             }
         });
         var exit = vm.Run();
+        inspect?.Invoke(vm);
         lock (output)
         {
             return (exit, Encoding.UTF8.GetString(output.ToArray()));
