@@ -28,11 +28,27 @@ internal sealed unsafe class WindowCodeReader : CodeReader
 public sealed unsafe partial class Cpu
 {
     const int BlockCacheBits = 14;
-    readonly Block?[] _blockCache = new Block?[1 << BlockCacheBits];
+
+    /// <summary>A direct-mapped block cache slot: the key lives in the slot, so a lookup reads one
+    /// array element and touches the block only on a hit.</summary>
+    struct CachedBlock
+    {
+        /// <summary>Host RAM offset of the block's first instruction.</summary>
+        public ulong RamOffset;
+        public Block? Block;
+        /// <summary>Generation of the page when decoded; a different current generation means stale.</summary>
+        public uint Generation;
+        /// <summary>Code size (16/32/64) the block was decoded for.</summary>
+        public int Bits;
+    }
+
+    readonly CachedBlock[] _blockCache = new CachedBlock[1 << BlockCacheBits];
     readonly WindowCodeReader _reader = new();
     Decoder? _decoder16, _decoder32, _decoder64;
+    /// <summary>Where a block is decoded before it is copied into a block of its exact length.</summary>
+    readonly Op[] _decodeBuffer = new Op[Block.MaxOps];
     /// <summary>Holds an instruction that straddles two pages; decoded on every execution, never cached.</summary>
-    readonly Block _straddleBlock = new();
+    readonly Block _straddleBlock = new(new Op[1]);
     readonly byte[] _straddleBytes = new byte[16];
 
     Decoder DecoderFor(int bits) => bits switch
@@ -63,55 +79,55 @@ public sealed unsafe partial class Cpu
             ramOffset = (ulong)off;
         }
 
-        int slot = (int)((ramOffset ^ (ramOffset >> BlockCacheBits)) & ((1 << BlockCacheBits) - 1));
-        Block? b = _blockCache[slot];
-        if (b != null && b.RamOffset == ramOffset && b.Bits == CodeBits && b.Generation == Ram.Generation(ramOffset))
+        int index = (int)((ramOffset ^ (ramOffset >> BlockCacheBits)) & ((1 << BlockCacheBits) - 1));
+        ref CachedBlock slot = ref _blockCache[index];
+        if (slot.RamOffset == ramOffset && slot.Bits == CodeBits && slot.Generation == Ram.Generation(ramOffset) && slot.Block is { } hit)
         {
-            return b;
+            return hit;
         }
         Counters.BlockCacheMisses.IncrementUnsynchronized();
-        b ??= _blockCache[slot] = new Block();
-        if (!DecodeBlock(b, la, ramOffset))
+        uint generation = Ram.MarkCode(ramOffset); // mark before reading: a racing write bumps the generation
+        int count = DecodeBlock(la, ramOffset);
+        if (count == 0)
         {
+            slot.Block = null; // the first instruction straddles a page: never cached
             return _straddleBlock;
         }
-        return b;
+        var block = new Block(_decodeBuffer.AsSpan(0, count).ToArray());
+        slot = new CachedBlock { RamOffset = ramOffset, Block = block, Generation = generation, Bits = CodeBits };
+        return block;
     }
 
-    /// <summary>Decodes into <paramref name="b"/>; false when the first instruction straddles a page
-    /// (then <see cref="_straddleBlock"/> holds it, decoded from both pages).</summary>
-    bool DecodeBlock(Block b, ulong la, ulong ramOffset)
+    /// <summary>Decodes into <see cref="_decodeBuffer"/> and returns the number of instructions;
+    /// 0 when the first instruction straddles a page (then <see cref="_straddleBlock"/> holds it,
+    /// decoded from both pages).</summary>
+    int DecodeBlock(ulong la, ulong ramOffset)
     {
         Counters.BlocksDecoded.IncrementUnsynchronized();
-        b.RamOffset = ramOffset;
-        b.Bits = CodeBits;
-        b.Count = 0;
-        b.Generation = Ram.MarkCode(ramOffset); // mark before reading: a racing write bumps the generation
         int pageLeft = (int)(0x1000 - (ramOffset & 0xFFF));
         _reader.Set(Ram.HostBase + ramOffset, pageLeft);
         var decoder = DecoderFor(CodeBits);
         decoder.IP = Rip;
-        while (b.Count < Block.MaxOps)
+        int count = 0;
+        while (count < Block.MaxOps)
         {
             decoder.Decode(out Instruction ins);
             if (decoder.LastError == DecoderError.NoMoreBytes)
             {
-                if (b.Count > 0)
+                if (count == 0)
                 {
-                    break; // the next instruction starts a block of its own
+                    DecodeStraddling(la, pageLeft);
                 }
-                DecodeStraddling(la, pageLeft);
-                b.Generation = unchecked(b.Generation - 1); // leave the cached slot invalid
-                return false;
+                break; // otherwise the next instruction starts a block of its own
             }
-            ref Op op = ref b.Ops[b.Count++];
+            ref Op op = ref _decodeBuffer[count++];
             Binder.Bind(ins, ref op);
             if ((op.Flags & OpFlags.EndsBlock) != 0 || _reader.Position >= pageLeft)
             {
                 break;
             }
         }
-        return true;
+        return count;
     }
 
     /// <summary>Decodes the single instruction at <paramref name="la"/> whose bytes continue on the next page.</summary>
@@ -133,7 +149,6 @@ public sealed unsafe partial class Cpu
             var decoder = DecoderFor(CodeBits);
             decoder.IP = Rip;
             decoder.Decode(out Instruction ins);
-            _straddleBlock.Count = 1;
             Binder.Bind(ins, ref _straddleBlock.Ops[0]);
         }
     }
