@@ -185,7 +185,10 @@ public sealed unsafe partial class Cpu
             // Task gate (SDM 6.12.2): switch to the task it names; the error code goes on its stack.
             if (TaskSwitch.ThroughIdtGate(this, gate, ext, hasError, error, ReturnRip(kind)))
             {
-                throw TaskSwitch.DebugTrap(this);
+                // The new TSS's T flag: #DB before the new task's first instruction. This delivery is
+                // complete, so the trap is a new event, not a fault of it (no double-fault rules).
+                TaskSwitch.SetDebugTrapStatus(this);
+                DeliverThroughIdt(Vector.DB, EventKind.Exception, false, 0);
             }
             return;
         }

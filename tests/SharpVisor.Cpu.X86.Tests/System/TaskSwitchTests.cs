@@ -542,6 +542,27 @@ public class TaskSwitchTests
         Assert.Equal(TssB, m2.Cpu.Tr.Selector);
     }
 
+    /// <summary>
+    /// A #DF handler task with T=1: the #DB comes after the #DF delivery completed, as an event of its
+    /// own in the new task (not a fault while delivering #DF, which would be a triple fault). Here
+    /// #UD finds its IDT entry not present (#NP), #NP's too (#DF, SDM Table 6-5), #DF goes to task B.
+    /// </summary>
+    [Fact]
+    public void TrapFlagOfDoubleFaultTaskIsNotTripleFault()
+    {
+        using var m = Setup();
+        var c = m.Cpu;
+        WriteTss32(m, TssBBase, (uint)CodeB, StackB, trap: true);
+        m.Ram.WriteU64(SysMachine.Idt + Vector.DF * 8, TaskGate(TssB));
+        m.Asm(CodeA, 32, a => a.ud2());
+        m.Asm(CodeB, 32, a => a.nop());
+        RunToFault(m, Vector.DB);
+        Assert.Equal(TssB, c.Tr.Selector);
+        Assert.Equal(StackB - 4 - 12, (uint)c.Rsp);         // #DF error code, then the #DB frame
+        Assert.Equal((uint)CodeB, m.Ram.ReadU32(c.Rsp));     // #DB returns to B's first instruction
+        Assert.Equal(0u, m.Ram.ReadU32(StackB - 4));
+    }
+
     /// <summary>IA-32e mode has no task switches: a far JMP to a TSS descriptor is #GP(selector) (SDM JMP, 64-bit mode exceptions).</summary>
     [Fact]
     public void NoTaskSwitchInLongMode()

@@ -137,9 +137,12 @@ internal static unsafe class TaskSwitch
     /// <summary>The #DB trap a new task's T flag raises before its first instruction (SDM Vol. 3A 7.2.1, Vol. 3B 18.3.1.5).</summary>
     internal static GuestFault DebugTrap(Cpu c)
     {
-        c.Dr[6] |= Dr6Bt;
+        SetDebugTrapStatus(c);
         return c.Fault(Vector.DB);
     }
+
+    /// <summary>DR6.BT for a #DB delivered because of the T flag.</summary>
+    internal static void SetDebugTrapStatus(Cpu c) => c.Dr[6] |= Dr6Bt;
 
     /// <summary>A TSS selector must name the GDT and lie within its limit, else <paramref name="vector"/>(selector).</summary>
     static Descriptor ReadTssDescriptor(Cpu c, ushort selector, byte vector, uint ext, out ulong addr)
