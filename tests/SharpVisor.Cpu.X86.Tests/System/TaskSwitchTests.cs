@@ -339,6 +339,80 @@ public class TaskSwitchTests
         Assert.Equal(Data16, R16(m, TssCBase + 0x26));                  // SS
     }
 
+    /// <summary>
+    /// With paging on, the new task's CR3 is loaded and stale translations are gone (SDM 7.3 step 12;
+    /// 4.10.4.1 "task switch" flushes like MOV to CR3): A and B map linear 3FF000H to different pages,
+    /// and B reads its own page although A's translation was cached just before the switch.
+    /// </summary>
+    [Fact]
+    public void NewCr3IsLoadedAndTlbFlushed()
+    {
+        using var m = Setup();
+        var c = m.Cpu;
+        const ulong pdA = 0xA000, pdB = 0xC000, ptA = 0xB000, ptB = 0xD000;
+        const uint probe = 0x3F_F000;
+        for (ulong i = 0; i < 1024; i++)
+        {
+            m.Ram.WriteU32(ptA + i * 4, (uint)(i << 12) | 3);
+            m.Ram.WriteU32(ptB + i * 4, (uint)(i << 12) | 3);
+        }
+        m.Ram.WriteU32(ptB + 0x3FF * 4, 0x20_0000 | 3); // B: 3FF000H -> 200000H
+        m.Ram.WriteU32(pdA, (uint)ptA | 3);
+        m.Ram.WriteU32(pdB, (uint)ptB | 3);
+        m.Ram.WriteU32(probe, 0xAAAA);
+        m.Ram.WriteU32(0x20_0000, 0xBBBB);
+        c.Cr3 = pdA;
+        c.Cr0Value |= Cr0.PG;
+        c.FlushTlb(includeGlobal: true);
+        c.UpdateMode();
+        WriteTss32(m, TssBBase, (uint)CodeB, StackB, cr3: (uint)pdB);
+        m.Asm(CodeA, 32, a => { a.mov(ecx, __dword_ptr[probe]); a.jmp(TssB, 0); });
+        m.Asm(CodeB, 32, a => a.mov(ecx, __dword_ptr[probe]));
+
+        Assert.Null(c.StepForTest());
+        Assert.Equal(0xAAAAUL, c.Rcx);
+        Assert.Null(c.StepForTest()); // task switch
+        Assert.Equal(pdB, c.Cr3);
+        Assert.Null(c.StepForTest());
+        Assert.Equal(0xBBBBUL, c.Rcx);
+        Assert.Equal(0xAAAAu, m.Ram.ReadU32(TssABase + 0x2C)); // A's ECX saved
+    }
+
+    /// <summary>
+    /// The new task's LDT is loaded from its TSS before its segment registers, so they may name it
+    /// (SDM 7.3 step 12); an LDT selector naming something that is not an LDT is #TS(LDT selector)
+    /// after the commit point (Table 7-1).
+    /// </summary>
+    [Fact]
+    public void NewTaskLdtIsLoadedBeforeItsSegments()
+    {
+        using var m = Setup();
+        var c = m.Cpu;
+        const ulong ldtBase = 0x9000;
+        const ushort ldtSel = Spare, ldtData = 0x0C | 4; // LDT entry 1, TI = 1
+        SetGdt(m, ldtSel, SystemDescriptor(ldtBase, 0x0F, 0x2));
+        m.Ram.WriteU64(ldtBase + 8, 0x00CF_9200_0000_FFFF | (0x1000UL << 16)); // data, base 1000H
+        WriteTss32(m, TssBBase, (uint)CodeB, StackB, ds: SysMachine.Data, ldt: ldtSel);
+        m.Ram.WriteU32(TssBBase + DsField, ldtData);
+        m.Ram.WriteU32(TssBBase + EsField, ldtData);
+        m.Asm(CodeA, 32, a => a.jmp(TssB, 0));
+
+        Assert.Null(c.StepForTest());
+        Assert.Equal(ldtSel, c.Ldtr.Selector);
+        Assert.Equal(ldtBase, c.Ldtr.Base);
+        Assert.Equal(0x0Fu, c.Ldtr.Limit);
+        Assert.Equal(ldtData, c.Segs[(int)Seg.DS].Selector);
+        Assert.Equal(0x1000UL, c.Segs[(int)Seg.DS].Base);
+        Assert.Equal(0x1000UL, c.Segs[(int)Seg.ES].Base);
+
+        using var m2 = Setup();
+        WriteTss32(m2, TssBBase, (uint)CodeB, StackB, ldt: SysMachine.Data); // not an LDT descriptor
+        m2.Asm(CodeA, 32, a => a.jmp(TssB, 0));
+        Assert.Equal(Vector.TS, m2.Cpu.StepForTest());
+        Assert.Equal(TssB, m2.Cpu.Tr.Selector); // after the commit point
+        Assert.Equal(CodeB, m2.Cpu.Rip);
+    }
+
     /// <summary>A TSS limit below 67H (32-bit) is #TS(new TSS selector) before anything changes (SDM 7.3 step 3, Table 7-1).</summary>
     [Fact]
     public void ShortTssLimitIsInvalidTss()
