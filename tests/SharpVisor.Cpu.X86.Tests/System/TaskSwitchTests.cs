@@ -535,6 +535,39 @@ public class TaskSwitchTests
         }
     }
 
+    /// <summary>
+    /// An external interrupt through an IDT task gate: no DPL check, the old task's EIP is the
+    /// instruction not yet executed, nothing is pushed (SDM 6.12.2). Through a gate naming a busy
+    /// TSS it is #GP(TSS selector + EXT) (INT n pseudo-code TASK-GATE; EXT, SDM 6.13).
+    /// </summary>
+    [Fact]
+    public void ExternalInterruptThroughTaskGate()
+    {
+        using var m = SetupRing3();
+        var c = m.Cpu;
+        var apic = new FakeApic { Pending = 0x30 };
+        c.Apic = apic;
+        c.SetFlags(RFlags.Reserved1 | RFlags.IF);
+        m.Ram.WriteU64(SysMachine.Idt + 0x30 * 8, TaskGate(TssB)); // DPL 0, entered from CPL 3
+        m.Asm(CodeA, 32, a => a.nop());
+        m.Asm(CodeB, 32, a => a.hlt());
+        Assert.Equal(CpuExit.Halted, c.Run(10));
+        Assert.Equal(TssB, c.Tr.Selector);
+        Assert.Equal((ulong)StackB, c.Rsp);                          // no error code, no frame
+        Assert.Equal((uint)CodeA, m.Ram.ReadU32(TssABase + EipField)); // not executed yet
+        Assert.Equal(RFlags.IF, m.Ram.ReadU32(TssABase + EflagsField) & RFlags.IF);
+
+        using var m2 = Setup();
+        var c2 = m2.Cpu;
+        c2.Apic = new FakeApic { Pending = 0x30 };
+        c2.SetFlags(RFlags.Reserved1 | RFlags.IF);
+        SetGdt(m2, TssB, SystemDescriptor(TssBBase, 0x67, 0xB));
+        m2.Ram.WriteU64(SysMachine.Idt + 0x30 * 8, TaskGate(TssB));
+        m2.Asm(CodeA, 32, a => a.nop());
+        Assert.Equal((uint)TssB | 1, RunToFault(m2, Vector.GP));
+        AssertStillInTaskA(m2);
+    }
+
     /// <summary>Task A at CPL 3 (ring-0 stack in its TSS for the fault handlers).</summary>
     static SysMachine SetupRing3()
     {
