@@ -157,7 +157,7 @@ public sealed unsafe partial class Cpu
         UpdateMode();
     }
 
-    /// <summary>Protected mode: 8-byte interrupt/trap gates, stack switch through the 32-bit TSS (SDM 6.12).</summary>
+    /// <summary>Protected mode: 8-byte interrupt/trap gates, stack switch through the 32-bit TSS (SDM 6.12); task gates switch tasks (System/Ops/TaskSwitch.cs).</summary>
     void DeliverProtected(byte vector, EventKind kind, bool hasError, uint error)
     {
         uint ext = kind == EventKind.External ? 1u : 0u;

@@ -255,7 +255,7 @@ internal static unsafe class TaskSwitch
         SaveState(c, oldBase, old32, returnEip, oldFlags);
         if (nested)
         {
-            c.SystemWrite(newBase + Link, 2, oldTrSel); // step 13 / Table 7-2: back-link to the old task
+            c.SystemWrite(newBase + Link, 2, oldTrSel); // Table 7-2: back-link to the old task
             eflags |= (uint)RFlags.NT;                  // step 9: the new task is nested
         }
         if (source != TaskSwitchSource.Iret)
