@@ -157,7 +157,7 @@ public sealed unsafe partial class Cpu
         UpdateMode();
     }
 
-    /// <summary>Protected mode: 8-byte interrupt/trap gates, stack switch through the 32-bit TSS (SDM 6.12).</summary>
+    /// <summary>Protected mode: 8-byte interrupt/trap gates, stack switch through the 32-bit TSS (SDM 6.12); task gates switch tasks (System/Ops/TaskSwitch.cs).</summary>
     void DeliverProtected(byte vector, EventKind kind, bool hasError, uint error)
     {
         uint ext = kind == EventKind.External ? 1u : 0u;
@@ -168,11 +168,7 @@ public sealed unsafe partial class Cpu
         ulong gate = SystemRead(IdtBase + vector * 8u, 8);
         int type = (int)((gate >> 40) & 0xF);
         int gateDpl = (int)((gate >> 45) & 3);
-        if (type == 0x5)
-        {
-            throw new CpuStopException($"task gate for vector {vector}: task switching is not implemented");
-        }
-        if (type is not (0x6 or 0x7 or 0xE or 0xF))
+        if (type is not (0x5 or 0x6 or 0x7 or 0xE or 0xF))
         {
             throw GeneralProtection(vector * 8u + 2 + ext);
         }
@@ -183,6 +179,18 @@ public sealed unsafe partial class Cpu
         if (((gate >> 47) & 1) == 0)
         {
             throw Fault(Vector.NP, vector * 8u + 2 + ext);
+        }
+        if (type == 0x5)
+        {
+            // Task gate (SDM 6.12.2): switch to the task it names; the error code goes on its stack.
+            if (TaskSwitch.ThroughIdtGate(this, gate, ext, hasError, error, ReturnRip(kind)))
+            {
+                // The new TSS's T flag: #DB before the new task's first instruction. This delivery is
+                // complete, so the trap is a new event, not a fault of it (no double-fault rules).
+                TaskSwitch.SetDebugTrapStatus(this);
+                DeliverThroughIdt(Vector.DB, EventKind.Exception, false, 0);
+            }
+            return;
         }
         bool gate32 = (type & 8) != 0;
         ushort selector = (ushort)(gate >> 16);

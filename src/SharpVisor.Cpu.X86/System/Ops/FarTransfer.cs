@@ -69,8 +69,17 @@ internal static unsafe class FarTransfer
                 ThroughCallGate(c, selector, d, addr, call, oldCs, ret);
                 return;
             }
-            // Task gates and TSS descriptors (task switches, SDM 7.3): Linux never uses them.
-            throw Unsupported(c, $"far {(call ? "CALL" : "JMP")} through system descriptor type {d.Type}", selector);
+            // Task gate or 16/32-bit TSS: a task switch (SDM 7.3). IA-32e mode has none: those types
+            // are #GP(selector) there, like every other system type (SDM JMP/CALL, IA-32e exceptions).
+            if (!c.LongModeActive && d.Type is 1 or 3 or 5 or 9 or 0xB)
+            {
+                if (TaskSwitch.FarJmpCall(c, selector, d, addr, call))
+                {
+                    throw TaskSwitch.DebugTrap(c);
+                }
+                return;
+            }
+            throw c.GeneralProtection(err);
         }
         if (!d.IsCode)
         {
@@ -470,7 +479,15 @@ internal static unsafe class FarTransfer
             {
                 throw c.GeneralProtection(0); // no task switches in IA-32e mode
             }
-            throw Unsupported(c, "IRET with NT=1 (task return)", c.Tr.Selector);
+            // TASK-RETURN (SDM IRET): back to the previous task. IRET still ends NMI blocking.
+            bool trap = TaskSwitch.IretReturn(c);
+            c.NmiBlocked = false;
+            c.RecheckInterrupts();
+            if (trap)
+            {
+                throw TaskSwitch.DebugTrap(c);
+            }
+            return;
         }
         ulong rip = PeekSized(c, 0, size);
         ushort selector = (ushort)PeekSized(c, (ulong)size, size);
