@@ -83,8 +83,10 @@ public sealed unsafe partial class Cpu : IVcpuSignals
         Cr2 = Cr3 = Cr4Value = EferValue = 0;
         Xcr0 = 1;
         Array.Clear(Dr);
-        Dr[6] = 0xFFFF0FF0;
+        Dr[6] = Dr6Fixed;
         Dr[7] = 0x400;
+        _heldDebugTraps = 0;
+        UpdateDebugState();
         Msr.Reset();
         Fpu.Reset();
         Halted = false;

@@ -104,6 +104,11 @@ public sealed unsafe partial class Cpu
             }
             try
             {
+                if (_debugActive)
+                {
+                    InstructionsRetired += StepWithDebugChecks();
+                    continue;
+                }
                 Block b = FetchBlock();
                 if (_interruptShadow)
                 {
@@ -242,6 +247,16 @@ public sealed unsafe partial class Cpu
     bool DeliverException(byte vector, bool hasError, uint error)
     {
         Counters.Exceptions.IncrementUnsynchronized();
+        if (IsFaultClass(vector))
+        {
+            // The frame of a fault carries RF = 1 (delivery then clears the live flag), so that the
+            // return does not hit an instruction breakpoint again (SDM Vol. 3B 18.3.1.1).
+            FlagsOther |= RFlags.RF;
+        }
+        else if (vector == Vector.DB)
+        {
+            Dr[7] &= ~Dr7GD; // entering the #DB handler clears GD so it can use the debug registers (SDM 18.2.4)
+        }
         return DeliverEvent(vector, EventKind.Exception, hasError, error);
     }
 
@@ -267,6 +282,10 @@ public sealed unsafe partial class Cpu
             }
         }
         _deliveringVector = vector;
+        if (kind is EventKind.Software or EventKind.SoftwareException)
+        {
+            _noSingleStepTrap = true; // INT n / INT3 / INTO: no single-step trap after them (SDM 18.3.1.4)
+        }
         try
         {
             Halted = false;

@@ -121,8 +121,12 @@ public static unsafe class StringOps
             return;
         }
         bool repNe = (op.Flags & OpFlags.RepNe) != 0 && (op.Flags & OpFlags.Rep) == 0;
-        bool tryBulk = true;
-        int steps = ChunkIterations;
+        // Single-stepping traps after each iteration and data/I/O breakpoints are reported after the
+        // iteration that met them (SDM Vol. 3B 18.3.1.2, 18.3.1.4): one element per execution then,
+        // through the checked memory accessors rather than host-memory bulk copies.
+        bool oneAtATime = c.RepeatOneIterationAtATime;
+        bool tryBulk = !oneAtATime;
+        int steps = oneAtATime ? 1 : ChunkIterations;
         long bytes = ChunkBytes;
         while (true)
         {
@@ -480,6 +484,10 @@ public readonly unsafe struct InsOp : IStringOp
         ushort port = (ushort)c.Regs.Gpr[2];
         int size = S.Bits / 8;
         StringOps.CheckIoPermission(c, port, size);
+        if (c.IoBreakpointsArmed)
+        {
+            c.NoteIoAccess(port, size);
+        }
         ulong la = StringOps.DestLinear(c, ref op);
         // Probe every page of the element so a #PF comes before the (side-effecting) port read.
         c.Translate(la, Access.Write, c.Cpl == 3);
@@ -502,6 +510,10 @@ public readonly unsafe struct OutsOp : IStringOp
         ushort port = (ushort)c.Regs.Gpr[2];
         int size = S.Bits / 8;
         StringOps.CheckIoPermission(c, port, size);
+        if (c.IoBreakpointsArmed)
+        {
+            c.NoteIoAccess(port, size);
+        }
         ulong v = S.Load(c, StringOps.SourceLinear(c, ref op));
         StringOps.PortWrite(c, port, size, (uint)v);
         StringOps.AdvanceSource<S>(c, ref op, StringOps.Step<S>(c));

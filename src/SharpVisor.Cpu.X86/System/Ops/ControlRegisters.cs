@@ -153,6 +153,10 @@ public static class ControlRegisters
         {
             c.FlushTlb(includeGlobal: true);
         }
+        if (((old ^ v) & Cr4.DE) != 0)
+        {
+            c.UpdateDebugState(); // DE turns DR7 R/W = 10 into I/O breakpoints (SDM 18.2.4)
+        }
         c.UpdateMode();
     }
 
@@ -197,7 +201,7 @@ public static class ControlRegisters
     // ---------------------------------------------------------------- debug registers
 
     /// <summary>DR6 bits software can write (B0-B3, BD, BS, BT); the others read as fixed values (SDM Vol. 3B 18.2.3).</summary>
-    const ulong Dr6Writable = 0xE00F, Dr6Fixed = 0xFFFF_0FF0;
+    const ulong Dr6Writable = 0xE00F;
     /// <summary>DR7 writable bits: L0-G3, LE, GE, GD, R/W and LEN fields; bit 10 reads as 1 (SDM 18.2.4).</summary>
     const ulong Dr7Writable = 0xFFFF_23FF, Dr7Fixed = 0x400;
 
@@ -219,10 +223,17 @@ public static class ControlRegisters
         return dr;
     }
 
-    public static ulong ReadDr(Cpu c, int dr) => c.Dr[AliasDr(c, dr)];
+    /// <summary>MOV r, DRn (the caller checked CPL 0): DR7.GD first (#DB), then DR4/DR5 (#UD).</summary>
+    public static ulong ReadDr(Cpu c, int dr)
+    {
+        c.CheckGeneralDetect();
+        return c.Dr[AliasDr(c, dr)];
+    }
 
+    /// <summary>MOV DRn, r (the caller checked CPL 0). Breakpoint changes take effect from the next instruction.</summary>
     public static void WriteDr(Cpu c, int dr, ulong v)
     {
+        c.CheckGeneralDetect();
         dr = AliasDr(c, dr);
         if (dr >= 6 && (v >> 32) != 0)
         {
@@ -231,20 +242,15 @@ public static class ControlRegisters
         switch (dr)
         {
             case 6:
-                c.Dr[6] = (v & Dr6Writable) | Dr6Fixed;
-                break;
+                c.Dr[6] = (v & Dr6Writable) | Cpu.Dr6Fixed;
+                return;
             case 7:
                 c.Dr[7] = (v & Dr7Writable) | Dr7Fixed;
-                if ((v & 0x20FF) != 0)
-                {
-                    // Hardware breakpoints and general detect are not emulated; Linux only arms them
-                    // for ptrace/perf breakpoints. Say so once rather than silently ignore.
-                    Log.Once("dr7-breakpoints", "cpu", $"cpu{c.Index}: DR7={v:x} enables hardware breakpoints, which are not emulated (they never trigger)");
-                }
                 break;
             default:
                 c.Dr[dr] = v;
                 break;
         }
+        c.UpdateDebugState();
     }
 }
