@@ -14,9 +14,10 @@ public static class ControlRegisters
 
     /// <summary>
     /// CR4 bits this CPU implements, i.e. the ones whose feature CPUID advertises (CPUID.1:EDX DE, PSE,
-    /// TSC, PAE, PGE, FXSR, SSE; PCE is architectural). Setting any other bit is #GP (SDM Vol. 3A 2.5).
+    /// TSC, PAE, MCE, PGE, FXSR, SSE; PCE is architectural). Setting any other bit is #GP (SDM Vol. 3A 2.5).
+    /// CR4.MCE enables #MC delivery; no machine check is ever signalled, so it has no other effect.
     /// </summary>
-    public const ulong Cr4Supported = Cr4.DE | Cr4.PSE | Cr4.TSD | Cr4.PAE | Cr4.PGE | Cr4.PCE | Cr4.OSFXSR | Cr4.OSXMMEXCPT;
+    public const ulong Cr4Supported = Cr4.DE | Cr4.PSE | Cr4.TSD | Cr4.PAE | Cr4.MCE | Cr4.PGE | Cr4.PCE | Cr4.OSFXSR | Cr4.OSXMMEXCPT;
 
     /// <summary>CR4 bits whose change invalidates all translations (SDM Vol. 3A 4.10.4.1).</summary>
     const ulong Cr4FlushAll = Cr4.PSE | Cr4.PAE | Cr4.PGE | Cr4.PCIDE | Cr4.SMEP | Cr4.SMAP | Cr4.PKE;
