@@ -61,7 +61,14 @@ public sealed unsafe partial class Cpu : IVcpuSignals
     public CpuCounters Counters { get; }
 
     /// <summary>Power-on / RESET state (SDM Vol. 3A 9.1.1, Table 9-1).</summary>
-    public void Reset()
+    public void Reset() => Reset(init: false);
+
+    /// <summary>
+    /// The state after RESET, or after INIT when <paramref name="init"/>: INIT is RESET except that
+    /// the x87/SSE state (Table 9-1 and its footnote) — and, in Msrs, the TSC adjustment and the
+    /// machine-check registers — stay unchanged.
+    /// </summary>
+    void Reset(bool init)
     {
         for (int i = 0; i < 16; i++)
         {
@@ -88,7 +95,10 @@ public sealed unsafe partial class Cpu : IVcpuSignals
         _heldDebugTraps = 0;
         UpdateDebugState();
         Msr.Reset();
-        Fpu.Reset();
+        if (!init)
+        {
+            Fpu.Reset();
+        }
         Halted = false;
         _interruptShadow = false;
         NmiBlocked = false;

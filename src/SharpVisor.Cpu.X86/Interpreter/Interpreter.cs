@@ -210,12 +210,12 @@ public sealed unsafe partial class Cpu
     }
 
     /// <summary>
-    /// INIT: the reset state of SDM Table 9-1 (the TSC and TSC_ADJUST survive: they live outside
-    /// <see cref="Reset"/>); an application processor then waits for SIPI.
+    /// INIT: the reset state of SDM Table 9-1, keeping what INIT leaves unchanged (x87/SSE state,
+    /// TSC, TSC_ADJUST, machine-check registers); an application processor then waits for SIPI.
     /// </summary>
     void InitSignal()
     {
-        Reset();
+        Reset(init: true);
         FlushTlb(includeGlobal: true);
         FlushCodeCache();
         _waitingForSipi = Index != 0;
