@@ -222,6 +222,15 @@ public sealed class CpuCounters(int index)
     public readonly Counter Exceptions = new($"cpu{index}.exceptions");
     public readonly Counter Interrupts = new($"cpu{index}.interrupts");
     public readonly Counter Unimplemented = new($"cpu{index}.unimplemented_instructions");
+    /// <summary>RDMSR/WRMSR of an MSR this CPU does not have (#GP; Linux probes some on purpose).</summary>
+    public readonly Counter UnknownMsrAccesses = new($"cpu{index}.unknown_msr_accesses");
+    /// <summary>WRMSR of an existing MSR refused with #GP (reserved bits, non-canonical, read-only).</summary>
+    public readonly Counter RefusedMsrWrites = new($"cpu{index}.refused_msr_writes");
+    /// <summary>MOV to CR0/CR3/CR4/CR8/DR6/DR7 refused with #GP.</summary>
+    public readonly Counter CrWriteFaults = new($"cpu{index}.cr_write_faults");
+    /// <summary>IN/OUT/INS/OUTS refused with #GP by IOPL and the TSS I/O permission bitmap.</summary>
+    public readonly Counter IoPermissionFaults = new($"cpu{index}.io_permission_faults");
 
-    public IEnumerable<Counter> All => [Instructions, BlocksDecoded, BlockCacheMisses, CodeInvalidations, TlbMisses, PageFaults, Exceptions, Interrupts, Unimplemented];
+    public IEnumerable<Counter> All => [Instructions, BlocksDecoded, BlockCacheMisses, CodeInvalidations, TlbMisses, PageFaults, Exceptions, Interrupts, Unimplemented,
+        UnknownMsrAccesses, RefusedMsrWrites, CrWriteFaults, IoPermissionFaults];
 }

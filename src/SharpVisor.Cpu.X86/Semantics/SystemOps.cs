@@ -11,8 +11,6 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// </summary>
 public static unsafe class SystemOps
 {
-    static readonly Counter s_ioDenied = new("cpu.io_permission_faults");
-
     public static void Register()
     {
         var seen = new HashSet<Mnemonic>();
@@ -482,7 +480,7 @@ public static unsafe class SystemOps
 
     static GuestFault Denied(Cpu c, ushort port)
     {
-        s_ioDenied.Increment();
+        c.Counters.IoPermissionFaults.IncrementUnsynchronized();
         return c.GeneralProtection(0);
     }
 

@@ -22,9 +22,6 @@ public static class ControlRegisters
     /// <summary>CR4 bits whose change invalidates all translations (SDM Vol. 3A 4.10.4.1).</summary>
     const ulong Cr4FlushAll = Cr4.PSE | Cr4.PAE | Cr4.PGE | Cr4.PCIDE | Cr4.SMEP | Cr4.SMAP | Cr4.PKE;
 
-    static readonly Counter s_crFaults = new("cpu.cr_write_faults");
-    public static Counter CrFaults => s_crFaults;
-
     /// <summary>Reads CRn as MOV r, CRn does (CR8 is the APIC TPR's priority class).</summary>
     public static ulong Read(Cpu c, int cr) => cr switch
     {
@@ -60,8 +57,8 @@ public static class ControlRegisters
     /// <summary>Counts a refused write and logs it once per <paramref name="rule"/> (a fixed string, so a guest cannot flood the log).</summary>
     static GuestFault Fail(Cpu c, string rule, ulong value = 0)
     {
-        s_crFaults.Increment();
-        Log.Once($"crfault:{rule}", "cpu", $"cpu{c.Index}: control register write refused (#GP): {rule} (value 0x{value:x}, further ones counted in {s_crFaults.Name})");
+        c.Counters.CrWriteFaults.IncrementUnsynchronized();
+        Log.Once($"crfault:{rule}", "cpu", $"cpu{c.Index}: control register write refused (#GP): {rule} (value 0x{value:x}, further ones counted in {c.Counters.CrWriteFaults.Name})");
         return c.GeneralProtection(0);
     }
 

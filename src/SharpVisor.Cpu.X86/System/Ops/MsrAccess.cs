@@ -9,9 +9,6 @@ namespace SharpVisor.Cpu.X86;
 /// </summary>
 public static unsafe class MsrAccess
 {
-    static readonly Counter s_unknown = new("cpu.unknown_msr_accesses");
-    static readonly Counter s_refused = new("cpu.refused_msr_writes");
-    public static Counter UnknownAccesses => s_unknown;
 
     /// <summary>MTRRcap (SDM Vol. 3A 12.11.2.1): VCNT = 8 variable ranges, FIX = 1 fixed ranges, WC = 1.</summary>
     public const ulong MtrrCapValue = 8 | (1 << 8) | (1 << 10);
@@ -34,16 +31,16 @@ public static unsafe class MsrAccess
     /// <summary>A valid PAT entry: UC, WC, WT, WP, WB, UC- (SDM Vol. 3A Table 12-10).</summary>
     static bool IsPatType(ulong t) => t is 0 or 1 or 4 or 5 or 6 or 7;
 
-    /// <summary>Unknown MSR numbers seen so far: each is logged once, and at most <see cref="MaxUnknownLogged"/> of them, so a guest probing every MSR number cannot flood the log.</summary>
+    /// <summary>Unknown MSR numbers seen so far (process-wide, like <see cref="Log.Once"/>): each is logged once, and at most <see cref="MaxUnknownLogged"/> of them, so a guest probing every MSR number cannot flood the log.</summary>
     static readonly System.Collections.Concurrent.ConcurrentDictionary<(uint, bool), byte> s_unknownSeen = new();
     const int MaxUnknownLogged = 256;
 
     static GuestFault Unknown(Cpu c, uint msr, bool write, ulong value)
     {
-        s_unknown.Increment();
+        c.Counters.UnknownMsrAccesses.IncrementUnsynchronized();
         if (s_unknownSeen.Count >= MaxUnknownLogged)
         {
-            Log.Once("msr:unknown-cap", "cpu", $"more than {MaxUnknownLogged} distinct unknown MSRs accessed; further ones are only counted in {s_unknown.Name}");
+            Log.Once("msr:unknown-cap", "cpu", $"more than {MaxUnknownLogged} distinct unknown MSRs accessed; further ones are only counted in cpuN.unknown_msr_accesses");
             return c.GeneralProtection(0);
         }
         if (!s_unknownSeen.TryAdd((msr, write), 0))
@@ -60,7 +57,7 @@ public static unsafe class MsrAccess
 
     static GuestFault Refuse(Cpu c, uint msr, ulong value, string why)
     {
-        s_refused.Increment();
+        c.Counters.RefusedMsrWrites.IncrementUnsynchronized();
         Log.Once($"msrbad:{msr:x}:{why}", "cpu", $"cpu{c.Index}: WRMSR 0x{msr:x} value 0x{value:x} refused: {why} (raising #GP)");
         return c.GeneralProtection(0);
     }
