@@ -124,6 +124,7 @@ public sealed unsafe partial class Cpu
             {
                 InstructionsRetired++;
                 ExitBlock = false;
+                _heldDebugTraps = 0; // the instruction after MOV SS faulted: its held #DB goes with it
                 if (!DeliverException(f.Vector, f.HasErrorCode, f.ErrorCode))
                 {
                     return CpuExit.Shutdown;

@@ -1,6 +1,6 @@
 using System.Runtime.Intrinsics;
-using static Iced.Intel.AssemblerRegisters;
 using SharpVisor.Cpu.X86.Tests.SystemInstructions;
+using static Iced.Intel.AssemblerRegisters;
 
 namespace SharpVisor.Cpu.X86.Tests.X87;
 
