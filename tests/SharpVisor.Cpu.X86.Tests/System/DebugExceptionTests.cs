@@ -457,4 +457,31 @@ public unsafe class DebugExceptionTests
         Assert.NotEqual(0UL, f.FrameFlags & RFlags.RF);
         Assert.NotEqual(0UL, f.Dr6 & Cpu.Dr6BS);
     }
+
+    /// <summary>
+    /// SDM 18.3.1.1: a fault's frame carries RF = 1 (so IRET does not hit an instruction breakpoint
+    /// on the retried instruction again); the handler itself runs with RF clear, and a trap such as
+    /// #BP pushes RF = 0.
+    /// </summary>
+    [Fact]
+    public void FaultFramesCarryRfTrapFramesDoNot()
+    {
+        using var f = new Fixture();
+        f.M.SetGate(Vector.UD, OtherHandler);
+        f.M.Asm(OtherHandler, 64, a => a.hlt());
+        f.M.Asm(Code, 64, a => a.ud2());
+
+        f.RunToHalt();
+        Assert.Equal(OtherHandler + 1, f.C.Rip);
+        Assert.Equal(Code, f.FrameRip);
+        Assert.NotEqual(0UL, f.FrameFlags & RFlags.RF);
+        Assert.Equal(0UL, f.C.GetFlags() & RFlags.RF);
+
+        using var g = new Fixture();
+        g.M.SetGate(Vector.BP, OtherHandler);
+        g.M.Asm(OtherHandler, 64, a => a.hlt());
+        g.M.Asm(Code, 64, a => a.int3());
+        g.RunToHalt();
+        Assert.Equal(0UL, g.FrameFlags & RFlags.RF);
+    }
 }
