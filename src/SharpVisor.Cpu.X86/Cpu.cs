@@ -61,7 +61,14 @@ public sealed unsafe partial class Cpu : IVcpuSignals
     public CpuCounters Counters { get; }
 
     /// <summary>Power-on / RESET state (SDM Vol. 3A 9.1.1, Table 9-1).</summary>
-    public void Reset()
+    public void Reset() => Reset(init: false);
+
+    /// <summary>
+    /// The state after RESET, or after INIT when <paramref name="init"/>: INIT is RESET except that
+    /// the x87/SSE state (Table 9-1 and its footnote) — and, in Msrs, the TSC adjustment and the
+    /// machine-check registers — stay unchanged.
+    /// </summary>
+    void Reset(bool init)
     {
         for (int i = 0; i < 16; i++)
         {
@@ -83,10 +90,15 @@ public sealed unsafe partial class Cpu : IVcpuSignals
         Cr2 = Cr3 = Cr4Value = EferValue = 0;
         Xcr0 = 1;
         Array.Clear(Dr);
-        Dr[6] = 0xFFFF0FF0;
+        Dr[6] = Dr6Fixed;
         Dr[7] = 0x400;
+        _heldDebugTraps = 0;
+        UpdateDebugState();
         Msr.Reset();
-        Fpu.Reset();
+        if (!init)
+        {
+            Fpu.Reset();
+        }
         Halted = false;
         _interruptShadow = false;
         NmiBlocked = false;
@@ -210,6 +222,15 @@ public sealed class CpuCounters(int index)
     public readonly Counter Exceptions = new($"cpu{index}.exceptions");
     public readonly Counter Interrupts = new($"cpu{index}.interrupts");
     public readonly Counter Unimplemented = new($"cpu{index}.unimplemented_instructions");
+    /// <summary>RDMSR/WRMSR of an MSR this CPU does not have (#GP; Linux probes some on purpose).</summary>
+    public readonly Counter UnknownMsrAccesses = new($"cpu{index}.unknown_msr_accesses");
+    /// <summary>WRMSR of an existing MSR refused with #GP (reserved bits, non-canonical, read-only).</summary>
+    public readonly Counter RefusedMsrWrites = new($"cpu{index}.refused_msr_writes");
+    /// <summary>MOV to CR0/CR3/CR4/CR8/DR6/DR7 refused with #GP.</summary>
+    public readonly Counter CrWriteFaults = new($"cpu{index}.cr_write_faults");
+    /// <summary>IN/OUT/INS/OUTS refused with #GP by IOPL and the TSS I/O permission bitmap.</summary>
+    public readonly Counter IoPermissionFaults = new($"cpu{index}.io_permission_faults");
 
-    public IEnumerable<Counter> All => [Instructions, BlocksDecoded, BlockCacheMisses, CodeInvalidations, TlbMisses, PageFaults, Exceptions, Interrupts, Unimplemented];
+    public IEnumerable<Counter> All => [Instructions, BlocksDecoded, BlockCacheMisses, CodeInvalidations, TlbMisses, PageFaults, Exceptions, Interrupts, Unimplemented,
+        UnknownMsrAccesses, RefusedMsrWrites, CrWriteFaults, IoPermissionFaults];
 }

@@ -68,12 +68,17 @@ public sealed unsafe partial class Cpu
     /// <summary>Sets the whole RFLAGS register (callers apply privilege rules first). Updates the mode if VM changed.</summary>
     public void SetFlags(ulong f)
     {
-        ulong oldVm = FlagsOther & RFlags.VM;
+        ulong old = FlagsOther;
         SetArithFlags(f);
         FlagsOther = (f & RFlags.Writable & ~RFlags.Arith) | RFlags.Reserved1;
-        if ((FlagsOther & RFlags.VM) != oldVm)
+        ulong changed = old ^ FlagsOther;
+        if ((changed & RFlags.VM) != 0)
         {
             UpdateMode();
+        }
+        if ((changed & (RFlags.TF | RFlags.RF)) != 0)
+        {
+            UpdateDebugActive(); // single-step or resume flag: the run loop must check each instruction
         }
     }
 

@@ -58,7 +58,6 @@ public sealed partial class VirtualMachine : IDisposable
                 Counters.Add(c);
             }
         }
-        Counters.Add(MsrAccess.UnknownAccesses);
         BuildBoard();
         LoadGuest();
     }

@@ -104,6 +104,11 @@ public sealed unsafe partial class Cpu
             }
             try
             {
+                if (_debugActive)
+                {
+                    InstructionsRetired += StepWithDebugChecks();
+                    continue;
+                }
                 Block b = FetchBlock();
                 if (_interruptShadow)
                 {
@@ -119,6 +124,7 @@ public sealed unsafe partial class Cpu
             {
                 InstructionsRetired++;
                 ExitBlock = false;
+                _heldDebugTraps = 0; // the instruction after MOV SS faulted: its held #DB goes with it
                 if (!DeliverException(f.Vector, f.HasErrorCode, f.ErrorCode))
                 {
                     return CpuExit.Shutdown;
@@ -205,12 +211,12 @@ public sealed unsafe partial class Cpu
     }
 
     /// <summary>
-    /// INIT: the reset state of SDM Table 9-1 (the TSC and TSC_ADJUST survive: they live outside
-    /// <see cref="Reset"/>); an application processor then waits for SIPI.
+    /// INIT: the reset state of SDM Table 9-1, keeping what INIT leaves unchanged (x87/SSE state,
+    /// TSC, TSC_ADJUST, machine-check registers); an application processor then waits for SIPI.
     /// </summary>
     void InitSignal()
     {
-        Reset();
+        Reset(init: true);
         FlushTlb(includeGlobal: true);
         FlushCodeCache();
         _waitingForSipi = Index != 0;
@@ -242,6 +248,16 @@ public sealed unsafe partial class Cpu
     bool DeliverException(byte vector, bool hasError, uint error)
     {
         Counters.Exceptions.IncrementUnsynchronized();
+        if (IsFaultClass(vector))
+        {
+            // The frame of a fault carries RF = 1 (delivery then clears the live flag), so that the
+            // return does not hit an instruction breakpoint again (SDM Vol. 3B 18.3.1.1).
+            FlagsOther |= RFlags.RF;
+        }
+        else if (vector == Vector.DB)
+        {
+            Dr[7] &= ~Dr7GD; // entering the #DB handler clears GD so it can use the debug registers (SDM 18.2.4)
+        }
         return DeliverEvent(vector, EventKind.Exception, hasError, error);
     }
 
@@ -267,6 +283,10 @@ public sealed unsafe partial class Cpu
             }
         }
         _deliveringVector = vector;
+        if (kind is EventKind.Software or EventKind.SoftwareException)
+        {
+            _noSingleStepTrap = true; // INT n / INT3 / INTO: no single-step trap after them (SDM 18.3.1.4)
+        }
         try
         {
             Halted = false;

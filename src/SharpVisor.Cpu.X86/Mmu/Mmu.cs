@@ -169,6 +169,10 @@ public sealed unsafe partial class Cpu
         {
             return null;
         }
+        if (_dataBreakpoints != 0)
+        {
+            NoteDataAccess(la & Regs.LinearMask, size, write: true); // a read-modify-write: matches R/W = 01 and 11
+        }
         if (Ram.NoteWrite((ulong)off, (ulong)size))
         {
             OnCodeWritten();
@@ -182,6 +186,10 @@ public sealed unsafe partial class Cpu
     ulong ReadSlow(ulong la, int size)
     {
         la &= Regs.LinearMask;
+        if (_dataBreakpoints != 0)
+        {
+            NoteDataAccess(la, size, write: false);
+        }
         if ((la & 0xFFF) > (ulong)(0x1000 - size))
         {
             // Crosses a page: both translations must succeed before any byte is used.
@@ -202,6 +210,10 @@ public sealed unsafe partial class Cpu
     void WriteSlow(ulong la, int size, ulong v)
     {
         la &= Regs.LinearMask;
+        if (_dataBreakpoints != 0)
+        {
+            NoteDataAccess(la, size, write: true);
+        }
         if ((la & 0xFFF) > (ulong)(0x1000 - size))
         {
             ulong second = ((la & PageMask) + 0x1000) & Regs.LinearMask;
@@ -312,6 +324,10 @@ public sealed unsafe partial class Cpu
         e.ReadTag = w.AllowRead ? page : TlbEntry.Invalid;
         e.WriteTag = w.AllowWrite ? page : TlbEntry.Invalid;
         e.ExecTag = w.AllowExecute ? page : TlbEntry.Invalid;
+        if (_dataBreakpoints != 0)
+        {
+            DataBreakpointTags(page, ref e); // a watched page's data accesses take the slow path, which checks them
+        }
     }
 
     GuestFault PageFault(ulong la, uint walkFault)

@@ -121,8 +121,12 @@ public static unsafe class StringOps
             return;
         }
         bool repNe = (op.Flags & OpFlags.RepNe) != 0 && (op.Flags & OpFlags.Rep) == 0;
-        bool tryBulk = true;
-        int steps = ChunkIterations;
+        // Single-stepping traps after each iteration and data/I/O breakpoints are reported after the
+        // iteration that met them (SDM Vol. 3B 18.3.1.2, 18.3.1.4): one element per execution then,
+        // through the checked memory accessors rather than host-memory bulk copies.
+        bool oneAtATime = c.RepeatOneIterationAtATime;
+        bool tryBulk = !oneAtATime;
+        int steps = oneAtATime ? 1 : ChunkIterations;
         long bytes = ChunkBytes;
         while (true)
         {
@@ -251,36 +255,8 @@ public static unsafe class StringOps
 
     // ------------------------------------------------------------------ port I/O (INS, OUTS, and IN/OUT if SystemOps wants it)
 
-    /// <summary>
-    /// I/O permission (SDM Vol. 1 19.5): in protected mode with CPL &gt; IOPL, and always in
-    /// virtual-8086 mode, every bit of the TSS I/O permission bitmap covering the accessed ports must
-    /// be 0; a TSS without a reachable bitmap means #GP(0). In 64-bit mode the TSS base is TR.Base too.
-    /// </summary>
-    public static void CheckIoPermission(Cpu c, ushort port, int size)
-    {
-        if (c.Mode == CpuMode.Real || (c.Mode != CpuMode.Virtual8086 && c.Cpl <= c.Iopl))
-        {
-            return;
-        }
-        ref SegmentRegister tr = ref c.Tr;
-        // Only a 32/64-bit TSS (available 9 or busy 11) has the bitmap; its base field is at offset 0x66.
-        if ((tr.Type != 9 && tr.Type != 11) || tr.Limit < 0x67)
-        {
-            throw c.GeneralProtection();
-        }
-        ulong mapBase = c.SystemRead(tr.Base + 0x66, 2);
-        ulong at = mapBase + (ulong)(port >> 3);
-        if (at + 1 > tr.Limit)
-        {
-            throw c.GeneralProtection();
-        }
-        ulong bits = c.SystemRead(tr.Base + at, 2);
-        ulong needed = ((1UL << size) - 1) << (port & 7);
-        if ((bits & needed) != 0)
-        {
-            throw c.GeneralProtection();
-        }
-    }
+    /// <summary>I/O permission for INS/OUTS: the same check (and counter) as IN/OUT (SDM Vol. 1 19.5).</summary>
+    public static void CheckIoPermission(Cpu c, ushort port, int size) => SystemOps.CheckIoPermission(c, port, size);
 
     /// <summary>Reads a port through the platform bus (under the platform's device lock when it has one).</summary>
     public static uint PortRead(Cpu c, ushort port, int size)
@@ -480,6 +456,10 @@ public readonly unsafe struct InsOp : IStringOp
         ushort port = (ushort)c.Regs.Gpr[2];
         int size = S.Bits / 8;
         StringOps.CheckIoPermission(c, port, size);
+        if (c.IoBreakpointsArmed)
+        {
+            c.NoteIoAccess(port, size);
+        }
         ulong la = StringOps.DestLinear(c, ref op);
         // Probe every page of the element so a #PF comes before the (side-effecting) port read.
         c.Translate(la, Access.Write, c.Cpl == 3);
@@ -502,6 +482,10 @@ public readonly unsafe struct OutsOp : IStringOp
         ushort port = (ushort)c.Regs.Gpr[2];
         int size = S.Bits / 8;
         StringOps.CheckIoPermission(c, port, size);
+        if (c.IoBreakpointsArmed)
+        {
+            c.NoteIoAccess(port, size);
+        }
         ulong v = S.Load(c, StringOps.SourceLinear(c, ref op));
         StringOps.PortWrite(c, port, size, (uint)v);
         StringOps.AdvanceSource<S>(c, ref op, StringOps.Step<S>(c));

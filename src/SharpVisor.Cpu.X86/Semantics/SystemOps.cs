@@ -11,8 +11,6 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// </summary>
 public static unsafe class SystemOps
 {
-    static readonly Counter s_ioDenied = new("cpu.io_permission_faults");
-
     public static void Register()
     {
         var seen = new HashSet<Mnemonic>();
@@ -41,6 +39,7 @@ public static unsafe class SystemOps
         Add(Code.Sysexitd, &BindSimple);
         Add(Code.Sysexitq, &BindSimple);
         Add(Code.Int3, &BindSimple);
+        Add(Code.Int1, &BindSimple);
         Add(Code.Int_imm8, &BindSimple);
         Add(Code.Into, &BindSimple);
         Add(Code.Iretw, &BindSimple);
@@ -108,10 +107,11 @@ public static unsafe class SystemOps
             case Code.Invd or Code.Wbinvd: op.Exec = &CacheFlush; break;
             case Code.Swapgs: op.Exec = &Swapgs; break;
             case Code.Syscall: op.Exec = &FarTransfer.Syscall; break;
-            case Code.Sysretd or Code.Sysretq: op.Sub = (byte)(ins.Code == Code.Sysretq ? 1 : 0); op.Exec = &FarTransfer.Sysret; break;
+            case Code.Sysretd or Code.Sysretq: op.Sub = (byte)(ins.Code == Code.Sysretq ? 1 : 0); op.Exec = &Sysret; break;
             case Code.Sysenter: op.Exec = &FarTransfer.Sysenter; break;
             case Code.Sysexitd or Code.Sysexitq: op.Sub = (byte)(ins.Code == Code.Sysexitq ? 1 : 0); op.Exec = &FarTransfer.Sysexit; break;
             case Code.Int3: op.Exec = &Int3; break;
+            case Code.Int1: op.Exec = &Int1; break;
             case Code.Int_imm8: op.Exec = &IntN; break;
             case Code.Into: op.Exec = &Into; break;
             case Code.Iretw or Code.Iretd or Code.Iretq:
@@ -389,7 +389,17 @@ public static unsafe class SystemOps
         c.SoftwareInterrupt((byte)op.Imm, false);
     }
 
+    /// <summary>SYSRET, then the single-step trap it owes when it loaded TF = 1 (see <see cref="Cpu.SingleStepTrapAfterSysret"/>).</summary>
+    static void Sysret(Cpu c, ref Op op)
+    {
+        FarTransfer.Sysret(c, ref op);
+        c.SingleStepTrapAfterSysret();
+    }
+
     static void Int3(Cpu c, ref Op op) => c.SoftwareInterrupt(Vector.BP, true);
+
+    /// <summary>INT1/ICEBP (F1): #DB as a trap, without the gate DPL check of INT n (SDM Vol. 2A INT1).</summary>
+    static void Int1(Cpu c, ref Op op) => c.Icebp();
 
     static void Into(Cpu c, ref Op op)
     {
@@ -470,7 +480,7 @@ public static unsafe class SystemOps
 
     static GuestFault Denied(Cpu c, ushort port)
     {
-        s_ioDenied.Increment();
+        c.Counters.IoPermissionFaults.IncrementUnsynchronized();
         return c.GeneralProtection(0);
     }
 
@@ -504,6 +514,10 @@ public static unsafe class SystemOps
     {
         ushort port = PortOf(c, ref op);
         CheckIoPermission(c, port, op.Size);
+        if (c.IoBreakpointsArmed)
+        {
+            c.NoteIoAccess(port, op.Size);
+        }
         uint v = PortRead(c, port, op.Size);
         switch (op.Size)
         {
@@ -517,6 +531,10 @@ public static unsafe class SystemOps
     {
         ushort port = PortOf(c, ref op);
         CheckIoPermission(c, port, op.Size);
+        if (c.IoBreakpointsArmed)
+        {
+            c.NoteIoAccess(port, op.Size);
+        }
         uint v = (uint)c.Regs.Gpr[0] & (uint)(op.Size == 4 ? 0xFFFF_FFFF : (1u << (8 * op.Size)) - 1);
         PortWrite(c, port, op.Size, v);
         // A device (APIC via port? PIC, reset register) may have raised an interrupt or a stop.

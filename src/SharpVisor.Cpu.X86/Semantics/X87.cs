@@ -512,15 +512,7 @@ public static unsafe class X87
         Init(c.Fpu);
     }
 
-    static void Init(FpuState f)
-    {
-        f.Control = 0x037F;
-        f.Status = 0;
-        f.Tag = 0xFFFF;
-        f.LastIp = f.LastDp = 0;
-        f.LastCs = f.LastDs = 0;
-        f.LastOpcode = 0;
-    }
+    static void Init(FpuState f) => f.InitX87();
 
     /// <summary>FNCLEX: clears the exception flags, SF, ES and B (C0-C3 are undefined: kept).</summary>
     static void Fnclex(Cpu c, ref Op op)

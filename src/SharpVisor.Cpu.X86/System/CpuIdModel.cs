@@ -10,8 +10,8 @@ namespace SharpVisor.Cpu.X86;
 public sealed class CpuIdModel
 {
     // CPUID.1:EDX (SDM Vol. 2A Table 3-11).
-    const uint Fpu = 1 << 0, De = 1 << 2, Pse = 1 << 3, Tsc = 1 << 4, Msr = 1 << 5, Pae = 1 << 6, Cx8 = 1 << 8;
-    const uint Apic = 1 << 9, Sep = 1 << 11, Mtrr = 1 << 12, Pge = 1 << 13, Cmov = 1 << 15, Pat = 1 << 16;
+    const uint Fpu = 1 << 0, De = 1 << 2, Pse = 1 << 3, Tsc = 1 << 4, Msr = 1 << 5, Pae = 1 << 6, Mce = 1 << 7, Cx8 = 1 << 8;
+    const uint Apic = 1 << 9, Sep = 1 << 11, Mtrr = 1 << 12, Pge = 1 << 13, Mca = 1 << 14, Cmov = 1 << 15, Pat = 1 << 16;
     const uint Pse36 = 1 << 17, Clfsh = 1 << 19, Mmx = 1 << 23, Fxsr = 1 << 24, Sse = 1 << 25, Sse2 = 1 << 26;
     // CPUID.1:ECX (Table 3-10).
     const uint Cx16 = 1 << 13, X2Apic = 1 << 21, TscDeadline = 1 << 24;
@@ -66,7 +66,9 @@ public sealed class CpuIdModel
                 {
                     uint ebx = (apicId << 24) | ((uint)Math.Min(LogicalProcessors, 255) << 16) | (8 << 8); // CLFLUSH line 8*8=64
                     uint ecx = Cx16 | X2Apic | TscDeadline;
-                    uint edx = Fpu | De | Pse | Tsc | Msr | Pae | Cx8 | Apic | Sep | Mtrr | Pge | Cmov | Pat | Pse36 | Clfsh | Mmx | Fxsr | Sse | Sse2;
+                    // MCE/MCA: CR4.MCE and the IA32_MCG_*/MCi_* MSRs exist (MsrAccess; banks never log
+                    // an error). Without them Linux prints "mce: Unable to init MCE device (rc: -5)".
+                    uint edx = Fpu | De | Pse | Tsc | Msr | Pae | Mce | Cx8 | Apic | Sep | Mtrr | Pge | Mca | Cmov | Pat | Pse36 | Clfsh | Mmx | Fxsr | Sse | Sse2;
                     if (LogicalProcessors > 1)
                     {
                         edx |= 1 << 28; // HTT: EBX[23:16] is valid

@@ -28,18 +28,44 @@ public sealed class FpuState
         set => Status = (ushort)((Status & ~0x3800) | ((value & 7) << 11));
     }
 
-    /// <summary>FNINIT / power-on values (SDM Vol. 1 8.1.1; MXCSR from 10.2.3.1).</summary>
+    /// <summary>
+    /// Power-up and RESET values (SDM Vol. 3A 9.1.1, Table 9-1): FCW 0040H (note: not FNINIT's 037FH —
+    /// all exceptions unmasked, single precision), FSW 0, FTW 5555H (every register tagged zero, as
+    /// R0-R7 hold +0.0), pointers and opcode 0, XMM0-15 zero, MXCSR 1F80H. INIT leaves all of this
+    /// unchanged (Table 9-1 and its footnote), so it is not called for INIT.
+    /// </summary>
     public void Reset()
     {
-        Control = 0x037F;
+        Control = PowerOnControl;
         Status = 0;
-        Tag = 0xFFFF;
+        Tag = 0x5555;
         LastOpcode = 0;
         LastIp = LastDp = 0;
         LastCs = LastDs = 0;
         Array.Clear(Mantissa);
         Array.Clear(SignExp);
         Array.Clear(Xmm);
-        Mxcsr = 0x1F80;
+        Mxcsr = DefaultMxcsr;
+    }
+
+    /// <summary>FCW after power-up/RESET (Table 9-1).</summary>
+    public const ushort PowerOnControl = 0x0040;
+    /// <summary>FCW after FNINIT (SDM Vol. 2A FINIT/FNINIT; Vol. 1 8.1.5).</summary>
+    public const ushort InitControl = 0x037F;
+    /// <summary>MXCSR after power-up/RESET: all exceptions masked, round to nearest (SDM Vol. 1 10.2.3).</summary>
+    public const uint DefaultMxcsr = 0x1F80;
+
+    /// <summary>
+    /// FNINIT (SDM Vol. 2A FINIT/FNINIT): FCW 037FH, FSW 0, all registers tagged empty, pointers and
+    /// opcode 0. The data registers and the SSE state keep their contents.
+    /// </summary>
+    public void InitX87()
+    {
+        Control = InitControl;
+        Status = 0;
+        Tag = 0xFFFF;
+        LastIp = LastDp = 0;
+        LastCs = LastDs = 0;
+        LastOpcode = 0;
     }
 }

@@ -1,4 +1,5 @@
 using SharpVisor.Cpu.X86.Fpu;
+using SharpVisor.Cpu.X86.Tests.Harness;
 
 namespace SharpVisor.Cpu.X86.Tests.Fpu;
 

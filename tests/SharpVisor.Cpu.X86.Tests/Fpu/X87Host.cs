@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using SharpVisor.Cpu.X86.Fpu;
+using SharpVisor.Cpu.X86.Tests.Harness;
 
 namespace SharpVisor.Cpu.X86.Tests.Fpu;
 

@@ -112,6 +112,7 @@ public sealed unsafe class DifferentialRunner : IDisposable
         }
         _cpu.Fpu.Top = 0;
         _cpu.Fpu.Tag = 0;
+        _cpu.Fpu.Control = FpuState.InitControl; // the host thread's FCW (System V ABI: 037FH), not the power-on 0040H
         var same = input;
         same.Mxcsr = _ctx->Mxcsr; // the interpreter runs with exactly the native MXCSR
         var (emulated, emulatedData, rip, exception) = RunInterpreter(instruction, same, data);

@@ -26,6 +26,9 @@ public sealed class InterpreterMachine : IDisposable
         Ports = new PortBus();
         var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(_ram), Ports = Ports, Clock = new VirtualClock(ClockMode.Deterministic) };
         Cpu = new Cpu(0, platform);
+        // As an OS leaves it before using the FPU (Linux: FNINIT in fpu__init_cpu_generic); the
+        // power-on FCW is 0040H (all exceptions unmasked), SDM Vol. 3A Table 9-1.
+        Cpu.Fpu.InitX87();
         Bits = bits;
         if (bits == 64)
         {

@@ -14,15 +14,13 @@ public static class ControlRegisters
 
     /// <summary>
     /// CR4 bits this CPU implements, i.e. the ones whose feature CPUID advertises (CPUID.1:EDX DE, PSE,
-    /// TSC, PAE, PGE, FXSR, SSE; PCE is architectural). Setting any other bit is #GP (SDM Vol. 3A 2.5).
+    /// TSC, PAE, MCE, PGE, FXSR, SSE; PCE is architectural). Setting any other bit is #GP (SDM Vol. 3A 2.5).
+    /// CR4.MCE enables #MC delivery; no machine check is ever signalled, so it has no other effect.
     /// </summary>
-    public const ulong Cr4Supported = Cr4.DE | Cr4.PSE | Cr4.TSD | Cr4.PAE | Cr4.PGE | Cr4.PCE | Cr4.OSFXSR | Cr4.OSXMMEXCPT;
+    public const ulong Cr4Supported = Cr4.DE | Cr4.PSE | Cr4.TSD | Cr4.PAE | Cr4.MCE | Cr4.PGE | Cr4.PCE | Cr4.OSFXSR | Cr4.OSXMMEXCPT;
 
     /// <summary>CR4 bits whose change invalidates all translations (SDM Vol. 3A 4.10.4.1).</summary>
     const ulong Cr4FlushAll = Cr4.PSE | Cr4.PAE | Cr4.PGE | Cr4.PCIDE | Cr4.SMEP | Cr4.SMAP | Cr4.PKE;
-
-    static readonly Counter s_crFaults = new("cpu.cr_write_faults");
-    public static Counter CrFaults => s_crFaults;
 
     /// <summary>Reads CRn as MOV r, CRn does (CR8 is the APIC TPR's priority class).</summary>
     public static ulong Read(Cpu c, int cr) => cr switch
@@ -59,8 +57,8 @@ public static class ControlRegisters
     /// <summary>Counts a refused write and logs it once per <paramref name="rule"/> (a fixed string, so a guest cannot flood the log).</summary>
     static GuestFault Fail(Cpu c, string rule, ulong value = 0)
     {
-        s_crFaults.Increment();
-        Log.Once($"crfault:{rule}", "cpu", $"cpu{c.Index}: control register write refused (#GP): {rule} (value 0x{value:x}, further ones counted in {s_crFaults.Name})");
+        c.Counters.CrWriteFaults.IncrementUnsynchronized();
+        Log.Once($"crfault:{rule}", "cpu", $"cpu{c.Index}: control register write refused (#GP): {rule} (value 0x{value:x}, further ones counted in {c.Counters.CrWriteFaults.Name})");
         return c.GeneralProtection(0);
     }
 
@@ -153,6 +151,10 @@ public static class ControlRegisters
         {
             c.FlushTlb(includeGlobal: true);
         }
+        if (((old ^ v) & Cr4.DE) != 0)
+        {
+            c.UpdateDebugState(); // DE turns DR7 R/W = 10 into I/O breakpoints (SDM 18.2.4)
+        }
         c.UpdateMode();
     }
 
@@ -197,7 +199,7 @@ public static class ControlRegisters
     // ---------------------------------------------------------------- debug registers
 
     /// <summary>DR6 bits software can write (B0-B3, BD, BS, BT); the others read as fixed values (SDM Vol. 3B 18.2.3).</summary>
-    const ulong Dr6Writable = 0xE00F, Dr6Fixed = 0xFFFF_0FF0;
+    const ulong Dr6Writable = 0xE00F;
     /// <summary>DR7 writable bits: L0-G3, LE, GE, GD, R/W and LEN fields; bit 10 reads as 1 (SDM 18.2.4).</summary>
     const ulong Dr7Writable = 0xFFFF_23FF, Dr7Fixed = 0x400;
 
@@ -219,10 +221,17 @@ public static class ControlRegisters
         return dr;
     }
 
-    public static ulong ReadDr(Cpu c, int dr) => c.Dr[AliasDr(c, dr)];
+    /// <summary>MOV r, DRn (the caller checked CPL 0): DR7.GD first (#DB), then DR4/DR5 (#UD).</summary>
+    public static ulong ReadDr(Cpu c, int dr)
+    {
+        c.CheckGeneralDetect();
+        return c.Dr[AliasDr(c, dr)];
+    }
 
+    /// <summary>MOV DRn, r (the caller checked CPL 0). Breakpoint changes take effect from the next instruction.</summary>
     public static void WriteDr(Cpu c, int dr, ulong v)
     {
+        c.CheckGeneralDetect();
         dr = AliasDr(c, dr);
         if (dr >= 6 && (v >> 32) != 0)
         {
@@ -231,20 +240,15 @@ public static class ControlRegisters
         switch (dr)
         {
             case 6:
-                c.Dr[6] = (v & Dr6Writable) | Dr6Fixed;
-                break;
+                c.Dr[6] = (v & Dr6Writable) | Cpu.Dr6Fixed;
+                return;
             case 7:
                 c.Dr[7] = (v & Dr7Writable) | Dr7Fixed;
-                if ((v & 0x20FF) != 0)
-                {
-                    // Hardware breakpoints and general detect are not emulated; Linux only arms them
-                    // for ptrace/perf breakpoints. Say so once rather than silently ignore.
-                    Log.Once("dr7-breakpoints", "cpu", $"cpu{c.Index}: DR7={v:x} enables hardware breakpoints, which are not emulated (they never trigger)");
-                }
                 break;
             default:
                 c.Dr[dr] = v;
                 break;
         }
+        c.UpdateDebugState();
     }
 }

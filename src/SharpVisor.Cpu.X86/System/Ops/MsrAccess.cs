@@ -9,9 +9,6 @@ namespace SharpVisor.Cpu.X86;
 /// </summary>
 public static unsafe class MsrAccess
 {
-    static readonly Counter s_unknown = new("cpu.unknown_msr_accesses");
-    static readonly Counter s_refused = new("cpu.refused_msr_writes");
-    public static Counter UnknownAccesses => s_unknown;
 
     /// <summary>MTRRcap (SDM Vol. 3A 12.11.2.1): VCNT = 8 variable ranges, FIX = 1 fixed ranges, WC = 1.</summary>
     public const ulong MtrrCapValue = 8 | (1 << 8) | (1 << 10);
@@ -34,16 +31,16 @@ public static unsafe class MsrAccess
     /// <summary>A valid PAT entry: UC, WC, WT, WP, WB, UC- (SDM Vol. 3A Table 12-10).</summary>
     static bool IsPatType(ulong t) => t is 0 or 1 or 4 or 5 or 6 or 7;
 
-    /// <summary>Unknown MSR numbers seen so far: each is logged once, and at most <see cref="MaxUnknownLogged"/> of them, so a guest probing every MSR number cannot flood the log.</summary>
+    /// <summary>Unknown MSR numbers seen so far (process-wide, like <see cref="Log.Once"/>): each is logged once, and at most <see cref="MaxUnknownLogged"/> of them, so a guest probing every MSR number cannot flood the log.</summary>
     static readonly System.Collections.Concurrent.ConcurrentDictionary<(uint, bool), byte> s_unknownSeen = new();
     const int MaxUnknownLogged = 256;
 
     static GuestFault Unknown(Cpu c, uint msr, bool write, ulong value)
     {
-        s_unknown.Increment();
+        c.Counters.UnknownMsrAccesses.IncrementUnsynchronized();
         if (s_unknownSeen.Count >= MaxUnknownLogged)
         {
-            Log.Once("msr:unknown-cap", "cpu", $"more than {MaxUnknownLogged} distinct unknown MSRs accessed; further ones are only counted in {s_unknown.Name}");
+            Log.Once("msr:unknown-cap", "cpu", $"more than {MaxUnknownLogged} distinct unknown MSRs accessed; further ones are only counted in cpuN.unknown_msr_accesses");
             return c.GeneralProtection(0);
         }
         if (!s_unknownSeen.TryAdd((msr, write), 0))
@@ -60,7 +57,7 @@ public static unsafe class MsrAccess
 
     static GuestFault Refuse(Cpu c, uint msr, ulong value, string why)
     {
-        s_refused.Increment();
+        c.Counters.RefusedMsrWrites.IncrementUnsynchronized();
         Log.Once($"msrbad:{msr:x}:{why}", "cpu", $"cpu{c.Index}: WRMSR 0x{msr:x} value 0x{value:x} refused: {why} (raising #GP)");
         return c.GeneralProtection(0);
     }
@@ -89,8 +86,10 @@ public static unsafe class MsrAccess
             case MsrIndex.SysenterCs: return m.SysenterCs;
             case MsrIndex.SysenterEsp: return m.SysenterEsp;
             case MsrIndex.SysenterEip: return m.SysenterEip;
-            case MsrIndex.McgCap: return 0; // no banks (MCA is not advertised)
-            case MsrIndex.McgStatus: return 0;
+            case MsrIndex.McgCap: return Msrs.McgCapValue;
+            case MsrIndex.McgStatus: return m.McgStatus;
+            case MsrIndex.McgCtl: return m.McgCtl;
+            case >= MsrIndex.Mc0Ctl and < MsrIndex.Mc0Ctl + 4 * Msrs.McBankCount: return m.McBanks[msr - MsrIndex.Mc0Ctl];
             case MsrIndex.MiscEnable: return m.MiscEnable | MiscEnableFixed;
             case MsrIndex.Pat: return m.Pat;
             case MsrIndex.MtrrDefType: return m.MtrrDefType;
@@ -148,8 +147,26 @@ public static unsafe class MsrAccess
             case MsrIndex.BiosSignId:
                 return; // Linux writes 0 before CPUID(1) to read the revision (intel_get_microcode_revision)
             case MsrIndex.McgStatus:
-                if (v != 0) throw Refuse(c, msr, v, "MCG_STATUS only accepts 0");
+                // RIPV, EIPV, MCIP are writable (an #MC handler clears MCIP); bits 63:3 are reserved
+                // here (LMCE_S exists only with MCG_LMCE_P).
+                if ((v & ~7UL) != 0) throw Refuse(c, msr, v, "MCG_STATUS reserved bits");
+                m.McgStatus = v;
                 return;
+            case MsrIndex.McgCtl:
+                // SDM 16.3.1.3: all 1s enables, all 0s disables; other values are undefined, refused
+                // here as KVM does. Linux writes all 1s when MCG_CTL_P is set.
+                if (v != 0 && v != ulong.MaxValue) throw Refuse(c, msr, v, "MCG_CTL other than all 0s or all 1s");
+                m.McgCtl = v;
+                return;
+            case >= MsrIndex.Mc0Ctl and < MsrIndex.Mc0Ctl + 4 * Msrs.McBankCount:
+                {
+                    uint k = (msr - MsrIndex.Mc0Ctl) & 3;
+                    // IA32_MCi_CTL: one enable bit per error type, any value (SDM 16.3.2.1). STATUS,
+                    // ADDR and MISC can only be cleared: writing 1s is #GP (16.3.2.2-16.3.2.4).
+                    if (k != 0 && v != 0) throw Refuse(c, msr, v, k == 1 ? "MCi_STATUS accepts only 0" : k == 2 ? "MCi_ADDR accepts only 0" : "MCi_MISC accepts only 0");
+                    m.McBanks[msr - MsrIndex.Mc0Ctl] = v;
+                    return;
+                }
             case MsrIndex.SysenterCs: m.SysenterCs = v & 0xFFFF; return;
             case MsrIndex.SysenterEsp:
                 if (!IsCanonical(v)) throw Refuse(c, msr, v, "non-canonical");
