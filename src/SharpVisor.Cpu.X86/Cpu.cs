@@ -231,6 +231,10 @@ public sealed class CpuCounters(int index)
     /// <summary>IN/OUT/INS/OUTS refused with #GP by IOPL and the TSS I/O permission bitmap.</summary>
     public readonly Counter IoPermissionFaults = new($"cpu{index}.io_permission_faults");
 
+    /// <summary>Hardware task switches (SDM Vol. 3A 7.3), and those that faulted after their commit point.</summary>
+    public readonly Counter TaskSwitches = new($"cpu{index}.task_switches");
+    public readonly Counter TaskSwitchFaultsAfterCommit = new($"cpu{index}.task_switch_faults_after_commit");
+
     public IEnumerable<Counter> All => [Instructions, BlocksDecoded, BlockCacheMisses, CodeInvalidations, TlbMisses, PageFaults, Exceptions, Interrupts, Unimplemented,
-        UnknownMsrAccesses, RefusedMsrWrites, CrWriteFaults, IoPermissionFaults];
+        UnknownMsrAccesses, RefusedMsrWrites, CrWriteFaults, IoPermissionFaults, TaskSwitches, TaskSwitchFaultsAfterCommit];
 }

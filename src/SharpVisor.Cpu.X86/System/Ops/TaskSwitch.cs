@@ -27,8 +27,6 @@ internal enum TaskSwitchSource : byte
 /// </summary>
 internal static unsafe class TaskSwitch
 {
-    static readonly Counter s_switches = new("cpu.task_switches");
-    static readonly Counter s_faultsAfterCommit = new("cpu.task_switch_faults_after_commit");
 
     // 32-bit TSS fields (SDM Vol. 3A 7.2.1, Figure 7-2).
     const uint Link = 0x00, Cr3Off = 0x1C, Eip32 = 0x20, Eflags32 = 0x24, Gpr32 = 0x28, Seg32 = 0x48, Ldt32 = 0x60, Trap32 = 0x64;
@@ -240,7 +238,7 @@ internal static unsafe class TaskSwitch
         }
 
         // ================= commit: from here on the switch completes (SDM 7.3 note)
-        s_switches.Increment();
+        c.Counters.TaskSwitches.IncrementUnsynchronized();
         ushort oldTrSel = c.Tr.Selector;
         if (clearOldBusy && oldInGdt)
         {
@@ -265,6 +263,7 @@ internal static unsafe class TaskSwitch
         c.Tr = new SegmentRegister { Selector = newSel, Base = newBase, Limit = newDesc.Limit, Attributes = (ushort)(newDesc.Attributes | 2) };
         c.Cr0Value |= Cr0.TS;
         c.Dr[7] &= ~Dr7LocalEnables;
+        c.UpdateDebugState(); // the breakpoints those enables armed are gone
 
         // Step 12: CR3 (32-bit TSS, paging on only), EFLAGS, EIP, general registers, selectors.
         if (new32 && c.Paging && cr3 != (uint)c.Cr3)
@@ -315,7 +314,7 @@ internal static unsafe class TaskSwitch
         }
         catch (GuestFault)
         {
-            s_faultsAfterCommit.Increment();
+            c.Counters.TaskSwitchFaultsAfterCommit.IncrementUnsynchronized();
             Log.Once("task-switch-after-commit", "cpu", $"cpu{c.Index}: fault loading the new task's segments after a task switch to TSS {newSel:x4} (raised in the new task, SDM 7.3)");
             throw;
         }
