@@ -1,4 +1,5 @@
 using SharpVisor.Core;
+using SharpVisor.Devices.Pci;
 
 namespace SharpVisor.Devices.Iommu;
 
@@ -62,6 +63,8 @@ public sealed class DeviceIotlb
     public Counter InvalidatedEntries { get; }
 
     public int Capacity => _entries.Length;
+
+    public IEnumerable<Counter> Counters => [Hits, Misses, Evictions, Invalidations, InvalidatedEntries];
 
     public int Count
     {
@@ -191,10 +194,14 @@ public sealed class DeviceIotlb
 /// translation request to the unit and cache the answer, then issue a translated request. A
 /// page the unit will not translate is retried as an ordinary untranslated request, which the
 /// unit blocks and reports as a fault. It is also the function's <see cref="IAtsEndpoint"/>:
-/// invalidations drop device-TLB entries and are answered with their tag at once.
+/// invalidations drop device-TLB entries and are answered with their tag at once. As the
+/// <see cref="IAtsPort"/> of a <see cref="PciFunction"/> with the ATS capability, it is used while
+/// the guest has ATS Enable set and connected to the unit's invalidations only then.
 /// </summary>
-public sealed class AtsDmaSpace : IDmaSpace, IAtsEndpoint
+public sealed class AtsDmaSpace : IAtsPort, IAtsEndpoint
 {
+    volatile int _smallestShift = 12;
+
     readonly IntelIommu _unit;
     readonly ushort _requesterId;
     readonly uint? _pasid;
@@ -214,6 +221,28 @@ public sealed class AtsDmaSpace : IDmaSpace, IAtsEndpoint
 
     /// <summary>Registers this function as the ATS endpoint of its requester id (the ATS capability's Enable bit was set).</summary>
     public void Attach() => _unit.AttachAtsEndpoint(_requesterId, this);
+
+    public IEnumerable<Counter> Counters => Tlb.Counters;
+
+    /// <summary>
+    /// ATS Enable set: the device-TLB starts empty and the unit's device-TLB invalidations for
+    /// this requester reach it. Cleared: it is disconnected (outstanding invalidation tags are
+    /// released by the unit) and forgets every translation (PCIe Base 4.0, 10.5.1.3: with Enable
+    /// clear the function may not cache translations).
+    /// </summary>
+    public void SetEnabled(bool enabled, int smallestTranslationShift)
+    {
+        _smallestShift = Math.Clamp(smallestTranslationShift, 12, 63);
+        Tlb.Clear();
+        if (enabled)
+        {
+            _unit.AttachAtsEndpoint(_requesterId, this);
+        }
+        else
+        {
+            _unit.DetachAtsEndpoint(_requesterId);
+        }
+    }
 
     public void InvalidateDeviceTlb(ulong address, ulong size, uint? pasid, byte tag)
     {
@@ -275,7 +304,12 @@ public sealed class AtsDmaSpace : IDmaSpace, IAtsEndpoint
         {
             return false;
         }
-        Tlb.Insert(_pasid, address, in answer);
+        if (answer.PageShift >= _smallestShift)
+        {
+            // A translation smaller than the Smallest Translation Unit software programmed is used
+            // for this request only, never cached (PCIe Base 4.0, 10.5.1.3 STU).
+            Tlb.Insert(_pasid, address, in answer);
+        }
         translated = answer.TranslatedAddress;
         bytesInPage = (1UL << answer.PageShift) - (address & ((1UL << answer.PageShift) - 1));
         return true;
