@@ -182,6 +182,7 @@ public sealed partial class IntelIommu : IMmioDevice
                 Log.Once($"{Name}.bad_write", Name, $"{size}-byte register write at 0x{offset:x} ignored (only aligned 4/8-byte writes are architectural)");
                 return;
             }
+            InvalidateSnapshots();  // before any effect of the write can be observed
             // A 64-bit write is the low dword then the high dword: the registers whose action is
             // triggered by a high bit (CCMD.ICC, IOTLB.IVT) then see the whole new value.
             WriteDword((int)offset, (uint)value);
