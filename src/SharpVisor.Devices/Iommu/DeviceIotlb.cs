@@ -11,7 +11,7 @@ namespace SharpVisor.Devices.Iommu;
 /// </summary>
 public sealed class DeviceIotlb
 {
-    struct Entry
+    internal struct Entry
     {
         public uint Pasid;            // NoPasid for requests-without-PASID
         public byte PageShift;
@@ -20,16 +20,26 @@ public sealed class DeviceIotlb
         public ulong TranslatedBase;
     }
 
+    readonly struct ByTag(uint pasid, ulong pageNumber, byte shift) : ICacheSelector<Entry>
+    {
+        public bool Matches(in Entry e) => e.PageNumber == pageNumber && e.PageShift == shift && e.Pasid == pasid;
+    }
+
+    readonly struct Overlapping(uint pasid, ulong first, ulong last) : ICacheSelector<Entry>
+    {
+        public bool Matches(in Entry e)
+        {
+            ulong start = e.PageNumber << e.PageShift;
+            ulong end = start + ((1UL << e.PageShift) - 1);
+            return e.Pasid == pasid && start <= last && first <= end;
+        }
+    }
+
     const uint NoPasid = uint.MaxValue;
     static readonly byte[] PageShifts = [12, 21, 30];
 
     readonly Lock _lock = new();
-    readonly Entry[] _entries;
-    readonly bool[] _valid;
-    readonly ulong[] _lastUse;
-    readonly int _ways;
-    readonly int _setMask;
-    ulong _clock;
+    readonly SetAssociativeCache<Entry> _cache;
 
     public DeviceIotlb(string name, int sets = 16, int ways = 4, CounterRegistry? registry = null)
     {
@@ -37,11 +47,7 @@ public sealed class DeviceIotlb
         {
             ThrowHelper.ArgumentOutOfRange(nameof(sets), "the device-TLB needs a power-of-two set count and 1..64 ways");
         }
-        _ways = ways;
-        _setMask = sets - 1;
-        _entries = new Entry[sets * ways];
-        _valid = new bool[sets * ways];
-        _lastUse = new ulong[sets * ways];
+        _cache = new SetAssociativeCache<Entry>(sets, ways);
         Counter C(string n)
         {
             var c = new Counter($"{name}.devtlb.{n}");
@@ -62,7 +68,7 @@ public sealed class DeviceIotlb
     public Counter Invalidations { get; }
     public Counter InvalidatedEntries { get; }
 
-    public int Capacity => _entries.Length;
+    public int Capacity => _cache.Capacity;
 
     public IEnumerable<Counter> Counters => [Hits, Misses, Evictions, Invalidations, InvalidatedEntries];
 
@@ -72,17 +78,15 @@ public sealed class DeviceIotlb
         {
             lock (_lock)
             {
-                int n = 0;
-                foreach (bool v in _valid) if (v) n++;
-                return n;
+                return _cache.Count;
             }
         }
     }
 
-    int SetOf(uint pasid, ulong pageNumber, byte shift)
+    static int SetOf(uint pasid, ulong pageNumber, byte shift)
     {
         ulong h = (pageNumber ^ ((ulong)pasid << 11) ^ shift) * 0x9E37_79B9_7F4A_7C15UL;
-        return (int)(h >> 40) & _setMask;
+        return (int)(h >> 40);
     }
 
     /// <summary>Looks up a cached translation of <paramref name="address"/> that grants <paramref name="needed"/>.</summary>
@@ -94,19 +98,14 @@ public sealed class DeviceIotlb
             foreach (byte shift in PageShifts)
             {
                 ulong page = address >> shift;
-                int first = SetOf(tag, page, shift) * _ways;
-                for (int i = first; i < first + _ways; i++)
+                var selector = new ByTag(tag, page, shift);
+                if (_cache.TryGet(SetOf(tag, page, shift), ref selector, out var e) && (e.Permissions & needed) == needed)
                 {
-                    ref var e = ref _entries[i];
-                    if (_valid[i] && e.PageNumber == page && e.PageShift == shift && e.Pasid == tag && (e.Permissions & needed) == needed)
-                    {
-                        _lastUse[i] = ++_clock;
-                        ulong offset = address & ((1UL << shift) - 1);
-                        translated = e.TranslatedBase + offset;
-                        bytesInPage = (1UL << shift) - offset;
-                        Hits.Increment();
-                        return true;
-                    }
+                    ulong offset = address & ((1UL << shift) - 1);
+                    translated = e.TranslatedBase + offset;
+                    bytesInPage = (1UL << shift) - offset;
+                    Hits.Increment();
+                    return true;
                 }
             }
         }
@@ -135,48 +134,24 @@ public sealed class DeviceIotlb
         };
         lock (_lock)
         {
-            int first = SetOf(entry.Pasid, entry.PageNumber, shift) * _ways;
-            int victim = first;
-            for (int i = first; i < first + _ways; i++)
-            {
-                ref var e = ref _entries[i];
-                if (!_valid[i] || (e.PageNumber == entry.PageNumber && e.PageShift == shift && e.Pasid == entry.Pasid))
-                {
-                    victim = i;
-                    break;
-                }
-                if (_lastUse[i] < _lastUse[victim]) victim = i;
-            }
-            if (_valid[victim] && !(_entries[victim].PageNumber == entry.PageNumber && _entries[victim].PageShift == shift && _entries[victim].Pasid == entry.Pasid))
+            var tag = new ByTag(entry.Pasid, entry.PageNumber, shift);
+            if (_cache.Insert(SetOf(entry.Pasid, entry.PageNumber, shift), ref tag, in entry, out _, out _))
             {
                 Evictions.Increment();
             }
-            _entries[victim] = entry;
-            _valid[victim] = true;
-            _lastUse[victim] = ++_clock;
         }
     }
 
     /// <summary>Drops every cached translation of <paramref name="pasid"/> (null: requests-without-PASID) overlapping the range.</summary>
     public void Invalidate(ulong address, ulong size, uint? pasid)
     {
-        uint tag = pasid ?? NoPasid;
         ulong last = size == ulong.MaxValue || address + size - 1 < address ? ulong.MaxValue : address + size - 1;
         if (size == ulong.MaxValue) address = 0;
+        var selector = new Overlapping(pasid ?? NoPasid, address, last);
         lock (_lock)
         {
             Invalidations.Increment();
-            for (int i = 0; i < _entries.Length; i++)
-            {
-                if (!_valid[i] || _entries[i].Pasid != tag) continue;
-                ulong start = _entries[i].PageNumber << _entries[i].PageShift;
-                ulong end = start + ((1UL << _entries[i].PageShift) - 1);
-                if (start <= last && address <= end)
-                {
-                    _valid[i] = false;
-                    InvalidatedEntries.Increment();
-                }
-            }
+            InvalidatedEntries.Add(_cache.RemoveAll(ref selector));
         }
     }
 
@@ -184,7 +159,7 @@ public sealed class DeviceIotlb
     {
         lock (_lock)
         {
-            Array.Clear(_valid);
+            _cache.Clear();
         }
     }
 }
