@@ -129,11 +129,13 @@ public sealed partial class IntelIommu : IMmioDevice
     /// <summary>
     /// The DMA view of one requester's requests-with-PASID (scalable mode, 3.4.3): each access
     /// carries <paramref name="pasid"/> and, when <paramref name="privileged"/>, the supervisor
-    /// attribute (honoured only when the PASID entry's SRE is set).
+    /// attribute (honoured only when the PASID entry's SRE is set); with <paramref name="execute"/>
+    /// the PASID prefix's Execute-Requested bit (needs the PASID entry's ERE, and a first-level
+    /// page without XD).
     /// </summary>
-    public IDmaSpace DmaSpaceFor(ushort requesterId, uint pasid, bool privileged = false)
+    public IDmaSpace DmaSpaceFor(ushort requesterId, uint pasid, bool privileged = false, bool execute = false)
     {
-        var request = new VtdRequest { SourceId = requesterId, HasPasid = true, Pasid = pasid & 0xF_FFFF, Privileged = privileged };
+        var request = new VtdRequest { SourceId = requesterId, HasPasid = true, Pasid = pasid & 0xF_FFFF, Privileged = privileged, Execute = execute };
         return new VtdDmaSpace(this, request);
     }
 
