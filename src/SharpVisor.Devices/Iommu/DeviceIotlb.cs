@@ -181,6 +181,7 @@ public sealed class AtsDmaSpace : IAtsPort, IAtsEndpoint
     readonly ushort _requesterId;
     readonly uint? _pasid;
     readonly IDmaSpace _untranslated;
+    readonly TranslatedRequestPermit _permit = new();
 
     /// <param name="pasid">Issue requests-with-PASID under this PASID (scalable mode), or none.</param>
     public AtsDmaSpace(IntelIommu unit, ushort requesterId, DeviceIotlb tlb, uint? pasid = null)
@@ -236,7 +237,7 @@ public sealed class AtsDmaSpace : IAtsPort, IAtsEndpoint
                 return _untranslated.Read(at, destination[done..]);
             }
             int len = (int)Math.Min(inPage, (ulong)(destination.Length - done));
-            var status = _unit.TranslatedDmaRead(_requesterId, translated, destination.Slice(done, len));
+            var status = _unit.TranslatedDmaRead(_requesterId, translated, destination.Slice(done, len), _permit);
             if (status != DmaStatus.Ok)
             {
                 return status;
@@ -257,7 +258,7 @@ public sealed class AtsDmaSpace : IAtsPort, IAtsEndpoint
                 return _untranslated.Write(at, source[done..]);
             }
             int len = (int)Math.Min(inPage, (ulong)(source.Length - done));
-            var status = _unit.TranslatedDmaWrite(_requesterId, translated, source.Slice(done, len));
+            var status = _unit.TranslatedDmaWrite(_requesterId, translated, source.Slice(done, len), _permit);
             if (status != DmaStatus.Ok)
             {
                 return status;

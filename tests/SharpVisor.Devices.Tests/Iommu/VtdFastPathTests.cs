@@ -144,6 +144,36 @@ public class VtdFastPathTests
         Assert.Equal(2, f.Unit.Counters.DmaToInterruptRange.Value);
     }
 
+    /// <summary>
+    /// A translated request skips the context check while the requester's permit is valid; a
+    /// context-cache invalidation after software turned TT=01b into 00b must end it (VT-d 4.2.4).
+    /// </summary>
+    [Fact]
+    public void TranslatedRequestPermitEndsWithTheContextInvalidation()
+    {
+        using var f = new VtdFixture();
+        ulong slpt = f.SetContext(Dev, Domain, 4, tt: 1);
+        f.Map(slpt, 4, Iova, Target);
+        f.EnableTranslation();
+        var ats = new AtsDmaSpace(f.Unit, Dev, new DeviceIotlb("dev"));
+        ats.Attach();
+        Assert.Equal(DmaStatus.Ok, ats.Write(Iova, [1]));
+        Assert.Equal(DmaStatus.Ok, ats.Write(Iova + 1, [2]));       // device-TLB hit, permit held
+        Assert.Equal(2, f.Unit.Counters.TranslatedRequests.Value);
+        f.SetContext(Dev, Domain, 4, tt: 0, slpt: slpt);             // device-TLBs no longer allowed
+        f.Ram.WriteU64(f.ContextTable(0) + Dev * 16UL + 8, 2 | ((ulong)Domain << 8));
+        // The device keeps its translation (nobody invalidated its TLB), but once the context
+        // cache is invalidated its translated requests must be refused.
+        f.W64(Ccmd, (1UL << 63) | (1UL << 61));                     // global context invalidation
+        Assert.Equal(DmaStatus.Blocked, f.Unit.TranslatedDmaWrite(Dev, Target + 2, [3]));
+        Assert.Equal(0, f.ReadRam(Target + 2, 1)[0]);
+        Assert.Equal((int)VtdFaultReason.TranslationTypeBlocked, Reason(f.FaultRecord(0).High));
+        Assert.Equal(1, ats.Tlb.Count);
+        f.ClearFault(0);
+        Assert.Equal(DmaStatus.Blocked, ats.Write(Iova + 3, [4]));   // through the device's own path too
+        Assert.Equal(0, f.ReadRam(Target + 3, 1)[0]);
+    }
+
     [Fact]
     public async Task ConcurrentDmaNeverUsesATranslationAfterItsInvalidationCompleted()
     {
