@@ -28,7 +28,8 @@ public sealed partial class IntelIommu
     /// returned. Legacy mode: root → context → second level (3.4.2). Scalable mode: root →
     /// context → PASID directory → PASID entry → first level, second level or pass-through (3.4.3).
     /// </summary>
-    VtdFaultReason TranslateLocked(in VtdRequest request, ulong address, out PageTranslation result)
+    /// <param name="withRights">Also work out <see cref="PageTranslation.Rights"/> (for the snapshot; only the first page of a request needs it).</param>
+    VtdFaultReason TranslateLocked(in VtdRequest request, ulong address, out PageTranslation result, bool withRights = false)
     {
         result = default;
         if (!TranslationEnabled)
@@ -65,6 +66,10 @@ public sealed partial class IntelIommu
                 result.Output = hit.OutputBase + offset;
                 result.BytesInPage = (1UL << hit.PageShift) - offset;
                 result.PageShift = hit.PageShift;
+                if (!withRights)
+                {
+                    return VtdFaultReason.None;
+                }
                 result.Hits = Counters.IotlbHitsFor(hit.PageShift);
                 // The other direction too, so the snapshot answers both; a first-level write needs
                 // the leaf's D flag already set (else it must walk again to set it, 3.6.2).
@@ -478,7 +483,7 @@ public sealed partial class IntelIommu
                 ulong at = address, remaining = length;
                 while (remaining > 0)
                 {
-                    if (TranslateLocked(in request, at, out var page) != VtdFaultReason.None)
+                    if (TranslateLocked(in request, at, out var page, withRights: at == address && snapshot is not null) != VtdFaultReason.None)
                     {
                         status = DmaStatus.Blocked;
                         break;
@@ -585,7 +590,9 @@ internal sealed class VtdTranslationSnapshot
 
     public void Fill(long generation, ulong inputBase, int pageShift, ulong outputBase, int rights, Counter hits, Counter? translations)
     {
-        Interlocked.Increment(ref _sequence);   // odd: readers fall back to the slow path (a full fence)
+        // Odd: readers fall back to the slow path. Every store below is a release, so none can
+        // become visible before this one; the final even store publishes the whole entry.
+        Volatile.Write(ref _sequence, _sequence + 1);
         Volatile.Write(ref _generation, generation);
         Volatile.Write(ref _inputBase, inputBase);
         Volatile.Write(ref _pageShift, pageShift);
@@ -598,7 +605,7 @@ internal sealed class VtdTranslationSnapshot
 
     public void Clear()
     {
-        Interlocked.Increment(ref _sequence);
+        Volatile.Write(ref _sequence, _sequence + 1);
         Volatile.Write(ref _rights, 0);
         Volatile.Write(ref _sequence, _sequence + 1);
     }
