@@ -73,7 +73,7 @@ public sealed partial class VirtualMachine
             Iommu = new IntelIommu(options, Ram, directMsi, ApicBus, Counters, timers: Timers);
             Memory.AddMmio(options.BaseAddress, options.RegionSize, Iommu);
             msi = Iommu.InterruptRemapper;
-            dma = new IommuDmaSpaceProvider(Iommu);
+            dma = options.DeviceTlb ? new AtsIommuDmaSpaceProvider(Iommu) : new IommuDmaSpaceProvider(Iommu);
         }
 
         IoApic = new IoApic(msi, IoApicSourceId, IoApicId);
@@ -88,6 +88,7 @@ public sealed partial class VirtualMachine
         Pci = new PciHostBridge(Memory, Ports, msi, dma, EcamBase, EcamBuses);
         var route = PciIntxRouting.CreateRouter(gsi => IoApic.GetPin(gsi));
         Edu = new EduDevice();
+        AddAtsIfSupported(Edu);
         Pci.Bus.Add(Edu, 3, 0, route(3, Edu.InterruptPin));
         int slot = 4;
         foreach (var d in _config.Disks)
@@ -114,8 +115,25 @@ public sealed partial class VirtualMachine
     readonly List<IDisposable> _disposables = [];
 
     /// <summary>Adds a device before firmware assignment; its counters register with the bus's (Pci.RegisterCounters).</summary>
-    void AddPci(VirtioPciDevice device, int slot, Func<int, int, IIrqLine?> route) =>
+    void AddPci(VirtioPciDevice device, int slot, Func<int, int, IIrqLine?> route)
+    {
+        AddAtsIfSupported(device);
         Pci.Bus.Add(device, slot, 0, route(slot, device.InterruptPin));
+    }
+
+    /// <summary>
+    /// With a VT-d unit that supports device-TLBs (ECAP.DT), every PCI device becomes a PCI Express
+    /// Root Complex Integrated Endpoint with the ATS capability, so Linux's intel-iommu enables
+    /// device-IOTLBs on it. Without one the devices keep their conventional configuration space:
+    /// nothing changes for a guest with the IOMMU off.
+    /// </summary>
+    void AddAtsIfSupported(PciFunction device)
+    {
+        if (Iommu is { Options.DeviceTlb: true })
+        {
+            device.AddAtsCapability();
+        }
+    }
 
     /// <summary>ISA interrupt n: PIC input n and IOAPIC pin n, except IRQ 0 which is IOAPIC pin 2 (MADT override).</summary>
     IIrqLine IsaIrq(int irq) => new IrqFanOut(Pic.Input(irq), IoApic.GetPin(irq == 0 ? 2 : irq));
@@ -228,4 +246,13 @@ internal sealed class VcpuApicPort(LocalApic apic) : IVcpuApic
 internal sealed class IommuDmaSpaceProvider(IntelIommu iommu) : IDmaSpaceProvider
 {
     public IDmaSpace ForRequester(ushort requesterId) => iommu.DmaSpaceFor(requesterId);
+}
+
+/// <summary>DMA through the VT-d unit, and for functions with ATS a device-TLB of their own (VT-d 4.1).</summary>
+internal sealed class AtsIommuDmaSpaceProvider(IntelIommu iommu) : IDmaSpaceProvider, IAtsDmaSpaceProvider
+{
+    public IDmaSpace ForRequester(ushort requesterId) => iommu.DmaSpaceFor(requesterId);
+
+    public IAtsPort CreateAtsPort(ushort requesterId, string name) =>
+        new AtsDmaSpace(iommu, requesterId, new DeviceIotlb(name));
 }

@@ -1,4 +1,5 @@
 using SharpVisor.Core;
+using SharpVisor.Devices.Pci;
 
 namespace SharpVisor.Devices.Iommu;
 
@@ -10,7 +11,7 @@ namespace SharpVisor.Devices.Iommu;
 /// </summary>
 public sealed class DeviceIotlb
 {
-    struct Entry
+    internal struct Entry
     {
         public uint Pasid;            // NoPasid for requests-without-PASID
         public byte PageShift;
@@ -19,16 +20,26 @@ public sealed class DeviceIotlb
         public ulong TranslatedBase;
     }
 
+    readonly struct ByTag(uint pasid, ulong pageNumber, byte shift) : ICacheSelector<Entry>
+    {
+        public bool Matches(in Entry e) => e.PageNumber == pageNumber && e.PageShift == shift && e.Pasid == pasid;
+    }
+
+    readonly struct Overlapping(uint pasid, ulong first, ulong last) : ICacheSelector<Entry>
+    {
+        public bool Matches(in Entry e)
+        {
+            ulong start = e.PageNumber << e.PageShift;
+            ulong end = start + ((1UL << e.PageShift) - 1);
+            return e.Pasid == pasid && start <= last && first <= end;
+        }
+    }
+
     const uint NoPasid = uint.MaxValue;
     static readonly byte[] PageShifts = [12, 21, 30];
 
     readonly Lock _lock = new();
-    readonly Entry[] _entries;
-    readonly bool[] _valid;
-    readonly ulong[] _lastUse;
-    readonly int _ways;
-    readonly int _setMask;
-    ulong _clock;
+    readonly SetAssociativeCache<Entry> _cache;
 
     public DeviceIotlb(string name, int sets = 16, int ways = 4, CounterRegistry? registry = null)
     {
@@ -36,11 +47,7 @@ public sealed class DeviceIotlb
         {
             ThrowHelper.ArgumentOutOfRange(nameof(sets), "the device-TLB needs a power-of-two set count and 1..64 ways");
         }
-        _ways = ways;
-        _setMask = sets - 1;
-        _entries = new Entry[sets * ways];
-        _valid = new bool[sets * ways];
-        _lastUse = new ulong[sets * ways];
+        _cache = new SetAssociativeCache<Entry>(sets, ways);
         Counter C(string n)
         {
             var c = new Counter($"{name}.devtlb.{n}");
@@ -61,7 +68,9 @@ public sealed class DeviceIotlb
     public Counter Invalidations { get; }
     public Counter InvalidatedEntries { get; }
 
-    public int Capacity => _entries.Length;
+    public int Capacity => _cache.Capacity;
+
+    public IEnumerable<Counter> Counters => [Hits, Misses, Evictions, Invalidations, InvalidatedEntries];
 
     public int Count
     {
@@ -69,17 +78,15 @@ public sealed class DeviceIotlb
         {
             lock (_lock)
             {
-                int n = 0;
-                foreach (bool v in _valid) if (v) n++;
-                return n;
+                return _cache.Count;
             }
         }
     }
 
-    int SetOf(uint pasid, ulong pageNumber, byte shift)
+    static int SetOf(uint pasid, ulong pageNumber, byte shift)
     {
         ulong h = (pageNumber ^ ((ulong)pasid << 11) ^ shift) * 0x9E37_79B9_7F4A_7C15UL;
-        return (int)(h >> 40) & _setMask;
+        return (int)(h >> 40);
     }
 
     /// <summary>Looks up a cached translation of <paramref name="address"/> that grants <paramref name="needed"/>.</summary>
@@ -91,19 +98,14 @@ public sealed class DeviceIotlb
             foreach (byte shift in PageShifts)
             {
                 ulong page = address >> shift;
-                int first = SetOf(tag, page, shift) * _ways;
-                for (int i = first; i < first + _ways; i++)
+                var selector = new ByTag(tag, page, shift);
+                if (_cache.TryGet(SetOf(tag, page, shift), ref selector, out var e) && (e.Permissions & needed) == needed)
                 {
-                    ref var e = ref _entries[i];
-                    if (_valid[i] && e.PageNumber == page && e.PageShift == shift && e.Pasid == tag && (e.Permissions & needed) == needed)
-                    {
-                        _lastUse[i] = ++_clock;
-                        ulong offset = address & ((1UL << shift) - 1);
-                        translated = e.TranslatedBase + offset;
-                        bytesInPage = (1UL << shift) - offset;
-                        Hits.Increment();
-                        return true;
-                    }
+                    ulong offset = address & ((1UL << shift) - 1);
+                    translated = e.TranslatedBase + offset;
+                    bytesInPage = (1UL << shift) - offset;
+                    Hits.Increment();
+                    return true;
                 }
             }
         }
@@ -132,48 +134,24 @@ public sealed class DeviceIotlb
         };
         lock (_lock)
         {
-            int first = SetOf(entry.Pasid, entry.PageNumber, shift) * _ways;
-            int victim = first;
-            for (int i = first; i < first + _ways; i++)
-            {
-                ref var e = ref _entries[i];
-                if (!_valid[i] || (e.PageNumber == entry.PageNumber && e.PageShift == shift && e.Pasid == entry.Pasid))
-                {
-                    victim = i;
-                    break;
-                }
-                if (_lastUse[i] < _lastUse[victim]) victim = i;
-            }
-            if (_valid[victim] && !(_entries[victim].PageNumber == entry.PageNumber && _entries[victim].PageShift == shift && _entries[victim].Pasid == entry.Pasid))
+            var tag = new ByTag(entry.Pasid, entry.PageNumber, shift);
+            if (_cache.Insert(SetOf(entry.Pasid, entry.PageNumber, shift), ref tag, in entry, out _, out _))
             {
                 Evictions.Increment();
             }
-            _entries[victim] = entry;
-            _valid[victim] = true;
-            _lastUse[victim] = ++_clock;
         }
     }
 
     /// <summary>Drops every cached translation of <paramref name="pasid"/> (null: requests-without-PASID) overlapping the range.</summary>
     public void Invalidate(ulong address, ulong size, uint? pasid)
     {
-        uint tag = pasid ?? NoPasid;
         ulong last = size == ulong.MaxValue || address + size - 1 < address ? ulong.MaxValue : address + size - 1;
         if (size == ulong.MaxValue) address = 0;
+        var selector = new Overlapping(pasid ?? NoPasid, address, last);
         lock (_lock)
         {
             Invalidations.Increment();
-            for (int i = 0; i < _entries.Length; i++)
-            {
-                if (!_valid[i] || _entries[i].Pasid != tag) continue;
-                ulong start = _entries[i].PageNumber << _entries[i].PageShift;
-                ulong end = start + ((1UL << _entries[i].PageShift) - 1);
-                if (start <= last && address <= end)
-                {
-                    _valid[i] = false;
-                    InvalidatedEntries.Increment();
-                }
-            }
+            InvalidatedEntries.Add(_cache.RemoveAll(ref selector));
         }
     }
 
@@ -181,7 +159,7 @@ public sealed class DeviceIotlb
     {
         lock (_lock)
         {
-            Array.Clear(_valid);
+            _cache.Clear();
         }
     }
 }
@@ -191,14 +169,19 @@ public sealed class DeviceIotlb
 /// translation request to the unit and cache the answer, then issue a translated request. A
 /// page the unit will not translate is retried as an ordinary untranslated request, which the
 /// unit blocks and reports as a fault. It is also the function's <see cref="IAtsEndpoint"/>:
-/// invalidations drop device-TLB entries and are answered with their tag at once.
+/// invalidations drop device-TLB entries and are answered with their tag at once. As the
+/// <see cref="IAtsPort"/> of a <see cref="PciFunction"/> with the ATS capability, it is used while
+/// the guest has ATS Enable set and connected to the unit's invalidations only then.
 /// </summary>
-public sealed class AtsDmaSpace : IDmaSpace, IAtsEndpoint
+public sealed class AtsDmaSpace : IAtsPort, IAtsEndpoint
 {
+    volatile int _smallestShift = 12;
+
     readonly IntelIommu _unit;
     readonly ushort _requesterId;
     readonly uint? _pasid;
     readonly IDmaSpace _untranslated;
+    readonly TranslatedRequestPermit _permit = new();
 
     /// <param name="pasid">Issue requests-with-PASID under this PASID (scalable mode), or none.</param>
     public AtsDmaSpace(IntelIommu unit, ushort requesterId, DeviceIotlb tlb, uint? pasid = null)
@@ -214,6 +197,28 @@ public sealed class AtsDmaSpace : IDmaSpace, IAtsEndpoint
 
     /// <summary>Registers this function as the ATS endpoint of its requester id (the ATS capability's Enable bit was set).</summary>
     public void Attach() => _unit.AttachAtsEndpoint(_requesterId, this);
+
+    public IEnumerable<Counter> Counters => Tlb.Counters;
+
+    /// <summary>
+    /// ATS Enable set: the device-TLB starts empty and the unit's device-TLB invalidations for
+    /// this requester reach it. Cleared: it is disconnected (outstanding invalidation tags are
+    /// released by the unit) and forgets every translation (PCIe Base 4.0, 10.5.1.3: with Enable
+    /// clear the function may not cache translations).
+    /// </summary>
+    public void SetEnabled(bool enabled, int smallestTranslationShift)
+    {
+        _smallestShift = Math.Clamp(smallestTranslationShift, 12, 63);
+        Tlb.Clear();
+        if (enabled)
+        {
+            _unit.AttachAtsEndpoint(_requesterId, this);
+        }
+        else
+        {
+            _unit.DetachAtsEndpoint(_requesterId);
+        }
+    }
 
     public void InvalidateDeviceTlb(ulong address, ulong size, uint? pasid, byte tag)
     {
@@ -232,7 +237,7 @@ public sealed class AtsDmaSpace : IDmaSpace, IAtsEndpoint
                 return _untranslated.Read(at, destination[done..]);
             }
             int len = (int)Math.Min(inPage, (ulong)(destination.Length - done));
-            var status = _unit.TranslatedDmaRead(_requesterId, translated, destination.Slice(done, len));
+            var status = _unit.TranslatedDmaRead(_requesterId, translated, destination.Slice(done, len), _permit);
             if (status != DmaStatus.Ok)
             {
                 return status;
@@ -253,7 +258,7 @@ public sealed class AtsDmaSpace : IDmaSpace, IAtsEndpoint
                 return _untranslated.Write(at, source[done..]);
             }
             int len = (int)Math.Min(inPage, (ulong)(source.Length - done));
-            var status = _unit.TranslatedDmaWrite(_requesterId, translated, source.Slice(done, len));
+            var status = _unit.TranslatedDmaWrite(_requesterId, translated, source.Slice(done, len), _permit);
             if (status != DmaStatus.Ok)
             {
                 return status;
@@ -275,7 +280,12 @@ public sealed class AtsDmaSpace : IDmaSpace, IAtsEndpoint
         {
             return false;
         }
-        Tlb.Insert(_pasid, address, in answer);
+        if (answer.PageShift >= _smallestShift)
+        {
+            // A translation smaller than the Smallest Translation Unit software programmed is used
+            // for this request only, never cached (PCIe Base 4.0, 10.5.1.3 STU).
+            Tlb.Insert(_pasid, address, in answer);
+        }
         translated = answer.TranslatedAddress;
         bytesInPage = (1UL << answer.PageShift) - (address & ((1UL << answer.PageShift) - 1));
         return true;

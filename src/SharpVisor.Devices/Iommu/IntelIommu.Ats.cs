@@ -198,9 +198,25 @@ public sealed partial class IntelIommu
         or VtdFaultReason.SmPrivilegeViolation or VtdFaultReason.SmExecuteViolation;
 
     /// <summary>A translated request (PCIe AT=10b) read: allowed only when the context/PASID setup permits device-TLBs.</summary>
-    public DmaStatus TranslatedDmaRead(ushort requesterId, ulong translatedAddress, Span<byte> destination)
+    public DmaStatus TranslatedDmaRead(ushort requesterId, ulong translatedAddress, Span<byte> destination) =>
+        TranslatedDmaRead(requesterId, translatedAddress, destination, null);
+
+    /// <summary>A translated request (PCIe AT=10b) write: allowed only when the context/PASID setup permits device-TLBs.</summary>
+    public DmaStatus TranslatedDmaWrite(ushort requesterId, ulong translatedAddress, ReadOnlySpan<byte> source) =>
+        TranslatedDmaWrite(requesterId, translatedAddress, source, null);
+
+    /// <summary>
+    /// With a <paramref name="permit"/> still valid for the current translation generation the
+    /// context check is skipped (no lock): the context entry allowed translated requests when the
+    /// permit was granted, and any change to it needs an invalidation, which ends the generation.
+    /// </summary>
+    internal DmaStatus TranslatedDmaRead(ushort requesterId, ulong translatedAddress, Span<byte> destination, TranslatedRequestPermit? permit)
     {
-        var status = CheckTranslatedRequest(requesterId, translatedAddress, (ulong)destination.Length, isWrite: false);
+        if (permit is not null && PermitHolds(permit, translatedAddress, destination.Length))
+        {
+            return _ram.TryRead(translatedAddress, destination) ? DmaStatus.Ok : NotRamOnFastPath();
+        }
+        var status = CheckTranslatedRequest(requesterId, translatedAddress, (ulong)destination.Length, isWrite: false, permit);
         if (status == DmaStatus.Ok && !_ram.TryRead(translatedAddress, destination))
         {
             status = DmaStatus.NotRam;
@@ -209,10 +225,13 @@ public sealed partial class IntelIommu
         return status;
     }
 
-    /// <summary>A translated request (PCIe AT=10b) write: allowed only when the context/PASID setup permits device-TLBs.</summary>
-    public DmaStatus TranslatedDmaWrite(ushort requesterId, ulong translatedAddress, ReadOnlySpan<byte> source)
+    internal DmaStatus TranslatedDmaWrite(ushort requesterId, ulong translatedAddress, ReadOnlySpan<byte> source, TranslatedRequestPermit? permit)
     {
-        var status = CheckTranslatedRequest(requesterId, translatedAddress, (ulong)source.Length, isWrite: true);
+        if (permit is not null && PermitHolds(permit, translatedAddress, source.Length))
+        {
+            return _ram.TryWrite(translatedAddress, source) ? DmaStatus.Ok : NotRamOnFastPath();
+        }
+        var status = CheckTranslatedRequest(requesterId, translatedAddress, (ulong)source.Length, isWrite: true, permit);
         if (status == DmaStatus.Ok && !_ram.TryWrite(translatedAddress, source))
         {
             status = DmaStatus.NotRam;
@@ -226,7 +245,18 @@ public sealed partial class IntelIommu
     /// whose context entry enables device-TLBs (legacy TT=01b, scalable DTE=1); it must never
     /// reach the interrupt address range (3.14) and must be RAM.
     /// </summary>
-    DmaStatus CheckTranslatedRequest(ushort sid, ulong address, ulong length, bool isWrite)
+    bool PermitHolds(TranslatedRequestPermit permit, ulong address, int length)
+    {
+        if (length == 0 || Volatile.Read(ref permit.Generation) != Volatile.Read(ref _translationGeneration)
+            || address + (ulong)length - 1 < address || TouchesInterruptRange(address, length))
+        {
+            return false;
+        }
+        Counters.TranslatedRequests.Increment();
+        return true;
+    }
+
+    DmaStatus CheckTranslatedRequest(ushort sid, ulong address, ulong length, bool isWrite, TranslatedRequestPermit? permit = null)
     {
         if (length == 0)
         {
@@ -254,6 +284,10 @@ public sealed partial class IntelIommu
                     Counters.DmaBlocked.Increment();
                     RecordFault(sid, address, reason, !isWrite, fpd);
                     return DmaStatus.Blocked;
+                }
+                if (permit is not null)
+                {
+                    Volatile.Write(ref permit.Generation, _translationGeneration);
                 }
             }
             else if (HitsProtectedRegion(address, length))
@@ -430,4 +464,13 @@ public sealed partial class IntelIommu
             throw; // a device model threw: a VMM bug, not a guest action
         }
     }
+}
+
+/// <summary>
+/// A requester's standing permission to issue translated requests (its context entry enables
+/// device-TLBs), valid only in the translation generation it was granted in.
+/// </summary>
+internal sealed class TranslatedRequestPermit
+{
+    internal long Generation = -1;
 }

@@ -191,6 +191,9 @@ public sealed partial class IntelIommu
         {
             return;
         }
+        // The descriptors about to run may invalidate anything: the lock-free snapshots go first,
+        // before any wait descriptor can report completion.
+        InvalidateSnapshots();
         ulong size = QueueBytes;
         if (_iqt >= size)
         {

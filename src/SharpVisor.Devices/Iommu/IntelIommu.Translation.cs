@@ -18,6 +18,9 @@ public sealed partial class IntelIommu
         public ulong Output;        // output address of the request's first byte in this page
         public ulong BytesInPage;   // bytes from the request address to the end of the translated page
         public bool Untranslated;   // TE=0 or pass-through (protected memory regions apply)
+        public int PageShift;       // log2 of the translated page (12 when untranslated)
+        public int Rights;          // VtdTranslationSnapshot.Read/Write: what this request's attributes may do on the page
+        public Counter? Hits;       // the counter a repeated hit on this page increments
     }
 
     /// <summary>
@@ -25,7 +28,8 @@ public sealed partial class IntelIommu
     /// returned. Legacy mode: root → context → second level (3.4.2). Scalable mode: root →
     /// context → PASID directory → PASID entry → first level, second level or pass-through (3.4.3).
     /// </summary>
-    VtdFaultReason TranslateLocked(in VtdRequest request, ulong address, out PageTranslation result)
+    /// <param name="withRights">Also work out <see cref="PageTranslation.Rights"/> (for the snapshot; only the first page of a request needs it).</param>
+    VtdFaultReason TranslateLocked(in VtdRequest request, ulong address, out PageTranslation result, bool withRights = false)
     {
         result = default;
         if (!TranslationEnabled)
@@ -34,6 +38,9 @@ public sealed partial class IntelIommu
             result.Output = address;
             result.BytesInPage = 4096 - (address & 0xFFF);
             result.Untranslated = true;
+            result.PageShift = 12;
+            result.Rights = VtdTranslationSnapshot.Read | VtdTranslationSnapshot.Write;
+            result.Hits = Counters.UntranslatedDma;
             return VtdFaultReason.None;
         }
         Counters.Translations.Increment();
@@ -47,6 +54,9 @@ public sealed partial class IntelIommu
                 result.Output = address;
                 result.BytesInPage = 4096 - (address & 0xFFF);
                 result.Untranslated = true;
+                result.PageShift = 12;
+                result.Rights = VtdTranslationSnapshot.Read | VtdTranslationSnapshot.Write;
+                result.Hits = Counters.PassThroughDma;
                 return VtdFaultReason.None;
             }
             reason = CheckAccess(in request, in hit, kind, writeProtect);
@@ -55,6 +65,20 @@ public sealed partial class IntelIommu
                 ulong offset = address & ((1UL << hit.PageShift) - 1);
                 result.Output = hit.OutputBase + offset;
                 result.BytesInPage = (1UL << hit.PageShift) - offset;
+                result.PageShift = hit.PageShift;
+                if (!withRights)
+                {
+                    return VtdFaultReason.None;
+                }
+                result.Hits = Counters.IotlbHitsFor(hit.PageShift);
+                // The other direction too, so the snapshot answers both; a first-level write needs
+                // the leaf's D flag already set (else it must walk again to set it, 3.6.2).
+                var other = request;
+                other.Write = !request.Write;
+                bool otherAllowed = CheckAccess(in other, in hit, kind, writeProtect) == VtdFaultReason.None
+                    && (!other.Write || kind != ResolvedKind.FirstLevel || (hit.Flags & VtdIotlbEntry.FlagDirty) != 0);
+                result.Rights = (request.Write ? VtdTranslationSnapshot.Write : VtdTranslationSnapshot.Read)
+                    | (otherAllowed ? (other.Write ? VtdTranslationSnapshot.Write : VtdTranslationSnapshot.Read) : 0);
             }
         }
         if (reason != VtdFaultReason.None)
@@ -260,12 +284,17 @@ public sealed partial class IntelIommu
 
     const int StackChunks = 16;
 
-    internal DmaStatus DmaRead(VtdRequest request, ulong address, Span<byte> destination)
+    internal DmaStatus DmaRead(VtdDmaSpace space, ulong address, Span<byte> destination)
     {
         if (destination.Length == 0)
         {
             return DmaStatus.Ok;
         }
+        if (space.Snapshot.TryTranslate(address, (ulong)destination.Length, VtdTranslationSnapshot.Read, Volatile.Read(ref _translationGeneration), out ulong output))
+        {
+            return _ram.TryRead(output, destination) ? DmaStatus.Ok : NotRamOnFastPath();
+        }
+        var request = space.Request;
         if (TouchesInterruptRange(address, destination.Length))
         {
             // 3.14: reads of the interrupt address range are not DMA. With translation on they are
@@ -292,7 +321,7 @@ public sealed partial class IntelIommu
         try
         {
             request.Write = false;
-            var status = TranslateRange(in request, address, (ulong)destination.Length, chunks, out int count);
+            var status = TranslateRange(in request, address, (ulong)destination.Length, chunks, out int count, space.Snapshot);
             if (status != DmaStatus.Ok)
             {
                 return status;
@@ -315,12 +344,17 @@ public sealed partial class IntelIommu
         }
     }
 
-    internal DmaStatus DmaWrite(VtdRequest request, ulong address, ReadOnlySpan<byte> source)
+    internal DmaStatus DmaWrite(VtdDmaSpace space, ulong address, ReadOnlySpan<byte> source)
     {
         if (source.Length == 0)
         {
             return DmaStatus.Ok;
         }
+        if (space.Snapshot.TryTranslate(address, (ulong)source.Length, VtdTranslationSnapshot.Write, Volatile.Read(ref _translationGeneration), out ulong output))
+        {
+            return _ram.TryWrite(output, source) ? DmaStatus.Ok : NotRamOnFastPath();
+        }
+        var request = space.Request;
         if (TouchesInterruptRange(address, source.Length))
         {
             return InterruptRangeWrite(request.SourceId, address, source);
@@ -331,7 +365,7 @@ public sealed partial class IntelIommu
         try
         {
             request.Write = true;
-            var status = TranslateRange(in request, address, (ulong)source.Length, chunks, out int count);
+            var status = TranslateRange(in request, address, (ulong)source.Length, chunks, out int count, space.Snapshot);
             if (status != DmaStatus.Ok)
             {
                 return status;
@@ -371,6 +405,24 @@ public sealed partial class IntelIommu
         return DmaStatus.Blocked;
     }
 
+    /// <summary>Remembers the first page of a request for the fast path (under the lock).</summary>
+    void FillSnapshot(VtdTranslationSnapshot snapshot, ulong address, in PageTranslation page)
+    {
+        ulong pageMask = (1UL << page.PageShift) - 1;
+        ulong inputBase = address & ~pageMask;
+        ulong outputBase = page.Output - (address & pageMask);
+        // Never hold a page a later request could not use without the slow path's checks: one in
+        // the interrupt address range, or an untranslated one touching a protected region.
+        if (page.Hits is null || TouchesInterruptRange(inputBase, (int)Math.Min(pageMask + 1, int.MaxValue))
+            || (page.Untranslated && HitsProtectedRegion(outputBase, pageMask + 1)))
+        {
+            snapshot.Clear();
+            return;
+        }
+        snapshot.Fill(_translationGeneration, inputBase, page.PageShift, outputBase, page.Rights, page.Hits,
+            page.Untranslated && !TranslationEnabled ? null : Counters.Translations);
+    }
+
     static bool TouchesInterruptRange(ulong address, int length)
     {
         ulong last = address + (ulong)length - 1;
@@ -387,7 +439,30 @@ public sealed partial class IntelIommu
     /// Translates every page of a request before any byte moves, so a fault anywhere leaves memory
     /// untouched. <paramref name="chunks"/> receives (output address, length) pairs.
     /// </summary>
-    DmaStatus TranslateRange(in VtdRequest request, ulong address, ulong length, Span<ulong> chunks, out int count)
+    /// <summary>
+    /// A snapshot hit whose output is not RAM: as the slow path, counted and "not RAM". (The
+    /// interrupt address range never gets here: requests touching it are checked before the
+    /// snapshot, and the snapshot never holds it.)
+    /// </summary>
+    DmaStatus NotRamOnFastPath()
+    {
+        Counters.DmaNotRam.Increment();
+        return DmaStatus.NotRam;
+    }
+
+    /// <summary>
+    /// Bumped (under the lock) by everything that can change what a translation resolves to or
+    /// whether it may be cached: every register write (GCMD.TE/SRTP, RTADDR, PMEN/PLMx/PHMx,
+    /// CCMD/IOTLB register invalidations) and every run of the invalidation queue. Each
+    /// <see cref="VtdTranslationSnapshot"/> is valid only for the generation it was filled in, so
+    /// an invalidation takes effect for the lock-free fast path before its completion (register
+    /// bit clearing or wait-descriptor status) becomes visible.
+    /// </summary>
+    long _translationGeneration;
+
+    void InvalidateSnapshots() => Volatile.Write(ref _translationGeneration, _translationGeneration + 1);
+
+    DmaStatus TranslateRange(in VtdRequest request, ulong address, ulong length, Span<ulong> chunks, out int count, VtdTranslationSnapshot? snapshot = null)
     {
         count = 0;
         var status = DmaStatus.Ok;
@@ -408,7 +483,7 @@ public sealed partial class IntelIommu
                 ulong at = address, remaining = length;
                 while (remaining > 0)
                 {
-                    if (TranslateLocked(in request, at, out var page) != VtdFaultReason.None)
+                    if (TranslateLocked(in request, at, out var page, withRights: at == address && snapshot is not null) != VtdFaultReason.None)
                     {
                         status = DmaStatus.Blocked;
                         break;
@@ -420,6 +495,10 @@ public sealed partial class IntelIommu
                         Counters.DmaBlocked.Increment();
                         status = DmaStatus.Blocked;
                         break;
+                    }
+                    if (at == address && snapshot is not null)
+                    {
+                        FillSnapshot(snapshot, address, in page);
                     }
                     if (!_ram.IsRamRange(page.Output, len))
                     {
@@ -454,8 +533,82 @@ public sealed partial class IntelIommu
 internal sealed class VtdDmaSpace(IntelIommu unit, VtdRequest request) : IDmaSpace
 {
     public ushort RequesterId => request.SourceId;
-    public DmaStatus Read(ulong address, Span<byte> destination) => unit.DmaRead(request, address, destination);
-    public DmaStatus Write(ulong address, ReadOnlySpan<byte> source) => unit.DmaWrite(request, address, source);
+    public VtdRequest Request => request;
+    /// <summary>The last page this requester translated: the lock-free fast path.</summary>
+    public readonly VtdTranslationSnapshot Snapshot = new();
+    public DmaStatus Read(ulong address, Span<byte> destination) => unit.DmaRead(this, address, destination);
+    public DmaStatus Write(ulong address, ReadOnlySpan<byte> source) => unit.DmaWrite(this, address, source);
+}
+
+/// <summary>
+/// One requester's last successful page translation, read without the unit's lock: a DMA that
+/// falls wholly inside that page with a right the snapshot holds needs neither the lock, the
+/// context cache nor the IOTLB. It is another translation cache, so it lives by the same rule as
+/// the IOTLB: valid until an invalidation — here any change of the unit's
+/// translation generation, which every register write and queue run bumps before its effects
+/// (and completions) are visible. Filled only under the unit's lock (one writer at a time);
+/// readers use a sequence count (odd while a fill is under way) so they never see a torn entry.
+/// </summary>
+internal sealed class VtdTranslationSnapshot
+{
+    public const int Read = 1, Write = 2;
+
+    int _sequence;
+    long _generation = -1;
+    ulong _inputBase;
+    int _pageShift;
+    ulong _outputBase;
+    int _rights;
+    Counter? _hits;
+    Counter? _translations;
+
+    public bool TryTranslate(ulong address, ulong length, int right, long generation, out ulong output)
+    {
+        output = 0;
+        int sequence = Volatile.Read(ref _sequence);
+        long filledIn = Volatile.Read(ref _generation);
+        ulong inputBase = Volatile.Read(ref _inputBase);
+        int shift = Volatile.Read(ref _pageShift);
+        ulong outputBase = Volatile.Read(ref _outputBase);
+        int rights = Volatile.Read(ref _rights);
+        var hits = Volatile.Read(ref _hits);
+        var translations = Volatile.Read(ref _translations);
+        if ((sequence & 1) != 0 || Volatile.Read(ref _sequence) != sequence || filledIn != generation || (rights & right) == 0 || hits is null)
+        {
+            return false;
+        }
+        ulong last = address + length - 1;
+        if (last < address || (address >> shift) != (inputBase >> shift) || (last >> shift) != (inputBase >> shift))
+        {
+            return false;
+        }
+        output = outputBase + (address - inputBase);
+        translations?.Increment();
+        hits.Increment();
+        return true;
+    }
+
+    public void Fill(long generation, ulong inputBase, int pageShift, ulong outputBase, int rights, Counter hits, Counter? translations)
+    {
+        // Odd: readers fall back to the slow path. Every store below is a release, so none can
+        // become visible before this one; the final even store publishes the whole entry.
+        Volatile.Write(ref _sequence, _sequence + 1);
+        Volatile.Write(ref _generation, generation);
+        Volatile.Write(ref _inputBase, inputBase);
+        Volatile.Write(ref _pageShift, pageShift);
+        Volatile.Write(ref _outputBase, outputBase);
+        Volatile.Write(ref _rights, rights);
+        Volatile.Write(ref _hits, hits);
+        Volatile.Write(ref _translations, translations);
+        Volatile.Write(ref _sequence, _sequence + 1);
+    }
+
+    public void Clear()
+    {
+        Volatile.Write(ref _sequence, _sequence + 1);
+        Volatile.Write(ref _rights, 0);
+        Volatile.Write(ref _sequence, _sequence + 1);
+    }
 }
 
 /// <summary>The attributes of one DMA request that translation depends on (PCIe TLP requester id and PASID prefix).</summary>

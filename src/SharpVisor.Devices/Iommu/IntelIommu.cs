@@ -129,11 +129,13 @@ public sealed partial class IntelIommu : IMmioDevice
     /// <summary>
     /// The DMA view of one requester's requests-with-PASID (scalable mode, 3.4.3): each access
     /// carries <paramref name="pasid"/> and, when <paramref name="privileged"/>, the supervisor
-    /// attribute (honoured only when the PASID entry's SRE is set).
+    /// attribute (honoured only when the PASID entry's SRE is set); with <paramref name="execute"/>
+    /// the PASID prefix's Execute-Requested bit (needs the PASID entry's ERE, and a first-level
+    /// page without XD).
     /// </summary>
-    public IDmaSpace DmaSpaceFor(ushort requesterId, uint pasid, bool privileged = false)
+    public IDmaSpace DmaSpaceFor(ushort requesterId, uint pasid, bool privileged = false, bool execute = false)
     {
-        var request = new VtdRequest { SourceId = requesterId, HasPasid = true, Pasid = pasid & 0xF_FFFF, Privileged = privileged };
+        var request = new VtdRequest { SourceId = requesterId, HasPasid = true, Pasid = pasid & 0xF_FFFF, Privileged = privileged, Execute = execute };
         return new VtdDmaSpace(this, request);
     }
 
@@ -182,6 +184,7 @@ public sealed partial class IntelIommu : IMmioDevice
                 Log.Once($"{Name}.bad_write", Name, $"{size}-byte register write at 0x{offset:x} ignored (only aligned 4/8-byte writes are architectural)");
                 return;
             }
+            InvalidateSnapshots();  // before any effect of the write can be observed
             // A 64-bit write is the low dword then the high dword: the registers whose action is
             // triggered by a high bit (CCMD.ICC, IOTLB.IVT) then see the whole new value.
             WriteDword((int)offset, (uint)value);

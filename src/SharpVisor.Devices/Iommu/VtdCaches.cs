@@ -1,4 +1,132 @@
+using SharpVisor.Core;
+
 namespace SharpVisor.Devices.Iommu;
+
+/// <summary>
+/// Which cached entries an operation is about: a lookup tag, or an invalidation's selection. A
+/// struct implementing it is passed by reference as a generic argument, so the JIT specialises
+/// every use and nothing is allocated or called indirectly per entry.
+/// </summary>
+internal interface ICacheSelector<TEntry> where TEntry : struct
+{
+    bool Matches(in TEntry entry);
+}
+
+/// <summary>
+/// A bounded set-associative cache with least-recently-used replacement within each set: the
+/// storage of the context cache, IOTLB and PASID cache (VT-d spec 6.2) and of device-TLBs.
+/// Entries are structs kept in one array; callers choose the set (a hash of the tag) and say
+/// which entries match. Not thread-safe: the owner's lock guards it.
+/// </summary>
+internal sealed class SetAssociativeCache<TEntry> where TEntry : struct
+{
+    readonly TEntry[] _entries;
+    readonly bool[] _valid;
+    readonly ulong[] _lastUse;
+    readonly int _ways;
+    ulong _clock;
+    int _count;
+
+    public SetAssociativeCache(int sets, int ways)
+    {
+        if (sets <= 0 || (sets & (sets - 1)) != 0 || ways < 1)
+        {
+            ThrowHelper.ArgumentOutOfRange(nameof(sets), "a cache needs a power-of-two set count and at least one way");
+        }
+        _ways = ways;
+        SetMask = sets - 1;
+        _entries = new TEntry[sets * ways];
+        _valid = new bool[sets * ways];
+        _lastUse = new ulong[sets * ways];
+    }
+
+    /// <summary>Sets - 1: callers mask their hash with it.</summary>
+    public int SetMask { get; }
+    public int Capacity => _entries.Length;
+    public int Count => _count;
+
+    /// <summary>Finds the entry of <paramref name="set"/> the selector matches and marks it most recently used.</summary>
+    public bool TryGet<TSelector>(int set, ref TSelector tag, out TEntry entry) where TSelector : struct, ICacheSelector<TEntry>
+    {
+        int first = (set & SetMask) * _ways;
+        for (int i = first; i < first + _ways; i++)
+        {
+            if (_valid[i] && tag.Matches(in _entries[i]))
+            {
+                _lastUse[i] = ++_clock;
+                entry = _entries[i];
+                return true;
+            }
+        }
+        entry = default;
+        return false;
+    }
+
+    /// <summary>
+    /// Puts <paramref name="entry"/> in <paramref name="set"/>: over the entry with the same tag,
+    /// else in a free way, else over the least recently used one. Returns true, with the victim,
+    /// when a valid entry with another tag was evicted; <paramref name="replaced"/> says whether a
+    /// valid entry (same tag or victim) was overwritten.
+    /// </summary>
+    public bool Insert<TSelector>(int set, ref TSelector sameTag, in TEntry entry, out TEntry victim, out bool replaced)
+        where TSelector : struct, ICacheSelector<TEntry>
+    {
+        int first = (set & SetMask) * _ways;
+        int slot = -1;
+        int free = -1;
+        int oldest = first;
+        for (int i = first; i < first + _ways; i++)
+        {
+            if (!_valid[i])
+            {
+                if (free < 0) free = i;
+                continue;
+            }
+            if (sameTag.Matches(in _entries[i]))
+            {
+                slot = i;
+                break;
+            }
+            if (!_valid[oldest] || _lastUse[i] < _lastUse[oldest]) oldest = i;
+        }
+        bool evicted = false;
+        victim = default;
+        if (slot < 0)
+        {
+            slot = free >= 0 ? free : oldest;
+            evicted = _valid[slot];
+            if (evicted) victim = _entries[slot];
+        }
+        replaced = _valid[slot];
+        if (!replaced) _count++;
+        _entries[slot] = entry;
+        _valid[slot] = true;
+        _lastUse[slot] = ++_clock;
+        return evicted;
+    }
+
+    /// <summary>Drops every entry the selector matches (it may count what it sees); returns how many.</summary>
+    public int RemoveAll<TSelector>(ref TSelector selector) where TSelector : struct, ICacheSelector<TEntry>
+    {
+        int removed = 0;
+        for (int i = 0; i < _entries.Length; i++)
+        {
+            if (_valid[i] && selector.Matches(in _entries[i]))
+            {
+                _valid[i] = false;
+                removed++;
+            }
+        }
+        _count -= removed;
+        return removed;
+    }
+
+    public void Clear()
+    {
+        Array.Clear(_valid);
+        _count = 0;
+    }
+}
 
 /// <summary>
 /// A decoded, present context entry as the context cache keeps it: legacy mode (VT-d spec 9.3)
@@ -34,100 +162,65 @@ internal struct VtdContext
 /// The context cache (VT-d spec 6.2.1): present context entries tagged by source-id, set-associative
 /// with LRU replacement. Not thread-safe: the unit's lock guards it.
 /// </summary>
-internal sealed class VtdContextCache
+internal sealed class VtdContextCache(int sets, int ways)
 {
-    readonly VtdContext[] _entries;
-    readonly bool[] _valid;
-    readonly ulong[] _lastUse;
-    readonly int _ways;
-    readonly int _setMask;
-    ulong _clock;
+    readonly SetAssociativeCache<VtdContext> _cache = new(sets, ways);
 
-    public VtdContextCache(int sets, int ways)
+    readonly struct BySource(ushort sid) : ICacheSelector<VtdContext>
     {
-        _ways = ways;
-        _setMask = sets - 1;
-        _entries = new VtdContext[sets * ways];
-        _valid = new bool[sets * ways];
-        _lastUse = new ulong[sets * ways];
+        public bool Matches(in VtdContext e) => e.SourceId == sid;
     }
 
-    public int Capacity => _entries.Length;
-
-    public int Count
+    /// <summary>Source-ids equal but for the function bits a device-selective invalidation's FM ignores.</summary>
+    readonly struct ByDevice(ushort sid, ushort ignore) : ICacheSelector<VtdContext>
     {
-        get
-        {
-            int n = 0;
-            foreach (bool v in _valid) if (v) n++;
-            return n;
-        }
+        public bool Matches(in VtdContext e) => (e.SourceId & ~ignore) == (sid & ~ignore);
     }
 
-    int SetOf(ushort sid) => ((sid ^ (sid >> 8)) & _setMask) * _ways;
+    /// <summary>
+    /// A scalable-mode context entry carries no domain id (its PASID entries do), so a
+    /// domain-selective invalidation must drop every scalable-mode entry.
+    /// </summary>
+    readonly struct ByDomain(ushort domainId) : ICacheSelector<VtdContext>
+    {
+        public bool Matches(in VtdContext e) => e.DomainId == domainId || e.Scalable;
+    }
+
+    public int Capacity => _cache.Capacity;
+    public int Count => _cache.Count;
+
+    static int SetOf(ushort sid) => sid ^ (sid >> 8);
 
     public bool TryGet(ushort sid, out VtdContext context)
     {
-        int first = SetOf(sid);
-        for (int i = first; i < first + _ways; i++)
-        {
-            if (_valid[i] && _entries[i].SourceId == sid)
-            {
-                _lastUse[i] = ++_clock;
-                context = _entries[i];
-                return true;
-            }
-        }
-        context = default;
-        return false;
+        var tag = new BySource(sid);
+        return _cache.TryGet(SetOf(sid), ref tag, out context);
     }
 
     /// <summary>Inserts an entry; returns true when a valid entry had to be evicted.</summary>
     public bool Insert(in VtdContext context)
     {
-        int first = SetOf(context.SourceId);
-        int victim = first;
-        for (int i = first; i < first + _ways; i++)
-        {
-            if (!_valid[i] || _entries[i].SourceId == context.SourceId)
-            {
-                victim = i;
-                break;
-            }
-            if (_lastUse[i] < _lastUse[victim])
-            {
-                victim = i;
-            }
-        }
-        bool evicted = _valid[victim] && _entries[victim].SourceId != context.SourceId;
-        _entries[victim] = context;
-        _valid[victim] = true;
-        _lastUse[victim] = ++_clock;
-        return evicted;
+        var tag = new BySource(context.SourceId);
+        return _cache.Insert(SetOf(context.SourceId), ref tag, in context, out _, out _);
     }
 
-    public void InvalidateAll() => Array.Clear(_valid);
+    public void InvalidateAll() => _cache.Clear();
 
     public void InvalidateDomain(ushort domainId)
     {
-        for (int i = 0; i < _entries.Length; i++)
-        {
-            // A scalable-mode context entry carries no domain id (its PASID entries do), so a
-            // domain-selective invalidation must drop every scalable-mode entry.
-            if (_valid[i] && (_entries[i].DomainId == domainId || _entries[i].Scalable)) _valid[i] = false;
-        }
+        var selector = new ByDomain(domainId);
+        _cache.RemoveAll(ref selector);
     }
 
     /// <summary>Device-selective invalidation: <paramref name="functionMask"/> is CCMD.FM (11.4.6): 0..3 low function bits ignored.</summary>
     public void InvalidateDevice(ushort sid, int functionMask)
     {
-        // FM=01 masks bit 2 of the function number, 10 bits 2:1, 11 bits 2:0.
-        ushort ignore = functionMask switch { 1 => 0b100, 2 => 0b110, 3 => 0b111, _ => 0 };
-        for (int i = 0; i < _entries.Length; i++)
-        {
-            if (_valid[i] && (_entries[i].SourceId & ~ignore) == (sid & ~ignore)) _valid[i] = false;
-        }
+        var selector = new ByDevice(sid, FunctionBitsIgnored(functionMask));
+        _cache.RemoveAll(ref selector);
     }
+
+    /// <summary>FM (11.4.6) = 01 masks bit 2 of the function number, 10 bits 2:1, 11 bits 2:0.</summary>
+    internal static ushort FunctionBitsIgnored(int functionMask) => functionMask switch { 1 => 0b100, 2 => 0b110, 3 => 0b111, _ => 0 };
 }
 
 /// <summary>One IOTLB entry: a translated page of size 2^<see cref="PageShift"/>.</summary>
@@ -149,41 +242,53 @@ internal struct VtdIotlbEntry
 }
 
 /// <summary>
-/// The IOTLB (VT-d spec 6.2.3): translations tagged by domain id, input page number and page size,
-/// set-associative with LRU replacement. A lookup probes each page size that currently has entries.
-/// Not thread-safe: the unit's lock guards it.
+/// The IOTLB (VT-d spec 6.2.3): translations tagged by domain id, PASID tag, input page number and
+/// page size, set-associative with LRU replacement. A lookup probes each page size that currently
+/// has entries. Not thread-safe: the unit's lock guards it.
 /// </summary>
-internal sealed class VtdIotlb
+internal sealed class VtdIotlb(int sets, int ways)
 {
     public static readonly byte[] PageShifts = [12, 21, 30];
 
-    readonly VtdIotlbEntry[] _entries;
-    readonly bool[] _valid;
-    readonly ulong[] _lastUse;
-    readonly int _ways;
-    readonly int _setMask;
+    readonly SetAssociativeCache<VtdIotlbEntry> _cache = new(sets, ways);
     readonly int[] _countBySize = new int[3];
-    ulong _clock;
 
-    public VtdIotlb(int sets, int ways)
+    readonly struct ByTag(ushort domainId, uint pasidTag, ulong pageNumber, byte shift) : ICacheSelector<VtdIotlbEntry>
     {
-        _ways = ways;
-        _setMask = sets - 1;
-        _entries = new VtdIotlbEntry[sets * ways];
-        _valid = new bool[sets * ways];
-        _lastUse = new ulong[sets * ways];
+        public bool Matches(in VtdIotlbEntry e) =>
+            e.PageNumber == pageNumber && e.PageShift == shift && e.DomainId == domainId && e.PasidTag == pasidTag;
     }
 
-    public int Capacity => _entries.Length;
+    /// <summary>An invalidation's selection; it keeps the per-size counts right as it drops entries.</summary>
+    struct Selection(VtdIotlb owner, ushort domainId, uint? pasid, ulong first, ulong last) : ICacheSelector<VtdIotlbEntry>
+    {
+        public bool Matches(in VtdIotlbEntry e)
+        {
+            if (e.DomainId != domainId || (pasid is uint p && e.PasidTag != p))
+            {
+                return false;
+            }
+            ulong start = e.PageNumber << e.PageShift;
+            ulong end = start + ((1UL << e.PageShift) - 1);
+            if (start > last || first > end)
+            {
+                return false;
+            }
+            owner._countBySize[SizeIndex(e.PageShift)]--;
+            return true;
+        }
+    }
 
-    public int Count => _countBySize[0] + _countBySize[1] + _countBySize[2];
+    public int Capacity => _cache.Capacity;
+
+    public int Count => _cache.Count;
 
     static int SizeIndex(byte shift) => shift == 12 ? 0 : shift == 21 ? 1 : 2;
 
-    int SetOf(ushort domainId, ulong pageNumber, byte shift)
+    static int SetOf(ushort domainId, ulong pageNumber, byte shift)
     {
         ulong h = (pageNumber ^ ((ulong)domainId << 7) ^ shift) * 0x9E37_79B9_7F4A_7C15UL;
-        return (int)(h >> 40) & _setMask;
+        return (int)(h >> 40);
     }
 
     /// <summary>Looks up the translation of <paramref name="address"/> in domain <paramref name="domainId"/>.</summary>
@@ -196,16 +301,10 @@ internal sealed class VtdIotlb
             if (_countBySize[s] == 0) continue;
             byte shift = PageShifts[s];
             ulong page = address >> shift;
-            int first = SetOf(domainId, page, shift) * _ways;
-            for (int i = first; i < first + _ways; i++)
+            var tag = new ByTag(domainId, pasidTag, page, shift);
+            if (_cache.TryGet(SetOf(domainId, page, shift), ref tag, out entry))
             {
-                ref var e = ref _entries[i];
-                if (_valid[i] && e.PageNumber == page && e.PageShift == shift && e.DomainId == domainId && e.PasidTag == pasidTag)
-                {
-                    _lastUse[i] = ++_clock;
-                    entry = e;
-                    return true;
-                }
+                return true;
             }
         }
         entry = default;
@@ -215,54 +314,26 @@ internal sealed class VtdIotlb
     /// <summary>Inserts a translation; returns true when a valid entry was evicted to make room.</summary>
     public bool Insert(in VtdIotlbEntry entry)
     {
-        int first = SetOf(entry.DomainId, entry.PageNumber, entry.PageShift) * _ways;
-        int victim = first;
-        for (int i = first; i < first + _ways; i++)
+        var tag = new ByTag(entry.DomainId, entry.PasidTag, entry.PageNumber, entry.PageShift);
+        bool evicted = _cache.Insert(SetOf(entry.DomainId, entry.PageNumber, entry.PageShift), ref tag, in entry, out var victim, out bool replaced);
+        if (evicted)
         {
-            ref var e = ref _entries[i];
-            if (!_valid[i] || Same(in e, in entry))
-            {
-                victim = i;
-                break;
-            }
-            if (_lastUse[i] < _lastUse[victim]) victim = i;
+            _countBySize[SizeIndex(victim.PageShift)]--;
         }
-        bool evicted = false;
-        if (_valid[victim])
+        if (!replaced || evicted)
         {
-            var old = _entries[victim];
-            evicted = !Same(in old, in entry);
-            _countBySize[SizeIndex(old.PageShift)]--;
+            _countBySize[SizeIndex(entry.PageShift)]++;
         }
-        _entries[victim] = entry;
-        _valid[victim] = true;
-        _lastUse[victim] = ++_clock;
-        _countBySize[SizeIndex(entry.PageShift)]++;
         return evicted;
-    }
-
-    static bool Same(in VtdIotlbEntry a, in VtdIotlbEntry b) =>
-        a.PageNumber == b.PageNumber && a.PageShift == b.PageShift && a.DomainId == b.DomainId && a.PasidTag == b.PasidTag;
-
-    void Drop(int i)
-    {
-        _valid[i] = false;
-        _countBySize[SizeIndex(_entries[i].PageShift)]--;
     }
 
     public void InvalidateAll()
     {
-        Array.Clear(_valid);
+        _cache.Clear();
         Array.Clear(_countBySize);
     }
 
-    public void InvalidateDomain(ushort domainId)
-    {
-        for (int i = 0; i < _entries.Length; i++)
-        {
-            if (_valid[i] && _entries[i].DomainId == domainId) Drop(i);
-        }
-    }
+    public void InvalidateDomain(ushort domainId) => Remove(domainId, null, 0, ulong.MaxValue);
 
     /// <summary>
     /// Page-selective invalidation (11.4.8.2): drops every entry of the domain that overlaps the
@@ -271,13 +342,7 @@ internal sealed class VtdIotlb
     public void InvalidatePages(ushort domainId, ulong address, int addressMask) => InvalidatePages(domainId, null, address, addressMask);
 
     /// <summary>PASID-based invalidation (6.5.2.4): every first-level entry of (DID, PASID).</summary>
-    public void InvalidatePasid(ushort domainId, uint pasid)
-    {
-        for (int i = 0; i < _entries.Length; i++)
-        {
-            if (_valid[i] && _entries[i].DomainId == domainId && _entries[i].PasidTag == pasid) Drop(i);
-        }
-    }
+    public void InvalidatePasid(ushort domainId, uint pasid) => Remove(domainId, pasid, 0, ulong.MaxValue);
 
     /// <summary>Page-selective invalidation of one domain, limited to one PASID tag when <paramref name="pasid"/> is given.</summary>
     public void InvalidatePages(ushort domainId, uint? pasid, ulong address, int addressMask)
@@ -285,15 +350,13 @@ internal sealed class VtdIotlb
         int regionShift = 12 + addressMask;
         ulong regionBase = regionShift >= 64 ? 0 : address & ~((1UL << regionShift) - 1);
         ulong regionLast = regionShift >= 64 ? ulong.MaxValue : regionBase + ((1UL << regionShift) - 1);
-        for (int i = 0; i < _entries.Length; i++)
-        {
-            if (!_valid[i]) continue;
-            ref var e = ref _entries[i];
-            if (e.DomainId != domainId || (pasid is uint p && e.PasidTag != p)) continue;
-            ulong start = e.PageNumber << e.PageShift;
-            ulong last = start + ((1UL << e.PageShift) - 1);
-            if (start <= regionLast && regionBase <= last) Drop(i);
-        }
+        Remove(domainId, pasid, regionBase, regionLast);
+    }
+
+    void Remove(ushort domainId, uint? pasid, ulong first, ulong last)
+    {
+        var selection = new Selection(this, domainId, pasid, first, last);
+        _cache.RemoveAll(ref selection);
     }
 }
 
@@ -331,91 +394,55 @@ internal struct VtdPasidEntry
 /// (source-id, PASID) and invalidated by DID or (DID, PASID) as the PASID-cache invalidate
 /// descriptor (6.5.2.2) asks. Set-associative with LRU replacement; the unit's lock guards it.
 /// </summary>
-internal sealed class VtdPasidCache
+internal sealed class VtdPasidCache(int sets, int ways)
 {
-    readonly VtdPasidEntry[] _entries;
-    readonly bool[] _valid;
-    readonly ulong[] _lastUse;
-    readonly int _ways;
-    readonly int _setMask;
-    ulong _clock;
+    readonly SetAssociativeCache<VtdPasidEntry> _cache = new(sets, ways);
 
-    public VtdPasidCache(int sets, int ways)
+    readonly struct ByTag(ushort sid, uint pasid) : ICacheSelector<VtdPasidEntry>
     {
-        _ways = ways;
-        _setMask = sets - 1;
-        _entries = new VtdPasidEntry[sets * ways];
-        _valid = new bool[sets * ways];
-        _lastUse = new ulong[sets * ways];
+        public bool Matches(in VtdPasidEntry e) => e.SourceId == sid && e.Pasid == pasid;
     }
 
-    public int Count
+    readonly struct ByDomain(ushort domainId, uint? pasid) : ICacheSelector<VtdPasidEntry>
     {
-        get
-        {
-            int n = 0;
-            foreach (bool v in _valid) if (v) n++;
-            return n;
-        }
+        public bool Matches(in VtdPasidEntry e) => e.DomainId == domainId && (pasid is not uint p || e.Pasid == p);
     }
 
-    int SetOf(ushort sid, uint pasid) => (int)((sid ^ (sid >> 8) ^ pasid ^ (pasid >> 7)) & (uint)_setMask) * _ways;
+    readonly struct ByDevice(ushort sid, ushort ignore) : ICacheSelector<VtdPasidEntry>
+    {
+        public bool Matches(in VtdPasidEntry e) => (e.SourceId & ~ignore) == (sid & ~ignore);
+    }
+
+    public int Count => _cache.Count;
+
+    static int SetOf(ushort sid, uint pasid) => (int)(sid ^ (sid >> 8) ^ pasid ^ (pasid >> 7));
 
     public bool TryGet(ushort sid, uint pasid, out VtdPasidEntry entry)
     {
-        int first = SetOf(sid, pasid);
-        for (int i = first; i < first + _ways; i++)
-        {
-            if (_valid[i] && _entries[i].SourceId == sid && _entries[i].Pasid == pasid)
-            {
-                _lastUse[i] = ++_clock;
-                entry = _entries[i];
-                return true;
-            }
-        }
-        entry = default;
-        return false;
+        var tag = new ByTag(sid, pasid);
+        return _cache.TryGet(SetOf(sid, pasid), ref tag, out entry);
     }
 
     /// <summary>Inserts an entry; returns true when a valid entry had to be evicted.</summary>
     public bool Insert(in VtdPasidEntry entry)
     {
-        int first = SetOf(entry.SourceId, entry.Pasid);
-        int victim = first;
-        for (int i = first; i < first + _ways; i++)
-        {
-            if (!_valid[i] || (_entries[i].SourceId == entry.SourceId && _entries[i].Pasid == entry.Pasid))
-            {
-                victim = i;
-                break;
-            }
-            if (_lastUse[i] < _lastUse[victim]) victim = i;
-        }
-        bool evicted = _valid[victim] && !(_entries[victim].SourceId == entry.SourceId && _entries[victim].Pasid == entry.Pasid);
-        _entries[victim] = entry;
-        _valid[victim] = true;
-        _lastUse[victim] = ++_clock;
-        return evicted;
+        var tag = new ByTag(entry.SourceId, entry.Pasid);
+        return _cache.Insert(SetOf(entry.SourceId, entry.Pasid), ref tag, in entry, out _, out _);
     }
 
-    public void InvalidateAll() => Array.Clear(_valid);
+    public void InvalidateAll() => _cache.Clear();
 
     /// <summary>Drops entries of <paramref name="domainId"/>, and of one PASID when <paramref name="pasid"/> is given.</summary>
     public void Invalidate(ushort domainId, uint? pasid)
     {
-        for (int i = 0; i < _entries.Length; i++)
-        {
-            if (_valid[i] && _entries[i].DomainId == domainId && (pasid is not uint p || _entries[i].Pasid == p)) _valid[i] = false;
-        }
+        var selector = new ByDomain(domainId, pasid);
+        _cache.RemoveAll(ref selector);
     }
 
     /// <summary>Drops the entries of the source-ids a device-selective context invalidation names (FM as in 11.4.6).</summary>
     public void InvalidateDevice(ushort sid, int functionMask)
     {
-        ushort ignore = functionMask switch { 1 => 0b100, 2 => 0b110, 3 => 0b111, _ => 0 };
-        for (int i = 0; i < _entries.Length; i++)
-        {
-            if (_valid[i] && (_entries[i].SourceId & ~ignore) == (sid & ~ignore)) _valid[i] = false;
-        }
+        var selector = new ByDevice(sid, VtdContextCache.FunctionBitsIgnored(functionMask));
+        _cache.RemoveAll(ref selector);
     }
 }

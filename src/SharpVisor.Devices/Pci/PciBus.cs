@@ -68,7 +68,7 @@ public sealed class PciBus
             ThrowHelper.InvalidOperation($"PCI {BusNumber:x2}:{device:x2}.{functionNumber} is taken by {other.Name}");
         }
         ushort requesterId = (ushort)(BusNumber << 8 | devfn);
-        function.Attach(this, BusNumber, (byte)devfn, _msiSink, _dma.ForRequester(requesterId), intx);
+        function.Attach(this, BusNumber, (byte)devfn, _msiSink, _dma.ForRequester(requesterId), _dma as IAtsDmaSpaceProvider, intx);
         _functions[devfn] = function;
 
         // PCI 3.0, 6.2.1: function 0 of a multi-function device sets header type bit 7; software

@@ -72,7 +72,7 @@ public abstract partial class PciFunction
     public string Name { get; }
 
     /// <summary>This function's counters, for a <see cref="CounterRegistry"/>.</summary>
-    public virtual IEnumerable<Counter> Counters => [BadAccesses, DmaRefused, InterruptsDropped, InterruptsMasked];
+    public virtual IEnumerable<Counter> Counters => [BadAccesses, DmaRefused, InterruptsDropped, InterruptsMasked, .. AtsCounters];
 
     /// <summary>"bb:dd.f" once on a bus.</summary>
     public string Location { get; private set; } = "--:--.-";
@@ -145,7 +145,7 @@ public abstract partial class PciFunction
         {
             return;
         }
-        bool commandTouched, msiTouched, msixTouched, powerTouched;
+        bool commandTouched, msiTouched, msixTouched, powerTouched, atsTouched;
         lock (_configLock)
         {
             byte oldPowerState = _pmCapability != 0 ? _config[_pmCapability + 4] : (byte)0;
@@ -166,12 +166,17 @@ public abstract partial class PciFunction
             msiTouched = _msiCapability != 0 && Overlaps(offset, size, _msiCapability, MsiLength);
             msixTouched = _msixCapability != 0 && Overlaps(offset, size, _msixCapability + 2, 2);
             powerTouched = _pmCapability != 0 && Overlaps(offset, size, _pmCapability + 4, 1);
+            atsTouched = _atsCapability != 0 && Overlaps(offset, size, _atsCapability + AtsControlRegister, 2);
             if (powerTouched && (_config[_pmCapability + 4] & 3) is 1 or 2)
             {
                 _config[_pmCapability + 4] = oldPowerState; // D1/D2 unsupported: the write is discarded
             }
         }
 
+        if (atsTouched)
+        {
+            ApplyAtsControl();
+        }
         if (msiTouched)
         {
             DeliverPendingMsi();
@@ -291,7 +296,7 @@ public abstract partial class PciFunction
 
     // ---- bus attachment ----
 
-    internal void Attach(PciBus bus, byte busNumber, byte devfn, IMsiSink? msiSink, IDmaSpace dma, IIrqLine? intx)
+    internal void Attach(PciBus bus, byte busNumber, byte devfn, IMsiSink? msiSink, IDmaSpace dma, IAtsDmaSpaceProvider? ats, IIrqLine? intx)
     {
         if (_bus is not null)
         {
@@ -300,7 +305,7 @@ public abstract partial class PciFunction
         RequesterId = (ushort)(busNumber << 8 | devfn);
         Location = $"{busNumber:x2}:{devfn >> 3:x2}.{devfn & 7}";
         _msiSink = msiSink;
-        _dma = new BusMasterGatedDmaSpace(this, dma);
+        _dma = new BusMasterGatedDmaSpace(this, WrapForAts(dma, ats, RequesterId));
         _intxLine = intx;
         foreach (var bar in _bars)
         {

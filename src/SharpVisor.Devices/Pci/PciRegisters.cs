@@ -79,6 +79,8 @@ public static class PciCapabilityId
     // Extended capabilities (16-bit IDs at 0x100+).
     public const ushort ExtendedAdvancedErrorReporting = 0x0001;
     public const ushort ExtendedVendorSpecific = 0x000B;
+    /// <summary>Address Translation Services (PCIe Base 4.0, 10.5.1).</summary>
+    public const ushort ExtendedAts = 0x000F;
 }
 
 /// <summary>What a Base Address Register decodes (PCI 3.0, 6.2.5.1).</summary>

@@ -1,6 +1,8 @@
 using System.Buffers.Binary;
 using SharpVisor.Core;
 using SharpVisor.Devices.Iommu;
+using SharpVisor.Devices.Pci;
+using SharpVisor.Devices.Tests.Pci;
 using static SharpVisor.Devices.Tests.Iommu.VtdFixture;
 using static SharpVisor.Devices.Tests.Iommu.VtdScalableFixture;
 
@@ -308,6 +310,118 @@ public class VtdAtsTests
         Assert.Equal(8, BinaryPrimitives.ReadUInt16LittleEndian(t.AsSpan(at + 2)));
         Assert.Equal(1, t[at + 4]);                                                  // ALL_PORTS
         Assert.Equal(t.Length, (int)BinaryPrimitives.ReadUInt32LittleEndian(t.AsSpan(4)));
+    }
+
+    /// <summary>An IOMMU-backed bus with device-TLBs, as the board wires it when ECAP.DT is set.</summary>
+    sealed class AtsProvider(IntelIommu unit) : IDmaSpaceProvider, IAtsDmaSpaceProvider
+    {
+        public readonly List<AtsDmaSpace> Ports = [];
+        public IDmaSpace ForRequester(ushort requesterId) => unit.DmaSpaceFor(requesterId);
+        public IAtsPort CreateAtsPort(ushort requesterId, string name)
+        {
+            var port = new AtsDmaSpace(unit, requesterId, new DeviceIotlb(name));
+            Ports.Add(port);
+            return port;
+        }
+    }
+
+    /// <summary>A PCI function with the ATS capability at 00:02.0 (requester id <see cref="Dev"/>), bus mastering on.</summary>
+    static (TestFunction Function, PciBus Bus, AtsDmaSpace Port) AtsFunction(VtdFixture f)
+    {
+        var provider = new AtsProvider(f.Unit);
+        var host = new PciHostBridge(new PhysicalMemoryMap(f.Ram), new PortBus(), null, provider, busCount: 1);
+        var function = new TestFunction();
+        function.AddAtsCapability();
+        host.Bus.Add(function, Dev >> 3, 0);
+        host.Bus.ConfigWrite(0, Dev, PciConfig.Command, 2, (uint)PciCommand.BusMaster);
+        return (function, host.Bus, Assert.Single(provider.Ports));
+    }
+
+    static void WriteAtsControl(PciBus bus, TestFunction function, uint value) =>
+        bus.ConfigWrite(0, Dev, function.AtsCapabilityOffset + 6, 2, value);
+
+    [Fact]
+    public void AtsEnableSwitchesTheFunctionsDmaToTranslationRequests()
+    {
+        using var f = new VtdFixture();
+        LegacyAtsContext(f);
+        var (function, bus, port) = AtsFunction(f);
+        // ATS disabled: untranslated requests, as without the capability.
+        Assert.Equal(DmaStatus.Ok, function.DmaSpace.Write(Iova, [1]));
+        Assert.Equal(0, f.Unit.Counters.AtsTranslationRequests.Value);
+        Assert.Equal(0, f.Unit.Counters.TranslatedRequests.Value);
+
+        WriteAtsControl(bus, function, 0x8000);                 // Linux pci_enable_ats(pdev, 12): Enable, STU 0
+        Assert.True(function.AtsEnabled);
+        Assert.Equal(DmaStatus.Ok, function.DmaSpace.Write(Iova + 1, [2]));
+        Assert.Equal(DmaStatus.Ok, function.DmaSpace.Write(Iova + 2, [3]));
+        Assert.Equal(new byte[] { 1, 2, 3 }, f.ReadRam(Target, 3));
+        Assert.Equal(1, f.Unit.Counters.AtsTranslationRequests.Value);   // the second write hit the device-TLB
+        Assert.Equal(2, f.Unit.Counters.TranslatedRequests.Value);
+        Assert.Equal(1, port.Tlb.Hits.Value);
+        Assert.Contains(function.Counters, c => c.Name == "pci.test.devtlb.hits" && c.Value == 1);
+
+        // Bus Master Enable still gates the ATS path.
+        bus.ConfigWrite(0, Dev, PciConfig.Command, 2, 0);
+        Assert.Equal(DmaStatus.Blocked, function.DmaSpace.Write(Iova, [9]));
+        Assert.Equal(1, f.ReadRam(Target, 1)[0]);
+        bus.ConfigWrite(0, Dev, PciConfig.Command, 2, (uint)PciCommand.BusMaster);
+
+        WriteAtsControl(bus, function, 0);                      // pci_disable_ats
+        Assert.False(function.AtsEnabled);
+        Assert.Equal(0, port.Tlb.Count);                        // nothing cached while disabled
+        Assert.Equal(DmaStatus.Ok, function.DmaSpace.Write(Iova + 3, [4]));
+        Assert.Equal(1, f.Unit.Counters.AtsTranslationRequests.Value);
+        Assert.Equal(2, f.Unit.Counters.TranslatedRequests.Value);
+        Assert.Equal(4, f.ReadRam(Target + 3, 1)[0]);
+    }
+
+    [Fact]
+    public void SmallestTranslationUnitAbovePageSizeKeepsFourKiBTranslationsOutOfTheDeviceTlb()
+    {
+        using var f = new VtdFixture();
+        LegacyAtsContext(f);
+        var (function, bus, port) = AtsFunction(f);
+        WriteAtsControl(bus, function, 0x8000 | 9);             // STU 9: 2 MiB
+        Assert.Equal(DmaStatus.Ok, function.DmaSpace.Write(Iova, [1]));
+        Assert.Equal(DmaStatus.Ok, function.DmaSpace.Write(Iova + 1, [2]));
+        Assert.Equal(2, f.Unit.Counters.AtsTranslationRequests.Value);   // 4 KiB answers were not cached
+        Assert.Equal(0, port.Tlb.Count);
+        Assert.Equal(new byte[] { 1, 2 }, f.ReadRam(Target, 2));
+    }
+
+    [Fact]
+    public void DeviceTlbInvalidationReachesThePciFunctionBeforeTheWaitCompletes()
+    {
+        using var f = new VtdFixture();
+        ulong slpt = LegacyAtsContext(f);
+        var (function, bus, port) = AtsFunction(f);
+        WriteAtsControl(bus, function, 0x8000);
+        var b = new QueueBench(f);
+        Assert.Equal(DmaStatus.Ok, function.DmaSpace.Write(Iova, [1]));
+        Assert.Equal(1, port.Tlb.Count);
+        // Unmap in memory only: the device-TLB still holds the translation and would keep writing.
+        ulong leaf = f.Map(slpt, 4, Iova, Target);
+        f.Ram.WriteU64(leaf, 0);
+        Assert.True(b.Run(3, (IotlbDesc(2, Domain), 0)));
+        Assert.Equal(DmaStatus.Ok, function.DmaSpace.Write(Iova, [2]));
+        Assert.Equal(2, f.ReadRam(Target, 1)[0]);
+
+        // The device-TLB invalidation: the wait descriptor's status is written only once the
+        // function has answered, and by then its device-TLB no longer holds the page.
+        Assert.True(b.Run(7, (DeviceTlbDesc(Dev), Iova)));
+        Assert.Equal(1, port.Tlb.Invalidations.Value);
+        Assert.Equal(0, port.Tlb.Count);
+        Assert.Equal(1, f.Unit.Counters.DeviceTlbInvForwarded.Value);
+        Assert.Equal(1, f.Unit.Counters.DeviceTlbCompletions.Value);
+        Assert.Equal(DmaStatus.Blocked, function.DmaSpace.Write(Iova, [3]));
+        Assert.Equal(2, f.ReadRam(Target, 1)[0]);
+
+        // With ATS disabled the function is no longer an endpoint: invalidations complete at once.
+        WriteAtsControl(bus, function, 0);
+        Assert.True(b.Run(8, (DeviceTlbDesc(Dev), Iova)));
+        Assert.Equal(1, port.Tlb.Invalidations.Value);
+        Assert.Equal(1, f.Unit.Counters.DeviceTlbInvNoEndpoint.Value);
     }
 
     sealed class AnsweringEndpoint(IntelIommu unit, ushort rid, RecordingAtsEndpoint log) : IAtsEndpoint

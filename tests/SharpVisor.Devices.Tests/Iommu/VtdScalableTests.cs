@@ -59,7 +59,9 @@ public class VtdScalableTests
         Assert.Equal(2, c.FirstLevelWalks.Value);     // the read, then the write that had to set D
         Assert.Equal(1, c.IotlbHits4K.Value);
         Assert.Equal(1, c.PasidCacheMisses.Value);
-        Assert.Equal(2, c.PasidCacheHits.Value);
+        // The write that set D consulted the PASID cache; the last write hit the requester's
+        // translation snapshot (same page, D set), which needs no PASID-cache lookup.
+        Assert.Equal(1, c.PasidCacheHits.Value);
         Assert.Equal(0, c.SecondLevelWalks.Value);
         Assert.Equal(0UL, s.F.R32(Fsts));
     }

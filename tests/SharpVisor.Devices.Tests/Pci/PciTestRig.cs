@@ -118,3 +118,12 @@ sealed class TestFunction(ushort deviceId = 0x0001) : PciFunction("test", 0x1B36
         }
     }
 }
+
+static class TestFunctionExtensions
+{
+    public static void AddAtsCapabilityTwice(this TestFunction f)
+    {
+        f.AddAtsCapability();
+        f.AddAtsCapability();
+    }
+}
