@@ -12,7 +12,8 @@ namespace SharpVisor.Integration.Tests;
 /// read back, e2fsck in the guest, and the file is in the image byte for byte (the guest reports its
 /// random data's digest; the host reads the file out of the image with debugfs). A device the guest
 /// never mapped anything for (edu, with no driver) has its DMA blocked and the fault reported to
-/// the driver, which prints it; in pass-through mode the same DMA reaches RAM.
+/// the driver, which prints it; in pass-through mode the same DMA reaches RAM. Linux enables ATS on
+/// both devices, so their DMA goes through translation requests and their device-IOTLBs.
 /// </summary>
 [Collection(VmCollection.Name)]
 public class IommuTests
@@ -92,7 +93,8 @@ public class IommuTests
             if (mode == Mode.PassThrough)
             {
                 Assert.Contains("Default domain type: Passthrough", console);
-                Assert.True(Counter(".dma.pass_through") > 0, "the disk's DMA should pass through");
+                Assert.True(Counter(".dma.pass_through") + Counter(".ats.translated_requests") > 0, "the disk's DMA should pass through");
+                Assert.Equal(0, Counter(".page_walks"));
             }
             else
             {
@@ -100,6 +102,10 @@ public class IommuTests
                 Assert.True(Counter(".page_walks") > 0, "the disk's DMA should be translated");
                 Assert.Equal(0, Counter(".dma.pass_through"));
             }
+
+            // Linux enabled ATS on the devices (they expose the capability when the unit offers
+            // device-TLBs): their DMA went through translation requests and device-IOTLBs.
+            Assert.True(Counter(".ats.translation_requests") > 0 && Counter(".ats.translated_requests") > 0, "the devices should use ATS");
 
             // The ext4 round trip, checked in the guest and on the host.
             Assert.Contains("mkfs=ok", console);
