@@ -10,8 +10,9 @@ filter=()
 if [[ "${1:-}" == "--filter" && -n "${2:-}" ]]; then filter=(--filter "$2"); fi
 
 require_dotnet
-# iasl validates the ACPI tables; the Machine tests fetch Debian's kernel with apt-get download.
-apt_install acpica-tools cpio
+# iasl validates the ACPI tables; the Machine tests fetch Debian's kernel with apt-get download;
+# qemu-img and qemu-io (qemu-utils) create and check the qcow2 images of the Devices tests.
+apt_install acpica-tools cpio qemu-utils
 step "build (Release, warnings are errors)"
 dotnet build SharpVisor.slnx -c Release -nologo -v quiet -clp:NoSummary
 
