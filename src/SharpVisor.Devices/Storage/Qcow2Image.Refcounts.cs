@@ -107,7 +107,7 @@ public sealed partial class Qcow2Image
         int length = Math.Max(1, (1 << _refcountOrder) / 8);
         block.AsSpan(start, length).CopyTo(changed);
         StoreRefcount(changed, _refcountOrder, _refcountOrder < 3 ? index & ((8 >> _refcountOrder) - 1) : 0, value);
-        RandomAccess.Write(_handle, changed[..length], blockOffset + start);
+        HostWrite(changed[..length], blockOffset + start);
         changed[..length].CopyTo(block.AsSpan(start));
     }
 
@@ -151,8 +151,15 @@ public sealed partial class Qcow2Image
     {
         long c = _freeHint;
         long blockMask = (1L << _refBlockBits) - 1;
+        // Clusters in use lie inside the file (we write every cluster we allocate); refcounts claiming
+        // more than a block's span past its end are corrupt and must not turn into a scan of 2^47 entries.
+        long limit = Math.Min(MaxHostClusters, ((_fileLength + _clusterSize - 1) >> _clusterBits) + blockMask + 1);
         while (c < MaxHostClusters)
         {
+            if (c > limit)
+            {
+                throw Corrupt("refcounts mark clusters beyond the end of the file as used");
+            }
             long t = c >> _refBlockBits;
             if (t >= _refTable.Length || _refTable[t] == 0)
             {
@@ -213,7 +220,7 @@ public sealed partial class Qcow2Image
     {
         Span<byte> e = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64BigEndian(e, value);
-        RandomAccess.Write(_handle, e, _refTableOffset + index * 8);
+        HostWrite(e, _refTableOffset + index * 8);
         _refTable[index] = value;
     }
 
@@ -226,6 +233,7 @@ public sealed partial class Qcow2Image
     /// </summary>
     void GrowRefcountTable(long neededIndex)
     {
+        GrowthStartedAtWrite = HostWrites;
         long perTableCluster = _clusterSize / 8;
         long oldEntries = _refTable.Length;
         long start = Math.Max((_fileLength + _clusterSize - 1) >> _clusterBits, oldEntries << _refBlockBits);
@@ -292,7 +300,7 @@ public sealed partial class Qcow2Image
         Span<byte> header = stackalloc byte[12];
         BinaryPrimitives.WriteUInt64BigEndian(header, (ulong)(start << _clusterBits));
         BinaryPrimitives.WriteUInt32BigEndian(header[8..], (uint)tableClusters);
-        RandomAccess.Write(_handle, header, HRefTableOffset);
+        HostWrite(header, HRefTableOffset);
 
         long oldFirst = _refTableOffset >> _clusterBits;
         int oldClusters = _refTableClusters;

@@ -301,7 +301,7 @@ public sealed partial class Qcow2Image : IDiskImage
                 if (ReadFully(_handle, field, HIncompatible) == 8)
                 {
                     BinaryPrimitives.WriteUInt64BigEndian(field, BinaryPrimitives.ReadUInt64BigEndian(field) | 1UL << IncompatCorrupt);
-                    RandomAccess.Write(_handle, field, HIncompatible);
+                    HostWrite(field, HIncompatible);
                 }
             }
             catch (IOException)
@@ -316,6 +316,30 @@ public sealed partial class Qcow2Image : IDiskImage
         _l2Cache.Clear();
         _refCache.Clear();
         _decompressedEntry = 0;
+    }
+
+    /// <summary>Tests: the number of file writes after which the image behaves as if the VMM died (negative: never).</summary>
+    internal int WritesUntilCrash { get; set; } = -1;
+
+    /// <summary>Tests: file writes made so far.</summary>
+    internal int HostWrites { get; private set; }
+
+    /// <summary>Tests: <see cref="HostWrites"/> when the refcount table last started to grow (-1: never).</summary>
+    internal int GrowthStartedAtWrite { get; private set; } = -1;
+
+    /// <summary>Every write to the image file goes through here (so tests can cut the sequence anywhere).</summary>
+    void HostWrite(ReadOnlySpan<byte> data, long offset)
+    {
+        if (WritesUntilCrash == 0)
+        {
+            throw new SimulatedCrashException();
+        }
+        if (WritesUntilCrash > 0)
+        {
+            WritesUntilCrash--;
+        }
+        HostWrites++;
+        RandomAccess.Write(_handle, data, offset);
     }
 
     // ---- mapping ------------------------------------------------------------------------------
@@ -449,7 +473,7 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         Span<byte> b = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64BigEndian(b, value);
-        RandomAccess.Write(_handle, b, _l1Offset + index * 8L);
+        HostWrite(b, _l1Offset + index * 8L);
         _l1[index] = value;
     }
 
@@ -457,13 +481,13 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         Span<byte> b = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64BigEndian(b, value);
-        RandomAccess.Write(_handle, b, l2Offset + index * 8L);
+        HostWrite(b, l2Offset + index * 8L);
         b.CopyTo(LoadL2(l2Offset).AsSpan(index * 8));
     }
 
     void WriteCluster(long host, ReadOnlySpan<byte> contents)
     {
-        RandomAccess.Write(_handle, contents, host);
+        HostWrite(contents, host);
         _fileLength = Math.Max(_fileLength, host + contents.Length);
     }
 
@@ -522,7 +546,7 @@ public sealed partial class Qcow2Image : IDiskImage
             {
                 // The common case: an allocated cluster this image alone owns; write in place.
                 CheckDataCluster(host);
-                RandomAccess.Write(_handle, source, host + within);
+                HostWrite(source, host + within);
                 _fileLength = Math.Max(_fileLength, host + within + length);
                 return;
             }
@@ -626,5 +650,14 @@ public sealed partial class Qcow2Image : IDiskImage
         {
             DecrementRefcount(host >> _clusterBits);
         }
+    }
+}
+
+/// <summary>Thrown by <see cref="Qcow2Image"/> when a test's simulated VMM death is reached.</summary>
+sealed class SimulatedCrashException : Exception
+{
+    public SimulatedCrashException()
+        : base("simulated crash")
+    {
     }
 }

@@ -355,6 +355,23 @@ public sealed class Qcow2ImageTests : IDisposable
     }
 
     [Fact]
+    public void Refcounts_claiming_space_far_beyond_the_file_are_corruption_not_an_endless_search()
+    {
+        // Every refcount table entry points to one block full of refcount 0xFFFF: a naive search walks
+        // 512 x 2048 "used" clusters (and with a large table, billions) and then allocates at 4 GiB.
+        Qcow2Image.Create(_path, 1 << 20, clusterBits: 12);
+        var full = new byte[4096];
+        full.AsSpan().Fill(0xFF);
+        Patch(2 * 4096, full);
+        for (int i = 0; i < 512; i++)
+        {
+            PatchBe64(4096 + i * 8, 2 * 4096);
+        }
+        using var d = Open();
+        Assert.Throws<DiskImageCorruptException>(() => d.Write(0, new byte[512]));
+    }
+
+    [Fact]
     public void Read_only_image_refuses_writes()
     {
         Qcow2Image.Create(_path, 1 << 20);
