@@ -192,6 +192,7 @@ public sealed partial class Qcow2Image
             // qcow2.txt: a writer must clear auto-clear bits it does not maintain (we keep no bitmaps).
             Span<byte> zero = stackalloc byte[8];
             RandomAccess.Write(handle, zero, HAutoclear);
+            Log.Warn("qcow2", $"{name}: auto-clear features 0x{h.Autoclear:x} cleared (persistent bitmaps are not updated; QEMU now treats them as inconsistent)");
         }
         return image;
     }

@@ -594,19 +594,23 @@ public sealed partial class Qcow2Image : IDiskImage
     void ZeroCluster(long guest, bool discard, bool mayUnmap)
     {
         int l1Index = L1Index(guest);
-        if ((_l1[l1Index] & L1OffsetMask) == 0)
+        long current = (long)(_l1[l1Index] & L1OffsetMask);
+        if (current == 0)
         {
             return; // unallocated: reads as zeros already (no backing file)
         }
-        long l2Offset = WritableL2(l1Index);
         int index = L2Index(guest);
-        ulong e = Entry(LoadL2(l2Offset), index);
+        ulong e = Entry(LoadL2(current), index);
+        if ((e & CompressedFlag) == 0)
+        {
+            StandardOffset(e); // refuse to act on a corrupt entry
+        }
         ulong next;
         if (discard || _version == 2)
         {
             next = 0; // unallocated reads as zeros without a backing file
         }
-        else if (!mayUnmap && (e & (CompressedFlag | Copied)) == Copied && StandardOffset(e) != 0)
+        else if (!mayUnmap && (e & (CompressedFlag | Copied)) == Copied && (e & L2OffsetMask) != 0)
         {
             next = e | ZeroFlag; // qcow2.txt: the zero flag may keep a preallocated host cluster
         }
@@ -616,12 +620,9 @@ public sealed partial class Qcow2Image : IDiskImage
         }
         if (next == e || (e == 0 && next == ZeroFlag))
         {
-            return;
+            return; // decided before copying a shared L2 table for nothing
         }
-        if ((e & CompressedFlag) == 0)
-        {
-            StandardOffset(e); // refuse to act on a corrupt entry
-        }
+        long l2Offset = WritableL2(l1Index); // the copy, if shared, holds the same entry
         WriteL2Entry(l2Offset, index, next);
         if ((next & L2OffsetMask) == 0)
         {

@@ -204,6 +204,24 @@ public sealed class Qcow2InteropTests : IDisposable
     }
 
     [Fact]
+    public void Persistent_bitmap_image_opens_read_write_and_its_autoclear_bit_is_cleared()
+    {
+        // qcow2.txt: a writer must clear auto-clear bits it does not maintain; we do not update bitmaps.
+        string path = PathOf("bm.qcow2");
+        QemuImg.Create(path, 1 << 20, "compat=1.1");
+        QemuImg.Run("qemu-img", "bitmap", "--add", path, "b0");
+        Assert.Equal(1, File.ReadAllBytes(path)[95] & 1);
+        using (var d = DiskImage.Open(path))
+        {
+            d.Write(0, Pattern(70_000, 4));
+        }
+        Assert.Equal(0, File.ReadAllBytes(path)[95] & 1);
+        // With the bit clear QEMU ignores the bitmap directory, so its clusters count as leaked (harmless).
+        QemuImg.AssertConsistent(path, leaksAllowed: true);
+        Assert.Equal(Pattern(70_000, 4), QemuImg.ToRaw(path)[..70_000]);
+    }
+
+    [Fact]
     public void Backing_file_image_is_refused_with_a_clear_line()
     {
         string baseImage = PathOf("base.qcow2"), overlay = PathOf("overlay.qcow2");
