@@ -85,4 +85,39 @@ public sealed class VirtioBlockQcow2Tests : IDisposable
         Assert.Equal(VirtioBlock.StatusOk, Request(d, VirtioBlock.RequestIn, 64, buf, 4096, true));
         Assert.Equal(0, d.Status & VirtioPci.StatusNeedsReset);
     }
+
+    [Fact]
+    public void Steady_state_reads_and_overwrites_allocate_nothing_on_the_heap()
+    {
+        Qcow2Image.Create(_path, 1 << 20, clusterBits: 12);
+        using var d = new VirtioTestDriver(new VirtioBlock(_path, serial: "a"));
+        d.Start();
+        d.CommonWrite(VirtioPci.QueueSelect, 2, 0);
+        d.CommonWrite(VirtioPci.QueueMsixVector, 2, VirtioPci.NoVector);
+        ulong buf = d.AllocateData(new byte[8192]);
+        var q = d.Queues[0];
+        var read = new byte[16];
+        var write = new byte[16];
+        BinaryPrimitives.WriteUInt32LittleEndian(write, VirtioBlock.RequestOut);
+        BinaryPrimitives.WriteUInt64LittleEndian(write.AsSpan(8), 8);
+        BinaryPrimitives.WriteUInt64LittleEndian(read.AsSpan(8), 8);
+        ulong r = d.AllocateData(read), w = d.AllocateData(write), status = d.Allocate(1);
+        for (int round = 0; round < 2; round++)
+        {
+            // Round 0 allocates the clusters and warms the caches; round 1 must not touch the heap.
+            for (int i = 0; i < 4; i++)
+            {
+                q.Post((w, 16, false), (buf, 8192, false), (status, 1, true));
+                q.Post((r, 16, false), (buf, 8192, true), (status, 1, true));
+            }
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            q.Notify();
+            if (round == 1)
+            {
+                Assert.Equal(before, GC.GetAllocatedBytesForCurrentThread());
+            }
+        }
+        Assert.Equal(16, q.UsedIndex);
+        Assert.Equal(VirtioBlock.StatusOk, d.ReadRam(status, 1)[0]);
+    }
 }
