@@ -14,8 +14,9 @@ public static class Options
           --append STRING      kernel command line (default: console=ttyS0)
           --memory MIB         guest RAM in MiB (default 512)
           --cpus N             number of vCPUs (default 1)
-          --disk PATH[,format=raw][,readonly]
-                               a virtio-blk disk on a raw image file (repeatable)
+          --disk PATH[,format=raw|qcow2][,readonly]
+                               a virtio-blk disk on a raw or qcow2 image (repeatable;
+                               the format is probed when not given)
           --rng                a virtio-rng device fed from the host's RNG
           --net stream,listen=HOST:PORT | stream,connect=HOST:PORT[,mac=XX:..]
                                a virtio-net NIC on a stream socket (QEMU's socket framing)

@@ -4,6 +4,7 @@ using SharpVisor.Devices.Interrupts;
 using SharpVisor.Devices.Iommu;
 using SharpVisor.Devices.Legacy;
 using SharpVisor.Devices.Pci;
+using SharpVisor.Devices.Storage;
 using SharpVisor.Devices.Virtio;
 using SharpVisor.Machine.Acpi;
 using SharpVisor.Machine.Boot;
@@ -93,7 +94,7 @@ public sealed partial class VirtualMachine
         int slot = 4;
         foreach (var d in _config.Disks)
         {
-            var blk = new VirtioBlock(d.Path, d.ReadOnly, serial: $"disk{slot - 4}");
+            var blk = new VirtioBlock(DiskImage.Open(d.Path, d.Format, d.ReadOnly), serial: $"disk{slot - 4}");
             _disposables.Add(blk);
             AddPci(blk, slot++, route);
         }

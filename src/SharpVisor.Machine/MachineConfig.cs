@@ -1,4 +1,5 @@
 using SharpVisor.Core;
+using SharpVisor.Devices.Storage;
 
 namespace SharpVisor.Machine;
 
@@ -50,8 +51,11 @@ public sealed record MachineConfig
     }
 }
 
-/// <summary>A disk: <c>--disk PATH[,format=raw|qcow2][,readonly]</c>.</summary>
-public sealed record DiskSpec(string Path, bool ReadOnly = false, string Format = "raw")
+/// <summary>
+/// A disk: <c>--disk PATH[,format=raw|qcow2][,readonly]</c>. Without <c>format=</c> the image is probed:
+/// a file starting with the qcow2 magic is qcow2, anything else raw (as QEMU probes).
+/// </summary>
+public sealed record DiskSpec(string Path, bool ReadOnly = false, DiskFormat Format = DiskFormat.Auto)
 {
     public static DiskSpec Parse(string text)
     {
@@ -66,9 +70,11 @@ public sealed record DiskSpec(string Path, bool ReadOnly = false, string Format 
             spec = p switch
             {
                 "readonly" or "readonly=on" => spec with { ReadOnly = true },
-                "format=raw" => spec with { Format = "raw" },
-                "format=qcow2" => throw new UserErrorException("qcow2 disks are not supported yet; convert with: qemu-img convert -O raw IN OUT"),
-                _ => throw new UserErrorException($"unknown --disk option '{p}' (expected format=raw or readonly)"),
+                "format=raw" => spec with { Format = DiskFormat.Raw },
+                "format=qcow2" => spec with { Format = DiskFormat.Qcow2 },
+                _ when p.StartsWith("format=", StringComparison.Ordinal) =>
+                    throw new UserErrorException($"unknown --disk format '{p["format=".Length..]}' (expected raw or qcow2)"),
+                _ => throw new UserErrorException($"unknown --disk option '{p}' (expected format=raw, format=qcow2 or readonly)"),
             };
         }
         return spec;

@@ -1,4 +1,5 @@
 using SharpVisor.Core;
+using SharpVisor.Devices.Storage;
 using SharpVisor.Machine;
 
 namespace SharpVisor.Cli.Tests;
@@ -35,7 +36,7 @@ public class OptionsTests
     [InlineData("option --iommu takes 'on' or 'off' (got 'yes')", "--iommu", "yes")]
     [InlineData("option --clock takes 'host' or 'deterministic' (got 'fast')", "--clock", "fast")]
     [InlineData("option --timeout needs a positive number of seconds (got '-1')", "--timeout", "-1")]
-    [InlineData("qcow2 disks are not supported yet", "--disk", "x.qcow2,format=qcow2")]
+    [InlineData("unknown --disk format 'vmdk' (expected raw or qcow2)", "--disk", "x.vmdk,format=vmdk")]
     [InlineData("unknown --disk option 'cache=none'", "--disk", "x.img,cache=none")]
     [InlineData("--net takes stream,listen=HOST:PORT", "--net", "tap,ifname=tap0")]
     [InlineData("--net mac= needs a unicast MAC", "--net", "stream,listen=127.0.0.1:1,mac=01:00:00:00:00:01")]
@@ -44,6 +45,21 @@ public class OptionsTests
         var e = Assert.Throws<UserErrorException>(() => Options.ParseRun(args));
         Assert.Contains(expected, e.Message);
         Assert.DoesNotContain("\n", e.Message);
+    }
+
+    [Fact]
+    public void DiskFormatIsProbedUnlessGiven()
+    {
+        var cfg = Options.ParseRun(["--disk", "a.img", "--disk", "b.qcow2,format=qcow2,readonly", "--disk", "c.img,format=raw"]);
+        Assert.Equal([new DiskSpec("a.img", false, DiskFormat.Auto), new DiskSpec("b.qcow2", true, DiskFormat.Qcow2),
+            new DiskSpec("c.img", false, DiskFormat.Raw)], cfg.Disks);
+    }
+
+    [Fact]
+    public void ValidationNamesAMissingDisk()
+    {
+        var e = Assert.Throws<UserErrorException>(() => Options.ParseRun(["--kernel", typeof(OptionsTests).Assembly.Location, "--disk", "/no/such/disk.qcow2"]).Validate());
+        Assert.Equal("file not found: /no/such/disk.qcow2", e.Message);
     }
 
     [Fact]

@@ -1,13 +1,15 @@
 using System.Buffers.Binary;
 using System.Text;
 using SharpVisor.Core;
+using SharpVisor.Devices.Storage;
 
 namespace SharpVisor.Devices.Virtio;
 
 /// <summary>
-/// virtio-blk (virtio 1.2, 5.2) backed by a raw image file: read, write, flush (fsync), GET_ID,
-/// DISCARD and WRITE_ZEROES (both write zeros to the file), optional read-only. Capacity is the
-/// file length in 512-byte sectors (a partial last sector is not visible to the guest).
+/// virtio-blk (virtio 1.2, 5.2) on an <see cref="IDiskImage"/> (raw or qcow2): read, write, flush
+/// (the image writes back and fsyncs), GET_ID, DISCARD and WRITE_ZEROES, optional read-only. Capacity
+/// is the image's virtual size in 512-byte sectors (a partial last sector is not visible to the guest).
+/// Host I/O errors and image corruption found during a request give the guest VIRTIO_BLK_S_IOERR.
 /// </summary>
 public sealed class VirtioBlock : VirtioPciDevice, IDisposable
 {
@@ -42,28 +44,26 @@ public sealed class VirtioBlock : VirtioPciDevice, IDisposable
     const int HeaderLength = 16;
     const int RangeLength = 16;
 
-    readonly FileStream _file;
+    readonly IDiskImage _disk;
     readonly byte[] _scratch = new byte[128 * 1024];
     readonly byte[] _id = new byte[IdLength];
 
     public readonly Counter IoErrors = new("virtio.blk.io_errors");
 
-    /// <summary>Opens <paramref name="path"/>; a missing or unopenable file is a <see cref="UserErrorException"/>.</summary>
+    /// <summary>Opens <paramref name="path"/> (format probed); a missing, unopenable or bad image is a <see cref="UserErrorException"/>.</summary>
     public VirtioBlock(string path, bool readOnly = false, string? serial = null)
-        : base("blk", VirtioDeviceType.Block, 0x01_00_00, 1, QueueSize, Features(readOnly), 0x3C)
+        : this(DiskImage.Open(path, DiskFormat.Auto, readOnly), serial ?? Path.GetFileName(path))
     {
-        ReadOnly = readOnly;
-        try
-        {
-            _file = new FileStream(path, FileMode.Open, readOnly ? FileAccess.Read : FileAccess.ReadWrite,
-                FileShare.Read, bufferSize: 0);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
-        {
-            throw new UserErrorException($"cannot open disk image '{path}': {e.Message}");
-        }
-        CapacitySectors = (ulong)_file.Length / SectorSize;
-        string id = serial ?? Path.GetFileName(path);
+    }
+
+    /// <summary>A disk on <paramref name="disk"/>, which the device owns (disposes) from now on.</summary>
+    public VirtioBlock(IDiskImage disk, string serial)
+        : base("blk", VirtioDeviceType.Block, 0x01_00_00, 1, QueueSize, Features(disk.ReadOnly), 0x3C)
+    {
+        _disk = disk;
+        ReadOnly = disk.ReadOnly;
+        CapacitySectors = (ulong)disk.Length / SectorSize;
+        string id = serial;
         Encoding.ASCII.GetBytes(id.AsSpan(0, Math.Min(IdLength, id.Length)), _id);
 
         // 5.2.4 struct virtio_blk_config.
@@ -149,8 +149,7 @@ public sealed class VirtioBlock : VirtioPciDevice, IDisposable
         {
             int n = (int)Math.Min((uint)_scratch.Length, length - done);
             var buffer = _scratch.AsSpan(0, n);
-            int got = RandomAccess.Read(_file.SafeFileHandle, buffer, position + done);
-            buffer[got..].Clear();
+            _disk.Read(position + done, buffer);
             if (!chain.Write(done, buffer))
             {
                 return StatusIoError;
@@ -175,7 +174,7 @@ public sealed class VirtioBlock : VirtioPciDevice, IDisposable
             {
                 return StatusIoError;
             }
-            RandomAccess.Write(_file.SafeFileHandle, buffer, position + done);
+            _disk.Write(position + done, buffer);
             done += (uint)n;
         }
         return StatusOk;
@@ -185,7 +184,7 @@ public sealed class VirtioBlock : VirtioPciDevice, IDisposable
     {
         if (!ReadOnly)
         {
-            _file.Flush(flushToDisk: true);
+            _disk.Flush();
         }
         return StatusOk;
     }
@@ -227,12 +226,13 @@ public sealed class VirtioBlock : VirtioPciDevice, IDisposable
             return StatusIoError;
         }
         long length = (long)count * SectorSize;
-        _scratch.AsSpan().Clear();
-        for (long done = 0; done < length;)
+        if (type == RequestDiscard)
         {
-            int n = (int)Math.Min(_scratch.Length, length - done);
-            RandomAccess.Write(_file.SafeFileHandle, _scratch.AsSpan(0, n), position + done);
-            done += n;
+            _disk.Discard(position, length);
+        }
+        else
+        {
+            _disk.WriteZeroes(position, length, mayUnmap: (flags & 1) != 0);
         }
         return StatusOk;
     }
@@ -241,7 +241,7 @@ public sealed class VirtioBlock : VirtioPciDevice, IDisposable
     {
         lock (Gate)
         {
-            _file.Dispose();
+            _disk.Dispose();
         }
     }
 }
