@@ -18,7 +18,8 @@ public static class Options
                                a virtio-blk disk on a raw image file (repeatable)
           --rng                a virtio-rng device fed from the host's RNG
           --net stream,listen=HOST:PORT | stream,connect=HOST:PORT[,mac=XX:..]
-                               a virtio-net NIC on a stream socket (QEMU's socket framing)
+                               a virtio-net NIC on a stream socket (QEMU's socket framing); the
+                               connecting side retries until the listener is up
           --iommu on|off       Intel VT-d IOMMU (default off)
           --clock host|deterministic
                                guest time follows the host, or advances with executed instructions

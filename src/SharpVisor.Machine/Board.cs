@@ -102,8 +102,7 @@ public sealed partial class VirtualMachine
         }
         if (_config.Net is { } net)
         {
-            var backend = net.Listen ? StreamSocketNetBackend.Listen(net.EndPoint) : StreamSocketNetBackend.Connect(net.EndPoint);
-            var nic = new VirtioNet(backend, net.Mac);
+            var nic = new VirtioNet(CreateNetBackend(net), net.Mac);
             _disposables.Add(nic);
             AddPci(nic, slot++, route);
         }
@@ -112,6 +111,13 @@ public sealed partial class VirtualMachine
     }
 
     readonly List<IDisposable> _disposables = [];
+
+    static INetBackend CreateNetBackend(NetSpec net) => net.Backend switch
+    {
+        NetBackendKind.StreamListen => StreamSocketNetBackend.Listen(net.EndPoint!),
+        NetBackendKind.StreamConnect => StreamSocketNetBackend.Connect(net.EndPoint!),
+        _ => throw new UserErrorException("--net tap is not supported yet"),
+    };
 
     /// <summary>Adds a device before firmware assignment; its counters register with the bus's (Pci.RegisterCounters).</summary>
     void AddPci(VirtioPciDevice device, int slot, Func<int, int, IIrqLine?> route) =>
