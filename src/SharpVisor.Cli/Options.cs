@@ -20,6 +20,9 @@ public static class Options
           --net stream,listen=HOST:PORT | stream,connect=HOST:PORT[,mac=XX:..]
                                a virtio-net NIC on a stream socket (QEMU's socket framing); the
                                connecting side retries until the listener is up
+          --net tap,ifname=NAME[,mac=XX:..]
+                               a virtio-net NIC on host TAP interface NAME (attached if it exists,
+                               else created: that needs root)
           --iommu on|off       Intel VT-d IOMMU (default off)
           --clock host|deterministic
                                guest time follows the host, or advances with executed instructions

@@ -116,7 +116,7 @@ public sealed partial class VirtualMachine
     {
         NetBackendKind.StreamListen => StreamSocketNetBackend.Listen(net.EndPoint!),
         NetBackendKind.StreamConnect => StreamSocketNetBackend.Connect(net.EndPoint!),
-        _ => throw new UserErrorException("--net tap is not supported yet"),
+        _ => TapNetBackend.Open(net.InterfaceName!),
     };
 
     /// <summary>Adds a device before firmware assignment; its counters register with the bus's (Pci.RegisterCounters).</summary>

@@ -144,6 +144,80 @@ public class NetworkTests
         }
     }
 
+    /// <summary>
+    /// --net tap: the host gives its side of a TAP interface an address; the guest pings it and
+    /// sends a file to a TCP listener in this test process, which checks the digest.
+    /// </summary>
+    [TapFact]
+    public async Task GuestOnATapPingsTheHostAndSendsItAFile()
+    {
+        var image = GuestImage.Default;
+        string name = $"svt{Random.Shared.Next():x8}"[..11];
+        int subnet = Random.Shared.Next(1, 255);
+        var hostIp = IPAddress.Parse($"10.213.{subnet}.1");
+        RunIp("tuntap", "add", "dev", name, "mode", "tap");
+        string? initrd = null;
+        try
+        {
+            RunIp("addr", "add", $"{hostIp}/24", "dev", name);
+            RunIp("link", "set", name, "up");
+            using var listener = new TcpListener(hostIp, 0);
+            listener.Start();
+            int port = ((IPEndPoint)listener.LocalEndpoint).Port;
+            initrd = image.WithTestScript($$"""
+                #!/bin/sh
+                ip link set eth0 up
+                ip addr add 10.213.{{subnet}}.2/24 dev eth0
+                n=0
+                until ping -c 1 -W 2 {{hostIp}} > /dev/null 2>&1; do
+                    n=$((n + 1)); [ $n -ge 30 ] && { echo "no-reply-from-host"; break; }; sleep 1
+                done
+                [ $n -lt 30 ] && echo "reply-from-host"
+                seq 1 60000 > /tmp/data
+                echo "sent=$(sha256sum < /tmp/data | cut -d' ' -f1)"
+                n=0
+                until nc {{hostIp}} {{port}} < /tmp/data; do n=$((n + 1)); [ $n -ge 10 ] && break; sleep 1; done
+                poweroff -f
+                """);
+            var receive = Task.Run(async () =>
+            {
+                using var client = await listener.AcceptTcpClientAsync();
+                using var data = new MemoryStream();
+                await client.GetStream().CopyToAsync(data);
+                return Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(data.ToArray())).ToLowerInvariant();
+            });
+            var (exit, console) = await StartVm(image.Kernel, initrd, NetSpec.Tap(name));
+            Assert.True(exit.Kind == VmExitKind.PowerOff, $"the VM did not power off: {exit.Message}\n{console}");
+            Assert.True(console.Contains("reply-from-host", StringComparison.Ordinal), console);
+            var sent = Regex.Match(console, "sent=([0-9a-f]{64})");
+            Assert.True(sent.Success, console);
+            Assert.Equal(sent.Groups[1].Value, await receive.WaitAsync(TimeSpan.FromSeconds(10)));
+        }
+        finally
+        {
+            RunIp("tuntap", "del", "dev", name, "mode", "tap");
+            if (initrd is not null)
+            {
+                File.Delete(initrd);
+            }
+        }
+    }
+
+    internal static string? IpTool { get; } = new[] { "/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip" }.FirstOrDefault(File.Exists);
+
+    internal static void RunIp(params string[] args)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo(IpTool!) { RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        string error = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, $"ip {string.Join(' ', args)} failed: {error}");
+    }
+
     /// <summary>Boots a guest with one NIC on its own thread (the VM's vCPU loop blocks it).</summary>
     internal static Task<(VmExit Exit, string Console)> StartVm(string kernel, string initrd, NetSpec net) =>
         Task.Factory.StartNew(() => BusyboxTests.Boot(kernel, initrd, "console=ttyS0 quiet", timeoutSeconds: 240, customize: c => c with { Net = net }),
@@ -168,6 +242,35 @@ public sealed class QemuFactAttribute : FactAttribute
         if (Qemu.Path is null)
         {
             Skip = "qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86)";
+        }
+    }
+}
+
+/// <summary>A test that creates a TAP interface (root, /dev/net/tun, iproute2); skipped with the reason where that is not possible.</summary>
+public sealed class TapFactAttribute : FactAttribute
+{
+    static readonly Lazy<string?> s_unavailable = new(() =>
+    {
+        if (NetworkTests.IpTool is null)
+        {
+            return "the 'ip' tool (iproute2) is not installed";
+        }
+        try
+        {
+            SharpVisor.Devices.Virtio.TapNetBackend.Open($"svp{Random.Shared.Next():x8}"[..11]).Dispose();
+            return null;
+        }
+        catch (SharpVisor.Core.UserErrorException e)
+        {
+            return $"cannot create a TAP interface here ({e.Message})";
+        }
+    });
+
+    public TapFactAttribute()
+    {
+        if (s_unavailable.Value is { } reason)
+        {
+            Skip = reason;
         }
     }
 }
