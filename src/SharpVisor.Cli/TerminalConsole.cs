@@ -3,7 +3,8 @@ using System.Diagnostics;
 namespace SharpVisor.Cli;
 
 /// <summary>
-/// Connects the guest's serial console to this process's terminal. Interactive terminals go into
+/// Connects the guest's console (the serial port, or the virtio console with --console virtio) to
+/// this process's terminal. Interactive terminals go into
 /// raw mode (every key, Ctrl-C included, goes to the guest); Ctrl-A x quits and Ctrl-A Ctrl-A sends
 /// one Ctrl-A, as in QEMU. Piped stdin/stdout are passed through as bytes.
 /// </summary>

@@ -32,6 +32,8 @@ public sealed partial class VirtualMachine
     public EduDevice Edu { get; private set; } = null!;
     public Pic8259Pair Pic { get; private set; } = null!;
     public Uart16550 Com1 { get; private set; } = null!;
+    /// <summary>The virtio console the terminal is connected to with --console virtio; null otherwise.</summary>
+    public VirtioConsole? VirtioConsole { get; private set; }
     public Pit8254 Pit { get; private set; } = null!;
     public Rtc Rtc { get; private set; } = null!;
     public Hpet Hpet { get; private set; } = null!;
@@ -100,6 +102,17 @@ public sealed partial class VirtualMachine
         {
             AddPci(new VirtioEntropy(), slot++, route);
         }
+        if (_config.Console == ConsoleDevice.Virtio)
+        {
+            VirtioConsole = new VirtioConsole(data =>
+            {
+                foreach (byte b in data)
+                {
+                    ConsoleOutput(b);
+                }
+            });
+            AddPci(VirtioConsole, slot++, route);
+        }
         if (_config.Net is { } net)
         {
             var nic = new VirtioNet(CreateNetBackend(net), net.Mac);
@@ -128,7 +141,8 @@ public sealed partial class VirtualMachine
 
     void BuildLegacyDevices()
     {
-        Com1 = new Uart16550(IsaIrq(4), ConsoleOutput, "com1");
+        // With --console virtio the terminal shows the virtio console only; COM1 still works for the guest.
+        Com1 = new Uart16550(IsaIrq(4), _config.Console == ConsoleDevice.Serial ? ConsoleOutput : _ => { }, "com1");
         Ports.Register(0x3F8, 8, Com1);
         Pit = new Pit8254(Timers, IsaIrq(0));
         Ports.Register(0x40, 4, Pit);
@@ -173,11 +187,11 @@ public sealed partial class VirtualMachine
         {
             // A Multiboot v1 kernel (test kernels, hypervisors): the initrd, if any, is its one module.
             var modules = initrd is null ? [] : new[] { new MultibootModule(initrd, Path.GetFileName(_config.Initrd!)) };
-            entry = MultibootLoader.Load(Ram, kernel, _config.CommandLine, modules, Firmware.E820).Entry;
+            entry = MultibootLoader.Load(Ram, kernel, _config.KernelCommandLine, modules, Firmware.E820).Entry;
         }
         else
         {
-            entry = LinuxLoader.Load(Ram, new LinuxBootRequest(kernel, initrd, _config.CommandLine, Firmware.E820, Firmware.Acpi.RsdpAddress)).Entry;
+            entry = LinuxLoader.Load(Ram, new LinuxBootRequest(kernel, initrd, _config.KernelCommandLine, Firmware.E820, Firmware.Acpi.RsdpAddress)).Entry;
         }
         foreach (var cpu in Cpus)
         {
@@ -213,8 +227,18 @@ public sealed partial class VirtualMachine
         cpu.UpdateMode();
     }
 
-    /// <summary>A byte typed on the console, for the guest's serial port.</summary>
-    public void SendConsoleInput(byte b) => Com1.Receive([b]);
+    /// <summary>A byte typed on the terminal, for the console device it is connected to (--console).</summary>
+    public void SendConsoleInput(byte b)
+    {
+        if (VirtioConsole is { } console)
+        {
+            console.Input([b]);
+        }
+        else
+        {
+            Com1.Receive([b]);
+        }
+    }
 }
 
 /// <summary>Presents a <see cref="LocalApic"/> to its vCPU (MMIO page while in xAPIC mode, MSRs, interrupts).</summary>

@@ -7,7 +7,10 @@ public sealed record MachineConfig
 {
     public string? Kernel { get; init; }
     public string? Initrd { get; init; }
-    public string CommandLine { get; init; } = "console=ttyS0";
+    /// <summary>The user's kernel command line (--append); see <see cref="KernelCommandLine"/> for what the kernel gets.</summary>
+    public string CommandLine { get; init; } = "";
+    /// <summary>Which device the terminal is connected to (--console).</summary>
+    public ConsoleDevice Console { get; init; } = ConsoleDevice.Serial;
     public ulong MemoryMiB { get; init; } = 512;
     public int Cpus { get; init; } = 1;
     public IReadOnlyList<DiskSpec> Disks { get; init; } = [];
@@ -20,6 +23,24 @@ public sealed record MachineConfig
     public double TimeoutSeconds { get; init; }
     /// <summary>Print every counter at exit.</summary>
     public bool PrintStats { get; init; }
+
+    /// <summary>
+    /// The command line the kernel gets: <see cref="CommandLine"/>, plus <c>console=ttyS0</c>
+    /// (serial) or <c>console=hvc0</c> (virtio) when it names no console itself, so the kernel's
+    /// console is the device the terminal shows.
+    /// </summary>
+    public string KernelCommandLine
+    {
+        get
+        {
+            if (CommandLine.Split(' ', '\t').Any(p => p.StartsWith("console=", StringComparison.Ordinal)))
+            {
+                return CommandLine;
+            }
+            string console = Console == ConsoleDevice.Virtio ? "console=hvc0" : "console=ttyS0";
+            return CommandLine.Trim().Length == 0 ? console : $"{CommandLine.Trim()} {console}";
+        }
+    }
 
     public const ulong MinMemoryMiB = 16;
     public const ulong MaxMemoryMiB = 1 << 20;
@@ -48,6 +69,15 @@ public sealed record MachineConfig
             }
         }
     }
+}
+
+/// <summary>The guest device the terminal is connected to.</summary>
+public enum ConsoleDevice
+{
+    /// <summary>COM1, the 16550A UART (Linux: ttyS0).</summary>
+    Serial,
+    /// <summary>A virtio-console device (Linux: hvc0); COM1 still exists, its output is discarded.</summary>
+    Virtio,
 }
 
 /// <summary>A disk: <c>--disk PATH[,format=raw|qcow2][,readonly]</c>.</summary>

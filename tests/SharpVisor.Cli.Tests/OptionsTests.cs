@@ -33,6 +33,7 @@ public class OptionsTests
     [InlineData("option --memory needs a value", "--memory")]
     [InlineData("option --memory needs a whole number (got 'lots')", "--memory", "lots")]
     [InlineData("option --iommu takes 'on' or 'off' (got 'yes')", "--iommu", "yes")]
+    [InlineData("option --console takes 'serial' or 'virtio' (got 'hvc0')", "--console", "hvc0")]
     [InlineData("option --clock takes 'host' or 'deterministic' (got 'fast')", "--clock", "fast")]
     [InlineData("option --timeout needs a positive number of seconds (got '-1')", "--timeout", "-1")]
     [InlineData("qcow2 disks are not supported yet", "--disk", "x.qcow2,format=qcow2")]
@@ -51,6 +52,21 @@ public class OptionsTests
         var e = Assert.Throws<UserErrorException>(() => Options.ParseRun(args));
         Assert.Contains(expected, e.Message);
         Assert.DoesNotContain("\n", e.Message);
+    }
+
+    [Theory]
+    [InlineData(new string[0], "console=ttyS0")]
+    [InlineData(new[] { "--console", "serial" }, "console=ttyS0")]
+    [InlineData(new[] { "--console", "virtio" }, "console=hvc0")]
+    [InlineData(new[] { "--console", "virtio", "--append", "quiet" }, "quiet console=hvc0")]
+    [InlineData(new[] { "--append", "quiet loglevel=3" }, "quiet loglevel=3 console=ttyS0")]
+    [InlineData(new[] { "--console", "virtio", "--append", "console=ttyS0 quiet" }, "console=ttyS0 quiet")] // the user's choice stands
+    [InlineData(new[] { "--append", "earlyprintk=serial console=tty0" }, "earlyprintk=serial console=tty0")]
+    public void TheKernelConsoleFollowsTheConsoleDeviceUnlessAppendNamesOne(string[] args, string expected)
+    {
+        var cfg = Options.ParseRun(args);
+        Assert.Equal(expected, cfg.KernelCommandLine);
+        Assert.Equal(args.Contains("virtio") ? ConsoleDevice.Virtio : ConsoleDevice.Serial, cfg.Console);
     }
 
     [Fact]
