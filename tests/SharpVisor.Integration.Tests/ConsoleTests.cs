@@ -60,7 +60,8 @@ public class ConsoleTests
                 }
                 Thread.Sleep(100);
             }
-        }) { IsBackground = true };
+        })
+        { IsBackground = true };
         typist.Start();
         var exit = vm.Run();
         string console = Output();
