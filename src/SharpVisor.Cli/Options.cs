@@ -11,7 +11,8 @@ public static class Options
         usage: sharpvisor run [options]
           --kernel FILE        Linux bzImage, vmlinux (PVH) or multiboot kernel
           --initrd FILE        initial ramdisk
-          --append STRING      kernel command line (default: console=ttyS0)
+          --append STRING      kernel command line; console=ttyS0 (console=hvc0 with --console virtio)
+                               is added unless it names a console itself
           --memory MIB         guest RAM in MiB (default 512)
           --cpus N             number of vCPUs (default 1)
           --disk PATH[,format=raw|qcow2][,readonly]
@@ -19,14 +20,21 @@ public static class Options
                                the format is probed when not given)
           --rng                a virtio-rng device fed from the host's RNG
           --net stream,listen=HOST:PORT | stream,connect=HOST:PORT[,mac=XX:..]
-                               a virtio-net NIC on a stream socket (QEMU's socket framing)
+                               a virtio-net NIC on a stream socket (QEMU's socket framing); the
+                               connecting side retries until the listener is up
+          --net tap,ifname=NAME[,mac=XX:..]
+                               a virtio-net NIC on host TAP interface NAME (attached if it exists,
+                               else created: that needs root)
+          --console serial|virtio
+                               the guest device the terminal is connected to: the serial port
+                               (ttyS0, default) or a virtio console (hvc0)
           --iommu on|off       Intel VT-d IOMMU (default off)
           --clock host|deterministic
                                guest time follows the host, or advances with executed instructions
                                so that runs repeat exactly (default host)
           --timeout SEC        stop with an error after SEC seconds (default: none)
           --stats              print every counter when the VM stops
-        The serial console is the terminal. Press Ctrl-A then x to quit, Ctrl-A Ctrl-A to send Ctrl-A.
+        The guest's console is the terminal. Press Ctrl-A then x to quit, Ctrl-A Ctrl-A to send Ctrl-A.
         """;
 
     public static MachineConfig ParseRun(IReadOnlyList<string> args)
@@ -54,6 +62,7 @@ public static class Options
                 "--disk" => AddDisk(cfg, disks, DiskSpec.Parse(Value())),
                 "--rng" => cfg with { Rng = true },
                 "--net" => cfg with { Net = NetSpec.Parse(Value()) },
+                "--console" => cfg with { Console = ParseConsole(Value()) },
                 "--iommu" => cfg with { Iommu = ParseOnOff(a, Value()) },
                 "--clock" => cfg with { Clock = ParseClock(Value()) },
                 "--timeout" => cfg with { TimeoutSeconds = ParseSeconds(a, Value()) },
@@ -85,6 +94,13 @@ public static class Options
         "on" => true,
         "off" => false,
         _ => throw new UserErrorException($"option {option} takes 'on' or 'off' (got '{v}')"),
+    };
+
+    static ConsoleDevice ParseConsole(string v) => v switch
+    {
+        "serial" => ConsoleDevice.Serial,
+        "virtio" => ConsoleDevice.Virtio,
+        _ => throw new UserErrorException($"option --console takes 'serial' or 'virtio' (got '{v}')"),
     };
 
     static ClockMode ParseClock(string v) => v switch

@@ -1,9 +1,11 @@
 using System.Diagnostics;
+using SharpVisor.Core;
 
 namespace SharpVisor.Cli;
 
 /// <summary>
-/// Connects the guest's serial console to this process's terminal. Interactive terminals go into
+/// Connects the guest's console (the serial port, or the virtio console with --console virtio) to
+/// this process's terminal. Interactive terminals go into
 /// raw mode (every key, Ctrl-C included, goes to the guest); Ctrl-A x quits and Ctrl-A Ctrl-A sends
 /// one Ctrl-A, as in QEMU. Piped stdin/stdout are passed through as bytes.
 /// </summary>
@@ -36,6 +38,8 @@ public sealed class TerminalConsole : IDisposable
         {
             _savedTty = Stty("-g")?.Trim();
             Stty("raw -echo");
+            // Raw mode has no output processing: log lines (e.g. a network peer leaving) need CR LF.
+            Log.SetWriter(new StreamWriter(Console.OpenStandardError()) { AutoFlush = true, NewLine = "\r\n" });
         }
         _reader = new Thread(ReadLoop) { IsBackground = true, Name = "console-input" };
         _reader.Start();
@@ -67,7 +71,9 @@ public sealed class TerminalConsole : IDisposable
 
     void ReadLoop()
     {
-        using var stdin = Console.OpenStandardInput();
+        // A plain stream on fd 0, not Console.OpenStandardInput: .NET's console stream re-applies
+        // its own terminal settings (ISIG, OPOST on) before every read, which would undo raw mode.
+        using var stdin = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(0, ownsHandle: false), FileAccess.Read, bufferSize: 0);
         var buf = new byte[256];
         bool escape = false;
         while (true)
@@ -113,21 +119,40 @@ public sealed class TerminalConsole : IDisposable
         }
     }
 
+    /// <summary>
+    /// Runs stty on our terminal. The child gets no standard stream of ours (stty -F names the
+    /// terminal): .NET restores its own terminal settings whenever a child that shares the
+    /// terminal exits, which would undo raw mode at once.
+    /// </summary>
     static string? Stty(string args)
     {
         try
         {
-            var psi = new ProcessStartInfo("stty", args) { RedirectStandardOutput = true, UseShellExecute = false };
+            string? tty = new FileInfo("/proc/self/fd/0").LinkTarget;
+            if (tty is null || !tty.StartsWith("/dev/", StringComparison.Ordinal))
+            {
+                return null;
+            }
+            var psi = new ProcessStartInfo("stty", $"-F {tty} {args}")
+            {
+                RedirectStandardInput = true,
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                UseShellExecute = false,
+            };
             using var p = Process.Start(psi);
             if (p is null)
             {
                 return null;
             }
+            p.StandardInput.Close();
+            var error = p.StandardError.ReadToEndAsync();
             string output = p.StandardOutput.ReadToEnd();
             p.WaitForExit();
+            error.Wait();
             return p.ExitCode == 0 ? output : null;
         }
-        catch (System.ComponentModel.Win32Exception)
+        catch (Exception e) when (e is System.ComponentModel.Win32Exception or IOException or UnauthorizedAccessException)
         {
             return null;
         }
@@ -140,6 +165,10 @@ public sealed class TerminalConsole : IDisposable
         if (_savedTty is { Length: > 0 })
         {
             Stty(_savedTty);
+        }
+        if (Interactive)
+        {
+            Log.SetWriter(Console.Error);
         }
     }
 }

@@ -33,6 +33,8 @@ public sealed partial class VirtualMachine
     public EduDevice Edu { get; private set; } = null!;
     public Pic8259Pair Pic { get; private set; } = null!;
     public Uart16550 Com1 { get; private set; } = null!;
+    /// <summary>The virtio console the terminal is connected to with --console virtio; null otherwise.</summary>
+    public VirtioConsole? VirtioConsole { get; private set; }
     public Pit8254 Pit { get; private set; } = null!;
     public Rtc Rtc { get; private set; } = null!;
     public Hpet Hpet { get; private set; } = null!;
@@ -102,10 +104,20 @@ public sealed partial class VirtualMachine
         {
             AddPci(new VirtioEntropy(), slot++, route);
         }
+        if (_config.Console == ConsoleDevice.Virtio)
+        {
+            VirtioConsole = new VirtioConsole(data =>
+            {
+                foreach (byte b in data)
+                {
+                    ConsoleOutput(b);
+                }
+            });
+            AddPci(VirtioConsole, slot++, route);
+        }
         if (_config.Net is { } net)
         {
-            var backend = net.Listen ? StreamSocketNetBackend.Listen(net.EndPoint) : StreamSocketNetBackend.Connect(net.EndPoint);
-            var nic = new VirtioNet(backend, net.Mac);
+            var nic = new VirtioNet(CreateNetBackend(net), net.Mac);
             _disposables.Add(nic);
             AddPci(nic, slot++, route);
         }
@@ -114,6 +126,13 @@ public sealed partial class VirtualMachine
     }
 
     readonly List<IDisposable> _disposables = [];
+
+    static INetBackend CreateNetBackend(NetSpec net) => net.Backend switch
+    {
+        NetBackendKind.StreamListen => StreamSocketNetBackend.Listen(net.EndPoint!),
+        NetBackendKind.StreamConnect => StreamSocketNetBackend.Connect(net.EndPoint!),
+        _ => TapNetBackend.Open(net.InterfaceName!),
+    };
 
     /// <summary>Adds a device before firmware assignment; its counters register with the bus's (Pci.RegisterCounters).</summary>
     void AddPci(VirtioPciDevice device, int slot, Func<int, int, IIrqLine?> route)
@@ -141,7 +160,8 @@ public sealed partial class VirtualMachine
 
     void BuildLegacyDevices()
     {
-        Com1 = new Uart16550(IsaIrq(4), ConsoleOutput, "com1");
+        // With --console virtio the terminal shows the virtio console only; COM1 still works for the guest.
+        Com1 = new Uart16550(IsaIrq(4), _config.Console == ConsoleDevice.Serial ? ConsoleOutput : _ => { }, "com1");
         Ports.Register(0x3F8, 8, Com1);
         Pit = new Pit8254(Timers, IsaIrq(0));
         Ports.Register(0x40, 4, Pit);
@@ -186,11 +206,11 @@ public sealed partial class VirtualMachine
         {
             // A Multiboot v1 kernel (test kernels, hypervisors): the initrd, if any, is its one module.
             var modules = initrd is null ? [] : new[] { new MultibootModule(initrd, Path.GetFileName(_config.Initrd!)) };
-            entry = MultibootLoader.Load(Ram, kernel, _config.CommandLine, modules, Firmware.E820).Entry;
+            entry = MultibootLoader.Load(Ram, kernel, _config.KernelCommandLine, modules, Firmware.E820).Entry;
         }
         else
         {
-            entry = LinuxLoader.Load(Ram, new LinuxBootRequest(kernel, initrd, _config.CommandLine, Firmware.E820, Firmware.Acpi.RsdpAddress)).Entry;
+            entry = LinuxLoader.Load(Ram, new LinuxBootRequest(kernel, initrd, _config.KernelCommandLine, Firmware.E820, Firmware.Acpi.RsdpAddress)).Entry;
         }
         foreach (var cpu in Cpus)
         {
@@ -226,8 +246,18 @@ public sealed partial class VirtualMachine
         cpu.UpdateMode();
     }
 
-    /// <summary>A byte typed on the console, for the guest's serial port.</summary>
-    public void SendConsoleInput(byte b) => Com1.Receive([b]);
+    /// <summary>A byte typed on the terminal, for the console device it is connected to (--console).</summary>
+    public void SendConsoleInput(byte b)
+    {
+        if (VirtioConsole is { } console)
+        {
+            console.Input([b]);
+        }
+        else
+        {
+            Com1.Receive([b]);
+        }
+    }
 }
 
 /// <summary>Presents a <see cref="LocalApic"/> to its vCPU (MMIO page while in xAPIC mode, MSRs, interrupts).</summary>

@@ -8,7 +8,10 @@ public sealed record MachineConfig
 {
     public string? Kernel { get; init; }
     public string? Initrd { get; init; }
-    public string CommandLine { get; init; } = "console=ttyS0";
+    /// <summary>The user's kernel command line (--append); see <see cref="KernelCommandLine"/> for what the kernel gets.</summary>
+    public string CommandLine { get; init; } = "";
+    /// <summary>Which device the terminal is connected to (--console).</summary>
+    public ConsoleDevice Console { get; init; } = ConsoleDevice.Serial;
     public ulong MemoryMiB { get; init; } = 512;
     public int Cpus { get; init; } = 1;
     public IReadOnlyList<DiskSpec> Disks { get; init; } = [];
@@ -21,6 +24,24 @@ public sealed record MachineConfig
     public double TimeoutSeconds { get; init; }
     /// <summary>Print every counter at exit.</summary>
     public bool PrintStats { get; init; }
+
+    /// <summary>
+    /// The command line the kernel gets: <see cref="CommandLine"/>, plus <c>console=ttyS0</c>
+    /// (serial) or <c>console=hvc0</c> (virtio) when it names no console itself, so the kernel's
+    /// console is the device the terminal shows.
+    /// </summary>
+    public string KernelCommandLine
+    {
+        get
+        {
+            if (CommandLine.Split(' ', '\t').Any(p => p.StartsWith("console=", StringComparison.Ordinal)))
+            {
+                return CommandLine;
+            }
+            string console = Console == ConsoleDevice.Virtio ? "console=hvc0" : "console=ttyS0";
+            return CommandLine.Trim().Length == 0 ? console : $"{CommandLine.Trim()} {console}";
+        }
+    }
 
     public const ulong MinMemoryMiB = 16;
     public const ulong MaxMemoryMiB = 1 << 20;
@@ -49,6 +70,15 @@ public sealed record MachineConfig
             }
         }
     }
+}
+
+/// <summary>The guest device the terminal is connected to.</summary>
+public enum ConsoleDevice
+{
+    /// <summary>COM1, the 16550A UART (Linux: ttyS0).</summary>
+    Serial,
+    /// <summary>A virtio-console device (Linux: hvc0); COM1 still exists, its output is discarded.</summary>
+    Virtio,
 }
 
 /// <summary>
@@ -81,59 +111,131 @@ public sealed record DiskSpec(string Path, bool ReadOnly = false, DiskFormat For
     }
 }
 
-/// <summary>A network backend: <c>--net stream,listen=HOST:PORT</c> or <c>--net stream,connect=HOST:PORT</c>.</summary>
-public sealed record NetSpec(bool Listen, System.Net.IPEndPoint EndPoint, byte[] Mac)
+/// <summary>Where a virtio-net NIC's frames go.</summary>
+public enum NetBackendKind
 {
+    /// <summary>A TCP stream; this VM listens for its peer.</summary>
+    StreamListen,
+    /// <summary>A TCP stream; this VM connects to a listening peer.</summary>
+    StreamConnect,
+    /// <summary>A host TAP interface.</summary>
+    Tap,
+}
+
+/// <summary>
+/// A network interface: <c>--net stream,listen=HOST:PORT</c>, <c>stream,connect=HOST:PORT</c> or
+/// <c>tap,ifname=NAME</c>, each with an optional <c>mac=XX:XX:XX:XX:XX:XX</c>.
+/// </summary>
+public sealed record NetSpec
+{
+    public required NetBackendKind Backend { get; init; }
+    /// <summary>The stream backends' address.</summary>
+    public System.Net.IPEndPoint? EndPoint { get; init; }
+    /// <summary>The TAP backend's interface name.</summary>
+    public string? InterfaceName { get; init; }
+    byte[]? _mac;
+
+    /// <summary>The NIC's MAC address; by default <see cref="DefaultMac"/> of this spec, fixed for the VM's life (reboots included).</summary>
+    public byte[] Mac
+    {
+        get => _mac ??= DefaultMac(this);
+        init => _mac = value;
+    }
+
+    public bool Listen => Backend == NetBackendKind.StreamListen;
+
+    public static NetSpec StreamListen(System.Net.IPEndPoint endPoint) => new() { Backend = NetBackendKind.StreamListen, EndPoint = endPoint };
+    public static NetSpec StreamConnect(System.Net.IPEndPoint endPoint) => new() { Backend = NetBackendKind.StreamConnect, EndPoint = endPoint };
+    public static NetSpec Tap(string interfaceName) => new() { Backend = NetBackendKind.Tap, InterfaceName = interfaceName };
+
+    public const string Syntax = "stream,listen=HOST:PORT | stream,connect=HOST:PORT | tap,ifname=NAME (each with optional ,mac=XX:XX:XX:XX:XX:XX)";
+
     public static NetSpec Parse(string text)
     {
         var parts = text.Split(',');
-        if (parts[0] != "stream" || parts.Length < 2)
+        NetSpec spec = parts[0] switch
         {
-            throw new UserErrorException($"--net takes stream,listen=HOST:PORT or stream,connect=HOST:PORT (got '{text}')");
-        }
-        bool? listen = null;
-        System.Net.IPEndPoint? ep = null;
-        byte[] mac = RandomMac();
+            "stream" => new NetSpec { Backend = NetBackendKind.StreamListen },
+            "tap" => new NetSpec { Backend = NetBackendKind.Tap },
+            _ => throw new UserErrorException($"--net takes {Syntax} (got '{text}')"),
+        };
+        bool haveAddress = false;
         foreach (var p in parts.Skip(1))
         {
             int eq = p.IndexOf('=');
             string key = eq < 0 ? p : p[..eq], value = eq < 0 ? "" : p[(eq + 1)..];
             switch (key)
             {
-                case "listen" or "connect":
-                    listen = key == "listen";
-                    if (!System.Net.IPEndPoint.TryParse(value, out ep) || ep.Port == 0)
+                case "listen" or "connect" when spec.Backend != NetBackendKind.Tap:
+                    if (!System.Net.IPEndPoint.TryParse(value, out var ep) || ep.Port == 0)
                     {
                         throw new UserErrorException($"--net {key}= needs HOST:PORT with a numeric address (got '{value}')");
                     }
+                    spec = spec with { Backend = key == "listen" ? NetBackendKind.StreamListen : NetBackendKind.StreamConnect, EndPoint = ep };
+                    haveAddress = true;
+                    break;
+                case "ifname" when spec.Backend == NetBackendKind.Tap:
+                    // IFNAMSIZ is 16 with the terminating NUL (linux/if.h).
+                    if (value.Length is 0 or > 15 || value.Any(c => c is '/' or ':' || char.IsWhiteSpace(c) || c > 0x7E))
+                    {
+                        throw new UserErrorException($"--net tap,ifname= needs an interface name of 1 to 15 characters (got '{value}')");
+                    }
+                    spec = spec with { InterfaceName = value };
+                    haveAddress = true;
                     break;
                 case "mac":
-                    mac = ParseMac(value);
+                    spec = spec with { Mac = ParseMac(value) };
                     break;
                 default:
-                    throw new UserErrorException($"unknown --net option '{key}'");
+                    throw new UserErrorException($"unknown --net {parts[0]} option '{key}' (--net takes {Syntax})");
             }
         }
-        if (listen is null || ep is null)
+        if (!haveAddress)
         {
-            throw new UserErrorException("--net stream needs listen=HOST:PORT or connect=HOST:PORT");
+            throw new UserErrorException(spec.Backend == NetBackendKind.Tap
+                ? "--net tap needs ifname=NAME"
+                : "--net stream needs listen=HOST:PORT or connect=HOST:PORT");
         }
-        return new NetSpec(listen.Value, ep, mac);
+        return spec;
     }
 
-    /// <summary>A locally administered unicast MAC in QEMU's 52:54:00 range, random per VM.</summary>
-    static byte[] RandomMac()
+    /// <summary>
+    /// The MAC a NIC gets when none is given: in 52:54:00, the locally administered unicast range
+    /// QEMU and libvirt use for guests. A stream NIC's is derived from its link, 52:54:00:PP:PP:RR
+    /// with PP the port and RR 0x10 when listening, 0x20 when connecting, so the two ends of one
+    /// link always differ (and stay the same from run to run). A TAP NIC's last three bytes are
+    /// random, never repeated within one process. Neither ever equals QEMU's default
+    /// 52:54:00:12:34:56 (the usual peer of a stream link).
+    /// </summary>
+    public static byte[] DefaultMac(NetSpec spec)
     {
-        var mac = new byte[] { 0x52, 0x54, 0x00, 0, 0, 0 };
-        System.Security.Cryptography.RandomNumberGenerator.Fill(mac.AsSpan(3));
-        return mac;
+        if (spec.Backend != NetBackendKind.Tap && spec.EndPoint is { } ep)
+        {
+            return [0x52, 0x54, 0x00, (byte)(ep.Port >> 8), (byte)ep.Port, spec.Backend == NetBackendKind.StreamListen ? (byte)0x10 : (byte)0x20];
+        }
+        lock (s_issuedGate)
+        {
+            while (true)
+            {
+                var mac = new byte[] { 0x52, 0x54, 0x00, 0, 0, 0 };
+                System.Security.Cryptography.RandomNumberGenerator.Fill(mac.AsSpan(3));
+                int low = mac[3] << 16 | mac[4] << 8 | mac[5];
+                if ((low & ~0xF) != 0x12_34_50 && s_issued.Add(low))
+                {
+                    return mac;
+                }
+            }
+        }
     }
+
+    static readonly Lock s_issuedGate = new();
+    static readonly HashSet<int> s_issued = [];
 
     static byte[] ParseMac(string s)
     {
         var parts = s.Split(':');
         var mac = new byte[6];
-        if (parts.Length != 6 || !parts.Select((p, i) => byte.TryParse(p, System.Globalization.NumberStyles.HexNumber, null, out mac[i])).All(ok => ok) || (mac[0] & 1) != 0)
+        if (parts.Length != 6 || !parts.Select((p, i) => p.Length is 1 or 2 && byte.TryParse(p, System.Globalization.NumberStyles.HexNumber, null, out mac[i])).All(ok => ok) || (mac[0] & 1) != 0)
         {
             throw new UserErrorException($"--net mac= needs a unicast MAC like 52:54:00:12:34:56 (got '{s}')");
         }

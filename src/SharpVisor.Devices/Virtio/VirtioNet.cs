@@ -6,11 +6,17 @@ namespace SharpVisor.Devices.Virtio;
 /// <summary>Receives Ethernet frames from a network backend (on the backend's thread).</summary>
 public delegate void NetFrameReceiver(ReadOnlySpan<byte> frame);
 
-/// <summary>Where a virtio-net device's frames go: a socket, later a TAP device.</summary>
+/// <summary>Told when a network backend's link comes up (a peer connected) or goes down (it left).</summary>
+public delegate void NetLinkChanged(bool up);
+
+/// <summary>Where a virtio-net device's frames go: a stream socket to a peer VM, or a host TAP device.</summary>
 public interface INetBackend : IDisposable
 {
-    /// <summary>Sets the receiver of incoming frames; called once, before any frame flows.</summary>
-    void Start(NetFrameReceiver receiver);
+    /// <summary>
+    /// Sets the receiver of incoming frames and the link-state listener; called once, before any
+    /// frame flows. The link is down until the backend reports it up (it may do so within Start).
+    /// </summary>
+    void Start(NetFrameReceiver receiver, NetLinkChanged linkChanged);
 
     /// <summary>Sends one Ethernet frame (without FCS). Must not block for long: drop instead.</summary>
     void Send(ReadOnlySpan<byte> frame);
@@ -18,8 +24,9 @@ public interface INetBackend : IDisposable
 
 /// <summary>
 /// virtio-net (virtio 1.2, 5.1) with one receive and one transmit queue, a MAC address in the
-/// configuration (VIRTIO_NET_F_MAC), link status (VIRTIO_NET_F_STATUS, always up) and no
-/// offloads: every frame carries the 12-byte struct virtio_net_hdr of VERSION_1 (5.1.6), which
+/// configuration (VIRTIO_NET_F_MAC), link status (VIRTIO_NET_F_STATUS: up while the backend has
+/// a peer; a change sends a configuration change interrupt, on which Linux's virtnet_config_changed_work
+/// re-reads the status and switches the carrier) and no offloads: every frame carries the 12-byte struct virtio_net_hdr of VERSION_1 (5.1.6), which
 /// the device ignores on transmit and writes as "no checksum, no GSO, one buffer" on receive.
 /// </summary>
 public sealed class VirtioNet : VirtioPciDevice, IDisposable
@@ -29,6 +36,10 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
     public const int ReceiveQueue = 0;
     public const int TransmitQueue = 1;
     public const int HeaderLength = 12;
+    /// <summary>5.1.4 status field bit VIRTIO_NET_S_LINK_UP.</summary>
+    public const ushort StatusLinkUp = 1;
+    /// <summary>Offset of the le16 status field in struct virtio_net_config (5.1.4).</summary>
+    public const int StatusOffset = 6;
     /// <summary>Largest frame carried: a 9000-byte jumbo payload plus Ethernet and VLAN headers.</summary>
     public const int MaxFrameLength = 9018;
     /// <summary>Frames held while the guest has no receive buffer; beyond this they are dropped.</summary>
@@ -45,6 +56,7 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
     public readonly Counter RxFrames = new("virtio.net.rx_frames");
     public readonly Counter TxDropped = new("virtio.net.tx_dropped");
     public readonly Counter RxDropped = new("virtio.net.rx_dropped");
+    public readonly Counter LinkChanges = new("virtio.net.link_changes");
 
     public VirtioNet(INetBackend backend, ReadOnlySpan<byte> mac)
         : base("net", VirtioDeviceType.Network, 0x02_00_00, 2, 256, 1UL << FeatureMac | 1UL << FeatureStatus, 8)
@@ -57,14 +69,36 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
         {
             _rxFrames[i] = new byte[MaxFrameLength];
         }
-        // 5.1.4 struct virtio_net_config: mac[6], le16 status (VIRTIO_NET_S_LINK_UP = 1).
+        // 5.1.4 struct virtio_net_config: mac[6], le16 status; the link starts down (status 0).
         mac.CopyTo(DeviceConfig);
-        BinaryPrimitives.WriteUInt16LittleEndian(DeviceConfig.AsSpan(6), 1);
         _backend = backend;
-        _backend.Start(Receive);
+        _backend.Start(Receive, SetLink);
     }
 
-    public override IEnumerable<Counter> Counters => [.. base.Counters, TxFrames, RxFrames, TxDropped, RxDropped];
+    public override IEnumerable<Counter> Counters => [.. base.Counters, TxFrames, RxFrames, TxDropped, RxDropped, LinkChanges];
+
+    /// <summary>Whether the status field says VIRTIO_NET_S_LINK_UP.</summary>
+    public bool LinkUp
+    {
+        get { lock (Gate) { return (BinaryPrimitives.ReadUInt16LittleEndian(DeviceConfig.AsSpan(StatusOffset)) & StatusLinkUp) != 0; } }
+    }
+
+    /// <summary>The backend's link came up or went down: update the status field and tell the driver.</summary>
+    void SetLink(bool up)
+    {
+        lock (Gate)
+        {
+            ushort status = up ? StatusLinkUp : (ushort)0;
+            if (BinaryPrimitives.ReadUInt16LittleEndian(DeviceConfig.AsSpan(StatusOffset)) == status)
+            {
+                return;
+            }
+            BinaryPrimitives.WriteUInt16LittleEndian(DeviceConfig.AsSpan(StatusOffset), status);
+            LinkChanges.Increment();
+            DeviceConfigChangedLocked();
+        }
+        FlushInterrupts();
+    }
 
     void Receive(ReadOnlySpan<byte> frame)
     {

@@ -39,6 +39,7 @@ public abstract class VirtioPciDevice : PciFunction
     ushort _queueSelect;
     ulong _pendingQueueInterrupts;
     bool _pendingConfigInterrupt;
+    byte _configGeneration;
     volatile int _activeThread;
 
     /// <summary>The device lock: guards registers, queues and device state.</summary>
@@ -219,6 +220,20 @@ public abstract class VirtioPciDevice : PciFunction
             }
         }
         FlushInterrupts();
+    }
+
+    /// <summary>
+    /// The device changed its configuration (a link went down): config_generation changes (4.1.4.3)
+    /// and, once the driver is running, a configuration change interrupt is recorded (4.1.4.5).
+    /// Call under <see cref="Gate"/>, then <see cref="FlushInterrupts"/> after releasing it.
+    /// </summary>
+    protected void DeviceConfigChangedLocked()
+    {
+        _configGeneration++;
+        if (DriverOk)
+        {
+            _pendingConfigInterrupt = true;
+        }
     }
 
     void EnterNeedsResetLocked(VirtqueueError error, int queue)
@@ -415,7 +430,7 @@ public abstract class VirtioPciDevice : PciFunction
             (ConfigMsixVector, 2) => _configVector,
             (NumQueues, 2) => (ulong)_queues.Length,
             (DeviceStatus, 1) => _status,
-            (ConfigGeneration, 1) => 0, // the device configuration never changes at run time
+            (ConfigGeneration, 1) => _configGeneration, // changed by DeviceConfigChangedLocked
             (QueueSelect, 2) => _queueSelect,
             // 4.1.4.3.2: a queue that does not exist reads size 0.
             (QueueSize, 2) => q?.Size ?? 0UL,
