@@ -177,6 +177,7 @@ public static unsafe class Stack
     static void Leave<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong frame = c.Regs.Gpr[5];
+        c.CheckStackAccess(frame & c.StackMask, (uint)(S.Bits / 8), SegmentAccess.Read);
         ulong v = S.Load(c, (c.Regs.SegBase[(int)Seg.SS] + (frame & c.StackMask)) & c.Regs.LinearMask);
         c.Regs.Gpr[4] = (c.Regs.Gpr[4] & ~c.StackMask) | ((frame + (ulong)(S.Bits / 8)) & c.StackMask);
         S.SetReg(c, 5, v);
@@ -205,6 +206,7 @@ public static unsafe class Stack
             for (int i = 1; i < level; i++)
             {
                 bp -= (ulong)width;
+                c.CheckStackAccess(bp & c.StackMask, (uint)width, SegmentAccess.Read);
                 c.Push<S>(S.Load(c, (c.Regs.SegBase[(int)Seg.SS] + (bp & c.StackMask)) & c.Regs.LinearMask));
             }
             if (level > 0)
