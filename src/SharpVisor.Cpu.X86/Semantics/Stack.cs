@@ -166,9 +166,17 @@ public static unsafe class Stack
         }
     }
 
+    /// <summary>Operand size of ENTER/LEAVE from the form (Iced's stack increment of ENTER includes the frame size).</summary>
+    static int EnterLeaveSize(in Instruction ins) => ins.Code switch
+    {
+        Code.Enterw_imm16_imm8 or Code.Leavew => 2,
+        Code.Enterd_imm16_imm8 or Code.Leaved => 4,
+        _ => 8,
+    };
+
     static bool BindLeave(in Instruction ins, ref Op op)
     {
-        op.Size = (byte)StackSize(ins);
+        op.Size = (byte)EnterLeaveSize(ins);
         op.Exec = Binder.BySize(op.Size, null, &Leave<S16>, &Leave<S32>, &Leave<S64>);
         return true;
     }
@@ -185,7 +193,7 @@ public static unsafe class Stack
 
     static bool BindEnter(in Instruction ins, ref Op op)
     {
-        op.Size = (byte)StackSize(ins);
+        op.Size = (byte)EnterLeaveSize(ins); // not StackSize: ENTER's stack increment is size + frame bytes
         op.Imm = ins.Immediate16;
         op.Imm2 = ins.Immediate8_2nd;
         op.Exec = Binder.BySize(op.Size, null, &Enter<S16>, &Enter<S32>, &Enter<S64>);
@@ -213,6 +221,8 @@ public static unsafe class Stack
             {
                 c.Push<S>(frameTemp);
             }
+            // SDM ENTER "#SS(0) If the new value of the SP or ESP register is outside the stack segment limit".
+            c.CheckStackAccess((c.Regs.Gpr[4] - op.Imm) & c.StackMask, 1, SegmentAccess.Write);
             S.SetReg(c, 5, frameTemp);
             c.AdjustStack(0 - op.Imm);
         }

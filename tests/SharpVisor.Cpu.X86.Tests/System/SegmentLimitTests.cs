@@ -227,6 +227,17 @@ public class SegmentLimitTests
         Assert.Equal(Vector.SS, g.Step(32, a => a.call(0x10100)));
         Assert.Equal(0x1000UL, g.C.Rsp);
 
+        // ENTER: the pushes fit, the frame allocation does not (SDM ENTER "#SS(0) If the new value of
+        // the SP or ESP register is outside the stack segment limit"); nothing changes.
+        g.C.Rsp = 0x1010;
+        g.C.Rbp = 0x1234;
+        Assert.Equal(Vector.SS, g.Step(32, a => a.enter(0x20, 0)));
+        Assert.Equal(0x1010UL, g.C.Rsp);
+        Assert.Equal(0x1234UL, g.C.Rbp);
+        Assert.Null(g.Step(32, a => a.enter(0x0C, 0))); // a 32-bit ENTER pushes EBP as 4 bytes
+        Assert.Equal(0x1234u, g.M.Ram.ReadU32(0x60000 + 0x100C));
+        Assert.Equal(0x1000UL, g.C.Rsp);
+
         // An expand-up stack: POP past the limit faults too.
         g.Load(Seg.SS, Desc(0x60000, 0x0FFF, ReadWrite));
         g.C.Rsp = 0xFFE;
