@@ -162,7 +162,19 @@ public sealed unsafe partial class Cpu
         {
             throw GeneralProtection(0); // before the fetch translates: #GP, not #PF
         }
-        Block b = FetchBlockUnchecked();
+        Block b;
+        ulong cr2 = Cr2;
+        try
+        {
+            b = FetchBlockUnchecked();
+        }
+        catch (GuestFault f) when (f.Vector == Vector.PF && ((Cr2 - Segs[(int)Seg.CS].Base) & 0xFFFF_FFFF) > limit)
+        {
+            // Decoding an instruction that runs past the limit touched the next page: the limit check
+            // comes before paging, so this is #GP(0) and CR2 keeps its value.
+            Cr2 = cr2;
+            throw GeneralProtection(0);
+        }
         ulong ip = Rip;
         int n = 0;
         foreach (ref readonly Op op in b.Ops.AsSpan())

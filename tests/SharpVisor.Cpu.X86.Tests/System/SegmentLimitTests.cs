@@ -343,6 +343,27 @@ public class SegmentLimitTests
         Assert.Equal(0x10UL, g.C.Rip); // faulted on the JMP itself
     }
 
+    /// <summary>
+    /// SDM 5.3 (limit checks come before paging): an instruction straddling the CS limit into an
+    /// unmapped page is #GP(0), not #PF, and CR2 is unchanged. Compatibility mode, CS ending at the
+    /// last mapped byte (16 MiB - 1).
+    /// </summary>
+    [Fact]
+    public void FetchPastTheLimitIntoAnUnmappedPageIsGeneralProtection()
+    {
+        using var g = new Guest();
+        g.M.EnterLongMode();
+        g.C.GdtLimit = 32 * 8 - 1;
+        ulong desc = Desc(0xFF_0000, 0xFFFF, ExecuteRead);
+        g.C.SetSegment(Seg.CS, g.Add(desc), new Descriptor(desc));
+        Assert.Equal(CpuMode.Compatibility, g.C.Mode);
+        g.M.Ram.TryWrite(0xFF_FFFF, [0x31]); // XOR r/m32, r32: the ModRM byte would be at 16 MiB (unmapped)
+        g.C.Rip = 0xFFFF;
+        g.C.Cr2 = 0x1234;
+        Assert.Equal(Vector.GP, g.C.StepForTest());
+        Assert.Equal(0x1234UL, g.C.Cr2);
+    }
+
     /// <summary>REP string instructions check every element: the iterations before the limit complete, then #GP(0).</summary>
     [Fact]
     public void RepStringStopsAtTheLimit()
