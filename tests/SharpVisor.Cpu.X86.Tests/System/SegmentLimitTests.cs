@@ -244,6 +244,12 @@ public class SegmentLimitTests
         Assert.Equal(Vector.SS, g.Step(32, a => a.pop(eax)));
         Assert.Null(g.Step(32, a => a.pop(ax)));
         Assert.Equal(0x1000UL, g.C.Rsp);
+
+        // LEAVE reads SS:[EBP]: past the limit is #SS(0), ESP and EBP unchanged.
+        g.C.Rbp = 0xFFE;
+        Assert.Equal(Vector.SS, g.Step(32, a => a.leave()));
+        Assert.Equal(0x1000UL, g.C.Rsp);
+        Assert.Equal(0xFFEUL, g.C.Rbp);
     }
 
     /// <summary>SDM 5.4: writing to a read-only data segment is #GP(0); reading it is fine.</summary>
