@@ -200,6 +200,7 @@ public sealed unsafe partial class Cpu : IVcpuSignals
         Regs.SegBase[(int)Seg.None] = 0;
         Regs.LinearMask = LongModeActive ? ulong.MaxValue : 0xFFFF_FFFF;
         StackMask = Mode == CpuMode.Long64 ? ulong.MaxValue : Segs[(int)Seg.SS].Big ? 0xFFFF_FFFF : 0xFFFF;
+        UpdateSegmentChecks();
         SelectTlb();
     }
 

@@ -27,6 +27,14 @@ public unsafe struct RegisterFile
     /// </summary>
     public fixed ulong SegBase[8];
 
+    /// <summary>
+    /// Per segment (same numbering as <see cref="SegBase"/>): nonzero when an access through it needs
+    /// the limit and type checks of SDM Vol. 3A 5.3/5.4 (<see cref="Cpu.CheckSegmentAccess"/>). Zero in
+    /// 64-bit mode and for flat 4 GiB expand-up writable data segments, so the common case costs one
+    /// predictable branch. Recomputed whenever a segment register or the mode changes.
+    /// </summary>
+    public fixed byte SegCheck[8];
+
     /// <summary>Mask applied to linear addresses: 2^32-1 outside long mode.</summary>
     public ulong LinearMask;
 

@@ -94,7 +94,7 @@ public static unsafe class Binder
                     else { op.R2 = Slot(r); }
                     break;
                 case OpKind.Memory:
-                    FillMemory(ins, ref op);
+                    FillMemory(ins, ref op, i);
                     if (i == 0)
                     {
                         op.Flags |= OpFlags.MemoryOperand;
@@ -125,7 +125,7 @@ public static unsafe class Binder
         }
     }
 
-    static void FillMemory(in Instruction ins, ref Op op)
+    static void FillMemory(in Instruction ins, ref Op op, int operand)
     {
         var b = ins.MemoryBase;
         var x = ins.MemoryIndex;
@@ -151,6 +151,26 @@ public static unsafe class Binder
         }
         op.AddrMask = addrBits switch { 16 => 0xFFFF, 32 => 0xFFFF_FFFF, _ => ulong.MaxValue };
         op.Seg = SegSlot(ins.MemorySegment);
+        op.MemSize = (ushort)Math.Clamp(ins.MemorySize.GetSize(), 1, ushort.MaxValue);
+        op.MemAccess = MemoryAccess(ins, operand);
+    }
+
+    /// <summary>One per decoding thread: Iced's factory reuses its buffers and is not thread-safe.</summary>
+    [ThreadStatic]
+    static InstructionInfoFactory? t_infoFactory;
+
+    /// <summary>Whether the instruction reads and/or writes its memory operand (for the segment type checks).</summary>
+    static SegmentAccess MemoryAccess(in Instruction ins, int operand)
+    {
+        var factory = t_infoFactory ??= new InstructionInfoFactory();
+        var info = factory.GetInfo(ins, InstructionInfoOptions.NoMemoryUsage | InstructionInfoOptions.NoRegisterUsage);
+        return info.GetOpAccess(operand) switch
+        {
+            OpAccess.Read or OpAccess.CondRead => SegmentAccess.Read,
+            OpAccess.Write or OpAccess.CondWrite => SegmentAccess.Write,
+            OpAccess.ReadWrite or OpAccess.ReadCondWrite => SegmentAccess.ReadWrite,
+            _ => SegmentAccess.None, // NoMemAccess: LEA, NOP m, PREFETCHh, INVLPG...
+        };
     }
 
     /// <summary>Register slot of a general-purpose register of any width.</summary>

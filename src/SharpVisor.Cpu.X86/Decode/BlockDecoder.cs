@@ -59,7 +59,9 @@ public sealed unsafe partial class Cpu
     };
 
     /// <summary>Finds or decodes the block starting at CS:RIP. May raise #PF (fetch) or #GP.</summary>
-    Block FetchBlock()
+    Block FetchBlock() => _fetchLimitCheck ? FetchBlockWithinCsLimit() : FetchBlockUnchecked();
+
+    Block FetchBlockUnchecked()
     {
         ulong la = (Regs.SegBase[(int)Seg.CS] + Rip) & Regs.LinearMask;
         ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace SharpVisor.Cpu.X86;
@@ -38,14 +39,42 @@ public unsafe struct Op
     public OpFlags Flags;
     /// <summary>Stack address size in bytes for implicit stack accesses, or the address size for string ops.</summary>
     public byte Aux;
+    /// <summary>Bytes the memory operand covers (Iced's memory size; 1 when it has none) and whether the
+    /// instruction reads and/or writes it: what the segment limit and type checks need (SDM Vol. 3A 5.3, 5.4).
+    /// These fit in the struct's former padding.</summary>
+    public ushort MemSize;
+    public SegmentAccess MemAccess;
 
     /// <summary>Effective address (offset within the segment) of the memory operand.</summary>
     public readonly ulong Offset(Cpu c) =>
         (c.Regs.Gpr[Base] + (c.Regs.Gpr[Index] << Scale) + (ulong)Disp) & AddrMask;
 
-    /// <summary>Linear address of the memory operand: segment base + effective address.</summary>
-    public readonly ulong Linear(Cpu c) =>
-        (c.Regs.SegBase[Seg] + ((c.Regs.Gpr[Base] + (c.Regs.Gpr[Index] << Scale) + (ulong)Disp) & AddrMask)) & c.Regs.LinearMask;
+    /// <summary>
+    /// Linear address of the memory operand: segment base + effective address. Outside 64-bit mode,
+    /// through a segment that is not flat writable data, the access is first checked against the
+    /// segment's limit and type (one predictable branch otherwise).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public readonly ulong Linear(Cpu c)
+    {
+        ulong ea = (c.Regs.Gpr[Base] + (c.Regs.Gpr[Index] << Scale) + (ulong)Disp) & AddrMask;
+        if (c.Regs.SegCheck[Seg] != 0)
+        {
+            c.CheckSegmentAccess(Seg, ea, MemSize, MemAccess);
+        }
+        return (c.Regs.SegBase[Seg] + ea) & c.Regs.LinearMask;
+    }
+}
+
+/// <summary>How an instruction uses a memory operand, for the segment type checks (SDM Vol. 3A 5.4).</summary>
+[Flags]
+public enum SegmentAccess : byte
+{
+    /// <summary>No access (LEA, NOP m, PREFETCHh, INVLPG): no segment checks.</summary>
+    None = 0,
+    Read = 1,
+    Write = 2,
+    ReadWrite = Read | Write,
 }
 
 [Flags]

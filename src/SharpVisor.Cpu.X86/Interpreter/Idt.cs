@@ -50,6 +50,7 @@ public sealed unsafe partial class Cpu
     void Push16(ushort v)
     {
         ulong sp = (Regs.Gpr[4] - 2) & (StackAddrSize == 2 ? 0xFFFFUL : StackAddrSize == 4 ? 0xFFFF_FFFFUL : ulong.MaxValue);
+        CheckStackAccess(sp, 2, SegmentAccess.Write);
         SystemOrDataWrite(Regs.SegBase[(int)Seg.SS] + sp, 2, v);
         SetStackPointer(sp);
     }
@@ -250,7 +251,25 @@ public sealed unsafe partial class Cpu
             ? [Segs[(int)Seg.SS].Selector, Regs.Gpr[4], oldFlags, oldCs, ret, error]
             : [oldFlags, oldCs, ret, error];
         int count = values.Length - (hasError ? 0 : 1);
+        // The whole frame must fit in the stack segment, and the handler must start inside its code
+        // segment, before anything is written (SDM Vol. 2A INT n pseudo-code: #SS(EXT) or
+        // #SS(new SS selector + EXT) for the new stack, #GP(EXT) for the instruction pointer).
+        uint ssLimit = stackSwitch ? newSs.Limit : Segs[(int)Seg.SS].Limit;
+        ushort ssAttributes = stackSwitch ? newSs.Attributes : Segs[(int)Seg.SS].Attributes;
         ulong cur = sp;
+        for (int i = 0; i < count; i++)
+        {
+            cur = (cur - (ulong)width) & spMask;
+            if (!WithinLimit(cur, (uint)width, ssLimit, ssAttributes))
+            {
+                throw Fault(Vector.SS, (stackSwitch ? (uint)(newSsSel & ~3) : 0) + ext);
+            }
+        }
+        if (target > cs.Limit)
+        {
+            throw GeneralProtection(ext);
+        }
+        cur = sp;
         for (int i = 0; i < count; i++)
         {
             cur = (cur - (ulong)width) & spMask;

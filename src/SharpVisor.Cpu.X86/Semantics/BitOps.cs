@@ -122,6 +122,7 @@ public static unsafe class BitOps
         long byteDisp = (offset >> log) * (S.Bits / 8);
         bit = 1UL << (int)(offset & (S.Bits - 1));
         ulong ea = (c.Regs.Gpr[op.Base] + (c.Regs.Gpr[op.Index] << op.Scale) + (ulong)op.Disp + (ulong)byteDisp) & op.AddrMask;
+        c.CheckDataAccess(op.Seg, ea, (uint)(S.Bits / 8), op.MemAccess);
         return (c.Regs.SegBase[op.Seg] + ea) & c.Regs.LinearMask;
     }
 

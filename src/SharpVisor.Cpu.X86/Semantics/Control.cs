@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Iced.Intel;
 
 namespace SharpVisor.Cpu.X86.Semantics;
@@ -62,9 +63,17 @@ public static unsafe class Control
     }
 
     // Relative branches keep the IP mask in AddrMask (no memory operand uses it).
-    static void JmpRel(Cpu c, ref Op op) => c.NextRip = (c.NextRip + op.Imm) & op.AddrMask;
-    static void JmpR<S>(Cpu c, ref Op op) where S : IOpSize => c.NextRip = S.GetReg(c, op.R1);
-    static void JmpM<S>(Cpu c, ref Op op) where S : IOpSize => c.NextRip = S.Load(c, op.Linear(c));
+    // Every near branch checks its target against the CS limit (a no-op in 64-bit mode and with a 4 GiB CS).
+    static void JmpRel(Cpu c, ref Op op) => Branch(c, (c.NextRip + op.Imm) & op.AddrMask);
+    static void JmpR<S>(Cpu c, ref Op op) where S : IOpSize => Branch(c, S.GetReg(c, op.R1));
+    static void JmpM<S>(Cpu c, ref Op op) where S : IOpSize => Branch(c, S.Load(c, op.Linear(c)));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Branch(Cpu c, ulong target)
+    {
+        c.CheckNearBranchTarget(target);
+        c.NextRip = target;
+    }
 
     static bool BindJcc(in Instruction ins, ref Op op)
     {
@@ -79,7 +88,7 @@ public static unsafe class Control
     {
         if (c.Condition(op.Sub))
         {
-            c.NextRip = (c.NextRip + op.Imm) & op.AddrMask;
+            Branch(c, (c.NextRip + op.Imm) & op.AddrMask);
         }
     }
 
@@ -105,13 +114,16 @@ public static unsafe class Control
     static void CallRel<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong ret = c.NextRip;
+        ulong target = (ret + op.Imm) & op.AddrMask;
+        c.CheckNearBranchTarget(target); // before the push
         c.Push<S>(ret);
-        c.NextRip = (ret + op.Imm) & op.AddrMask;
+        c.NextRip = target;
     }
 
     static void CallR<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong target = S.GetReg(c, op.R1);
+        c.CheckNearBranchTarget(target);
         c.Push<S>(c.NextRip);
         c.NextRip = target;
     }
@@ -119,6 +131,7 @@ public static unsafe class Control
     static void CallM<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong target = S.Load(c, op.Linear(c)); // read before the push (a fault leaves RSP alone)
+        c.CheckNearBranchTarget(target);
         c.Push<S>(c.NextRip);
         c.NextRip = target;
     }
@@ -138,6 +151,7 @@ public static unsafe class Control
     static void Ret<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong target = c.PeekStack<S>();
+        c.CheckNearBranchTarget(target);
         c.AdjustStack((ulong)(S.Bits / 8) + op.Imm);
         c.NextRip = target;
     }
@@ -172,7 +186,7 @@ public static unsafe class Control
     {
         if ((c.Regs.Gpr[1] & IpMask(op.Aux)) == 0)
         {
-            c.NextRip = (c.NextRip + op.Imm) & op.AddrMask;
+            Branch(c, (c.NextRip + op.Imm) & op.AddrMask);
         }
     }
 
@@ -191,11 +205,12 @@ public static unsafe class Control
     {
         ulong mask = IpMask(op.Aux);
         ulong count = (c.Regs.Gpr[1] - 1) & mask;
-        c.Regs.Gpr[1] = (c.Regs.Gpr[1] & ~mask) | count;
         bool take = count != 0 && op.Sub switch { 1 => c.ZF(), 2 => !c.ZF(), _ => true };
         if (take)
         {
+            c.CheckNearBranchTarget((c.NextRip + op.Imm) & op.AddrMask); // faults before the count changes
             c.NextRip = (c.NextRip + op.Imm) & op.AddrMask;
         }
+        c.Regs.Gpr[1] = (c.Regs.Gpr[1] & ~mask) | count;
     }
 }

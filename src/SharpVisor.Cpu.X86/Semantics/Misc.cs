@@ -78,6 +78,7 @@ public static unsafe class Misc
     static void Xlat(Cpu c, ref Op op)
     {
         ulong ea = (c.Regs.Gpr[op.Base] + (byte)c.Regs.Gpr[0]) & op.AddrMask;
+        c.CheckDataAccess(op.Seg, ea, 1, SegmentAccess.Read);
         byte v = c.Read8((c.Regs.SegBase[op.Seg] + ea) & c.Regs.LinearMask);
         c.SetReg8(0, v);
     }

@@ -502,6 +502,8 @@ public static unsafe partial class Sse
         op.Disp = 0;
         op.AddrMask = ins.Op0Kind switch { OpKind.MemorySegDI => 0xFFFF, OpKind.MemorySegEDI => 0xFFFF_FFFF, _ => ulong.MaxValue };
         op.Seg = Binder.SegSlot(ins.MemorySegment);
+        op.MemSize = (ushort)Math.Max(1, ins.MemorySize.GetSize()); // DS:rDI is implicit: no Memory operand filled these
+        op.MemAccess = SegmentAccess.Write;
         op.Exec = &Maskmovdqu;
         return true;
     }

@@ -166,9 +166,17 @@ public static unsafe class Stack
         }
     }
 
+    /// <summary>Operand size of ENTER/LEAVE from the form (Iced's stack increment of ENTER includes the frame size).</summary>
+    static int EnterLeaveSize(in Instruction ins) => ins.Code switch
+    {
+        Code.Enterw_imm16_imm8 or Code.Leavew => 2,
+        Code.Enterd_imm16_imm8 or Code.Leaved => 4,
+        _ => 8,
+    };
+
     static bool BindLeave(in Instruction ins, ref Op op)
     {
-        op.Size = (byte)StackSize(ins);
+        op.Size = (byte)EnterLeaveSize(ins);
         op.Exec = Binder.BySize(op.Size, null, &Leave<S16>, &Leave<S32>, &Leave<S64>);
         return true;
     }
@@ -177,6 +185,7 @@ public static unsafe class Stack
     static void Leave<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong frame = c.Regs.Gpr[5];
+        c.CheckStackAccess(frame & c.StackMask, (uint)(S.Bits / 8), SegmentAccess.Read);
         ulong v = S.Load(c, (c.Regs.SegBase[(int)Seg.SS] + (frame & c.StackMask)) & c.Regs.LinearMask);
         c.Regs.Gpr[4] = (c.Regs.Gpr[4] & ~c.StackMask) | ((frame + (ulong)(S.Bits / 8)) & c.StackMask);
         S.SetReg(c, 5, v);
@@ -184,7 +193,7 @@ public static unsafe class Stack
 
     static bool BindEnter(in Instruction ins, ref Op op)
     {
-        op.Size = (byte)StackSize(ins);
+        op.Size = (byte)EnterLeaveSize(ins); // not StackSize: ENTER's stack increment is size + frame bytes
         op.Imm = ins.Immediate16;
         op.Imm2 = ins.Immediate8_2nd;
         op.Exec = Binder.BySize(op.Size, null, &Enter<S16>, &Enter<S32>, &Enter<S64>);
@@ -205,12 +214,15 @@ public static unsafe class Stack
             for (int i = 1; i < level; i++)
             {
                 bp -= (ulong)width;
+                c.CheckStackAccess(bp & c.StackMask, (uint)width, SegmentAccess.Read);
                 c.Push<S>(S.Load(c, (c.Regs.SegBase[(int)Seg.SS] + (bp & c.StackMask)) & c.Regs.LinearMask));
             }
             if (level > 0)
             {
                 c.Push<S>(frameTemp);
             }
+            // SDM ENTER "#SS(0) If the new value of the SP or ESP register is outside the stack segment limit".
+            c.CheckStackAccess((c.Regs.Gpr[4] - op.Imm) & c.StackMask, 1, SegmentAccess.Write);
             S.SetReg(c, 5, frameTemp);
             c.AdjustStack(0 - op.Imm);
         }

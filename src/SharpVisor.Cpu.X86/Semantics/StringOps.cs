@@ -125,7 +125,9 @@ public static unsafe class StringOps
         // iteration that met them (SDM Vol. 3B 18.3.1.2, 18.3.1.4): one element per execution then,
         // through the checked memory accessors rather than host-memory bulk copies.
         bool oneAtATime = c.RepeatOneIterationAtATime;
-        bool tryBulk = !oneAtATime;
+        // Bulk runs are not limit-checked: through a segment that needs checks (not flat, or outside
+        // 64-bit mode), every element goes through the checked step.
+        bool tryBulk = !oneAtATime && (c.Regs.SegCheck[op.Seg] | c.Regs.SegCheck[(int)Seg.ES]) == 0;
         int steps = oneAtATime ? 1 : ChunkIterations;
         long bytes = ChunkBytes;
         while (true)
@@ -181,13 +183,23 @@ public static unsafe class StringOps
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static ulong Step<S>(Cpu c) where S : IOpSize => c.DF ? (ulong)(-(S.Bits / 8)) : (ulong)(S.Bits / 8);
 
+    /// <summary>Linear address of the source element seg:[SI], read (limit and type checked outside 64-bit mode, SDM Vol. 3A 5.3).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static ulong SourceLinear(Cpu c, ref Op op) =>
-        (c.Regs.SegBase[op.Seg] + (c.Regs.Gpr[6] & op.AddrMask)) & c.Regs.LinearMask;
+    internal static ulong SourceLinear(Cpu c, ref Op op)
+    {
+        ulong offset = c.Regs.Gpr[6] & op.AddrMask;
+        c.CheckDataAccess(op.Seg, offset, op.Size, SegmentAccess.Read);
+        return (c.Regs.SegBase[op.Seg] + offset) & c.Regs.LinearMask;
+    }
 
+    /// <summary>Linear address of the destination element ES:[DI], read or written (checked as <see cref="SourceLinear"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static ulong DestLinear(Cpu c, ref Op op) =>
-        (c.Regs.SegBase[(int)Seg.ES] + (c.Regs.Gpr[7] & op.AddrMask)) & c.Regs.LinearMask;
+    internal static ulong DestLinear(Cpu c, ref Op op, SegmentAccess access)
+    {
+        ulong offset = c.Regs.Gpr[7] & op.AddrMask;
+        c.CheckDataAccess((int)Seg.ES, offset, op.Size, access);
+        return (c.Regs.SegBase[(int)Seg.ES] + offset) & c.Regs.LinearMask;
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void AdvanceSource<S>(Cpu c, ref Op op, ulong step) where S : IOpSize =>
@@ -295,7 +307,7 @@ public readonly unsafe struct MovsOp : IStringOp
     public static void Step<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong v = S.Load(c, StringOps.SourceLinear(c, ref op));
-        S.Store(c, StringOps.DestLinear(c, ref op), v);
+        S.Store(c, StringOps.DestLinear(c, ref op, SegmentAccess.Write), v);
         ulong step = StringOps.Step<S>(c);
         StringOps.AdvanceSource<S>(c, ref op, step);
         StringOps.AdvanceDest<S>(c, ref op, step);
@@ -306,7 +318,7 @@ public readonly unsafe struct MovsOp : IStringOp
         bool down = c.DF;
         ulong mask = op.AddrMask;
         ulong si = c.Regs.Gpr[6] & mask, di = c.Regs.Gpr[7] & mask;
-        ulong srcLa = StringOps.SourceLinear(c, ref op), dstLa = StringOps.DestLinear(c, ref op);
+        ulong srcLa = StringOps.SourceLinear(c, ref op), dstLa = StringOps.DestLinear(c, ref op, SegmentAccess.Write);
         ulong n = Math.Min(StringOps.RunLength<S>(srcLa, si, mask, count, down), StringOps.RunLength<S>(dstLa, di, mask, count, down));
         if (n == 0)
         {
@@ -363,7 +375,7 @@ public readonly unsafe struct StosOp : IStringOp
 
     public static void Step<S>(Cpu c, ref Op op) where S : IOpSize
     {
-        S.Store(c, StringOps.DestLinear(c, ref op), S.GetReg(c, 0));
+        S.Store(c, StringOps.DestLinear(c, ref op, SegmentAccess.Write), S.GetReg(c, 0));
         StringOps.AdvanceDest<S>(c, ref op, StringOps.Step<S>(c));
     }
 
@@ -372,7 +384,7 @@ public readonly unsafe struct StosOp : IStringOp
         bool down = c.DF;
         ulong mask = op.AddrMask;
         ulong di = c.Regs.Gpr[7] & mask;
-        ulong dstLa = StringOps.DestLinear(c, ref op);
+        ulong dstLa = StringOps.DestLinear(c, ref op, SegmentAccess.Write);
         ulong n = StringOps.RunLength<S>(dstLa, di, mask, count, down);
         if (n == 0)
         {
@@ -420,7 +432,7 @@ public readonly unsafe struct CmpsOp : IStringOp
     public static void Step<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong a = S.Load(c, StringOps.SourceLinear(c, ref op));
-        ulong b = S.Load(c, StringOps.DestLinear(c, ref op));
+        ulong b = S.Load(c, StringOps.DestLinear(c, ref op, SegmentAccess.Read));
         c.FlagsSub(a, b, (a - b) & S.Mask, S.Bits);
         ulong step = StringOps.Step<S>(c);
         StringOps.AdvanceSource<S>(c, ref op, step);
@@ -438,7 +450,7 @@ public readonly unsafe struct ScasOp : IStringOp
     public static void Step<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong a = S.GetReg(c, 0);
-        ulong b = S.Load(c, StringOps.DestLinear(c, ref op));
+        ulong b = S.Load(c, StringOps.DestLinear(c, ref op, SegmentAccess.Read));
         c.FlagsSub(a, b, (a - b) & S.Mask, S.Bits);
         StringOps.AdvanceDest<S>(c, ref op, StringOps.Step<S>(c));
     }
@@ -460,7 +472,7 @@ public readonly unsafe struct InsOp : IStringOp
         {
             c.NoteIoAccess(port, size);
         }
-        ulong la = StringOps.DestLinear(c, ref op);
+        ulong la = StringOps.DestLinear(c, ref op, SegmentAccess.Write);
         // Probe every page of the element so a #PF comes before the (side-effecting) port read.
         c.Translate(la, Access.Write, c.Cpl == 3);
         c.Translate((la + (ulong)size - 1) & c.Regs.LinearMask, Access.Write, c.Cpl == 3);

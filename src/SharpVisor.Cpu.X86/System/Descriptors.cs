@@ -71,6 +71,7 @@ public sealed unsafe partial class Cpu
         else
         {
             Regs.SegBase[(int)s] = Mode == CpuMode.Long64 && s < Seg.FS ? 0 : d.Base;
+            UpdateSegmentCheck((int)s);
         }
     }
 
@@ -92,6 +93,7 @@ public sealed unsafe partial class Cpu
         else
         {
             Regs.SegBase[(int)s] = r.Base;
+            UpdateSegmentCheck((int)s);
         }
     }
 
@@ -119,7 +121,15 @@ public sealed unsafe partial class Cpu
             r.Attributes = (ushort)(s == Seg.SS ? (Cpl << 5) | 0x93 : 0); // unusable, except SS in 64-bit mode
             r.Base = s >= Seg.FS && Mode == CpuMode.Long64 ? r.Base : 0;
             r.Limit = 0;
-            if (s == Seg.SS) UpdateMode(); else Regs.SegBase[(int)s] = Mode == CpuMode.Long64 && s < Seg.FS ? 0 : r.Base;
+            if (s == Seg.SS)
+            {
+                UpdateMode();
+            }
+            else
+            {
+                Regs.SegBase[(int)s] = Mode == CpuMode.Long64 && s < Seg.FS ? 0 : r.Base;
+                UpdateSegmentCheck((int)s); // usable again only after a non-null load (SDM 3.4.2)
+            }
             return;
         }
         var d = ReadDescriptor(selector, out ulong addr);

@@ -245,11 +245,24 @@ internal static unsafe class FarTransfer
         values[n++] = oldSp & oldMask;
         for (int i = count - 1; i >= 0; i--)
         {
-            values[n++] = c.ReadSized((oldSsBase + ((oldSp + (ulong)(i * size)) & oldMask)) & 0xFFFF_FFFF, size);
+            ulong paramOffset = (oldSp + (ulong)(i * size)) & oldMask;
+            c.CheckStackAccess(paramOffset, (uint)size, SegmentAccess.Read); // #SS(0): SDM CALL "parameters ... not within the stack"
+            values[n++] = c.ReadSized((oldSsBase + paramOffset) & 0xFFFF_FFFF, size);
         }
         values[n++] = oldCs;
         values[n++] = ret;
+        // The new stack must hold the whole frame before anything is written: #SS(new SS selector)
+        // (SDM Vol. 2A CALL, "CALL-GATE-TO-MORE-PRIVILEGE").
         ulong sp = newSp;
+        for (int i = 0; i < n; i++)
+        {
+            sp = (sp - (ulong)size) & newMask;
+            if (!Cpu.WithinLimit(sp, (uint)size, ssd.Limit, ssd.Attributes))
+            {
+                throw c.Fault(Vector.SS, ssErr);
+            }
+        }
+        sp = newSp;
         for (int i = 0; i < n; i++)
         {
             sp = (sp - (ulong)size) & newMask;
