@@ -35,7 +35,7 @@ apt_update_once() {
 # An existing complete image wins: no network is needed once the cache is filled.
 existing=$(ls -d "$cache"/guest/image-linux-image-*-amd64 2>/dev/null | sort -V | tail -n1 || true)
 # Bump when the image's contents change, so caches from older scripts are rebuilt.
-image_version=3
+image_version=4
 if [[ -n "$existing" && "$(cat "$existing/image-version" 2>/dev/null)" == "$image_version" ]]; then
     echo "$existing/vmlinuz $existing/initramfs.cpio.gz"
     exit 0
@@ -99,6 +99,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done </lib/modules/load-order
+# With console=hvc0 the console only exists once virtio_console is loaded: reopen it now, if it opens.
+if (exec </dev/console) 2>/dev/null; then exec </dev/console >/dev/console 2>&1; fi
 # Test images add /test/run (tools and tests append a cpio layer); it runs instead of the shell.
 [ -x /test/run ] && exec /test/run
 echo "SharpVisor guest: Linux $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPU(s). 'poweroff' ends the VM."
