@@ -10,7 +10,8 @@ namespace SharpVisor.Integration.Tests;
 /// kernel command line: it enables queued invalidation and x2APIC interrupt remapping, groups the
 /// devices, and the virtio disk keeps working with every DMA translated — mkfs.ext4, mount, write,
 /// read back, e2fsck in the guest, and the file is in the image byte for byte (the guest reports its
-/// random data's digest; the host reads the file out of the image with debugfs). A device the guest
+/// random data's digest; the host reads the file out of the image with debugfs). One mode runs on
+/// a qcow2 image made by qemu-img, which `qemu-img check` must find clean afterwards. A device the guest
 /// never mapped anything for (edu, with no driver) has its DMA blocked and the fault reported to
 /// the driver, which prints it; in pass-through mode the same DMA reaches RAM. Linux enables ATS on
 /// both devices, so their DMA goes through translation requests and their device-IOTLBs.
@@ -63,9 +64,17 @@ public class IommuTests
             _ => throw new ArgumentOutOfRangeException(nameof(mode)),
         };
         var image = GuestImage.Default;
-        string disk = Path.Combine(Path.GetTempPath(), $"sv-disk-{Guid.NewGuid():N}.img");
-        using (var f = File.Create(disk))
+        // Strict mode runs on a qcow2 image made by qemu-img (the format users have); the others on raw.
+        bool qcow2 = mode == Mode.ScalableStrict;
+        string disk = Path.Combine(Path.GetTempPath(), $"sv-disk-{Guid.NewGuid():N}.{(qcow2 ? "qcow2" : "img")}");
+        string raw = qcow2 ? Path.ChangeExtension(disk, "raw") : disk;
+        if (qcow2)
         {
+            HostTool("qemu-img", $"create -q -f qcow2 {disk} 64M");
+        }
+        else
+        {
+            using var f = File.Create(disk);
             f.SetLength(64 << 20);
         }
         string initrd = image.WithTestScript(GuestScript);
@@ -114,10 +123,16 @@ public class IommuTests
             Assert.True(written.Length == 32, "the guest did not report its data's digest");
             Assert.Contains($"readback={written}", console);
             Assert.Contains("fsck=0", console);
-            byte[] onDisk = HostTool("debugfs", $"-R \"cat /pattern\" {disk}").Stdout;
+            if (qcow2)
+            {
+                // qemu-img finds the image consistent (no errors, no leaks), then reads it out for debugfs.
+                HostTool("qemu-img", $"check -q {disk}");
+                HostTool("qemu-img", $"convert -O raw {disk} {raw}");
+            }
+            byte[] onDisk = HostTool("debugfs", $"-R \"cat /pattern\" {raw}").Stdout;
             Assert.Equal(2 << 20, onDisk.Length);
             Assert.Equal(written, Convert.ToHexString(MD5.HashData(onDisk)).ToLowerInvariant());
-            Assert.Equal(0, HostTool("e2fsck", $"-f -n {disk}").ExitCode);
+            Assert.Equal(0, HostTool("e2fsck", $"-f -n {raw}").ExitCode);
 
             // edu's DMA: blocked and reported (DMA command bit 3 = SharpVisor's error bit), or, in
             // pass-through mode, done.
@@ -137,10 +152,11 @@ public class IommuTests
         {
             File.Delete(initrd);
             File.Delete(disk);
+            File.Delete(raw);
         }
     }
 
-    /// <summary>Runs an e2fsprogs tool on the host (test.sh installs e2fsprogs).</summary>
+    /// <summary>Runs an e2fsprogs or qemu-utils tool on the host (test.sh installs both); only e2fsck may fail.</summary>
     static (int ExitCode, byte[] Stdout) HostTool(string tool, string arguments)
     {
         var psi = new ProcessStartInfo(tool, arguments) { RedirectStandardOutput = true, RedirectStandardError = true };
