@@ -6,8 +6,8 @@ namespace SharpVisor.Devices.Iommu;
 /// One Intel VT-d remapping hardware unit (Intel Virtualization Technology for Directed I/O
 /// Architecture Specification, rev 4.x): the register file (chapter 11), legacy-mode DMA
 /// remapping (chapter 3, structures in 9.1/9.3/9.8), fault recording and reporting (7.2, 7.3),
-/// the context cache and IOTLB with register-based and queued invalidation (6.2, 6.5), and
-/// interrupt remapping (chapter 5, IRTE in 9.10).
+/// the context cache, IOTLB and paging-structure caches with register-based and queued
+/// invalidation (6.2, 6.5), and interrupt remapping (chapter 5, IRTE in 9.10).
 /// </summary>
 /// <remarks>
 /// Wiring: map it with <c>PhysicalMemoryMap.AddMmio(options.BaseAddress, options.RegionSize, unit)</c>;

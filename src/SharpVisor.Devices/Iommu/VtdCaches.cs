@@ -14,7 +14,8 @@ internal interface ICacheSelector<TEntry> where TEntry : struct
 
 /// <summary>
 /// A bounded set-associative cache with least-recently-used replacement within each set: the
-/// storage of the context cache, IOTLB and PASID cache (VT-d spec 6.2) and of device-TLBs.
+/// storage of the context cache, IOTLB, PASID cache and paging-structure caches (VT-d spec 6.2)
+/// and of device-TLBs.
 /// Entries are structs kept in one array; callers choose the set (a hash of the tag) and say
 /// which entries match. Not thread-safe: the owner's lock guards it.
 /// </summary>
