@@ -20,6 +20,11 @@ public sealed partial class IntelIommu
     {
         // Scalable mode (6.5.2.1): PASID-cache entries hang off the context entries they were
         // found through, so they go with them (a superset of what the spec requires is safe).
+        // 6.5.2.1 makes software follow a context-cache invalidation with an IOTLB invalidation,
+        // which flushes the paging-structure caches too. They are flushed here already, whatever
+        // the granularity: context invalidations are rare (device attach/detach), a device-
+        // selective one names no domain, and invalidating more than asked is always allowed.
+        DropPagingStructureCaches();
         switch (granularity)
         {
             case VtdGranularity.Global:
@@ -49,28 +54,64 @@ public sealed partial class IntelIommu
             // coarser granularity and reports what it did in IAIG.
             granularity = VtdGranularity.Domain;
         }
+        // 6.5.2.3 / 11.4.8.1: global and domain-selective IOTLB invalidations also flush the
+        // paging-structure caches (of every PASID of the domain in scalable mode).
         switch (granularity)
         {
             case VtdGranularity.Global:
                 Counters.IotlbInvGlobal.Increment();
                 _iotlb.InvalidateAll();
+                DropPagingStructureCaches();
                 break;
             case VtdGranularity.Domain:
                 Counters.IotlbInvDomain.Increment();
                 _iotlb.InvalidateDomain(domainId);
+                DropPagingStructureCaches(domainId, null);
                 break;
             case VtdGranularity.DeviceOrPage:
                 Counters.IotlbInvPage.Increment();
-                if (leafHint)
-                {
-                    // IH=1: only leaf entries changed, so paging-structure caches may be kept. This
-                    // model has no paging-structure caches, so the hint changes nothing but is counted.
-                    Counters.IotlbInvPageHint.Increment();
-                }
                 _iotlb.InvalidatePages(domainId, address, addressMask);
+                InvalidatePagingStructureCachesForPages(domainId, null, address, addressMask, leafHint);
                 break;
         }
         return granularity;
+    }
+
+    /// <summary>
+    /// The paging-structure-cache side of a page-selective invalidation (11.4.8.2 IVA.IH, 6.5.2.3,
+    /// 6.5.2.4). IH=0: software may have changed or freed non-leaf entries mapping the range, so
+    /// every cached entry whose region overlaps it goes. IH=1: software promises only leaves
+    /// changed, and the cached non-leaf entries are kept — so a guest that did change a non-leaf
+    /// entry and still set IH=1 keeps seeing the old table until a later invalidation, which is
+    /// what the spec permits. (Linux sets IH=1 only when its unmap freed no page-table page:
+    /// intel_iommu_tlb_sync passes list_empty(&amp;gather-&gt;freelist).)
+    /// </summary>
+    void InvalidatePagingStructureCachesForPages(ushort domainId, uint? pasid, ulong address, int addressMask, bool leafHint)
+    {
+        if (leafHint)
+        {
+            Counters.IotlbInvPageHint.Increment();
+            if (_psc is not null)
+            {
+                Counters.PscKeptByHint.Increment();
+            }
+            return;
+        }
+        if (_psc is not null)
+        {
+            Counters.PscEntriesInvalidated.Add(_psc.InvalidatePages(domainId, pasid, address, addressMask));
+        }
+    }
+
+    /// <summary>Drops the paging-structure-cache entries of one domain (every PASID, or one), or all of them when <paramref name="domainId"/> is null.</summary>
+    void DropPagingStructureCaches(ushort? domainId = null, uint? pasid = null)
+    {
+        if (_psc is null)
+        {
+            return;
+        }
+        int dropped = domainId is ushort did ? _psc.Invalidate(did, pasid) : _psc.InvalidateAll();
+        Counters.PscEntriesInvalidated.Add(dropped);
     }
 
     // ---- register-based invalidation ----
@@ -287,16 +328,20 @@ public sealed partial class IntelIommu
         int am = (int)(hi & 0x3F);
         if (g == 3 && am <= _options.MaxAddressMaskValue)
         {
-            // Page-selective-within-PASID: first-level entries of (DID, PASID) in the 2^AM pages at ADDR.
+            // Page-selective-within-PASID: first-level entries of (DID, PASID) in the 2^AM pages at
+            // ADDR, and with IH (bit 70) clear the paging-structure-cache entries covering them.
             Counters.PasidIotlbInvPage.Increment();
             _iotlb.InvalidatePages(did, pasid, hi & PageMask4K, am);
+            InvalidatePagingStructureCachesForPages(did, pasid, hi & PageMask4K, am, (hi & (1 << 6)) != 0);
             return true;
         }
         if (g is 2 or 3)
         {
-            // Non-globals-within-PASID (G=10b; also what an AM beyond MAMV degrades to).
+            // Non-globals-within-PASID (G=10b; also what an AM beyond MAMV degrades to): the
+            // PASID's IOTLB and paging-structure-cache entries.
             Counters.PasidIotlbInvPasid.Increment();
             _iotlb.InvalidatePasid(did, pasid);
+            DropPagingStructureCaches(did, pasid);
             return true;
         }
         return false; // G=00b/01b are reserved
@@ -311,19 +356,27 @@ public sealed partial class IntelIommu
         }
         ushort did = (ushort)(lo >> 16);
         uint pasid = (uint)(lo >> 32) & 0xF_FFFF;
+        // 6.5.2.2 makes software follow a PASID-cache invalidation with a PASID-based IOTLB
+        // invalidation; the paging-structure-cache entries reached through the dropped PASID
+        // entries go at once as well (a superset, always allowed). Second-level entries carry no
+        // PASID, so a PASID-selective one drops those of the domain too.
         switch ((lo >> 4) & 3)
         {
             case 0:
                 Counters.PasidCacheInvDomain.Increment();
                 _pasidCache.Invalidate(did, null);
+                DropPagingStructureCaches(did, null);
                 return true;
             case 1:
                 Counters.PasidCacheInvPasid.Increment();
                 _pasidCache.Invalidate(did, pasid);
+                DropPagingStructureCaches(did, pasid);
+                DropPagingStructureCaches(did, VtdIotlbEntry.NoPasid);
                 return true;
             case 3:
                 Counters.PasidCacheInvGlobal.Increment();
                 _pasidCache.InvalidateAll();
+                DropPagingStructureCaches();
                 return true;
             default:
                 return false;

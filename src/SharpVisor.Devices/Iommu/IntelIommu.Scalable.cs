@@ -355,7 +355,20 @@ public sealed partial class IntelIommu
         int used = 0;
         ulong table = pasidEntry.FlptPointer;
         bool writable = true, user = true, executable = true;
-        for (int level = pasidEntry.FirstLevelLevels; level >= 1; level--)
+        int top = pasidEntry.FirstLevelLevels;
+        if (TryPagingStructureCache(pasidEntry.DomainId, pasid, pasidEntry.FlptPointer, pasidEntry.FirstLevelLevels, address, out var cached))
+        {
+            // 6.2.5: start below the deepest cached entry. Its Accessed flag (and those above it)
+            // were set by the walk that cached it, so the unit need not set them again (as a CPU).
+            top = cached.Level - 1;
+            table = cached.NextTable;
+            writable = (cached.Permissions & 2) != 0;
+            user = (cached.Flags & VtdIotlbEntry.FlagUser) != 0;
+            executable = (cached.Flags & VtdIotlbEntry.FlagExecute) != 0;
+        }
+        byte startPermissions = (byte)(1 | (writable ? 2 : 0));
+        byte startFlags = (byte)((user ? VtdIotlbEntry.FlagUser : 0) | (executable ? VtdIotlbEntry.FlagExecute : 0));
+        for (int level = top; level >= 1; level--)
         {
             int shift = 12 + 9 * (level - 1);
             ulong slot = table + ((address >> shift) & 511) * 8;
@@ -421,6 +434,8 @@ public sealed partial class IntelIommu
                     PageNumber = address >> shift,
                     OutputBase = outputBase,
                 };
+                FillPagingStructureCache(pasidEntry.DomainId, pasid, pasidEntry.FlptPointer, pasidEntry.FirstLevelLevels, address, top,
+                    values[..(used - 1)], startPermissions, startFlags, firstLevel: true);
                 return VtdFaultReason.None;
             }
             table = pte & _hawPageMask;

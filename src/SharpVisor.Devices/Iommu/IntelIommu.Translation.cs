@@ -227,7 +227,18 @@ public sealed partial class IntelIommu
         Counters.PageWalks.Increment();
         ulong table = context.SlptPointer;
         ulong permissions = PteRead | PteWrite;
-        for (int level = context.Levels; level >= 1; level--)
+        int top = context.Levels;
+        if (TryPagingStructureCache(context.DomainId, VtdIotlbEntry.NoPasid, context.SlptPointer, context.Levels, address, out var cached))
+        {
+            // 6.2.5: start below the deepest cached non-leaf entry, with the rights it accumulated.
+            top = cached.Level - 1;
+            table = cached.NextTable;
+            permissions = cached.Permissions;
+        }
+        ulong startPermissions = permissions;
+        Span<ulong> nonLeaf = stackalloc ulong[5];
+        int walked = 0;
+        for (int level = top; level >= 1; level--)
         {
             int shift = 12 + 9 * (level - 1);
             ulong pte = 0;
@@ -273,11 +284,84 @@ public sealed partial class IntelIommu
                     PageNumber = address >> shift,
                     OutputBase = pte & _hawPageMask & ~((1UL << shift) - 1),
                 };
+                FillPagingStructureCache(context.DomainId, VtdIotlbEntry.NoPasid, context.SlptPointer, context.Levels, address, top,
+                    nonLeaf[..walked], (byte)(startPermissions & 3), 0, firstLevel: false);
                 return VtdFaultReason.None;
             }
+            nonLeaf[walked++] = pte;
             table = pte & _hawPageMask;
         }
         return VtdFaultReason.PagingEntryAccessError; // unreachable: level 1 is always a leaf
+    }
+
+    /// <summary>
+    /// Finds the deepest cached non-leaf entry (PDE first, then PDPE, PML4E, PML5E: 6.2.5) on the
+    /// way to <paramref name="address"/> in the tables rooted at <paramref name="tableRoot"/>.
+    /// </summary>
+    bool TryPagingStructureCache(ushort domainId, uint pasidTag, ulong tableRoot, int levels, ulong address, out VtdPscEntry cached)
+    {
+        if (_psc is not null)
+        {
+            for (int level = 2; level <= levels; level++)
+            {
+                if (_psc.TryGet(domainId, pasidTag, tableRoot, (byte)levels, (byte)level, address, out cached))
+                {
+                    Counters.PscHitsFor(level).Increment();
+                    return true;
+                }
+            }
+            Counters.PscMisses.Increment();
+        }
+        cached = default;
+        return false;
+    }
+
+    /// <summary>
+    /// Caches the non-leaf entries a successful walk read (<paramref name="nonLeaf"/>, from level
+    /// <paramref name="topLevel"/> down), each with the rights accumulated down to it. Only present,
+    /// valid entries of a walk that reached its leaf get here (6.2.4; a not-present or faulting
+    /// entry is never cached, in caching mode or not).
+    /// </summary>
+    void FillPagingStructureCache(ushort domainId, uint pasidTag, ulong tableRoot, int levels, ulong address, int topLevel,
+        ReadOnlySpan<ulong> nonLeaf, byte permissions, byte flags, bool firstLevel)
+    {
+        if (_psc is null)
+        {
+            return;
+        }
+        for (int i = 0; i < nonLeaf.Length; i++)
+        {
+            ulong pte = nonLeaf[i];
+            int level = topLevel - i;
+            if (firstLevel)
+            {
+                // 9.7: R/W and U/S ANDed, XD ORed along the walk; every present entry is readable.
+                permissions &= (byte)(1 | (pte & FlWrite));
+                if ((pte & FlUser) == 0) flags &= unchecked((byte)~VtdIotlbEntry.FlagUser);
+                if ((pte & FlExecuteDisable) != 0) flags &= unchecked((byte)~VtdIotlbEntry.FlagExecute);
+            }
+            else
+            {
+                permissions &= (byte)(pte & (PteRead | PteWrite));
+            }
+            var entry = new VtdPscEntry
+            {
+                DomainId = domainId,
+                PasidTag = pasidTag,
+                Level = (byte)level,
+                Levels = (byte)levels,
+                Permissions = permissions,
+                Flags = flags,
+                Prefix = address >> (12 + 9 * (level - 1)),
+                TableRoot = tableRoot,
+                NextTable = pte & _hawPageMask,
+            };
+            Counters.PscFills.Increment();
+            if (_psc.Insert(in entry))
+            {
+                Counters.PscEvictions.Increment();
+            }
+        }
     }
 
     // ================= DMA =================

@@ -6,8 +6,8 @@ namespace SharpVisor.Devices.Iommu;
 /// One Intel VT-d remapping hardware unit (Intel Virtualization Technology for Directed I/O
 /// Architecture Specification, rev 4.x): the register file (chapter 11), legacy-mode DMA
 /// remapping (chapter 3, structures in 9.1/9.3/9.8), fault recording and reporting (7.2, 7.3),
-/// the context cache and IOTLB with register-based and queued invalidation (6.2, 6.5), and
-/// interrupt remapping (chapter 5, IRTE in 9.10).
+/// the context cache, IOTLB and paging-structure caches with register-based and queued
+/// invalidation (6.2, 6.5), and interrupt remapping (chapter 5, IRTE in 9.10).
 /// </summary>
 /// <remarks>
 /// Wiring: map it with <c>PhysicalMemoryMap.AddMmio(options.BaseAddress, options.RegionSize, unit)</c>;
@@ -47,6 +47,8 @@ public sealed partial class IntelIommu : IMmioDevice
     readonly VtdIotlb _iotlb;
     readonly Dictionary<ushort, VtdDmaSpace> _dmaSpaces = [];
     readonly VtdPasidCache _pasidCache;
+    /// <summary>Null when <see cref="VtdOptions.PagingStructureCaches"/> is off.</summary>
+    readonly VtdPagingStructureCache? _psc;
 
     // ---- register state (11.4) ----
     uint _gsts;
@@ -90,6 +92,7 @@ public sealed partial class IntelIommu : IMmioDevice
         _contextCache = new VtdContextCache(options.ContextCacheSets, options.ContextCacheWays);
         _iotlb = new VtdIotlb(options.IotlbSets, options.IotlbWays);
         _pasidCache = new VtdPasidCache(options.PasidCacheSets, options.PasidCacheWays);
+        _psc = options.PagingStructureCaches ? new VtdPagingStructureCache(options.PagingStructureCacheSets, options.PagingStructureCacheWays) : null;
         _faultLow = new ulong[options.FaultRecordingRegisters];
         _faultHigh = new ulong[options.FaultRecordingRegisters];
         _iec = new VtdIrte[options.InterruptEntryCacheEntries];
@@ -141,6 +144,9 @@ public sealed partial class IntelIommu : IMmioDevice
 
     /// <summary>Entries currently held by the PASID cache.</summary>
     public int PasidCacheCount { get { lock (_lock) return _pasidCache.Count; } }
+
+    /// <summary>Entries currently held by the paging-structure caches (0 when they are off).</summary>
+    public int PagingStructureCacheCount { get { lock (_lock) return _psc?.Count ?? 0; } }
 
     // ================= MMIO =================
 
@@ -397,11 +403,20 @@ public sealed partial class IntelIommu : IMmioDevice
             _activeRootTable = _rtaddr & PageMask4K;
             _activeTableMode = (int)(_rtaddr >> 10) & 3;
             _gsts |= VtdGcmd.Srtp;
+            // 11.4.4 SRTP: software must globally invalidate the caches after a new root table;
+            // the paging-structure caches are dropped at once (a superset, always allowed).
+            DropPagingStructureCaches();
         }
         if ((value & VtdGcmd.Wbf) != 0)
         {
             // Writes are never buffered here, so the flush completes at once and WBFS reads 0.
             Counters.WriteBufferFlushes.Increment();
+        }
+        if (((value & VtdGcmd.Te) != 0) != TranslationEnabled)
+        {
+            // Turning translation on or off: nothing cached under the old state may be used
+            // under the new one (11.4.4 TE); dropping the paging-structure caches is a superset.
+            DropPagingStructureCaches();
         }
         SetStatus(VtdGcmd.Te, (value & VtdGcmd.Te) != 0);
         if (_options.QueuedInvalidation)

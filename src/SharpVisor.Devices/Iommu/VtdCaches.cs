@@ -14,7 +14,8 @@ internal interface ICacheSelector<TEntry> where TEntry : struct
 
 /// <summary>
 /// A bounded set-associative cache with least-recently-used replacement within each set: the
-/// storage of the context cache, IOTLB and PASID cache (VT-d spec 6.2) and of device-TLBs.
+/// storage of the context cache, IOTLB, PASID cache and paging-structure caches (VT-d spec 6.2)
+/// and of device-TLBs.
 /// Entries are structs kept in one array; callers choose the set (a hash of the tag) and say
 /// which entries match. Not thread-safe: the owner's lock guards it.
 /// </summary>
@@ -444,5 +445,125 @@ internal sealed class VtdPasidCache(int sets, int ways)
     {
         var selector = new ByDevice(sid, VtdContextCache.FunctionBitsIgnored(functionMask));
         _cache.RemoveAll(ref selector);
+    }
+}
+
+/// <summary>
+/// One paging-structure-cache entry (VT-d spec 6.2.4): a present, valid non-leaf paging entry of
+/// level <see cref="Level"/> (2 PDE, 3 PDPE, 4 PML4E, 5 PML5E) — the address of the table it
+/// points to and the permissions accumulated from the top of the walk down to it.
+/// </summary>
+internal struct VtdPscEntry
+{
+    public ushort DomainId;
+    /// <summary>PASID of a first-level entry (6.2.4: first-level entries are tagged by DID and PASID); <see cref="VtdIotlbEntry.NoPasid"/> for second level.</summary>
+    public uint PasidTag;
+    /// <summary>Level of the cached entry (2..5); it maps the 2^(12+9*(Level-1))-byte region <see cref="Prefix"/> names.</summary>
+    public byte Level;
+    /// <summary>The depth of the table hierarchy it came from (3..5).</summary>
+    public byte Levels;
+    /// <summary>Accumulated R (bit 0) and W (bit 1), the AND from the top level down to this one.</summary>
+    public byte Permissions;
+    /// <summary>First level only: <see cref="VtdIotlbEntry.FlagUser"/> and <see cref="VtdIotlbEntry.FlagExecute"/> accumulated the same way.</summary>
+    public byte Flags;
+    /// <summary>Input address bits above the region this entry maps: address &gt;&gt; (12 + 9 * (Level - 1)).</summary>
+    public ulong Prefix;
+    /// <summary>
+    /// The top-level table pointer (SLPTPTR or FLPTR) of the walk. Not an architectural tag — the
+    /// spec tags by DID (and PASID) only — but keeping it means a domain id software reuses with
+    /// other tables can never alias, at no cost to a correctly invalidating guest.
+    /// </summary>
+    public ulong TableRoot;
+    /// <summary>Address of the level-(Level-1) table this entry points to.</summary>
+    public ulong NextTable;
+
+    public readonly int Shift => 12 + 9 * (Level - 1);
+}
+
+/// <summary>
+/// The paging-structure caches (VT-d spec 6.2.4, PML5E/PML4E/PDPE/PDE caches) as one bounded
+/// set-associative cache tagged by level, domain id, PASID tag and the input address bits the
+/// level translates. A walk starts below the deepest cached level (6.2.5). Entries are made only
+/// from present, valid non-leaf entries of walks that succeeded (so first-level entries always
+/// had their Accessed flag set, as a processor's paging-structure caches require). Not
+/// thread-safe: the unit's lock guards it.
+/// </summary>
+internal sealed class VtdPagingStructureCache(int sets, int ways)
+{
+    readonly SetAssociativeCache<VtdPscEntry> _cache = new(sets, ways);
+
+    readonly struct ByTag(ushort domainId, uint pasidTag, ulong tableRoot, byte levels, byte level, ulong prefix) : ICacheSelector<VtdPscEntry>
+    {
+        public bool Matches(in VtdPscEntry e) =>
+            e.Prefix == prefix && e.Level == level && e.DomainId == domainId && e.PasidTag == pasidTag && e.TableRoot == tableRoot && e.Levels == levels;
+    }
+
+    /// <summary>An invalidation's selection: a domain (every PASID, or one), optionally only entries whose region overlaps [first, last].</summary>
+    readonly struct Selection(ushort domainId, uint? pasid, ulong first, ulong last) : ICacheSelector<VtdPscEntry>
+    {
+        public bool Matches(in VtdPscEntry e)
+        {
+            if (e.DomainId != domainId || (pasid is uint p && e.PasidTag != p))
+            {
+                return false;
+            }
+            int shift = e.Shift;
+            ulong start = shift >= 64 ? 0 : e.Prefix << shift;
+            ulong end = shift >= 64 ? ulong.MaxValue : start + ((1UL << shift) - 1);
+            return start <= last && first <= end;
+        }
+    }
+
+    public int Capacity => _cache.Capacity;
+    public int Count => _cache.Count;
+
+    static int SetOf(ushort domainId, uint pasidTag, byte level, ulong prefix)
+    {
+        ulong h = (prefix ^ ((ulong)domainId << 9) ^ ((ulong)pasidTag << 25) ^ ((ulong)level << 50)) * 0x9E37_79B9_7F4A_7C15UL;
+        return (int)(h >> 40);
+    }
+
+    /// <summary>The cached entry of <paramref name="level"/> on the way to <paramref name="address"/>, if any.</summary>
+    public bool TryGet(ushort domainId, uint pasidTag, ulong tableRoot, byte levels, byte level, ulong address, out VtdPscEntry entry)
+    {
+        ulong prefix = address >> (12 + 9 * (level - 1));
+        var tag = new ByTag(domainId, pasidTag, tableRoot, levels, level, prefix);
+        return _cache.TryGet(SetOf(domainId, pasidTag, level, prefix), ref tag, out entry);
+    }
+
+    /// <summary>Inserts an entry; returns true when a valid entry was evicted to make room.</summary>
+    public bool Insert(in VtdPscEntry entry)
+    {
+        var tag = new ByTag(entry.DomainId, entry.PasidTag, entry.TableRoot, entry.Levels, entry.Level, entry.Prefix);
+        return _cache.Insert(SetOf(entry.DomainId, entry.PasidTag, entry.Level, entry.Prefix), ref tag, in entry, out _, out _);
+    }
+
+    /// <summary>Drops everything; returns how many entries were dropped.</summary>
+    public int InvalidateAll()
+    {
+        int n = _cache.Count;
+        _cache.Clear();
+        return n;
+    }
+
+    /// <summary>Domain-selective (every PASID of the domain) or, with <paramref name="pasid"/>, PASID-selective invalidation.</summary>
+    public int Invalidate(ushort domainId, uint? pasid)
+    {
+        var selection = new Selection(domainId, pasid, 0, ulong.MaxValue);
+        return _cache.RemoveAll(ref selection);
+    }
+
+    /// <summary>
+    /// Page-selective invalidation with IH=0 (6.5.2.3, 11.4.8.2): every entry of the domain (of one
+    /// PASID when given) whose region overlaps the 2^(12+AM)-byte naturally aligned region holding
+    /// <paramref name="address"/> — the non-leaf entries software may have changed or freed there.
+    /// </summary>
+    public int InvalidatePages(ushort domainId, uint? pasid, ulong address, int addressMask)
+    {
+        int regionShift = 12 + addressMask;
+        ulong regionBase = regionShift >= 64 ? 0 : address & ~((1UL << regionShift) - 1);
+        ulong regionLast = regionShift >= 64 ? ulong.MaxValue : regionBase + ((1UL << regionShift) - 1);
+        var selection = new Selection(domainId, pasid, regionBase, regionLast);
+        return _cache.RemoveAll(ref selection);
     }
 }

@@ -40,6 +40,11 @@ public sealed class VtdCounters
     public readonly Counter DeviceTlbCompletions, DeviceTlbLateCompletions, DeviceTlbTimeouts, QueueStalls;
     public readonly Counter AtsTranslationRequests, AtsTranslationDenied, AtsUnsupportedRequests;
     public readonly Counter TranslatedRequests, TranslatedRequestsBlocked;    // bad sizes/offsets, reserved granularities, register invalidation while QI is on...
+    // Paging-structure caches (6.2.4): walks that started below a cached PDE/PDPE/PML4E/PML5E, walks that found none.
+    public readonly Counter PscHitsPde, PscHitsPdpe, PscHitsPml4e, PscHitsPml5e, PscMisses;
+    public readonly Counter PscFills, PscEvictions;
+    public readonly Counter PscEntriesInvalidated;  // entries dropped by invalidations
+    public readonly Counter PscKeptByHint;          // page-selective invalidations with IH=1 that left the PSC alone
 
     readonly Counter[] _faultsByReason = new Counter[0x100];
 
@@ -121,6 +126,15 @@ public sealed class VtdCounters
         AtsUnsupportedRequests = C("ats.unsupported_requests");
         TranslatedRequests = C("ats.translated_requests");
         TranslatedRequestsBlocked = C("ats.translated_requests_blocked");
+        PscHitsPde = C("psc.hits.pde");
+        PscHitsPdpe = C("psc.hits.pdpe");
+        PscHitsPml4e = C("psc.hits.pml4e");
+        PscHitsPml5e = C("psc.hits.pml5e");
+        PscMisses = C("psc.misses");
+        PscFills = C("psc.fills");
+        PscEvictions = C("psc.evictions");
+        PscEntriesInvalidated = C("psc.invalidated_entries");
+        PscKeptByHint = C("psc.kept_by_hint");
         foreach (VtdFaultReason r in Enum.GetValues<VtdFaultReason>())
         {
             if (r != VtdFaultReason.None)
@@ -134,6 +148,9 @@ public sealed class VtdCounters
     public Counter FaultsByReason(VtdFaultReason reason) => _faultsByReason[(int)reason];
 
     internal Counter IotlbFillsFor(byte pageShift) => pageShift == 12 ? IotlbFills4K : pageShift == 21 ? IotlbFills2M : IotlbFills1G;
+
+    /// <summary>The hit counter of the paging-structure cache of <paramref name="level"/> (2 PDE .. 5 PML5E).</summary>
+    internal Counter PscHitsFor(int level) => level switch { 2 => PscHitsPde, 3 => PscHitsPdpe, 4 => PscHitsPml4e, _ => PscHitsPml5e };
 
     internal Counter IotlbHitsFor(byte pageShift) => pageShift == 12 ? IotlbHits4K : pageShift == 21 ? IotlbHits2M : IotlbHits1G;
 }

@@ -126,6 +126,17 @@ public sealed record VtdOptions
     public int ContextCacheSets { get; init; } = 16;
     public int ContextCacheWays { get; init; } = 4;
 
+    /// <summary>
+    /// Paging-structure caches (6.2.4): cached non-leaf entries (PDE, PDPE, PML4E, PML5E of first-
+    /// and second-level tables) let a walk after an IOTLB miss start below the deepest cached
+    /// level. Off, every walk starts at the top (what QEMU does).
+    /// </summary>
+    public bool PagingStructureCaches { get; init; } = true;
+
+    /// <summary>Paging-structure-cache geometry (one cache tagged by level): sets (a power of two) × ways.</summary>
+    public int PagingStructureCacheSets { get; init; } = 16;
+    public int PagingStructureCacheWays { get; init; } = 4;
+
     /// <summary>Interrupt entry cache geometry (entries, direct mapped by handle).</summary>
     public int InterruptEntryCacheEntries { get; init; } = 64;
 
@@ -165,6 +176,8 @@ public sealed record VtdOptions
         Check(IotlbSets > 0 && (IotlbSets & (IotlbSets - 1)) == 0 && IotlbWays is >= 1 and <= 64, "the IOTLB needs a power-of-two set count and 1..64 ways");
         Check(ContextCacheSets > 0 && (ContextCacheSets & (ContextCacheSets - 1)) == 0 && ContextCacheWays is >= 1 and <= 64,
             "the context cache needs a power-of-two set count and 1..64 ways");
+        Check(PagingStructureCacheSets > 0 && (PagingStructureCacheSets & (PagingStructureCacheSets - 1)) == 0 && PagingStructureCacheWays is >= 1 and <= 64,
+            "the paging-structure cache needs a power-of-two set count and 1..64 ways");
         Check(InterruptEntryCacheEntries > 0 && (InterruptEntryCacheEntries & (InterruptEntryCacheEntries - 1)) == 0, "the interrupt entry cache needs a power-of-two size");
         Check(!ExtendedInterruptMode || InterruptRemapping, "EIM needs interrupt remapping");
         Check(!InterruptRemapping || QueuedInvalidation, "interrupt remapping needs queued invalidation (spec 11.4.3, ECAP.IR)");
