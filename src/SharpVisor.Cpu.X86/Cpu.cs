@@ -217,6 +217,8 @@ public sealed class CpuCounters(int index)
     public readonly Counter Instructions = new($"cpu{index}.instructions");
     public readonly Counter BlocksDecoded = new($"cpu{index}.blocks_decoded");
     public readonly Counter BlockCacheMisses = new($"cpu{index}.block_cache_misses");
+    /// <summary>Instructions that straddle a page boundary, decoded again on every execution (never cached).</summary>
+    public readonly Counter StraddlingDecodes = new($"cpu{index}.straddling_decodes");
     public readonly Counter CodeInvalidations = new($"cpu{index}.code_invalidations");
     public readonly Counter TlbMisses = new($"cpu{index}.tlb_misses");
     public readonly Counter PageFaults = new($"cpu{index}.page_faults");
@@ -236,6 +238,6 @@ public sealed class CpuCounters(int index)
     public readonly Counter TaskSwitches = new($"cpu{index}.task_switches");
     public readonly Counter TaskSwitchFaultsAfterCommit = new($"cpu{index}.task_switch_faults_after_commit");
 
-    public IEnumerable<Counter> All => [Instructions, BlocksDecoded, BlockCacheMisses, CodeInvalidations, TlbMisses, PageFaults, Exceptions, Interrupts, Unimplemented,
+    public IEnumerable<Counter> All => [Instructions, BlocksDecoded, BlockCacheMisses, StraddlingDecodes, CodeInvalidations, TlbMisses, PageFaults, Exceptions, Interrupts, Unimplemented,
         UnknownMsrAccesses, RefusedMsrWrites, CrWriteFaults, IoPermissionFaults, TaskSwitches, TaskSwitchFaultsAfterCommit];
 }
