@@ -10,16 +10,10 @@ runs=${1:-1}
 apt_install qemu-system-x86 bc cpio
 read -r kernel initrd < <("$root/tools/guest-image.sh" | tail -n1)
 
-# A test layer whose /test/run powers off immediately (Linux unpacks concatenated archives).
+# A test layer whose /test/run powers off immediately.
 layer=$(mktemp -d)
 trap 'rm -rf "$layer"' EXIT
-mkdir -p "$layer/root/test"
-printf '#!/bin/sh\necho SharpVisor-bench-userspace-reached\npoweroff -f\n' >"$layer/root/test/run"
-chmod +x "$layer/root/test/run"
-cp "$initrd" "$layer/initrd"
-size=$(stat -c %s "$layer/initrd"); pad=$(( (4 - size % 4) % 4 ))
-head -c "$pad" /dev/zero >>"$layer/initrd"
-( cd "$layer/root" && find . | cpio -o -H newc --quiet ) >>"$layer/initrd"
+with_test_script "$initrd" $'#!/bin/sh\necho SharpVisor-bench-userspace-reached\npoweroff -f' "$layer/initrd"
 
 dotnet build "$root/src/SharpVisor.Cli" -c Release -nologo -v quiet -clp:NoSummary >/dev/null
 cmdline="console=ttyS0 quiet"

@@ -16,23 +16,15 @@ read -r kernel initrd < <("$root/tools/guest-image.sh" | tail -n1)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/root/test"
-cat >"$work/root/test/run" <<'GUEST'
-#!/bin/sh
-now() { cut -d' ' -f1 /proc/uptime; }
+with_test_script "$initrd" '#!/bin/sh
+now() { cut -d" " -f1 /proc/uptime; }
 t0=$(now)
 dd if=/dev/zero of=/dev/vda bs=1M count=128 oflag=direct 2>/dev/null || echo "BENCH-ERROR write"
 t1=$(now)
 dd if=/dev/vda of=/dev/null bs=1M count=128 iflag=direct 2>/dev/null || echo "BENCH-ERROR read"
 t2=$(now)
 echo "BENCH $t0 $t1 $t2"
-poweroff -f
-GUEST
-chmod +x "$work/root/test/run"
-cp "$initrd" "$work/initrd"
-size=$(stat -c %s "$work/initrd"); pad=$(( (4 - size % 4) % 4 ))
-head -c "$pad" /dev/zero >>"$work/initrd"
-( cd "$work/root" && find . | cpio -o -H newc --quiet ) >>"$work/initrd"
+poweroff -f' "$work/initrd"
 truncate -s 256M "$work/disk.img"
 
 dotnet build "$root/src/SharpVisor.Cli" -c Release -nologo -v quiet -clp:NoSummary >/dev/null
@@ -51,14 +43,7 @@ rates() {
 
 printf '%-22s %-16s %-16s\n' "MB/s (write read)" "QEMU TCG" "SharpVisor"
 # Network: a receiver (10.0.2.1, listens) and a sender (10.0.2.2) test layer.
-layer() { # NAME SCRIPT -> $work/NAME.initrd
-    mkdir -p "$work/$1/test"
-    printf '%s\n' "$2" >"$work/$1/test/run"
-    chmod +x "$work/$1/test/run"
-    cp "$initrd" "$work/$1.initrd"
-    head -c "$pad" /dev/zero >>"$work/$1.initrd"
-    ( cd "$work/$1" && find . | cpio -o -H newc --quiet ) >>"$work/$1.initrd"
-}
+layer() { with_test_script "$initrd" "$2" "$work/$1.initrd"; } # NAME SCRIPT -> $work/NAME.initrd
 layer receiver '#!/bin/sh
 ip link set eth0 up; ip addr add 10.0.2.1/24 dev eth0
 mkfifo /tmp/hold; sleep 600 > /tmp/hold &

@@ -21,3 +21,19 @@ apt_install() {
     $sudo apt-get update -qq >/dev/null || die "apt-get update failed"
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
 }
+
+# with_test_script BASE_INITRD SCRIPT OUT: writes OUT = BASE_INITRD followed by an uncompressed
+# cpio layer holding SCRIPT as /test/run, which the default guest's init runs instead of its shell
+# (Linux unpacks concatenated archives in order; each must start on a 4-byte boundary).
+with_test_script() {
+    local base=$1 script=$2 out=$3 dir size
+    dir=$(mktemp -d)
+    mkdir -p "$dir/test"
+    printf '%s\n' "$script" >"$dir/test/run"
+    chmod +x "$dir/test/run"
+    cp "$base" "$out"
+    size=$(stat -c %s "$out")
+    head -c $(( (4 - size % 4) % 4 )) /dev/zero >>"$out"
+    ( cd "$dir" && find . | cpio -o -H newc --quiet ) >>"$out"
+    rm -rf "$dir"
+}
