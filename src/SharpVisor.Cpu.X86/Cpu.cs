@@ -217,7 +217,7 @@ public sealed class CpuCounters(int index)
     public readonly Counter Instructions = new($"cpu{index}.instructions");
     public readonly Counter BlocksDecoded = new($"cpu{index}.blocks_decoded");
     public readonly Counter BlockCacheMisses = new($"cpu{index}.block_cache_misses");
-    /// <summary>Instructions that straddle a page boundary, decoded again on every execution (never cached).</summary>
+    /// <summary>Decodes of instructions that straddle a page boundary (cached while both pages stay the same).</summary>
     public readonly Counter StraddlingDecodes = new($"cpu{index}.straddling_decodes");
     public readonly Counter CodeInvalidations = new($"cpu{index}.code_invalidations");
     public readonly Counter TlbMisses = new($"cpu{index}.tlb_misses");

@@ -56,8 +56,12 @@ public sealed unsafe partial class Cpu
     Decoder? _decoder16, _decoder32, _decoder64;
     /// <summary>Where a block is decoded before it is copied into a block of its exact length.</summary>
     readonly Op[] _decodeBuffer = new Op[Block.MaxOps];
-    /// <summary>Holds an instruction that straddles two pages; decoded on every execution, never cached.</summary>
+    /// <summary>Holds an instruction that straddles two pages while it is decoded; a copy is cached
+    /// when both pages are RAM, else this block is run as it is and decoded again next time.</summary>
     readonly Block _straddleBlock = new(new Op[1]);
+    /// <summary>Host RAM offset and generation of the second page of the last straddling decode (-1: not RAM).</summary>
+    long _straddleSecondPage;
+    uint _straddleSecondGeneration;
     readonly byte[] _straddleBytes = new byte[16];
 
     Decoder DecoderFor(int bits) => bits switch
@@ -73,31 +77,18 @@ public sealed unsafe partial class Cpu
     Block FetchBlockUnchecked()
     {
         ulong la = (Regs.SegBase[(int)Seg.CS] + Rip) & Regs.LinearMask;
-        ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
-        ulong ramOffset;
-        if (e.ExecTag == (la & PageMask))
-        {
-            ramOffset = e.RamOffset + (la & 0xFFF);
-        }
-        else
-        {
-            ulong pa = TranslateAndFill(la, Access.Execute);
-            long off = Ram.HostOffset(pa);
-            if (off < 0)
-            {
-                throw new CpuStopException($"instruction fetch from non-RAM physical address 0x{pa:x} (linear 0x{la:x})");
-            }
-            ramOffset = (ulong)off;
-        }
+        ulong ramOffset = FetchHostOffset(la);
 
         int set = (int)((ramOffset ^ (ramOffset >> BlockCacheSetBits)) & ((1 << BlockCacheSetBits) - 1));
         ref CachedBlock slot = ref _blockCache[2 * set];
-        if (slot.RamOffset == ramOffset && slot.Bits == CodeBits && slot.Generation == Ram.Generation(ramOffset) && slot.Block is { } hit)
+        if (slot.RamOffset == ramOffset && slot.Bits == CodeBits && slot.Generation == Ram.Generation(ramOffset) && slot.Block is { } hit
+            && (hit.SecondPage == Block.NoSecondPage || SecondPageUnchanged(hit, la)))
         {
             return hit;
         }
         ref CachedBlock other = ref Unsafe.Add(ref slot, 1);
-        if (other.RamOffset == ramOffset && other.Bits == CodeBits && other.Generation == Ram.Generation(ramOffset) && other.Block is { } hit2)
+        if (other.RamOffset == ramOffset && other.Bits == CodeBits && other.Generation == Ram.Generation(ramOffset) && other.Block is { } hit2
+            && (hit2.SecondPage == Block.NoSecondPage || SecondPageUnchanged(hit2, la)))
         {
             (slot, other) = (other, slot); // keep the most recently used block in the first way
             return hit2;
@@ -105,14 +96,54 @@ public sealed unsafe partial class Cpu
         Counters.BlockCacheMisses.IncrementUnsynchronized();
         uint generation = Ram.MarkCode(ramOffset); // mark before reading: a racing write bumps the generation
         int count = DecodeBlock(la, ramOffset);
-        if (count == 0)
+        Block block;
+        if (count > 0)
         {
-            return _straddleBlock; // the first instruction straddles a page: never cached
+            block = new Block(_decodeBuffer.AsSpan(0, count).ToArray());
         }
-        var block = new Block(_decodeBuffer.AsSpan(0, count).ToArray());
+        else if (_straddleSecondPage >= 0)
+        {
+            // The first instruction straddles a page: cached with what its second page must stay.
+            block = new Block([_straddleBlock.Ops[0]]) { SecondPage = (ulong)_straddleSecondPage, SecondGeneration = _straddleSecondGeneration };
+        }
+        else
+        {
+            return _straddleBlock;
+        }
         other = slot; // the first way's block becomes the set's older one; the older one is dropped
         slot = new CachedBlock { RamOffset = ramOffset, Block = block, Generation = generation, Bits = CodeBits };
         return block;
+    }
+
+    /// <summary>Host RAM offset of the code byte at linear address <paramref name="la"/>, through the
+    /// TLB's execute tag or a walk (which may raise #PF). Code outside RAM stops the VM.</summary>
+    ulong FetchHostOffset(ulong la)
+    {
+        ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
+        if (e.ExecTag == (la & PageMask))
+        {
+            return e.RamOffset + (la & 0xFFF);
+        }
+        ulong pa = TranslateAndFill(la, Access.Execute);
+        long off = Ram.HostOffset(pa);
+        if (off < 0)
+        {
+            throw new CpuStopException($"instruction fetch from non-RAM physical address 0x{pa:x} (linear 0x{la:x})");
+        }
+        return (ulong)off;
+    }
+
+    /// <summary>
+    /// A cached straddling instruction is still valid when the linear page after the one it starts
+    /// in maps to the same RAM page as when it was decoded, and that page was not written since.
+    /// Translating that page may raise #PF, exactly as fetching the instruction's bytes would.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    bool SecondPageUnchanged(Block b, ulong la)
+    {
+        ulong second = ((la | 0xFFF) + 1) & Regs.LinearMask;
+        ulong offset = FetchHostOffset(second);
+        return offset == b.SecondPage && Ram.Generation(offset) == b.SecondGeneration;
     }
 
     /// <summary>Decodes into <see cref="_decodeBuffer"/> and returns the number of instructions;
@@ -157,6 +188,12 @@ public sealed unsafe partial class Cpu
         }
         ulong next = (la + (ulong)firstPart) & Regs.LinearMask;
         ulong pa = Translate(next, Access.Execute, Cpl == 3);
+        _straddleSecondPage = Ram.HostOffset(pa & ~0xFFFUL);
+        if (_straddleSecondPage >= 0)
+        {
+            // Mark before reading, as for the first page: a racing write bumps the generation.
+            _straddleSecondGeneration = Ram.MarkCode((ulong)_straddleSecondPage);
+        }
         for (int i = firstPart; i < 15; i++)
         {
             _straddleBytes[i] = (byte)PhysRead(pa + (ulong)(i - firstPart), 1);

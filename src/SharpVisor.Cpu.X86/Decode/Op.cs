@@ -105,4 +105,14 @@ public sealed class Block(Op[] ops)
     public const int MaxOps = 64;
     public readonly Op[] Ops = ops;
     public int Count => Ops.Length;
+
+    /// <summary><see cref="SecondPage"/> of a block that lies within one page.</summary>
+    public const ulong NoSecondPage = ulong.MaxValue;
+    /// <summary>
+    /// For a block holding one instruction that straddles a page boundary: the host RAM offset of
+    /// the page its last bytes came from, and that page's generation when decoded. The block is
+    /// valid only while the next linear page still maps there and that page is unchanged.
+    /// </summary>
+    public ulong SecondPage = NoSecondPage;
+    public uint SecondGeneration;
 }

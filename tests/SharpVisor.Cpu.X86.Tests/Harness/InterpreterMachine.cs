@@ -83,6 +83,13 @@ public sealed class InterpreterMachine : IDisposable
         Cpu.InvalidatePage(va);
     }
 
+    /// <summary>Maps the 4 KiB page at <paramref name="va"/> to physical page <paramref name="pa"/> (64-bit mode only).</summary>
+    public void Remap(ulong va, ulong pa)
+    {
+        Map(va, pa);
+        Cpu.InvalidatePage(va);
+    }
+
     /// <summary>Makes the page read-only (64-bit mode only).</summary>
     public void MakeReadOnly(ulong va)
     {

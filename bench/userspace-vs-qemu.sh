@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# User-space workloads in the default guest (busybox), SharpVisor against QEMU TCG (Debian's
+# qemu-system-x86) in the same run: a shell loop, printf of floats, fork+exec, an awk floating-point
+# loop and md5sum over 4 MB. Each is timed in the guest with /proc/uptime; prints both times and
+# the ratio. The boot itself is not timed (bench/boot-vs-qemu.sh does that).
+#   bench/userspace-vs-qemu.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/tools/common.sh"
+apt_install qemu-system-x86 cpio
+read -r kernel initrd < <("$root/tools/guest-image.sh" | tail -n1)
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+with_test_script "$initrd" '#!/bin/sh
+now() { cut -d" " -f1 /proc/uptime; }
+echo
+t0=$(now); i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; t1=$(now); echo "U sh-loop-20000 $t0 $t1"
+t0=$(now); i=0; while [ $i -lt 1000 ]; do printf "%.3f\n" $i.25 >/dev/null; i=$((i+1)); done; t1=$(now); echo "U printf-1000 $t0 $t1"
+t0=$(now); for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do /bin/true; done; t1=$(now); echo "U fork-exec-20 $t0 $t1"
+t0=$(now); awk "BEGIN{s=0; for(i=0;i<100000;i++) s+=i*1.5; print s}" >/dev/null; t1=$(now); echo "U awk-fp-100000 $t0 $t1"
+t0=$(now); head -c 4000000 /dev/zero | md5sum >/dev/null; t1=$(now); echo "U md5sum-4MB $t0 $t1"
+poweroff -f' "$work/initrd"
+
+dotnet build "$root/src/SharpVisor.Cli" -c Release -nologo -v quiet -clp:NoSummary >/dev/null
+times() { grep -aoE 'U [a-z0-9-]+ [0-9.]+ [0-9.]+' | awk '{printf "%s %.2f\n", $2, $4 - $3}'; }
+timeout 600 qemu-system-x86_64 -M q35 -accel tcg -m 512 -nographic -no-reboot -kernel "$kernel" -initrd "$work/initrd" \
+    -append "console=ttyS0 quiet" 2>&1 | times >"$work/qemu" || true
+timeout 900 dotnet "$root/artifacts/bin/SharpVisor.Cli/release/sharpvisor.dll" run --kernel "$kernel" --initrd "$work/initrd" \
+    --append "console=ttyS0 quiet" --memory 512 </dev/null 2>&1 | times >"$work/sv" || true
+paste "$work/qemu" "$work/sv" | awk '{printf "%-16s QEMU TCG %6.2f s   SharpVisor %6.2f s   ratio %.1fx\n", $1, $2, $4, ($2 > 0 ? $4 / $2 : 0)}'
+[[ $(wc -l <"$work/sv") -eq 5 && $(wc -l <"$work/qemu") -eq 5 ]] || die "a guest did not report every workload"
