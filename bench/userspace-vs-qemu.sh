@@ -19,7 +19,7 @@ t0=$(now); i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; t1=$(now); echo "U 
 t0=$(now); i=0; while [ $i -lt 1000 ]; do printf "%.3f\n" $i.25 >/dev/null; i=$((i+1)); done; t1=$(now); echo "U printf-1000 $t0 $t1"
 t0=$(now); for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do /bin/true; done; t1=$(now); echo "U fork-exec-20 $t0 $t1"
 t0=$(now); awk "BEGIN{s=0; for(i=0;i<100000;i++) s+=i*1.5; print s}" >/dev/null; t1=$(now); echo "U awk-fp-100000 $t0 $t1"
-t0=$(now); head -c 4000000 /dev/zero | md5sum >/dev/null; t1=$(now); echo "U md5sum-4MB $t0 $t1"
+t0=$(now); head -c 4000000 /dev/zero | md5sum >/dev/null; t1=$(now); echo "U md5sum-4mb $t0 $t1"
 poweroff -f' "$work/initrd"
 
 dotnet build "$root/src/SharpVisor.Cli" -c Release -nologo -v quiet -clp:NoSummary >/dev/null
