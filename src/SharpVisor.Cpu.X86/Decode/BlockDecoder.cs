@@ -38,7 +38,7 @@ public sealed unsafe partial class Cpu
     const int BlockCacheSetBits = 15;
 
     /// <summary>A block cache slot: the key lives in the slot, so a lookup reads the set's two
-    /// slots (one cache line) and touches the block only on a hit.</summary>
+    /// adjacent slots (48 bytes) and touches the block only on a hit.</summary>
     struct CachedBlock
     {
         /// <summary>Host RAM offset of the block's first instruction.</summary>
@@ -81,17 +81,15 @@ public sealed unsafe partial class Cpu
 
         int set = (int)((ramOffset ^ (ramOffset >> BlockCacheSetBits)) & ((1 << BlockCacheSetBits) - 1));
         ref CachedBlock slot = ref _blockCache[2 * set];
-        if (slot.RamOffset == ramOffset && slot.Bits == CodeBits && slot.Generation == Ram.Generation(ramOffset) && slot.Block is { } hit
-            && (hit.SecondPage == Block.NoSecondPage || SecondPageUnchanged(hit, la)))
+        if (Holds(in slot, ramOffset, la))
         {
-            return hit;
+            return slot.Block!;
         }
         ref CachedBlock other = ref Unsafe.Add(ref slot, 1);
-        if (other.RamOffset == ramOffset && other.Bits == CodeBits && other.Generation == Ram.Generation(ramOffset) && other.Block is { } hit2
-            && (hit2.SecondPage == Block.NoSecondPage || SecondPageUnchanged(hit2, la)))
+        if (Holds(in other, ramOffset, la))
         {
             (slot, other) = (other, slot); // keep the most recently used block in the first way
-            return hit2;
+            return slot.Block!;
         }
         Counters.BlockCacheMisses.IncrementUnsynchronized();
         uint generation = Ram.MarkCode(ramOffset); // mark before reading: a racing write bumps the generation
@@ -114,6 +112,12 @@ public sealed unsafe partial class Cpu
         slot = new CachedBlock { RamOffset = ramOffset, Block = block, Generation = generation, Bits = CodeBits };
         return block;
     }
+
+    /// <summary>True when the slot holds a still valid block for the code at <paramref name="ramOffset"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    bool Holds(in CachedBlock slot, ulong ramOffset, ulong la) =>
+        slot.RamOffset == ramOffset && slot.Bits == CodeBits && slot.Generation == Ram.Generation(ramOffset) && slot.Block is { } b
+        && (b.SecondPage == Block.NoSecondPage || SecondPageUnchanged(b, la));
 
     /// <summary>Host RAM offset of the code byte at linear address <paramref name="la"/>, through the
     /// TLB's execute tag or a walk (which may raise #PF). Code outside RAM stops the VM.</summary>
