@@ -239,7 +239,15 @@ public sealed unsafe partial class Cpu
 
     // ---------------------------------------------------------------- exceptions
 
-    byte _deliveringVector = 0xFF;
+    /// <summary>
+    /// The exception whose delivery is under way, for the double-fault rules; <see cref="NoEvent"/>
+    /// when none, <see cref="BenignEvent"/> while delivering an external interrupt or INT n / INT3 /
+    /// INTO (Table 6-4 lists "all INT n" and "all INTR" as benign, whatever their vector number).
+    /// </summary>
+    byte _deliveringVector = NoEvent;
+
+    const byte NoEvent = 0xFF;
+    const byte BenignEvent = 0xFE;
 
     /// <summary>
     /// Delivers an exception raised by an instruction, applying the double-fault rules of SDM Vol. 3A
@@ -266,7 +274,7 @@ public sealed unsafe partial class Cpu
     bool DeliverEvent(byte vector, EventKind kind, bool hasError, uint error)
     {
         byte first = _deliveringVector;
-        if (first != 0xFF && kind == EventKind.Exception)
+        if (first != NoEvent && kind == EventKind.Exception)
         {
             if (first == Vector.DF)
             {
@@ -282,7 +290,10 @@ public sealed unsafe partial class Cpu
                 error = 0;
             }
         }
-        _deliveringVector = vector;
+        // Only an exception's own vector classifies it: `int $13` from ring 3 that meets a DPL-0 gate
+        // raises #GP as a first event, never a double fault (SDM Vol. 3A 6.15, Table 6-5).
+        byte delivering = kind == EventKind.Exception ? vector : BenignEvent;
+        _deliveringVector = delivering;
         if (kind is EventKind.Software or EventKind.SoftwareException)
         {
             _noSingleStepTrap = true; // INT n / INT3 / INTO: no single-step trap after them (SDM 18.3.1.4)
@@ -291,7 +302,7 @@ public sealed unsafe partial class Cpu
         {
             Halted = false;
             DeliverThroughIdt(vector, kind, hasError, error);
-            _deliveringVector = 0xFF;
+            _deliveringVector = NoEvent;
             return true;
         }
         catch (GuestFault nested)
@@ -302,9 +313,9 @@ public sealed unsafe partial class Cpu
         }
         finally
         {
-            if (_deliveringVector == vector)
+            if (_deliveringVector == delivering)
             {
-                _deliveringVector = 0xFF;
+                _deliveringVector = NoEvent;
             }
         }
     }
