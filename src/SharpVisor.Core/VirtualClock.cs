@@ -43,9 +43,16 @@ public sealed class VirtualClock
         }
     }
 
-    /// <summary>Deterministic mode: jumps time forward to <paramref name="ns"/> (all vCPUs idle until then).</summary>
+    /// <summary>
+    /// The latest guest time a skip reaches (about 146 years): a deadline past it counts as never,
+    /// which leaves every "now + interval" a device computes far from overflowing.
+    /// </summary>
+    public const long MaxNs = long.MaxValue / 2;
+
+    /// <summary>Deterministic mode: jumps time forward to <paramref name="ns"/> (all vCPUs idle until then), at most to <see cref="MaxNs"/>.</summary>
     public void SkipTo(long ns)
     {
+        ns = Math.Min(ns, MaxNs);
         if (Mode == ClockMode.Deterministic)
         {
             long cur;
@@ -68,14 +75,27 @@ public enum ClockMode { Host, Deterministic }
 /// One-shot timers on the virtual clock. Devices arm them under their own lock from any thread; the
 /// machine's event loop calls <see cref="RunExpired"/> and sleeps no longer than
 /// <see cref="NextDeadlineNs"/>.
+/// <para>A guest controls most deadlines, so the queue bounds what any of them can cost: a timer
+/// re-armed for a time at or before the moment it last fired is moved to <see cref="MinRearmNs"/>
+/// after that moment (counted in <see cref="DeferredRearms"/>). Without that, one callback that
+/// re-plans into the past — an arithmetic slip in a device model, or a register value nobody
+/// foresaw — would keep <see cref="RunExpired"/> looping forever on the timer thread and vCPU 0,
+/// and nothing, not even the run's timeout, could stop the VMM. With it a timer fires at most once
+/// per microsecond of guest time, far below any real device's resolution that matters.</para>
 /// </summary>
 public sealed class TimerQueue(VirtualClock clock)
 {
+    /// <summary>The shortest interval between two firings of one timer.</summary>
+    public const long MinRearmNs = 1_000;
+
     readonly Lock _gate = new();
     readonly PriorityQueue<Timer, long> _queue = new();
     long _nextDeadline = long.MaxValue;
 
     public VirtualClock Clock { get; } = clock;
+
+    /// <summary>Re-arms at or before a timer's last firing that were moved <see cref="MinRearmNs"/> later.</summary>
+    public Counter DeferredRearms { get; } = new("timers.deferred_rearms");
 
     /// <summary>Earliest deadline armed, or long.MaxValue when none (cheap, lock-free read).</summary>
     public long NextDeadlineNs => Volatile.Read(ref _nextDeadline);
@@ -106,6 +126,7 @@ public sealed class TimerQueue(VirtualClock clock)
                     {
                         _queue.Dequeue();
                         t.IsArmed = false;
+                        t.LastFiredNs = now;
                         due = t;
                     }
                     break;
@@ -123,8 +144,15 @@ public sealed class TimerQueue(VirtualClock clock)
 
     internal void Arm(Timer t, long deadlineNs)
     {
+        bool deferred = false;
         lock (_gate)
         {
+            if (deadlineNs <= t.LastFiredNs)
+            {
+                // It would fire again at the same instant: see the class summary.
+                deadlineNs = t.LastFiredNs + MinRearmNs;
+                deferred = true;
+            }
             if (t.IsArmed)
             {
                 // Drop the old entry: a guest re-programming a timer in a loop must not grow the queue.
@@ -137,6 +165,11 @@ public sealed class TimerQueue(VirtualClock clock)
             {
                 _nextDeadline = deadlineNs;
             }
+        }
+        if (deferred)
+        {
+            DeferredRearms.Increment();
+            Log.Once($"timers.rearm.{t.Name}", "timers", $"timer {t.Name} was re-armed at or before the time it last fired; it fires {MinRearmNs} ns later instead (counted in {DeferredRearms.Name})");
         }
         Armed?.Invoke();
     }
@@ -172,10 +205,16 @@ public sealed class TimerQueue(VirtualClock clock)
         public string Name { get; }
         internal Action Callback { get; }
         internal long Deadline { get; set; }
+        /// <summary>Guest time at which it last fired (the queue's "now" then).</summary>
+        internal long LastFiredNs { get; set; } = long.MinValue;
         public bool IsArmed { get; internal set; }
         /// <summary>Fires once at guest time <paramref name="deadlineNs"/> (re-arming replaces the old deadline).</summary>
         public void ArmAt(long deadlineNs) => _owner.Arm(this, deadlineNs);
-        public void ArmAfter(long delayNs) => _owner.Arm(this, _owner.Clock.NowNs + Math.Max(0, delayNs));
+        public void ArmAfter(long delayNs)
+        {
+            long now = _owner.Clock.NowNs;
+            _owner.Arm(this, delayNs >= long.MaxValue - now ? long.MaxValue : now + Math.Max(0, delayNs));
+        }
         public void Cancel() => _owner.Cancel(this);
     }
 }

@@ -41,6 +41,7 @@ public sealed partial class VirtualMachine : IDisposable
         Clock = new VirtualClock(config.Clock);
         Timers = new TimerQueue(Clock);
         Timers.Armed += () => _timerWake.Set();
+        Counters.Add(Timers.DeferredRearms);
         var platform = new CpuPlatform
         {
             Memory = Memory,
@@ -193,7 +194,7 @@ public sealed partial class VirtualMachine : IDisposable
             {
                 // Everyone is halted: jump to the next timer, or give up if nothing can wake them.
                 long next = Timers.NextDeadlineNs;
-                if (next == long.MaxValue)
+                if (next > VirtualClock.MaxNs)
                 {
                     RequestExit(new VmExit(VmExitKind.Shutdown, "all vCPUs halted with no timer armed: the guest can never wake"));
                     break;

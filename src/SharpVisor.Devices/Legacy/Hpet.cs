@@ -359,7 +359,8 @@ public sealed class Hpet : IMmioDevice
             return;
         }
         t.FireTick = tick + (long)delta;
-        long at = t.FireTick * (1_000_000_000 / FrequencyHz);
+        // Saturating: a comparator up to 2^62 ticks ahead is 2^62 * 10 ns, past long's range.
+        long at = ClockMath.TicksToNs(t.FireTick, FrequencyHz);
         if ((t.Config & TnPeriodic) != 0)
         {
             at = Math.Max(at, t.LastFireNs + MinPeriodNs);
@@ -426,7 +427,7 @@ public sealed class Hpet : IMmioDevice
                 return;
             }
             t.FireTick = tick + (long)delta;
-            t.QueueTimer.EnsureBy(t.FireTick * (1_000_000_000 / FrequencyHz));
+            t.QueueTimer.EnsureBy(ClockMath.TicksToNs(t.FireTick, FrequencyHz));
             return;
         }
         Schedule(index, tick);

@@ -269,4 +269,49 @@ public class HpetTests
         Assert.Equal(0u, cfg & (1u << 15)); // FSB capability
         Assert.Equal(0x00FF_0104u, Readl(TCfg(0) + 4));
     }
+    /// <summary>
+    /// Issue 16, defect 1: six register writes from a hostile guest (found by a probe) made a
+    /// comparator deadline overflow to a negative time, and the timer callback re-armed itself in
+    /// the past forever, hanging the timer thread and vCPU 0. Every deadline must stay in range.
+    /// </summary>
+    [Fact]
+    public void OverflowingComparatorDeadlineDoesNotHangTheTimerQueue()
+    {
+        _hpet.MmioWrite(0xF7, 1, 0xD7);
+        _hpet.MmioWrite(0x105, 2, 0xFFFF);
+        _hpet.MmioWrite(0x100, 4, 0x5240_E359);
+        _hpet.MmioWrite(0x10, 8, 0x8177_DCB5_C0C5_9943);
+        _hpet.MmioWrite(0xEE, 8, 0xB449_D12D_A23A_1098);
+        _hpet.MmioWrite(0x100, 8, 0x70);
+        TimerStorm.AssertTerminates(() => _time.Advance(1_000_000));
+        Assert.True(_time.Timers.NextDeadlineNs > _time.NowNs, "a timer is armed in the past");
+    }
+
+    /// <summary>
+    /// Random register writes (every offset, width and value) interleaved with time: the timer queue
+    /// always drains and time always advances. The seed is printed by the failure message.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    public void RandomRegisterWritesNeverStallTime(int seed)
+    {
+        var random = new Random(seed);
+        for (int i = 0; i < 2000; i++)
+        {
+            int size = 1 << random.Next(4);
+            ulong offset = (ulong)random.Next((int)Hpet.RegionSize) & ~((ulong)size - 1);
+            // Bias towards the registers that matter: config, counter and the timers.
+            if (random.Next(2) == 0)
+            {
+                offset = (ulong)(new[] { 0x10, 0xF0, 0x100, 0x108, 0x120, 0x128, 0x140, 0x148 }[random.Next(8)]);
+                size = 8;
+            }
+            _hpet.MmioWrite(offset, size, (ulong)random.NextInt64() ^ ((ulong)random.NextInt64() << 1));
+            long step = random.Next(3) switch { 0 => 0, 1 => random.Next(1000), _ => random.Next(10_000_000) };
+            TimerStorm.AssertTerminates(() => _time.Advance(step), $"seed {seed}, write {i}");
+        }
+    }
 }

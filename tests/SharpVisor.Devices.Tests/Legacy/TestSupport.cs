@@ -52,3 +52,16 @@ sealed class VirtualTime
 
     public void Advance(long ns) => RunUntil(NowNs + ns);
 }
+
+/// <summary>Detects a timer callback storm: a timer queue pass that never ends hangs the VMM (issue 16, defect 1).</summary>
+static class TimerStorm
+{
+    /// <summary>Runs <paramref name="drive"/> on another thread and fails if it does not return within seconds.</summary>
+    public static void AssertTerminates(Action drive, string what = "")
+    {
+        var task = Task.Run(drive);
+        // A hung pass keeps spinning on its pool thread: the test fails rather than hang with it.
+        Assert.True(task.Wait(TimeSpan.FromSeconds(20)), $"the timer queue did not drain (a callback re-arms itself at or before now) {what}");
+        task.GetAwaiter().GetResult();
+    }
+}
