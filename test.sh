@@ -13,8 +13,9 @@ require_dotnet
 # iasl validates the ACPI tables; the Machine tests fetch Debian's kernel with apt-get download;
 # qemu-img and qemu-io (qemu-utils) create and check the qcow2 images of the Devices tests;
 # e2fsck and debugfs (e2fsprogs) check the guest's ext4 disk on the host; the network tests run a
-# QEMU guest (qemu-system-x86) as the other end of a link.
-apt_install acpica-tools cpio e2fsprogs qemu-utils qemu-system-x86
+# QEMU guest (qemu-system-x86) as the other end of a link; gcc and libc6-dev build the static C
+# programs the integration tests run inside the guest (tests/SharpVisor.Integration.Tests/GuestPrograms).
+apt_install acpica-tools cpio e2fsprogs qemu-utils qemu-system-x86 gcc libc6-dev
 step "build (Release, warnings are errors)"
 dotnet build SharpVisor.slnx -c Release -nologo -v quiet -clp:NoSummary
 

@@ -44,8 +44,11 @@ public sealed class GuestImage
         return dir?.FullName ?? throw new InvalidOperationException("cannot find the repository root");
     }
 
-    /// <summary>Writes the default initramfs followed by a layer holding /test/run.</summary>
-    public string WithTestScript(string script)
+    /// <summary>
+    /// Writes the default initramfs followed by a layer holding /test/run and, under /test, the
+    /// <paramref name="programs"/> (name, executable bytes; see <see cref="GuestProgram"/>).
+    /// </summary>
+    public string WithTestScript(string script, params (string Name, byte[] Bytes)[] programs)
     {
         string path = Path.Combine(Path.GetTempPath(), $"sv-test-{Guid.NewGuid():N}.cpio");
         using var f = File.Create(path);
@@ -61,6 +64,10 @@ public sealed class GuestImage
         var cpio = new CpioWriter(f);
         cpio.Directory("test");
         cpio.File("test/run", Encoding.UTF8.GetBytes(script), mode: 0x1ED); // 0755
+        foreach (var (name, bytes) in programs)
+        {
+            cpio.File($"test/{name}", bytes, mode: 0x1ED);
+        }
         cpio.Trailer();
         return path;
     }
