@@ -238,6 +238,9 @@ public sealed class CpuCounters(int index)
     public readonly Counter TaskSwitches = new($"cpu{index}.task_switches");
     public readonly Counter TaskSwitchFaultsAfterCommit = new($"cpu{index}.task_switch_faults_after_commit");
 
+    /// <summary>Instruction fetches from outside RAM (MMIO or unclaimed addresses), answered with #UD.</summary>
+    public readonly Counter FetchesOutsideRam = new($"cpu{index}.fetches_outside_ram");
+
     public IEnumerable<Counter> All => [Instructions, BlocksDecoded, BlockCacheMisses, StraddlingDecodes, CodeInvalidations, TlbMisses, PageFaults, Exceptions, Interrupts, Unimplemented,
-        UnknownMsrAccesses, RefusedMsrWrites, CrWriteFaults, IoPermissionFaults, TaskSwitches, TaskSwitchFaultsAfterCommit];
+        UnknownMsrAccesses, RefusedMsrWrites, CrWriteFaults, IoPermissionFaults, TaskSwitches, TaskSwitchFaultsAfterCommit, FetchesOutsideRam];
 }

@@ -48,4 +48,9 @@ public enum CpuExit
     Shutdown,
     /// <summary>Waiting for a startup IPI (an application processor after INIT).</summary>
     WaitForSipi,
+    /// <summary>
+    /// The bootstrap processor took INIT and is back at the reset vector, where firmware runs
+    /// (SDM Vol. 3A 8.4.2); the board decides what that means for the machine.
+    /// </summary>
+    BootstrapInit,
 }

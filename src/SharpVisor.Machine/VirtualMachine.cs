@@ -135,6 +135,9 @@ public sealed partial class VirtualMachine : IDisposable
                     case CpuExit.Shutdown:
                         RequestExit(new VmExit(VmExitKind.Shutdown, $"cpu{cpu.Index}: {cpu.ShutdownReason}"));
                         break;
+                    case CpuExit.BootstrapInit:
+                        RequestExit(BootstrapInitExit());
+                        break;
                 }
             }
         }
@@ -144,6 +147,19 @@ public sealed partial class VirtualMachine : IDisposable
             RequestExit(new VmExit(VmExitKind.Error, $"internal error on cpu{cpu.Index} ({e.GetType().Name}: {e.Message}) at {cpu}"));
             Log.Error("vm", e.ToString());
         }
+    }
+
+    /// <summary>
+    /// INIT reached the bootstrap CPU (an IPI or a device MSI with INIT delivery): it is back at the
+    /// reset vector to run firmware (SDM Vol. 3A 8.4.2). This board loads the kernel directly and has
+    /// no firmware there, so it does what the firmware would: under QEMU, SeaBIOS entered again after
+    /// boot resets the machine. A reset, not a stop: the run goes on with a fresh boot.
+    /// </summary>
+    static VmExit BootstrapInitExit()
+    {
+        const string message = "the guest sent INIT to the bootstrap CPU; with no firmware at the reset vector the machine resets";
+        Log.Warn("vm", message);
+        return new VmExit(VmExitKind.Reset, message);
     }
 
     /// <summary>Host-clock mode: fires device timers at their deadlines; enforces the timeout.</summary>
@@ -187,6 +203,10 @@ public sealed partial class VirtualMachine : IDisposable
                 if (exit == CpuExit.Shutdown)
                 {
                     RequestExit(new VmExit(VmExitKind.Shutdown, $"cpu{cpu.Index}: {cpu.ShutdownReason}"));
+                }
+                else if (exit == CpuExit.BootstrapInit)
+                {
+                    RequestExit(BootstrapInitExit());
                 }
                 Timers.RunExpired();
             }

@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using Iced.Intel;
+using SharpVisor.Core;
 
 namespace SharpVisor.Cpu.X86;
 
@@ -57,10 +58,10 @@ public sealed unsafe partial class Cpu
     /// <summary>Where a block is decoded before it is copied into a block of its exact length.</summary>
     readonly Op[] _decodeBuffer = new Op[Block.MaxOps];
     /// <summary>Holds an instruction that straddles two pages while it is decoded; a copy is cached
-    /// when both pages are RAM, else this block is run as it is and decoded again next time.</summary>
+    /// with what its second page must stay.</summary>
     readonly Block _straddleBlock = new(new Op[1]);
-    /// <summary>Host RAM offset and generation of the second page of the last straddling decode (-1: not RAM).</summary>
-    long _straddleSecondPage;
+    /// <summary>Host RAM offset and generation of the second page of the last straddling decode.</summary>
+    ulong _straddleSecondPage;
     uint _straddleSecondGeneration;
     readonly byte[] _straddleBytes = new byte[16];
 
@@ -99,14 +100,10 @@ public sealed unsafe partial class Cpu
         {
             block = new Block(_decodeBuffer.AsSpan(0, count).ToArray());
         }
-        else if (_straddleSecondPage >= 0)
-        {
-            // The first instruction straddles a page: cached with what its second page must stay.
-            block = new Block([_straddleBlock.Ops[0]]) { SecondPage = (ulong)_straddleSecondPage, SecondGeneration = _straddleSecondGeneration };
-        }
         else
         {
-            return _straddleBlock;
+            // The first instruction straddles a page: cached with what its second page must stay.
+            block = new Block([_straddleBlock.Ops[0]]) { SecondPage = _straddleSecondPage, SecondGeneration = _straddleSecondGeneration };
         }
         other = slot; // the first way's block becomes the set's older one; the older one is dropped
         slot = new CachedBlock { RamOffset = ramOffset, Block = block, Generation = generation, Bits = CodeBits };
@@ -120,7 +117,8 @@ public sealed unsafe partial class Cpu
         && (b.SecondPage == Block.NoSecondPage || SecondPageUnchanged(b, la));
 
     /// <summary>Host RAM offset of the code byte at linear address <paramref name="la"/>, through the
-    /// TLB's execute tag or a walk (which may raise #PF). Code outside RAM stops the VM.</summary>
+    /// TLB's execute tag or a walk (which may raise #PF). Code runs only from RAM: a fetch from MMIO
+    /// or from an address nothing claims raises #UD (see <see cref="FetchOutsideRam"/>).</summary>
     ulong FetchHostOffset(ulong la)
     {
         ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
@@ -132,9 +130,24 @@ public sealed unsafe partial class Cpu
         long off = Ram.HostOffset(pa);
         if (off < 0)
         {
-            throw new CpuStopException($"instruction fetch from non-RAM physical address 0x{pa:x} (linear 0x{la:x})");
+            throw FetchOutsideRam(pa, la);
         }
         return (ulong)off;
+    }
+
+    /// <summary>
+    /// An instruction fetch from outside RAM. QEMU executes such code from the device, one
+    /// instruction at a time; SharpVisor does not run code from device registers (nothing a real
+    /// guest relies on does it, and it would put reads with side effects on the fetch path). The
+    /// instruction raises #UD instead, counted and logged once, so the guest handles it as a bad
+    /// instruction (Linux: SIGILL for a process, an oops in the kernel) and the VM goes on.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    GuestFault FetchOutsideRam(ulong pa, ulong la)
+    {
+        Counters.FetchesOutsideRam.IncrementUnsynchronized();
+        Log.Once($"cpu{Index}.fetch_outside_ram", $"cpu{Index}", $"instruction fetch from physical address 0x{pa:x} (linear 0x{la:x}), which is not RAM: #UD (code runs only from RAM)");
+        return InvalidOpcode();
     }
 
     /// <summary>
@@ -192,12 +205,14 @@ public sealed unsafe partial class Cpu
         }
         ulong next = (la + (ulong)firstPart) & Regs.LinearMask;
         ulong pa = Translate(next, Access.Execute, Cpl == 3);
-        _straddleSecondPage = Ram.HostOffset(pa & ~0xFFFUL);
-        if (_straddleSecondPage >= 0)
+        long secondPage = Ram.HostOffset(pa & ~0xFFFUL);
+        if (secondPage < 0)
         {
-            // Mark before reading, as for the first page: a racing write bumps the generation.
-            _straddleSecondGeneration = Ram.MarkCode((ulong)_straddleSecondPage);
+            throw FetchOutsideRam(pa, next);
         }
+        _straddleSecondPage = (ulong)secondPage;
+        // Mark before reading, as for the first page: a racing write bumps the generation.
+        _straddleSecondGeneration = Ram.MarkCode(_straddleSecondPage);
         for (int i = firstPart; i < 15; i++)
         {
             _straddleBytes[i] = (byte)PhysRead(pa + (ulong)(i - firstPart), 1);

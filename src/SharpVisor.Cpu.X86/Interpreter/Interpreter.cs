@@ -166,7 +166,7 @@ public sealed unsafe partial class Cpu
         {
             _initPending = false;
             InitSignal();
-            return null;
+            return _waitingForSipi ? null : CpuExit.BootstrapInit;
         }
         if (_sipiVector >= 0)
         {
@@ -212,7 +212,8 @@ public sealed unsafe partial class Cpu
 
     /// <summary>
     /// INIT: the reset state of SDM Table 9-1, keeping what INIT leaves unchanged (x87/SSE state,
-    /// TSC, TSC_ADJUST, machine-check registers); an application processor then waits for SIPI.
+    /// TSC, TSC_ADJUST, machine-check registers); an application processor then waits for SIPI, the
+    /// bootstrap processor is at the reset vector to run firmware again (SDM Vol. 3A 8.4.2).
     /// </summary>
     void InitSignal()
     {

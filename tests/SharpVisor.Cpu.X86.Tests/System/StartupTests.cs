@@ -63,6 +63,28 @@ public class StartupTests
     }
 
     /// <summary>
+    /// INIT to the bootstrap processor (issue 16 defect 8): after the INIT reset (SDM Vol. 3A Table
+    /// 9-1) the BSP goes back to the reset vector to run firmware, not to wait-for-SIPI (SDM Vol. 3A
+    /// 8.4.2: each processor examines its BSP flag). Run reports that so the board can act on it,
+    /// instead of the CPU fetching from an address with no firmware behind it.
+    /// </summary>
+    [Fact]
+    public void InitOnTheBootstrapProcessorReturnsToTheResetVector()
+    {
+        using var m = new SysMachine(cpuIndex: 0);
+        var c = m.Cpu;
+        m.EnterLongMode();
+        m.Asm(0x10000, 64, a => a.hlt());
+        c.Rip = 0x10000;
+        c.RaiseInit();
+        Assert.Equal(CpuExit.BootstrapInit, c.Run(100));
+        Assert.Equal(CpuMode.Real, c.Mode);
+        Assert.Equal(0xFFFF_0000UL, c.Segs[1].Base);
+        Assert.Equal(0xFFF0UL, c.Rip);
+        Assert.False(c.WaitingForSipi);
+    }
+
+    /// <summary>
     /// With an unusable IDT every exception escalates to #DF and then a triple fault (SDM Vol. 3A 6.15,
     /// interrupt 8): Run returns Shutdown and says why in plain text.
     /// </summary>
