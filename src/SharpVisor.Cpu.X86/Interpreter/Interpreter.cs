@@ -308,9 +308,10 @@ public sealed unsafe partial class Cpu
         }
         catch (GuestFault nested)
         {
-            // A fault while delivering: apply the double-fault rules against the vector being delivered.
+            // A fault while delivering: apply the double-fault rules against the vector being delivered;
+            // its frame carries RF like any fault's (a #GP from INT n through a DPL-0 gate, say).
             ExitBlock = false;
-            return DeliverEvent(nested.Vector, EventKind.Exception, nested.HasErrorCode, nested.ErrorCode);
+            return DeliverException(nested.Vector, nested.HasErrorCode, nested.ErrorCode);
         }
         finally
         {

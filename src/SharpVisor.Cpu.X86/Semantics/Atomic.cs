@@ -42,9 +42,9 @@ public static unsafe class Atomic
 
     /// <summary>
     /// SDM pseudo-code: TEMP ← DEST; IF accumulator = TEMP THEN ZF ← 1; DEST ← SRC ELSE ZF ← 0;
-    /// accumulator ← TEMP; DEST ← TEMP. Flags are those of CMP accumulator, TEMP. The destination
-    /// is written in both cases (so a 32-bit register destination is zero-extended either way); the
-    /// accumulator is written only on failure.
+    /// accumulator ← TEMP; DEST ← TEMP. Flags are those of CMP accumulator, TEMP. Processors write
+    /// a register destination only on success (zero-extending a 32-bit one) and the accumulator only
+    /// on failure.
     /// </summary>
     static void CmpxchgR<S>(Cpu c, ref Op op) where S : IOpSize
     {
@@ -58,7 +58,8 @@ public static unsafe class Atomic
         }
         else
         {
-            S.SetReg(c, op.R1, temp);
+            // A register destination is not written back on failure (unlike memory): Intel and AMD
+            // hosts both keep bits 63:32 of a 32-bit one; only the accumulator takes TEMP.
             S.SetReg(c, 0, temp);
         }
     }

@@ -222,7 +222,11 @@ public static unsafe class Stack
                 c.Push<S>(frameTemp);
             }
             // SDM ENTER "#SS(0) If the new value of the SP or ESP register is outside the stack segment limit".
-            c.CheckStackAccess((c.Regs.Gpr[4] - op.Imm) & c.StackMask, 1, SegmentAccess.Write);
+            // Processors also probe the byte at the new stack pointer for a write: a frame reaching an
+            // unmapped page faults on ENTER itself (seen on Intel hosts by the ring-3 instruction test).
+            ulong newSp = (c.Regs.Gpr[4] - op.Imm) & c.StackMask;
+            c.CheckStackAccess(newSp, 1, SegmentAccess.Write);
+            c.Translate((c.Regs.SegBase[(int)Seg.SS] + newSp) & c.Regs.LinearMask, Access.Write, c.Cpl == 3);
             S.SetReg(c, 5, frameTemp);
             c.AdjustStack(0 - op.Imm);
         }

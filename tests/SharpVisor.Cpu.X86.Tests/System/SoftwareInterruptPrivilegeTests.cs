@@ -79,6 +79,7 @@ public class SoftwareInterruptPrivilegeTests
         Assert.Equal((ulong)vector * 8 + 2, m.Ram.ReadU64(Rsp0 - 48));                  // error code
         Assert.Equal(UserCode, m.Ram.ReadU64(Rsp0 - 40));                              // RIP of the INT
         Assert.Equal((ulong)(SysMachine.UserCode64 | 3), m.Ram.ReadU64(Rsp0 - 32));   // CS
+        Assert.Equal(0x1_0202UL, m.Ram.ReadU64(Rsp0 - 24));                            // RFLAGS: RF set, as for any fault (SDM Vol. 3B 18.3.1.1)
         Assert.Equal(UserStack, m.Ram.ReadU64(Rsp0 - 16));                             // RSP
     }
 
