@@ -14,11 +14,15 @@ public enum X87Mem { None, F32, F64, F80, I16, I32, I64, Bcd }
 /// compares the data window, compares every x87 register, tag, flag and pointer. FNSAVE does not
 /// wait and re-initialises the FPU, so an unmasked exception raised by the instruction under test
 /// never faults on the host. FCS and FDS are zeroed in the image before the comparison: the host's
-/// selectors are not the interpreter's.
+/// selectors are not the interpreter's, and Intel hosts with CPUID.(EAX=07H,ECX=0):EBX[13] store
+/// zero (SDM Vol. 1 §8.1.8). FOP and FDP are compared where the host's rule for them is the one
+/// modelled (<see cref="X87HostPointers"/>).
 /// </summary>
 internal sealed class X87Case
 {
     public const int ImageOffset = 0, MemOffset = 0x100, SaveOffset = 0x200, SavedCwOffset = 0xFF0;
+    /// <summary>The FNSAVE image every wrapped case ends with (64-bit mode: the 32-bit layout).</summary>
+    static readonly X87HostPointers.StoredEnvironment Saved = new(SaveOffset, Size32: true);
     readonly DiffCase _diff;
     readonly X87Inputs _inputs;
     readonly DifferentialRunner _runner;
@@ -123,8 +127,13 @@ internal sealed class X87Case
         }
     }
 
-    /// <summary>Runs the wrapped body from a fresh random state; returns the differences (empty when equal).</summary>
-    public string Check(byte[] body, X87Mem format, ushort? cw = null, ulong flagsMask = 0, string? label = null, Action<byte[]>? setup = null, ushort swMask = 0xFFFF)
+    /// <summary>
+    /// Runs the wrapped body from a fresh random state; returns the differences (empty when equal).
+    /// <paramref name="alsoStored"/> is an x87 environment the body itself stores, whose FOP and FDP
+    /// are treated as those of the final FNSAVE image are.
+    /// </summary>
+    public string Check(byte[] body, X87Mem format, ushort? cw = null, ulong flagsMask = 0, string? label = null, Action<byte[]>? setup = null, ushort swMask = 0xFFFF,
+        X87HostPointers.StoredEnvironment? alsoStored = null)
     {
         byte[] data = _diff.RandomData();
         RandomImage(data, cw ?? Control());
@@ -132,13 +141,17 @@ internal sealed class X87Case
         setup?.Invoke(data);
         var ctx = _diff.RandomContext();
         byte[] code = Wrap(body, swMask);
-        string d = _diff.Check(code, ctx, data, flagsMask, label);
+        bool nonControl = X87HostPointers.RunsNonControlInstruction(body);
+        X87HostPointers.StoredEnvironment[] stored = alsoStored is { } env ? [Saved, env] : [Saved];
+        void Mask(byte[] native, byte[] emulated) => X87HostPointers.MaskUndefined(native, emulated, nonControl, stored);
+        string d = _diff.Check(code, ctx, data, flagsMask, label, 0xFFFF_FFFF, null, Mask);
         // A signal delivered to the host thread while the native side runs puts its frame on the
         // small stack window and, rarely, beyond it: a difference that does not repeat is that.
-        if (d.Length == 0 || _diff.Check(code, ctx, data, flagsMask, label).Length == 0)
+        if (d.Length == 0 || _diff.Check(code, ctx, data, flagsMask, label, 0xFFFF_FFFF, null, Mask).Length == 0)
             return "";
         // Re-run (deterministic) to show the x87 images.
         var o = _runner.Run(code, ctx, data);
+        Mask(o.NativeData, o.EmulatedData);
         return $"{d}\n   in:  {Image(data, ImageOffset)}\n   nat: {Image(o.NativeData, SaveOffset)}\n   emu: {Image(o.EmulatedData, SaveOffset)}\n   mem: {Convert.ToHexString(data, MemOffset, 10)}";
     }
 
@@ -153,7 +166,7 @@ internal sealed class X87Case
     /// <summary>
     /// For the transcendental instructions, whose results the SDM does not define to the bit (Vol. 1
     /// §8.3.10): everything in the FNSAVE image must match except that register values may differ by
-    /// one ulp (the model is correctly rounded, the AMD host is not always; see
+    /// one ulp (the model is correctly rounded, the host is not always; see
     /// X87TranscendentalDifferentialTests) and then PE may differ too; C1 is not compared.
     /// </summary>
     public string CheckWithinOneUlp(byte[] body, ushort cw, string label, Action<byte[]>? setup = null)
@@ -162,17 +175,19 @@ internal sealed class X87Case
         RandomImage(data, cw);
         setup?.Invoke(data);
         var ctx = _diff.RandomContext();
-        string d = CompareWithinOneUlp(_runner.Run(Wrap(body), ctx, data), data, label);
+        bool nonControl = X87HostPointers.RunsNonControlInstruction(body);
+        string d = CompareWithinOneUlp(_runner.Run(Wrap(body), ctx, data), data, label, nonControl);
         // See Check: a difference that does not repeat comes from the host (here typically a context
         // switch: AMD's FXSAVE/XRSTOR do not keep FIP/FDP/FOP, so the kernel's restore changes them).
-        return d.Length == 0 ? d : CompareWithinOneUlp(_runner.Run(Wrap(body), ctx, data), data, label);
+        return d.Length == 0 ? d : CompareWithinOneUlp(_runner.Run(Wrap(body), ctx, data), data, label, nonControl);
     }
 
-    static string CompareWithinOneUlp(DifferentialRunner.Outcome o, byte[] data, string label)
+    static string CompareWithinOneUlp(DifferentialRunner.Outcome o, byte[] data, string label, bool nonControl)
     {
         if (o.EmulatedException is int v)
             return $"{label}: exception {v}";
         byte[] n = o.NativeData, e = o.EmulatedData;
+        X87HostPointers.MaskUndefined(n, e, nonControl, [Saved]);
         bool ulpApart = false;
         for (int st = 0; st < 8; st++)
         {
