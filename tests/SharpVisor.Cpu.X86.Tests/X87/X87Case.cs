@@ -167,7 +167,8 @@ internal sealed class X87Case
     /// For the transcendental instructions, whose results the SDM does not define to the bit (Vol. 1
     /// §8.3.10): everything in the FNSAVE image must match except that register values may differ by
     /// one ulp (the model is correctly rounded, the host is not always; see
-    /// X87TranscendentalDifferentialTests) and then PE may differ too; C1 is not compared.
+    /// X87TranscendentalDifferentialTests) and then PE may differ too, and UE at the smallest normal;
+    /// C1 is not compared.
     /// </summary>
     public string CheckWithinOneUlp(byte[] body, ushort cw, string label, Action<byte[]>? setup = null)
     {
@@ -188,7 +189,7 @@ internal sealed class X87Case
             return $"{label}: exception {v}";
         byte[] n = o.NativeData, e = o.EmulatedData;
         X87HostPointers.MaskUndefined(n, e, nonControl, [Saved]);
-        bool ulpApart = false;
+        bool ulpApart = false, tinyApart = false;
         for (int st = 0; st < 8; st++)
         {
             int at = SaveOffset + 28 + st * 10;
@@ -198,10 +199,13 @@ internal sealed class X87Case
             if (d > 1)
                 return $"{label}: ST{st} native {a} emulated {b}{Describe(data)}";
             ulpApart |= d == 1;
+            tinyApart |= d == 1 && Fpu.X87TranscendentalDifferentialTests.NearTiny(a, b);
         }
         // C1 ("rounded up") is relative to the true value, which the host's ~2^-70 internal result
-        // can put on the other side of the same rounded result: never compared.
-        ushort swMask = (ushort)(ulpApart ? ~0x220 : ~0x200);
+        // can put on the other side of the same rounded result: never compared. One ulp apart, PE
+        // may differ (an exact result and its neighbour), and at the smallest normal UE, which a
+        // tiny inexact result sets (SDM Vol. 1 §4.9.1.5).
+        ushort swMask = (ushort)~(0x200 | (ulpApart ? 0x20 : 0) | (tinyApart ? 0x10 : 0));
         for (int k = 0; k < 28; k++)
         {
             byte m = k == 4 ? (byte)swMask : k == 5 ? (byte)(swMask >> 8) : (byte)0xFF;
