@@ -40,7 +40,7 @@ internal sealed class X87Case
     /// <summary>The ModRM encoding of [rbx+0x100] for an escape byte and a /reg field.</summary>
     public static byte[] Mem(byte escape, int reg) => [escape, (byte)(0x83 | (reg << 3)), 0x00, 0x01, 0x00, 0x00];
 
-    public static byte[] Wrap(ReadOnlySpan<byte> body, ushort swMask = 0xFFFF)
+    public static byte[] Wrap(ReadOnlySpan<byte> body)
     {
         var code = new List<byte>();
         code.AddRange([0xD9, 0xBB, 0xF0, 0x0F, 0x00, 0x00]); // fnstcw [rbx+0xFF0]  (the host's FCW, restored at the end)
@@ -50,8 +50,6 @@ internal sealed class X87Case
         code.AddRange([0xDD, 0xB3, 0x00, 0x02, 0x00, 0x00]); // fnsave [rbx+0x200]
         code.AddRange([0x66, 0xC7, 0x83, 0x10, 0x02, 0x00, 0x00, 0x00, 0x00]); // mov word [rbx+0x210], 0 (FCS)
         code.AddRange([0x66, 0xC7, 0x83, 0x18, 0x02, 0x00, 0x00, 0x00, 0x00]); // mov word [rbx+0x218], 0 (FDS)
-        if (swMask != 0xFFFF)
-            code.AddRange([0x66, 0x81, 0xA3, 0x04, 0x02, 0x00, 0x00, (byte)swMask, (byte)(swMask >> 8)]); // and word [rbx+0x204], swMask
         code.AddRange([0xD9, 0xAB, 0xF0, 0x0F, 0x00, 0x00]); // fldcw [rbx+0xFF0]
         return [.. code];
     }
@@ -129,6 +127,8 @@ internal sealed class X87Case
 
     /// <summary>
     /// Runs the wrapped body from a fresh random state; returns the differences (empty when equal).
+    /// Only the bits of <paramref name="swMask"/> of the stored status word are compared (cleared
+    /// on both sides after the run, not by an instruction, which would change RFLAGS).
     /// <paramref name="alsoStored"/> is an x87 environment the body itself stores, whose FOP and FDP
     /// are treated as those of the final FNSAVE image are.
     /// </summary>
@@ -140,10 +140,15 @@ internal sealed class X87Case
         RandomOperand(data, format);
         setup?.Invoke(data);
         var ctx = _diff.RandomContext();
-        byte[] code = Wrap(body, swMask);
+        byte[] code = Wrap(body);
         bool nonControl = X87HostPointers.RunsNonControlInstruction(body);
         X87HostPointers.StoredEnvironment[] stored = alsoStored is { } env ? [Saved, env] : [Saved];
-        void Mask(byte[] native, byte[] emulated) => X87HostPointers.MaskUndefined(native, emulated, nonControl, stored);
+        void Mask(byte[] native, byte[] emulated)
+        {
+            X87HostPointers.MaskUndefined(native, emulated, nonControl, stored);
+            foreach (var image in new[] { native, emulated })
+                BitConverter.TryWriteBytes(image.AsSpan(SaveOffset + 4), (ushort)(BitConverter.ToUInt16(image, SaveOffset + 4) & swMask));
+        }
         string d = _diff.Check(code, ctx, data, flagsMask, label, 0xFFFF_FFFF, null, Mask);
         // A signal delivered to the host thread while the native side runs puts its frame on the
         // small stack window and, rarely, beyond it: a difference that does not repeat is that.
