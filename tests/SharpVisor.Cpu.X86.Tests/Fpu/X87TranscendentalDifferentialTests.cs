@@ -10,14 +10,16 @@ namespace SharpVisor.Cpu.X86.Tests.Fpu;
 /// of the host's, and (reported in the output) how many are identical to the bit. Where the two
 /// differ by one ulp the model is the correctly rounded one (checked with mpmath while writing
 /// these): the AMD host's internal precision is about 2^-70 and its FPTAN underestimates tiny
-/// arguments, so directed roundings near a representable value come out one ulp apart.
-/// Minimum bit-identical shares below are what the seeded run shows, less a margin.
+/// arguments, so directed roundings near a representable value come out one ulp apart; Intel
+/// hosts are one ulp off more often, also when rounding to nearest (the SDM promises less than one
+/// ulp, Vol. 1 §8.3.10). Minimum bit-identical shares below are what the seeded run shows on each
+/// vendor's host (AMD, then Intel: measured on a Xeon of family 6 model CFH), less a margin.
 /// </summary>
 public sealed class X87TranscendentalDifferentialTests(ITestOutputHelper output)
 {
     private static readonly bool Verbose = Environment.GetEnvironmentVariable("SV_FPU_VERBOSE") == "1";
 
-    private const ushort Exceptions = 0x3F, PE = 0x20, C1 = 0x200, C2 = 0x400;
+    private const ushort Exceptions = 0x3F, UE = 0x10, PE = 0x20, C1 = 0x200, C2 = 0x400;
 
     /// <summary>Distance in ulps between two finite encodings of the same sign; long.MaxValue when not comparable.</summary>
     internal static long UlpDistance(Float80 a, Float80 b)
@@ -35,7 +37,7 @@ public sealed class X87TranscendentalDifferentialTests(ITestOutputHelper output)
     }
 
     private void Check(string name, int inputs, byte[] instruction, int outputs, X87ArithDifferentialTests.Generator generate,
-        X87ArithDifferentialTests.Model model, bool twoResults, int seed, double minExactShare)
+        X87ArithDifferentialTests.Model model, bool twoResults, int seed, (double Amd, double Intel) minExactShare)
     {
         Assert.True(NativeCode.IsSupported, "the x87 oracle needs an x86-64 Linux host");
         using var host = new X87Host(inputs, instruction, outputs);
@@ -58,8 +60,11 @@ public sealed class X87TranscendentalDifferentialTests(ITestOutputHelper output)
                 exact++;
                 continue;
             }
-            // Results one ulp apart differ in "rounded up" and, at exact results, in PE.
-            bool close = d0 <= 1 && d1 <= 1 && ((actual.Sw ^ expected.Sw) & (mask & ~(C1 | PE))) == 0;
+            // Results one ulp apart differ in "rounded up" and, at exact results, in PE; at the
+            // smallest normal also in UE, which a tiny inexact result sets (SDM Vol. 1 §4.9.1.5).
+            bool nearTiny = NearTiny(actual.Out0, expected.Out0) || (twoResults && NearTiny(actual.Out1, expected.Out1));
+            ushort mayDiffer = (ushort)(C1 | PE | (nearTiny ? UE : 0));
+            bool close = d0 <= 1 && d1 <= 1 && ((actual.Sw ^ expected.Sw) & (mask & ~mayDiffer)) == 0;
             if (close)
             {
                 if (Verbose && oneUlp < 20)
@@ -80,8 +85,12 @@ public sealed class X87TranscendentalDifferentialTests(ITestOutputHelper output)
         }
         output.WriteLine($"{name}: {exact} of {count} identical to the bit, {oneUlp} within 1 ulp");
         Assert.True(failures.Count == 0, $"{failures.Count} of {count} beyond 1 ulp or with other flags:\n" + string.Join("\n", failures.Where(f => f.Length > 0)));
-        Assert.True(exact >= minExactShare * count, $"{name}: only {exact} of {count} identical to the bit");
+        double share = HostCpu.IsIntel ? minExactShare.Intel : minExactShare.Amd;
+        Assert.True(exact >= share * count, $"{name}: only {exact} of {count} identical to the bit ({(HostCpu.IsIntel ? "Intel" : "non-Intel")} host: at least {share:P0} expected)");
     }
+
+    /// <summary>Either result denormal or of the smallest normal exponent: where tininess can depend on the last ulp.</summary>
+    internal static bool NearTiny(Float80 a, Float80 b) => a.BiasedExponent <= 1 || b.BiasedExponent <= 1;
 
     private static X87Control Control(X87Inputs r) => r.Control();
 
@@ -104,7 +113,7 @@ public sealed class X87TranscendentalDifferentialTests(ITestOutputHelper output)
             if (f.In0.BiasedExponent > 0x3FFF || (f.In0.BiasedExponent == 0x3FFF && f.In0.Mantissa != Float80.IntegerBit && !f.In0.IsNaN))
                 f.In0 = new Float80(f.In0.IsNegative, 0x3FFE, f.In0.Mantissa | Float80.IntegerBit); // keep to the defined [-1, 1]
         },
-        (ref X87Frame f) => { f.Out0 = X87Arith.Exp2M1(f.In0, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, false, 40, 0.95);
+        (ref X87Frame f) => { f.Out0 = X87Arith.Exp2M1(f.In0, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, false, 40, (0.95, 0.87));
 
     [Fact]
     public void Fyl2x() => Check("fyl2x", 2, [0xD9, 0xF1], 1,
@@ -114,7 +123,7 @@ public sealed class X87TranscendentalDifferentialTests(ITestOutputHelper output)
             f.In0 = r.Random.Next(5) == 0 ? r.Any() : r.Finite().Abs();
             f.In1 = r.Random.Next(5) == 0 ? r.Any() : r.Finite();
         },
-        (ref X87Frame f) => { f.Out0 = X87Arith.YLog2X(f.In0, f.In1, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, false, 41, 0.93);
+        (ref X87Frame f) => { f.Out0 = X87Arith.YLog2X(f.In0, f.In1, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, false, 41, (0.93, 0.90));
 
     [Fact]
     public void Fyl2xp1() => Check("fyl2xp1", 2, [0xD9, 0xF9], 1,
@@ -127,7 +136,7 @@ public sealed class X87TranscendentalDifferentialTests(ITestOutputHelper output)
                 && !f.In0.IsZero); // |x| < 1 - √2/2 ≈ 0.2929: outside, the SDM leaves FYL2XP1 undefined
             f.In1 = r.Random.Next(5) == 0 ? r.Any() : r.Finite();
         },
-        (ref X87Frame f) => { f.Out0 = X87Arith.YLog2XPlus1(f.In0, f.In1, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, false, 42, 0.95);
+        (ref X87Frame f) => { f.Out0 = X87Arith.YLog2XPlus1(f.In0, f.In1, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, false, 42, (0.95, 0.87));
 
     private static void TrigInput(X87Inputs r, ref X87Frame f)
     {
@@ -137,11 +146,11 @@ public sealed class X87TranscendentalDifferentialTests(ITestOutputHelper output)
 
     [Fact]
     public void Fsin() => Check("fsin", 1, [0xD9, 0xFE], 1, TrigInput,
-        (ref X87Frame f) => { f.Out0 = X87Arith.Sin(f.In0, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, false, 43, 0.95);
+        (ref X87Frame f) => { f.Out0 = X87Arith.Sin(f.In0, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, false, 43, (0.95, 0.78));
 
     [Fact]
     public void Fcos() => Check("fcos", 1, [0xD9, 0xFF], 1, TrigInput,
-        (ref X87Frame f) => { f.Out0 = X87Arith.Cos(f.In0, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, false, 44, 0.95);
+        (ref X87Frame f) => { f.Out0 = X87Arith.Cos(f.In0, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, false, 44, (0.95, 0.77));
 
     [Fact]
     public void Fsincos() => Check("fsincos", 1, [0xD9, 0xFB], 2, TrigInput,
@@ -152,7 +161,7 @@ public sealed class X87TranscendentalDifferentialTests(ITestOutputHelper output)
             f.Out0 = pushed ? cos : sin;
             f.Out1 = pushed ? sin : Float80.Indefinite; // out of range: nothing pushed, the second pop reads an empty register
             f.Sw = (ushort)s;
-        }, true, 45, 0.95);
+        }, true, 45, (0.95, 0.50));
 
     [Fact]
     public void Fptan() => Check("fptan", 1, [0xD9, 0xF2], 2, TrigInput,
@@ -163,7 +172,7 @@ public sealed class X87TranscendentalDifferentialTests(ITestOutputHelper output)
             f.Out0 = pushed ? one : tan;
             f.Out1 = pushed ? tan : Float80.Indefinite;
             f.Sw = (ushort)s;
-        }, true, 46, 0.75);
+        }, true, 46, (0.75, 0.70));
 
     [Fact]
     public void Fpatan() => Check("fpatan", 2, [0xD9, 0xF3], 1,
@@ -173,5 +182,5 @@ public sealed class X87TranscendentalDifferentialTests(ITestOutputHelper output)
             f.In0 = r.Any();
             f.In1 = r.Random.Next(3) == 0 ? r.Any() : r.Near(f.In0);
         },
-        (ref X87Frame f) => { f.Out0 = X87Arith.Atan2(f.In1, f.In0, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, false, 47, 0.95);
+        (ref X87Frame f) => { f.Out0 = X87Arith.Atan2(f.In1, f.In0, new X87Control(f.Cw), out var s); f.Sw = (ushort)s; }, false, 47, (0.95, 0.93));
 }

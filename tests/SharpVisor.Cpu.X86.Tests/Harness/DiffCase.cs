@@ -65,12 +65,15 @@ public sealed class DiffCase(DifferentialRunner runner, int seed)
 
     /// <summary>
     /// As above, also comparing MXCSR under <paramref name="mxcsrMask"/>; <paramref name="xmmCompare"/>
-    /// (register index, native, emulated) may accept an XMM difference (approximation instructions).
+    /// (register index, native, emulated) may accept an XMM difference (approximation instructions);
+    /// <paramref name="maskData"/> (native, emulated data window) may clear, on both sides, fields
+    /// whose content the architecture leaves to the implementation.
     /// </summary>
     public unsafe string Check(byte[] code, X86Context input, byte[] data, ulong flagsMask, string? label, uint mxcsrMask,
-        Func<int, X86Context, X86Context, bool>? xmmCompare)
+        Func<int, X86Context, X86Context, bool>? xmmCompare, Action<byte[], byte[]>? maskData = null)
     {
         var o = runner.Run(code, input, data);
+        maskData?.Invoke(o.NativeData, o.EmulatedData);
         var sb = new StringBuilder();
         var inXmm = new StringBuilder();
         if (o.EmulatedException is int v)

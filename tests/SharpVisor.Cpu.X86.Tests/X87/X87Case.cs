@@ -14,11 +14,15 @@ public enum X87Mem { None, F32, F64, F80, I16, I32, I64, Bcd }
 /// compares the data window, compares every x87 register, tag, flag and pointer. FNSAVE does not
 /// wait and re-initialises the FPU, so an unmasked exception raised by the instruction under test
 /// never faults on the host. FCS and FDS are zeroed in the image before the comparison: the host's
-/// selectors are not the interpreter's.
+/// selectors are not the interpreter's, and Intel hosts with CPUID.(EAX=07H,ECX=0):EBX[13] store
+/// zero (SDM Vol. 1 §8.1.8). FOP and FDP are compared where the host's rule for them is the one
+/// modelled (<see cref="X87HostPointers"/>).
 /// </summary>
 internal sealed class X87Case
 {
     public const int ImageOffset = 0, MemOffset = 0x100, SaveOffset = 0x200, SavedCwOffset = 0xFF0;
+    /// <summary>The FNSAVE image every wrapped case ends with (64-bit mode: the 32-bit layout).</summary>
+    static readonly X87HostPointers.StoredEnvironment Saved = new(SaveOffset, Size32: true);
     readonly DiffCase _diff;
     readonly X87Inputs _inputs;
     readonly DifferentialRunner _runner;
@@ -36,7 +40,7 @@ internal sealed class X87Case
     /// <summary>The ModRM encoding of [rbx+0x100] for an escape byte and a /reg field.</summary>
     public static byte[] Mem(byte escape, int reg) => [escape, (byte)(0x83 | (reg << 3)), 0x00, 0x01, 0x00, 0x00];
 
-    public static byte[] Wrap(ReadOnlySpan<byte> body, ushort swMask = 0xFFFF)
+    public static byte[] Wrap(ReadOnlySpan<byte> body)
     {
         var code = new List<byte>();
         code.AddRange([0xD9, 0xBB, 0xF0, 0x0F, 0x00, 0x00]); // fnstcw [rbx+0xFF0]  (the host's FCW, restored at the end)
@@ -46,8 +50,6 @@ internal sealed class X87Case
         code.AddRange([0xDD, 0xB3, 0x00, 0x02, 0x00, 0x00]); // fnsave [rbx+0x200]
         code.AddRange([0x66, 0xC7, 0x83, 0x10, 0x02, 0x00, 0x00, 0x00, 0x00]); // mov word [rbx+0x210], 0 (FCS)
         code.AddRange([0x66, 0xC7, 0x83, 0x18, 0x02, 0x00, 0x00, 0x00, 0x00]); // mov word [rbx+0x218], 0 (FDS)
-        if (swMask != 0xFFFF)
-            code.AddRange([0x66, 0x81, 0xA3, 0x04, 0x02, 0x00, 0x00, (byte)swMask, (byte)(swMask >> 8)]); // and word [rbx+0x204], swMask
         code.AddRange([0xD9, 0xAB, 0xF0, 0x0F, 0x00, 0x00]); // fldcw [rbx+0xFF0]
         return [.. code];
     }
@@ -123,22 +125,38 @@ internal sealed class X87Case
         }
     }
 
-    /// <summary>Runs the wrapped body from a fresh random state; returns the differences (empty when equal).</summary>
-    public string Check(byte[] body, X87Mem format, ushort? cw = null, ulong flagsMask = 0, string? label = null, Action<byte[]>? setup = null, ushort swMask = 0xFFFF)
+    /// <summary>
+    /// Runs the wrapped body from a fresh random state; returns the differences (empty when equal).
+    /// Only the bits of <paramref name="swMask"/> of the stored status word are compared (cleared
+    /// on both sides after the run, not by an instruction, which would change RFLAGS).
+    /// <paramref name="alsoStored"/> is an x87 environment the body itself stores, whose FOP and FDP
+    /// are treated as those of the final FNSAVE image are.
+    /// </summary>
+    public string Check(byte[] body, X87Mem format, ushort? cw = null, ulong flagsMask = 0, string? label = null, Action<byte[]>? setup = null, ushort swMask = 0xFFFF,
+        X87HostPointers.StoredEnvironment? alsoStored = null)
     {
         byte[] data = _diff.RandomData();
         RandomImage(data, cw ?? Control());
         RandomOperand(data, format);
         setup?.Invoke(data);
         var ctx = _diff.RandomContext();
-        byte[] code = Wrap(body, swMask);
-        string d = _diff.Check(code, ctx, data, flagsMask, label);
+        byte[] code = Wrap(body);
+        bool nonControl = X87HostPointers.RunsNonControlInstruction(body);
+        X87HostPointers.StoredEnvironment[] stored = alsoStored is { } env ? [Saved, env] : [Saved];
+        void Mask(byte[] native, byte[] emulated)
+        {
+            X87HostPointers.MaskUndefined(native, emulated, nonControl, stored);
+            foreach (var image in new[] { native, emulated })
+                BitConverter.TryWriteBytes(image.AsSpan(SaveOffset + 4), (ushort)(BitConverter.ToUInt16(image, SaveOffset + 4) & swMask));
+        }
+        string d = _diff.Check(code, ctx, data, flagsMask, label, 0xFFFF_FFFF, null, Mask);
         // A signal delivered to the host thread while the native side runs puts its frame on the
         // small stack window and, rarely, beyond it: a difference that does not repeat is that.
-        if (d.Length == 0 || _diff.Check(code, ctx, data, flagsMask, label).Length == 0)
+        if (d.Length == 0 || _diff.Check(code, ctx, data, flagsMask, label, 0xFFFF_FFFF, null, Mask).Length == 0)
             return "";
         // Re-run (deterministic) to show the x87 images.
         var o = _runner.Run(code, ctx, data);
+        Mask(o.NativeData, o.EmulatedData);
         return $"{d}\n   in:  {Image(data, ImageOffset)}\n   nat: {Image(o.NativeData, SaveOffset)}\n   emu: {Image(o.EmulatedData, SaveOffset)}\n   mem: {Convert.ToHexString(data, MemOffset, 10)}";
     }
 
@@ -153,8 +171,9 @@ internal sealed class X87Case
     /// <summary>
     /// For the transcendental instructions, whose results the SDM does not define to the bit (Vol. 1
     /// §8.3.10): everything in the FNSAVE image must match except that register values may differ by
-    /// one ulp (the model is correctly rounded, the AMD host is not always; see
-    /// X87TranscendentalDifferentialTests) and then PE may differ too; C1 is not compared.
+    /// one ulp (the model is correctly rounded, the host is not always; see
+    /// X87TranscendentalDifferentialTests) and then PE may differ too, and UE at the smallest normal;
+    /// C1 is not compared.
     /// </summary>
     public string CheckWithinOneUlp(byte[] body, ushort cw, string label, Action<byte[]>? setup = null)
     {
@@ -162,18 +181,20 @@ internal sealed class X87Case
         RandomImage(data, cw);
         setup?.Invoke(data);
         var ctx = _diff.RandomContext();
-        string d = CompareWithinOneUlp(_runner.Run(Wrap(body), ctx, data), data, label);
+        bool nonControl = X87HostPointers.RunsNonControlInstruction(body);
+        string d = CompareWithinOneUlp(_runner.Run(Wrap(body), ctx, data), data, label, nonControl);
         // See Check: a difference that does not repeat comes from the host (here typically a context
         // switch: AMD's FXSAVE/XRSTOR do not keep FIP/FDP/FOP, so the kernel's restore changes them).
-        return d.Length == 0 ? d : CompareWithinOneUlp(_runner.Run(Wrap(body), ctx, data), data, label);
+        return d.Length == 0 ? d : CompareWithinOneUlp(_runner.Run(Wrap(body), ctx, data), data, label, nonControl);
     }
 
-    static string CompareWithinOneUlp(DifferentialRunner.Outcome o, byte[] data, string label)
+    static string CompareWithinOneUlp(DifferentialRunner.Outcome o, byte[] data, string label, bool nonControl)
     {
         if (o.EmulatedException is int v)
             return $"{label}: exception {v}";
         byte[] n = o.NativeData, e = o.EmulatedData;
-        bool ulpApart = false;
+        X87HostPointers.MaskUndefined(n, e, nonControl, [Saved]);
+        bool ulpApart = false, tinyApart = false;
         for (int st = 0; st < 8; st++)
         {
             int at = SaveOffset + 28 + st * 10;
@@ -183,10 +204,13 @@ internal sealed class X87Case
             if (d > 1)
                 return $"{label}: ST{st} native {a} emulated {b}{Describe(data)}";
             ulpApart |= d == 1;
+            tinyApart |= d == 1 && Fpu.X87TranscendentalDifferentialTests.NearTiny(a, b);
         }
         // C1 ("rounded up") is relative to the true value, which the host's ~2^-70 internal result
-        // can put on the other side of the same rounded result: never compared.
-        ushort swMask = (ushort)(ulpApart ? ~0x220 : ~0x200);
+        // can put on the other side of the same rounded result: never compared. One ulp apart, PE
+        // may differ (an exact result and its neighbour), and at the smallest normal UE, which a
+        // tiny inexact result sets (SDM Vol. 1 §4.9.1.5).
+        ushort swMask = (ushort)~(0x200 | (ulpApart ? 0x20 : 0) | (tinyApart ? 0x10 : 0));
         for (int k = 0; k < 28; k++)
         {
             byte m = k == 4 ? (byte)swMask : k == 5 ? (byte)(swMask >> 8) : (byte)0xFF;

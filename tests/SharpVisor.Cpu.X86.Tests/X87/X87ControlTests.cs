@@ -77,8 +77,58 @@ public sealed class X87ControlTests : IClassFixture<RunnerFixture>
             0x66, 0xC7, 0x83, 0x88, 0x02, 0x00, 0x00, 0x00, 0x00, // FCS
             0x66, 0xC7, 0x83, 0x8C, 0x02, 0x00, 0x00, 0x00, 0x00, // FDS
         ];
-        Run(4, 30, t => t.Check(body32, X87Mem.None, label: "fnstenv m28"));
-        Run(5, 30, t => t.Check(body16, X87Mem.F32, cw: (ushort)(t.Control() | 0x2), label: "fnstenv m14")); // DM masked: see X87InstructionTests.Loads
+        Run(4, 30, t => t.Check(body32, X87Mem.None, label: "fnstenv m28", alsoStored: new(0x280, Size32: true)));
+        Run(5, 30, t => t.Check(body16, X87Mem.F32, cw: (ushort)(t.Control() | 0x2), label: "fnstenv m14", // DM masked: see X87InstructionTests.Loads
+            alsoStored: new(0x280, Size32: false)));
+    }
+
+    /// <summary>
+    /// The host keeps FOP and FDP as <see cref="X87HostPointers"/> says, so the differential cases
+    /// mask them exactly where the host's rule is not the model's: after a non-control instruction
+    /// with no exception, FOP and FDP are the FLDENV image's on a host that updates them only on an
+    /// unmasked exception and the instruction's otherwise; after one with an unmasked exception they
+    /// are the instruction's on every host, and the interpreter stores the same.
+    /// </summary>
+    [Fact]
+    public void TheHostKeepsFopAndFdpAsDetected()
+    {
+        const ushort LoadedOpcode = 0x7AB;
+        const uint LoadedDataPointer = 0x3333_3333;
+        byte[] Code(byte[] body) =>
+        [
+            0xDB, 0xE3,                               // fninit
+            .. X87Case.Mem(0xD9, 4),                  // fldenv [rbx+0x100]
+            .. body,
+            0xD9, 0xB3, 0x00, 0x02, 0x00, 0x00,       // fnstenv [rbx+0x200]
+            0xDB, 0xE3,                               // fninit: nothing left pending
+        ];
+        byte[] fldMem = [0xD9, 0x83, 0x80, 0x01, 0x00, 0x00];          // fld dword [rbx+0x180]
+        byte[] fdivrMem = [0xD9, 0xEE, 0xD8, 0xBB, 0x80, 0x01, 0x00, 0x00]; // fldz; fdivr dword [rbx+0x180]: 1/0
+        var t = new DiffCase(_runner, 9);
+        foreach (var (body, cw, unmaskedException) in new[] { (fldMem, (ushort)0x037F, false), (fdivrMem, (ushort)0x037B, true) })
+        {
+            byte[] data = t.RandomData();
+            BitConverter.TryWriteBytes(data.AsSpan(0x100), 0xFFFF_0000u | cw);
+            BitConverter.TryWriteBytes(data.AsSpan(0x104), 0xFFFF_0000u);               // FSW: TOP 0, no flags
+            BitConverter.TryWriteBytes(data.AsSpan(0x108), 0xFFFF_FFFFu);               // all empty
+            BitConverter.TryWriteBytes(data.AsSpan(0x110), (uint)LoadedOpcode << 16);  // FCS 0, FOP
+            BitConverter.TryWriteBytes(data.AsSpan(0x114), LoadedDataPointer);          // FDP
+            BitConverter.TryWriteBytes(data.AsSpan(0x180), 1.0f);
+            var o = _runner.Run(Code(body), t.RandomContext(), data);
+            Assert.Null(o.EmulatedException);
+            // The last instruction's opcode: the low 3 bits of the escape byte, then the ModRM byte.
+            ushort opcode = (ushort)(((body[^6] & 7) << 8) | body[^5]);
+            uint dataPointer = (uint)(_runner.DataAddress + 0x180);
+            ushort nativeOpcode = (ushort)(BitConverter.ToUInt16(o.NativeData, 0x212) & 0x7FF);
+            uint nativeDataPointer = BitConverter.ToUInt32(o.NativeData, 0x214);
+            bool opcodeKept = !unmaskedException && X87HostPointers.OpcodeOnlyOnUnmaskedException;
+            bool dataPointerKept = !unmaskedException && X87HostPointers.DataPointerOnlyOnUnmaskedException;
+            Assert.Equal(opcodeKept ? LoadedOpcode : opcode, nativeOpcode);
+            Assert.Equal(dataPointerKept ? LoadedDataPointer : dataPointer, nativeDataPointer);
+            Assert.Equal(BitConverter.ToUInt32(o.NativeData, 0x20C), BitConverter.ToUInt32(o.EmulatedData, 0x20C)); // FIP: every host updates it
+            Assert.Equal(opcode, BitConverter.ToUInt16(o.EmulatedData, 0x212) & 0x7FF);
+            Assert.Equal(dataPointer, BitConverter.ToUInt32(o.EmulatedData, 0x214));
+        }
     }
 
     [Fact]
