@@ -11,8 +11,8 @@
  * remapping table pointed at random bytes in our own memory, virtqueues set up from user space
  * with random descriptors and addresses, and edu DMA with random addresses and lengths.
  *
- * Left out, so that the run is not ended at once by the guest itself: the reset and power-off
- * controls (0xCF9, the i8042 reset commands, ACPI SLP_EN, the debug-exit port 0xF4) and COM1,
+ * At the end it powers the machine off itself through ACPI. Left out of the operations, so that
+ * the run is not ended at once by the guest itself: the reset and power-off controls (0xCF9, the i8042 reset commands, ACPI SLP_EN, the debug-exit port 0xF4) and COM1,
  * which is the console. Progress goes to /dev/kmsg, whose console output is polled by the kernel
  * and so keeps working when the program has broken interrupt delivery.
  *
@@ -594,5 +594,8 @@ int main(int argc, char **argv)
     }
     report("done: port %llu mmio %llu config %llu apic/ioapic/hpet %llu vtd %llu edu %llu virtqueue %llu\n",
            counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], counts[6]);
+    /* Power off through the ACPI PM1a control register ourselves (SLP_TYP 0 = \_S5 on this board,
+     * SLP_EN): the guest kernel may no longer be able to, and this proves the VMM still obeys. */
+    outw(1 << 13, ACPI_PM_BASE + 4);
     return 0;
 }
