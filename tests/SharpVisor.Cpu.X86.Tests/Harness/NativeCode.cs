@@ -11,7 +11,7 @@ namespace SharpVisor.Cpu.X86.Tests.Harness;
 /// </summary>
 public sealed unsafe partial class NativeCode : IDisposable
 {
-    const int ProtRead = 1, ProtWrite = 2, ProtExec = 4, MapPrivate = 2, MapAnonymous = 0x20;
+    const int ProtRead = 1, ProtWrite = 2, ProtExec = 4, MapPrivate = 2, MapAnonymous = 0x20, MapFixedNoReplace = 0x100000;
 
     nint _address;
     readonly nuint _length;
@@ -21,6 +21,31 @@ public sealed unsafe partial class NativeCode : IDisposable
     {
         _length = Round(size);
         _address = Map(_length, ProtRead | ProtWrite | ProtExec);
+    }
+
+    /// <summary>
+    /// A zeroed read-write area of <paramref name="size"/> bytes at exactly <paramref name="address"/>
+    /// (for data the instruction under test must reach with 32-bit addresses), or an
+    /// InvalidOperationException when that range is taken.
+    /// </summary>
+    public NativeCode(ulong address, int size)
+    {
+        _length = Round(size);
+        if (!IsSupported)
+        {
+            throw new PlatformNotSupportedException("NativeCode needs Linux on x86-64.");
+        }
+        nint p = Mmap((nint)address, _length, ProtRead | ProtWrite, MapPrivate | MapAnonymous | MapFixedNoReplace, -1, 0);
+        if (p != (nint)address)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (p != -1)
+            {
+                _ = Munmap(p, _length); // an old kernel ignoring MAP_FIXED_NOREPLACE put it elsewhere
+            }
+            throw new InvalidOperationException($"mmap at 0x{address:x} failed: errno {errno}");
+        }
+        _address = p;
     }
 
     /// <summary>A function holding <paramref name="code"/>: written while read-write, then switched to read-execute.</summary>
