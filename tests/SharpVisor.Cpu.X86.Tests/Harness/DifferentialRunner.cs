@@ -20,7 +20,7 @@ namespace SharpVisor.Cpu.X86.Tests.Harness;
 /// A second data window lies at <see cref="LowDataAddress"/>, the last page below 4 GiB, for
 /// instructions with a 32-bit address size (67H in 64-bit mode), including wrap-around at 2^32.
 /// </remarks>
-public sealed unsafe class DifferentialRunner : IDisposable
+public sealed unsafe partial class DifferentialRunner : IDisposable
 {
     public const int DataSize = 4096;
     const int CodeOffset = 0x800;   // where the instruction under test sits in the native page
@@ -36,8 +36,6 @@ public sealed unsafe class DifferentialRunner : IDisposable
     /// </summary>
     static NativeCode? s_lowData;
     static readonly Lock s_lowDataLock = new();
-    /// <summary>The fork-and-wait stub of <see cref="RunNativeInChild"/> and its data (status word, zeroed sigaction and signal set).</summary>
-    readonly NativeCode _forkStub = new(8192);
     readonly NativeCode _stack = new(8192);
     readonly X86Context* _ctx = (X86Context*)System.Runtime.InteropServices.NativeMemory.AllocZeroed((nuint)sizeof(X86Context));
     /// <summary>FXSAVE area for the host's x87/SSE state around the test (FXSAVE needs 16-byte alignment).</summary>
@@ -141,136 +139,6 @@ public sealed unsafe class DifferentialRunner : IDisposable
 
     /// <summary>The low data window, mapped on first use (callers hold <see cref="s_lowDataLock"/>).</summary>
     static NativeCode LowWindow() => s_lowData ??= new NativeCode(LowDataAddress, DataSize);
-
-    /// <summary>How a native run in a child process ended: the signal that killed it (0 if none) or its exit status.</summary>
-    public readonly record struct ChildEnd(int Signal, int ExitCode);
-
-    /// <summary>
-    /// Runs the bytes natively in a forked child process from <paramref name="input"/>, for inputs
-    /// that fault: returns the signal Linux delivered for the exception (SIGSEGV for #GP and #PF,
-    /// SIGBUS for #SS, SIGILL for #UD...; see <see cref="LinuxSignal"/>), or signal 0 when the bytes ran
-    /// to the end. The child never returns to managed code: the stub forks with the raw system call,
-    /// and the child restores default signal handling (the runtime's own SIGSEGV handler must not
-    /// run there), turns off core dumps, arms a 5-second alarm against loops, loads the context and
-    /// runs the bytes, then exits with status 0.
-    /// </summary>
-    public ChildEnd RunNativeInChild(ReadOnlySpan<byte> instruction, in X86Context input, ReadOnlySpan<byte> data, bool lowData = false)
-    {
-        if (instruction.Length > 0x700)
-        {
-            throw new ArgumentException("instruction sequence too long", nameof(instruction));
-        }
-        BuildForkStub();
-        var span = _code.Bytes;
-        span.Clear();
-        instruction.CopyTo(span[CodeOffset..]);
-        ReadOnlySpan<byte> exitGroup = [0xB8, 0xE7, 0x00, 0x00, 0x00, 0x31, 0xFF, 0x0F, 0x05]; // mov eax, 231; xor edi, edi; syscall
-        exitGroup.CopyTo(span[(CodeOffset + instruction.Length)..]);
-        *_ctx = input;
-        _ctx->Mxcsr = EffectiveMxcsr(input.Mxcsr);
-        using (lowData ? s_lowDataLock.EnterScope() : default)
-        {
-            data.CopyTo((lowData ? LowWindow() : _data).Bytes);
-            _forkStub.Call(0, null); // the child runs on its copy of the window
-        }
-        long result = *(long*)(_forkStub.Address + ForkResultOffset);
-        if (result < 0)
-        {
-            throw new InvalidOperationException($"fork or wait4 failed: errno {-result}");
-        }
-        int status = *(int*)(_forkStub.Address + ForkStatusOffset);
-        return (status & 0x7F) != 0 ? new ChildEnd(status & 0x7F, 0) : new ChildEnd(0, (status >> 8) & 0xFF);
-    }
-
-    /// <summary>
-    /// The signal Linux sends a user process for an exception vector (arch/x86/kernel/traps.c):
-    /// #SS, #NP and #AC are SIGBUS, #GP, #PF, #BR, #OF and #TS SIGSEGV, #UD SIGILL, #DE, #MF and #XM
-    /// SIGFPE, #DB and #BP SIGTRAP; 0 when there is no exception.
-    /// </summary>
-    public static int LinuxSignal(int? vector) => vector switch
-    {
-        null => 0,
-        Vector.SS or Vector.NP or Vector.AC => 7,
-        Vector.UD => 4,
-        Vector.DE or Vector.MF or Vector.XM => 8,
-        Vector.DB or Vector.BP => 5,
-        _ => 11,
-    };
-
-    const int ForkStatusOffset = 0x1000, ForkResultOffset = 0x1008, ForkZeroOffset = 0x1010;
-    bool _forkStubBuilt;
-
-    /// <summary>Builds the fork-and-wait stub once: see <see cref="RunNativeInChild"/>.</summary>
-    void BuildForkStub()
-    {
-        if (_forkStubBuilt)
-        {
-            return;
-        }
-        ulong page = (ulong)_forkStub.Address;
-        ulong status = page + ForkStatusOffset, result = page + ForkResultOffset, zero = page + ForkZeroOffset;
-        var a = new Assembler(64);
-        var child = a.CreateLabel();
-        var waitAgain = a.CreateLabel();
-        var done = a.CreateLabel();
-        var target = a.CreateLabel();
-        a.push(rbx); a.push(rbp); a.push(r12); a.push(r13); a.push(r14); a.push(r15);
-        a.mov(eax, 57); // fork
-        a.syscall();
-        a.test(rax, rax);
-        a.jz(child);
-        a.js(done);
-        a.mov(r12, rax);
-        a.Label(ref waitAgain);
-        a.mov(rdi, r12); // wait4(pid, &status, 0, NULL), again when a runtime signal interrupts it (EINTR)
-        a.mov(rsi, status);
-        a.xor(edx, edx);
-        a.xor(r10d, r10d);
-        a.mov(eax, 61);
-        a.syscall();
-        a.cmp(rax, -4);
-        a.je(waitAgain);
-        a.Label(ref done);
-        a.mov(rcx, result);
-        a.mov(__qword_ptr[rcx], rax);
-        a.pop(r15); a.pop(r14); a.pop(r13); a.pop(r12); a.pop(rbp); a.pop(rbx);
-        a.ret();
-
-        a.Label(ref child);
-        a.mov(eax, 157); // prctl(PR_SET_DUMPABLE, 0): no core file
-        a.mov(edi, 4);
-        a.xor(esi, esi);
-        a.syscall();
-        foreach (int signal in new[] { 4, 5, 7, 8, 11, 14 }) // SIGILL SIGTRAP SIGBUS SIGFPE SIGSEGV SIGALRM: default action
-        {
-            a.mov(eax, 13); // rt_sigaction(signal, &{SIG_DFL}, NULL, 8)
-            a.mov(edi, signal);
-            a.mov(rsi, zero);
-            a.xor(edx, edx);
-            a.mov(r10d, 8);
-            a.syscall();
-        }
-        a.mov(eax, 14); // rt_sigprocmask(SIG_SETMASK, &{}, NULL, 8)
-        a.mov(edi, 2);
-        a.mov(rsi, zero);
-        a.xor(edx, edx);
-        a.mov(r10d, 8);
-        a.syscall();
-        a.mov(eax, 37); // alarm(5)
-        a.mov(edi, 5);
-        a.syscall();
-        EmitContextLoad(a);
-        a.jmp(__qword_ptr[target]);
-        a.Label(ref target);
-        a.dq(CodeAddress);
-        byte[] bytes = Assemble(a, page);
-        if (bytes.Length > ForkStatusOffset)
-        {
-            throw new InvalidOperationException("fork stub too long");
-        }
-        bytes.CopyTo(_forkStub.Bytes);
-        _forkStubBuilt = true;
-    }
 
     /// <summary>
     /// Runs the bytes on the interpreter only (for cases that would fault natively: alignment #GP,
@@ -381,7 +249,7 @@ public sealed unsafe class DifferentialRunner : IDisposable
 
     /// <summary>
     /// Loads the context at <see cref="_ctx"/>: XMM, MXCSR, MMX, then (after saving the host RSP in
-    /// the context) RSP, RFLAGS and the GPRs, RAX last.
+    /// the context) RFLAGS, RSP and the GPRs, RAX last; only MOVs follow the POPFQ.
     /// </summary>
     void EmitContextLoad(Assembler a)
     {
@@ -398,9 +266,9 @@ public sealed unsafe class DifferentialRunner : IDisposable
             a.movq(mms[i], __qword_ptr[rax + X86Context.MmOffset + i * 8]);
         }
         a.mov(__qword_ptr[rax + 16 * 8 + 8], rsp);
-        a.mov(rsp, __qword_ptr[rax + 4 * 8]);
-        a.push(__qword_ptr[rax + 16 * 8]);
+        a.push(__qword_ptr[rax + 16 * 8]); // through the host stack: the case's RSP may be unusable
         a.popfq();
+        a.mov(rsp, __qword_ptr[rax + 4 * 8]);
         AssemblerRegister64[] regs = [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
         for (int i = 15; i >= 1; i--)
         {
@@ -423,7 +291,6 @@ public sealed unsafe class DifferentialRunner : IDisposable
     {
         _code.Dispose();
         _data.Dispose();
-        _forkStub.Dispose();
         _stack.Dispose();
         System.Runtime.InteropServices.NativeMemory.Free(_ctx);
         System.Runtime.InteropServices.NativeMemory.AlignedFree(_hostFpu);
