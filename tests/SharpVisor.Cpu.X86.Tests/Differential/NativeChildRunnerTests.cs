@@ -35,11 +35,11 @@ public unsafe class NativeChildRunnerTests : IClassFixture<RunnerFixture>
             new([0xC6, 0x03, 0x77], ok),
         ];
         var ends = _runner.RunNativeInChild(cases, t.RandomData());
-        Assert.Equal(new DifferentialRunner.NativeEnd(0, -1, 0), ends[0]);
+        Assert.Equal(new DifferentialRunner.NativeEnd(0, -1, 0, 0), ends[0]);
         Assert.Equal((4, Vector.UD), (ends[1].Signal, ends[1].Vector));
         Assert.Equal((11, Vector.PF), (ends[2].Signal, ends[2].Vector));
         Assert.Equal(4L, ends[2].ErrorCode & 4); // a user-mode access
-        Assert.Equal(new DifferentialRunner.NativeEnd(7, Vector.SS, 0), ends[3]);
+        Assert.Equal(new DifferentialRunner.NativeEnd(7, Vector.SS, 0, _runner.CodeAddress), ends[3]);
         Assert.Equal(0, ends[4].Signal);
         Assert.Equal(0, ends[5].Signal);
         Assert.Equal(0, ends[6].Signal);

@@ -10,11 +10,12 @@ namespace SharpVisor.Cpu.X86.Tests.Harness;
 public sealed unsafe partial class DifferentialRunner
 {
     /// <summary>How one case ended natively: the signal (0 when the bytes ran to their end), the
-    /// exception vector (-1 for none) and its error code, as the kernel put them in the signal frame
-    /// (sigcontext trapno and err). Linux sends SIGBUS for #SS, SIGSEGV for #GP and #PF, SIGILL for #UD.</summary>
-    public readonly record struct NativeEnd(int Signal, int Vector, long ErrorCode)
+    /// exception vector (-1 for none), its error code and the RIP it was raised at, as the kernel put
+    /// them in the signal frame (sigcontext trapno, err, rip). Linux sends SIGBUS for #SS, SIGSEGV for
+    /// #GP and #PF, SIGILL for #UD.</summary>
+    public readonly record struct NativeEnd(int Signal, int Vector, long ErrorCode, ulong Rip)
     {
-        public override string ToString() => Signal == 0 ? "no exception" : $"vector {Vector} error 0x{ErrorCode:x} (signal {Signal})";
+        public override string ToString() => Signal == 0 ? "no exception" : $"vector {Vector} error 0x{ErrorCode:x} at 0x{Rip:x} (signal {Signal})";
     }
 
     /// <summary>One case: all of it runs natively if it does not fault.</summary>
@@ -47,7 +48,7 @@ public sealed unsafe partial class DifferentialRunner
             codeBytes += c.Code.Length;
         }
         using var input = new NativeCode(tableBytes + ctxBytes + DataSize + codeBytes);
-        using var results = new NativeCode(Math.Max(n * 16, 16), shared: true);
+        using var results = new NativeCode(Math.Max(n * ResultSize, ResultSize), shared: true);
         using var stub = new NativeCode(16384);
         using var altStack = new NativeCode(64 * 1024);
         byte* table = input.Address, contexts = table + tableBytes, dataStage = contexts + ctxBytes, code = dataStage + DataSize;
@@ -79,13 +80,13 @@ public sealed unsafe partial class DifferentialRunner
         var ends = new NativeEnd[n];
         for (int i = 0; i < n; i++)
         {
-            byte* r = results.Address + 16 * i;
+            byte* r = results.Address + ResultSize * i;
             int signal = *(int*)r;
             if (signal < 0 || (status & 0x7F) != 0)
             {
                 throw new InvalidOperationException($"the child ended with status 0x{status:x} at case {i} of {n} ({Convert.ToHexString(cases[Math.Min(i, n - 1)].Code)})");
             }
-            ends[i] = new NativeEnd(signal, signal == 0 ? -1 : *(int*)(r + 4), signal == 0 ? 0 : *(long*)(r + 8));
+            ends[i] = signal == 0 ? new NativeEnd(0, -1, 0, 0) : new NativeEnd(signal, *(int*)(r + 4), *(long*)(r + 8), *(ulong*)(r + 16));
         }
         return ends;
     }
@@ -94,12 +95,15 @@ public sealed unsafe partial class DifferentialRunner
     // trailer that jumps back, sigaction structures, an empty signal set, the alternate stack_t.
     const int ScratchBase = 0x3000;
     const int ScratchStatus = ScratchBase, ScratchResult = ScratchBase + 8, ScratchIndex = ScratchBase + 16;
-    const int ScratchSignal = ScratchBase + 24, ScratchTrap = ScratchBase + 28, ScratchError = ScratchBase + 32;
+    const int ScratchSignal = ScratchBase + 24; // the last case's signal, vector, error code, RIP: as a result record
     const int ScratchTrailer = ScratchBase + 48, ScratchHandlerAction = ScratchBase + 64, ScratchDefaultAction = ScratchBase + 96;
     const int ScratchEmptySet = ScratchBase + 128, ScratchAltStack = ScratchBase + 144, ScratchWindow = ScratchBase + 176;
 
     /// <summary>Where the child copies the data before each case (set per call: the low window is shared).</summary>
     static void BuildChildWindow(NativeCode stub, NativeCode window) => *(ulong*)(stub.Address + ScratchWindow) = (ulong)window.Address;
+
+    /// <summary>Per case in the shared results: signal, vector, error code, RIP.</summary>
+    const int ResultSize = 24;
 
     // Linux x86-64 ABI: ucontext_t.uc_mcontext starts at byte 40; greg i at 40 + 8 i (REG_RSP 15,
     // REG_RIP 16, REG_EFL 17, REG_ERR 19, REG_TRAPNO 20).
@@ -232,6 +236,7 @@ public sealed unsafe partial class DifferentialRunner
         a.mov(__dword_ptr[rax], 0);
         a.mov(__dword_ptr[rax + 4], -1);
         a.mov(__qword_ptr[rax + 8], 0);
+        a.mov(__qword_ptr[rax + 16], 0);
         EmitContextLoad(a);
         a.jmp(__qword_ptr[codeTarget]);
         a.Label(ref codeTarget);
@@ -243,8 +248,7 @@ public sealed unsafe partial class DifferentialRunner
         a.cld();
         a.mov(rax, S(ScratchIndex));
         a.mov(rcx, __qword_ptr[rax]);
-        a.mov(rdx, rcx);
-        a.shl(rdx, 4);
+        a.imul(rdx, rcx, ResultSize);
         a.mov(rax, (ulong)results);
         a.add(rdx, rax);
         a.mov(rax, S(ScratchSignal));
@@ -254,6 +258,8 @@ public sealed unsafe partial class DifferentialRunner
         a.mov(__dword_ptr[rdx + 4], esi);
         a.mov(rsi, __qword_ptr[rax + 8]);
         a.mov(__qword_ptr[rdx + 8], rsi);
+        a.mov(rsi, __qword_ptr[rax + 16]);
+        a.mov(__qword_ptr[rdx + 16], rsi);
         a.inc(rcx);
         a.mov(rax, S(ScratchIndex));
         a.mov(__qword_ptr[rax], rcx);
@@ -272,6 +278,8 @@ public sealed unsafe partial class DifferentialRunner
         a.mov(__dword_ptr[rax + 4], ecx);
         a.mov(rcx, __qword_ptr[rdx + UcErr]);
         a.mov(__qword_ptr[rax + 8], rcx);
+        a.mov(rcx, __qword_ptr[rdx + UcRip]);
+        a.mov(__qword_ptr[rax + 16], rcx);
         a.lea(rax, __[caseDone]);
         a.mov(__qword_ptr[rdx + UcRip], rax);
         a.mov(rax, (ulong)_ctx);
@@ -290,6 +298,6 @@ public sealed unsafe partial class DifferentialRunner
         }
         bytes.CopyTo(stub.Bytes);
         // The results start as "did not finish" (-1): a child that dies mid-way leaves them so.
-        new Span<int>(results, count * 4).Fill(-1);
+        new Span<int>(results, count * ResultSize / 4).Fill(-1);
     }
 }
