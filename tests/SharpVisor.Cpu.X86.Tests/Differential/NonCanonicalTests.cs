@@ -25,9 +25,10 @@ public unsafe class NonCanonicalTests : IClassFixture<RunnerFixture>
 
     /// <summary>
     /// Each case: its bytes, the exception an Intel processor raises (-1: none) at which offset in the
-    /// bytes, and whether that is Intel's choice where AMD's manual reads differently (the segment
-    /// rather than the base register deciding #SS; accesses straddling the canonical boundary) —
-    /// those are compared with the host only on Intel hosts. SharpVisor presents an Intel CPU.
+    /// bytes, and whether that is Intel's choice where AMD may differ (the segment rather than the
+    /// base register deciding #SS; accesses straddling the canonical boundary; the RIP of a branch to
+    /// a non-canonical target) — those are compared with the host only on Intel hosts. SharpVisor
+    /// presents an Intel CPU.
     /// </summary>
     static readonly (string Label, int Expected, int At, bool IntelOnly, byte[] Code, Setup Setup)[] s_cases =
     [
@@ -97,11 +98,12 @@ public unsafe class NonCanonicalTests : IClassFixture<RunnerFixture>
         ("enter 0, 2 (reads [rbp-8])", Vector.SS, 0, false, [0xC8, 0x00, 0x00, 0x02], (ref X86Context c) => c.Gpr[5] = NonCanonical),
         ("66 push ax", Vector.SS, 0, false, [0x66, 0x50], (ref X86Context c) => c.Gpr[4] = NonCanonical),
 
-        // ---- a non-canonical branch target: #GP(0) on the branch itself, never a stack fault
-        ("jmp rax", Vector.GP, 0, false, [0xFF, 0xE0], (ref X86Context c) => c.Gpr[0] = JustAboveLowHalf),
-        ("call rax, non-canonical target", Vector.GP, 0, false, [0xFF, 0xD0], (ref X86Context c) => c.Gpr[0] = NonCanonical),
-        ("ret to a non-canonical address", Vector.GP, 4, false, [0x48, 0x89, 0x04, 0x24, 0xC3], (ref X86Context c) => c.Gpr[0] = JustAboveLowHalf),
-        ("jmp [rbp], non-canonical target", Vector.GP, 0, false, [0xFF, 0x65, 0x00], (ref X86Context c) => { c.Gpr[5] = c.Gpr[3] + 8; }),
+        // ---- a non-canonical branch target: #GP(0) on the branch itself (Intel; AMD is said to fault
+        // at the fetch of the target), never a stack fault
+        ("jmp rax", Vector.GP, 0, true, [0xFF, 0xE0], (ref X86Context c) => c.Gpr[0] = JustAboveLowHalf),
+        ("call rax, non-canonical target", Vector.GP, 0, true, [0xFF, 0xD0], (ref X86Context c) => c.Gpr[0] = NonCanonical),
+        ("ret to a non-canonical address", Vector.GP, 4, true, [0x48, 0x89, 0x04, 0x24, 0xC3], (ref X86Context c) => c.Gpr[0] = JustAboveLowHalf),
+        ("jmp [rbp], non-canonical target", Vector.GP, 0, true, [0xFF, 0x65, 0x00], (ref X86Context c) => { c.Gpr[5] = c.Gpr[3] + 8; }),
     ];
 
     static bool HostIsIntel => System.Runtime.Intrinsics.X86.X86Base.CpuId(0, 0).Ebx == 0x756E_6547; // "Genu"
