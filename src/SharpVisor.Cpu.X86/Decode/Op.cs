@@ -52,7 +52,8 @@ public unsafe struct Op
     /// <summary>
     /// Linear address of the memory operand: segment base + effective address. Outside 64-bit mode,
     /// through a segment that is not flat writable data, the access is first checked against the
-    /// segment's limit and type (one predictable branch otherwise).
+    /// segment's limit and type (one predictable branch otherwise); in 64-bit mode every byte of it
+    /// must be canonical, else #SS(0) for an RSP/RBP base and #GP(0) otherwise (Mmu/Canonical.cs).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public readonly ulong Linear(Cpu c)
@@ -62,7 +63,12 @@ public unsafe struct Op
         {
             c.CheckSegmentAccess(Seg, ea, MemSize, MemAccess);
         }
-        return (c.Regs.SegBase[Seg] + ea) & c.Regs.LinearMask;
+        ulong la = (c.Regs.SegBase[Seg] + ea) & c.Regs.LinearMask;
+        if (Cpu.MaybeNonCanonical(la, MemSize))
+        {
+            c.CheckOperandCanonical(la, MemSize, Base);
+        }
+        return la;
     }
 }
 

@@ -132,6 +132,14 @@ public sealed unsafe partial class Cpu
 
         // Build the frame before changing any state so a fault while pushing leaves the old state.
         int frame = hasError ? 6 : 5;
+        ulong frameLow = rsp - (ulong)frame * 8;
+        if (MaybeNonCanonical(frameLow, (uint)frame * 8 + 1) && !IsCanonicalAccess(frameLow, (uint)frame * 8 + 1))
+        {
+            // A non-canonical stack — RSP itself, RSPn or an IST pointer from the TSS, or a frame that
+            // runs out of the canonical range: #SS with EXT (SDM Vol. 2A INT n, IA-32e mode: "IF NewRSP
+            // is non-canonical THEN #SS(EXT)"), before anything is written.
+            throw Fault(Vector.SS, ext);
+        }
         Span<ulong> values = [error, ret, oldCs, oldFlags, oldRsp, oldSs];
         int first = hasError ? 0 : 1;
         for (int i = first; i < 6; i++)

@@ -112,13 +112,21 @@ public sealed unsafe partial class Cpu
         return last <= limit;
     }
 
-    /// <summary>Checks an implicit stack access (PUSH, POP, CALL, RET, ENTER, LEAVE, event frames) at SS:<paramref name="offset"/>.</summary>
+    /// <summary>
+    /// Checks an implicit stack access (PUSH, POP, CALL, RET, ENTER, LEAVE, event frames) at
+    /// SS:<paramref name="offset"/>: the SS limit and type outside 64-bit mode, and in 64-bit mode
+    /// (where SS's base is 0, so the offset is the linear address) that it is canonical, else #SS(0).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void CheckStackAccess(ulong offset, uint size, SegmentAccess access)
     {
         if (Regs.SegCheck[(int)Seg.SS] != 0)
         {
             CheckSegmentAccess((int)Seg.SS, offset, size, access);
+        }
+        if (MaybeNonCanonical(offset, size))
+        {
+            CheckStackCanonical(offset, size);
         }
     }
 
@@ -135,7 +143,8 @@ public sealed unsafe partial class Cpu
     /// <summary>
     /// Near JMP/Jcc/CALL/RET/LOOP/JCXZ: #GP(0) on the branch itself (before CALL pushes) when the
     /// target lies past the CS limit (SDM Vol. 2A JMP, CALL, Jcc, RET: "#GP(0) If the target operand is
-    /// beyond the code segment limits"). One predictable branch when the CS limit is 4 GiB - 1.
+    /// beyond the code segment limits") or, in 64-bit mode, is non-canonical. One predictable branch
+    /// when the CS limit is 4 GiB - 1, and one add and compare.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void CheckNearBranchTarget(ulong target)
@@ -143,6 +152,10 @@ public sealed unsafe partial class Cpu
         if (_fetchLimitCheck && target > Segs[(int)Seg.CS].Limit)
         {
             ThrowBranchTargetFault();
+        }
+        if (MaybeNonCanonical(target, 1))
+        {
+            CheckBranchTargetCanonical(target); // 64-bit mode: #GP(0) on the branch (Mmu/Canonical.cs)
         }
     }
 

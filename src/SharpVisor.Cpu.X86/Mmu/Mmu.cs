@@ -193,6 +193,7 @@ public sealed unsafe partial class Cpu
         if ((la & 0xFFF) > (ulong)(0x1000 - size))
         {
             // Crosses a page: both translations must succeed before any byte is used.
+            CheckCrossingCanonical(la, size);
             ulong value = 0;
             for (int i = 0; i < size; i++)
             {
@@ -216,6 +217,7 @@ public sealed unsafe partial class Cpu
         }
         if ((la & 0xFFF) > (ulong)(0x1000 - size))
         {
+            CheckCrossingCanonical(la, size);
             ulong second = ((la & PageMask) + 0x1000) & Regs.LinearMask;
             int firstLen = (int)(0x1000 - (la & 0xFFF));
             ulong pa1 = TranslateAndFill(la, Access.Write);

@@ -53,8 +53,9 @@ public sealed unsafe partial class Cpu
             int vaBits = levels == 5 ? 57 : 48;
             if (SignExtend(la, vaBits) != la)
             {
-                // Non-canonical: a #GP, not a #PF (SDM Vol. 3A 3.3.7.1); callers see a walk "fault"
-                // of 0 which Translate turns into #GP.
+                // Non-canonical: a #GP, not a #PF (SDM Vol. 3A 3.3.7.1). Explicit operands, stack
+                // accesses and branch targets were checked before (Mmu/Canonical.cs, #SS for stack
+                // references); what gets here (string instructions, XLAT, system accesses) is #GP.
                 throw GeneralProtection();
             }
             table = Cr3 & PhysAddrMask;

@@ -123,7 +123,12 @@ public static unsafe class BitOps
         bit = 1UL << (int)(offset & (S.Bits - 1));
         ulong ea = (c.Regs.Gpr[op.Base] + (c.Regs.Gpr[op.Index] << op.Scale) + (ulong)op.Disp + (ulong)byteDisp) & op.AddrMask;
         c.CheckDataAccess(op.Seg, ea, (uint)(S.Bits / 8), op.MemAccess);
-        return (c.Regs.SegBase[op.Seg] + ea) & c.Regs.LinearMask;
+        ulong la = (c.Regs.SegBase[op.Seg] + ea) & c.Regs.LinearMask;
+        if (Cpu.MaybeNonCanonical(la, (uint)(S.Bits / 8)))
+        {
+            c.CheckOperandCanonical(la, (uint)(S.Bits / 8), op.Base); // as Op.Linear: #SS for an RSP/RBP base
+        }
+        return la;
     }
 
     static void BtMR<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IBitOp

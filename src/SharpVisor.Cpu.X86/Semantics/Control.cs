@@ -156,16 +156,29 @@ public static unsafe class Control
         c.NextRip = target;
     }
 
-    /// <summary>Width of the count register (CX/ECX/RCX) of JCXZ/LOOP: the address size, from Iced's code name.</summary>
-    static readonly Dictionary<Code, byte> s_countSize = BuildCountSizes();
+    /// <summary>
+    /// Width of the count register of JCXZ/JECXZ/JRCXZ and LOOP/LOOPE/LOOPNE: CX, ECX or RCX by the
+    /// ADDRESS size, not the operand size (SDM Vol. 2A Jcc: "JRCXZ ... if RCX register is 0", with 67H
+    /// selecting JECXZ in 64-bit mode; LOOP/LOOPcc: "IF AddressSize = 32 THEN Count is ECX"). Iced names
+    /// it in the mnemonic for the jumps and at the end of the code for the loops (Loop_rel8_64_ECX).
+    /// </summary>
+    static byte CountSize(in Instruction ins) => ins.Mnemonic switch
+    {
+        Mnemonic.Jcxz => 2,
+        Mnemonic.Jecxz => 4,
+        Mnemonic.Jrcxz => 8,
+        _ => s_loopCountSize[ins.Code],
+    };
 
-    static Dictionary<Code, byte> BuildCountSizes()
+    static readonly Dictionary<Code, byte> s_loopCountSize = BuildLoopCountSizes();
+
+    static Dictionary<Code, byte> BuildLoopCountSizes()
     {
         var d = new Dictionary<Code, byte>();
         foreach (var code in Enum.GetValues<Code>())
         {
             string n = code.ToString();
-            if (n.StartsWith("Loop", StringComparison.Ordinal) || n.StartsWith("J", StringComparison.Ordinal) && n.Contains("cxz", StringComparison.OrdinalIgnoreCase))
+            if (n.StartsWith("Loop", StringComparison.Ordinal))
             {
                 d[code] = n.EndsWith("_RCX", StringComparison.Ordinal) ? (byte)8 : n.EndsWith("_ECX", StringComparison.Ordinal) ? (byte)4 : (byte)2;
             }
@@ -177,7 +190,7 @@ public static unsafe class Control
     {
         op.Size = BranchSize(ins);
         op.AddrMask = IpMask(op.Size);
-        op.Aux = s_countSize.GetValueOrDefault(ins.Code, (byte)8);
+        op.Aux = CountSize(ins);
         op.Exec = &Jcxz;
         return true;
     }
@@ -194,13 +207,17 @@ public static unsafe class Control
     {
         op.Size = BranchSize(ins);
         op.AddrMask = IpMask(op.Size);
-        op.Aux = s_countSize.GetValueOrDefault(ins.Code, (byte)8);
+        op.Aux = CountSize(ins);
         op.Sub = ins.Mnemonic switch { Mnemonic.Loope => 1, Mnemonic.Loopne => 2, _ => 0 };
         op.Exec = &Loop;
         return true;
     }
 
-    /// <summary>LOOP/LOOPE/LOOPNE: decrement the count register (no flags) and branch while non-zero (and ZF condition).</summary>
+    /// <summary>
+    /// LOOP/LOOPE/LOOPNE: decrement the count register (no flags) and branch while non-zero (and ZF
+    /// condition). The count is written as CX (bits 63:16 kept), ECX (zero-extended, as every 32-bit
+    /// register write: SDM Vol. 1 3.4.1.1) or RCX — what the host does with 67H LOOP in 64-bit mode.
+    /// </summary>
     static void Loop(Cpu c, ref Op op)
     {
         ulong mask = IpMask(op.Aux);
@@ -211,6 +228,6 @@ public static unsafe class Control
             c.CheckNearBranchTarget((c.NextRip + op.Imm) & op.AddrMask); // faults before the count changes
             c.NextRip = (c.NextRip + op.Imm) & op.AddrMask;
         }
-        c.Regs.Gpr[1] = (c.Regs.Gpr[1] & ~mask) | count;
+        StringOps.SetAddrReg(c, 1, count, mask);
     }
 }

@@ -4,8 +4,9 @@ namespace SharpVisor.Cpu.X86.Semantics;
 
 /// <summary>
 /// Leftover general-purpose instructions (SDM Vol. 2): XLAT; CLFLUSH/CLFLUSHOPT (no cache to flush:
-/// only the access check); LFENCE/MFENCE/SFENCE; PAUSE; PREFETCHh (never fault); ENDBR32/64 (NOP,
-/// CET is not advertised); UD0/UD1/UD2 and the non-advertised RDRAND/RDSEED, BMI1/BMI2/ADX (#UD); the BCD
+/// only the access check); LFENCE/MFENCE/SFENCE; PAUSE; the hint-NOP space 0F 0D, 0F 18-0F 1E
+/// (PREFETCHh and the reserved NOPs: never fault; ENDBR32/64 and RDSSP are NOPs, CET is not
+/// advertised; 0F 1F is NOP, in DataMove); UD0/UD1/UD2 and the non-advertised RDRAND/RDSEED, BMI1/BMI2/ADX (#UD); the BCD
 /// adjustments DAA, DAS, AAA, AAS, AAM, AAD and BOUND (invalid in 64-bit mode: #UD).
 /// </summary>
 public static unsafe class Misc
@@ -19,12 +20,20 @@ public static unsafe class Misc
         Binder.Add(Mnemonic.Mfence, &BindFence);
         Binder.Add(Mnemonic.Sfence, &BindFence);
         Binder.Add(Mnemonic.Pause, &BindPause);
-        foreach (var m in new[] { Mnemonic.Prefetcht0, Mnemonic.Prefetcht1, Mnemonic.Prefetcht2, Mnemonic.Prefetchnta, Mnemonic.Prefetchw, Mnemonic.Prefetch })
+        // The hint-NOP space (the two-byte opcode map, SDM Vol. 2 Appendix A Table A-3: 0F 0D and
+        // 0F 18-0F 1F are prefetches and reserved NOPs; NOP Ev is 0F 1F /0): every form executes as a NOP — register or memory operand, any reg
+        // field — unless the processor defines it otherwise, and a memory operand is never accessed
+        // (no #PF, no #GP for a non-canonical address). Iced names the defined forms; those this CPU
+        // does not have are NOPs too: PREFETCHWT1 and PREFETCHIT0/1 (hints), CLDEMOTE (a hint, not
+        // advertised), RDSSPD/RDSSPQ and ENDBR32/64 (CET is not advertised: "treated as a NOP" while
+        // shadow stacks / indirect branch tracking are off, SDM Vol. 2B RDSSP, ENDBR64). The host
+        // executes all of them as NOPs (tests/.../HintNopTests).
+        foreach (var m in new[] { Mnemonic.Prefetcht0, Mnemonic.Prefetcht1, Mnemonic.Prefetcht2, Mnemonic.Prefetchnta, Mnemonic.Prefetchw, Mnemonic.Prefetch,
+            Mnemonic.Prefetchwt1, Mnemonic.Prefetchit0, Mnemonic.Prefetchit1, Mnemonic.Cldemote, Mnemonic.Reservednop,
+            Mnemonic.Endbr64, Mnemonic.Endbr32, Mnemonic.Rdsspd, Mnemonic.Rdsspq })
         {
             Binder.Add(m, &BindNop);
         }
-        Binder.Add(Mnemonic.Endbr64, &BindNop);
-        Binder.Add(Mnemonic.Endbr32, &BindNop);
         foreach (var m in new[] { Mnemonic.Ud0, Mnemonic.Ud1, Mnemonic.Ud2, Mnemonic.Rdrand, Mnemonic.Rdseed })
         {
             Binder.Add(m, &BindUd);

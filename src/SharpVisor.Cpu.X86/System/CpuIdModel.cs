@@ -17,7 +17,7 @@ public sealed class CpuIdModel
     const uint Cx16 = 1 << 13, X2Apic = 1 << 21, TscDeadline = 1 << 24;
     // CPUID.80000001:EDX / ECX.
     const uint Syscall = 1 << 11, Nx = 1 << 20, Page1G = 1 << 26, Rdtscp = 1 << 27, Lm = 1 << 29;
-    const uint LahfLm = 1 << 0;
+    const uint LahfLm = 1 << 0, Prefetchw = 1 << 8;
 
     /// <summary>Family 6, model 0x8F (a recent server core), stepping 8 — see ArchCapabilities.</summary>
     public uint Signature { get; init; } = 0x0008_06F8;
@@ -102,7 +102,8 @@ public sealed class CpuIdModel
             case 0x8000_0000:
                 return (MaxExtendedLeaf, 0, 0, 0);
             case 0x8000_0001:
-                return (0, 0, LahfLm, Syscall | Nx | Page1G | Rdtscp | Lm);
+                // PREFETCHW ("3DNowPrefetch"): 0F 0D /1 executes as the hint it is (Semantics/Misc.cs).
+                return (0, 0, LahfLm | Prefetchw, Syscall | Nx | Page1G | Rdtscp | Lm);
             case 0x8000_0002:
                 return Brand(0);
             case 0x8000_0003:

@@ -17,6 +17,12 @@ public sealed class DiffCase(DifferentialRunner runner, int seed)
 
     public Random Rng => _rng;
 
+    /// <summary>Use the data window below 4 GiB (<see cref="DifferentialRunner.LowDataAddress"/>): RBX points there and it is compared.</summary>
+    public bool LowData { get; init; }
+
+    /// <summary>The data window's address (the same on both sides).</summary>
+    public ulong DataAddress => LowData ? DifferentialRunner.LowDataAddress : runner.DataAddress;
+
     /// <summary>Whether 8-bit operands of the next instruction come from AH..DH (no REX) or SIL/DIL/R8L.. (REX).</summary>
     public bool HighByteCase { get; private set; }
 
@@ -30,7 +36,7 @@ public sealed class DiffCase(DifferentialRunner runner, int seed)
         {
             ctx.Gpr[i] = Value();
         }
-        ctx.Gpr[3] = runner.DataAddress;      // RBX: data base
+        ctx.Gpr[3] = DataAddress;             // RBX: data base
         ctx.Gpr[4] = runner.StackTop - 64;    // RSP: room above for POP tests
         ctx.Rflags = 0x202 | ((ulong)_rng.Next() & ArithFlags);
         ctx.Mxcsr = 0x1F80;
@@ -72,7 +78,7 @@ public sealed class DiffCase(DifferentialRunner runner, int seed)
     public unsafe string Check(byte[] code, X86Context input, byte[] data, ulong flagsMask, string? label, uint mxcsrMask,
         Func<int, X86Context, X86Context, bool>? xmmCompare, Action<byte[], byte[]>? maskData = null)
     {
-        var o = runner.Run(code, input, data);
+        var o = runner.Run(code, input, data, LowData);
         maskData?.Invoke(o.NativeData, o.EmulatedData);
         var sb = new StringBuilder();
         var inXmm = new StringBuilder();

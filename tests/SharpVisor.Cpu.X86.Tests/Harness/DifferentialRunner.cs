@@ -14,17 +14,28 @@ namespace SharpVisor.Cpu.X86.Tests.Harness;
 /// <see cref="X86Context"/>, executes them, and stores the state back. On the interpreter side a
 /// 64-bit user-mode (CPL 3) vCPU maps the same virtual pages — the stub's code page, a data
 /// window and a stack window — so addresses in registers mean the same thing on both sides.
-/// Inputs that would fault natively (e.g. a divide by zero) must not be generated: a host fault
-/// in the stub kills the test process.
+/// Inputs that would fault natively (e.g. a divide by zero) must not be generated for <see cref="Run"/>:
+/// a host fault in the stub kills the test process. <see cref="RunNativeInChild"/> runs such inputs
+/// in a forked child process and reports the signal it ended with.
+/// A second data window lies at <see cref="LowDataAddress"/>, the last page below 4 GiB, for
+/// instructions with a 32-bit address size (67H in 64-bit mode), including wrap-around at 2^32.
 /// </remarks>
-public sealed unsafe class DifferentialRunner : IDisposable
+public sealed unsafe partial class DifferentialRunner : IDisposable
 {
     public const int DataSize = 4096;
     const int CodeOffset = 0x800;   // where the instruction under test sits in the native page
-    const ulong GuestDataPa = 0x10_0000, GuestStackPa = 0x20_0000, GuestCodePa = 0x30_0000, PageTablesPa = 0x40_0000;
+    const ulong GuestDataPa = 0x10_0000, GuestLowDataPa = 0x18_0000, GuestStackPa = 0x20_0000, GuestCodePa = 0x30_0000, PageTablesPa = 0x40_0000;
+    /// <summary>Host and guest address of the low data window: the last page below 4 GiB.</summary>
+    public const ulong LowDataAddress = 0xFFFF_F000;
 
     readonly NativeCode _code = new(8192);
     readonly NativeCode _data = new(DataSize);
+    /// <summary>
+    /// The low window exists once per process (it has a fixed address) and test classes run in
+    /// parallel, each with its own runner: a native run through it holds <see cref="s_lowDataLock"/>.
+    /// </summary>
+    static NativeCode? s_lowData;
+    static readonly Lock s_lowDataLock = new();
     readonly NativeCode _stack = new(8192);
     readonly X86Context* _ctx = (X86Context*)System.Runtime.InteropServices.NativeMemory.AllocZeroed((nuint)sizeof(X86Context));
     /// <summary>FXSAVE area for the host's x87/SSE state around the test (FXSAVE needs 16-byte alignment).</summary>
@@ -40,6 +51,7 @@ public sealed unsafe class DifferentialRunner : IDisposable
         ulong pml4 = AllocTable();
         Map(pml4, (ulong)_code.Address, GuestCodePa, 2);
         Map(pml4, (ulong)_data.Address, GuestDataPa, 1);
+        Map(pml4, LowDataAddress, GuestLowDataPa, 1);
         Map(pml4, (ulong)_stack.Address, GuestStackPa, 2);
         CpuSetup.EnterLongModeUser(_cpu, pml4);
         _cpu.Cr4Value |= X86.Cr4.OSFXSR | X86.Cr4.OSXMMEXCPT;
@@ -87,9 +99,10 @@ public sealed unsafe class DifferentialRunner : IDisposable
 
     /// <summary>
     /// Runs <paramref name="instruction"/> (machine code, no branches out of the sequence) from
-    /// <paramref name="input"/> with the data window initialised to <paramref name="data"/>.
+    /// <paramref name="input"/> with the data window initialised to <paramref name="data"/>; the data
+    /// window is the one at <see cref="LowDataAddress"/> when <paramref name="lowData"/>.
     /// </summary>
-    public Outcome Run(ReadOnlySpan<byte> instruction, in X86Context input, ReadOnlySpan<byte> data)
+    public Outcome Run(ReadOnlySpan<byte> instruction, in X86Context input, ReadOnlySpan<byte> data, bool lowData = false)
     {
         if (instruction.Length > 0x700)
         {
@@ -99,10 +112,15 @@ public sealed unsafe class DifferentialRunner : IDisposable
         BuildStub(instruction);
         *_ctx = input;
         _ctx->Mxcsr = EffectiveMxcsr(input.Mxcsr);
-        data.CopyTo(_data.Bytes);
-        _code.Call(0, _ctx);
+        byte[] nativeData;
+        using (lowData ? s_lowDataLock.EnterScope() : default)
+        {
+            var window = lowData ? LowWindow() : _data;
+            data.CopyTo(window.Bytes);
+            _code.Call(0, _ctx);
+            nativeData = window.Bytes[..DataSize].ToArray();
+        }
         var native = *_ctx;
-        byte[] nativeData = _data.Bytes[..DataSize].ToArray();
 
         // x87/MMX: as the stub's MOVQ mm loads leave it (the interpreter-only path keeps the x87 state as set)
         for (int i = 0; i < 8; i++)
@@ -115,17 +133,21 @@ public sealed unsafe class DifferentialRunner : IDisposable
         _cpu.Fpu.Control = FpuState.InitControl; // the host thread's FCW (System V ABI: 037FH), not the power-on 0040H
         var same = input;
         same.Mxcsr = _ctx->Mxcsr; // the interpreter runs with exactly the native MXCSR
-        var (emulated, emulatedData, rip, exception) = RunInterpreter(instruction, same, data);
+        var (emulated, emulatedData, rip, exception) = RunInterpreter(instruction, same, data, lowData);
         return new Outcome(native, emulated, nativeData, emulatedData, rip, exception);
     }
+
+    /// <summary>The low data window, mapped on first use (callers hold <see cref="s_lowDataLock"/>).</summary>
+    static NativeCode LowWindow() => s_lowData ??= new NativeCode(LowDataAddress, DataSize);
 
     /// <summary>
     /// Runs the bytes on the interpreter only (for cases that would fault natively: alignment #GP,
     /// #UD/#NM from CR0/CR4 settings, unmasked SIMD exceptions: MXCSR is used as given). Returns the state, data window, RIP and any exception vector.
     /// </summary>
-    public (X86Context State, byte[] Data, ulong Rip, int? Exception) RunInterpreter(ReadOnlySpan<byte> instruction, in X86Context input, ReadOnlySpan<byte> data)
+    public (X86Context State, byte[] Data, ulong Rip, int? Exception) RunInterpreter(ReadOnlySpan<byte> instruction, in X86Context input, ReadOnlySpan<byte> data, bool lowData = false)
     {
-        data.CopyTo(_ram.GetSpan(GuestDataPa, DataSize));
+        ulong dataPa = lowData ? GuestLowDataPa : GuestDataPa;
+        data.CopyTo(_ram.GetSpan(dataPa, DataSize));
         _ram.TryWrite(GuestCodePa + CodeOffset, instruction); // through TryWrite: invalidates cached blocks
         _ram.TryWrite(GuestCodePa + CodeOffset + (ulong)instruction.Length, [0x0F, 0x0B]); // UD2 fence
         for (int i = 0; i < 16; i++)
@@ -165,7 +187,7 @@ public sealed unsafe class DifferentialRunner : IDisposable
         {
             emulated.Mm[i] = _cpu.Fpu.Mantissa[i];
         }
-        return (emulated, _ram.GetSpan(GuestDataPa, DataSize).ToArray(), _cpu.Rip, exception);
+        return (emulated, _ram.GetSpan(dataPa, DataSize).ToArray(), _cpu.Rip, exception);
     }
 
     /// <summary>
@@ -179,35 +201,14 @@ public sealed unsafe class DifferentialRunner : IDisposable
         pre.push(rbx); pre.push(rbp); pre.push(r12); pre.push(r13); pre.push(r14); pre.push(r15);
         pre.mov(rax, (ulong)_hostFpu);
         pre.fxsave64(__[rax]);
-        pre.mov(rax, ctx);
-        AssemblerRegisterXMM[] xmms = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
-        for (int i = 0; i < 16; i++)
-        {
-            pre.movdqu(xmms[i], __xmmword_ptr[rax + X86Context.XmmOffset + i * 16]);
-        }
-        pre.ldmxcsr(__dword_ptr[rax + X86Context.MxcsrOffset]);
-        AssemblerRegisterMM[] mms = [mm0, mm1, mm2, mm3, mm4, mm5, mm6, mm7];
-        for (int i = 0; i < 8; i++)
-        {
-            pre.movq(mms[i], __qword_ptr[rax + X86Context.MmOffset + i * 8]);
-        }
-        pre.mov(__qword_ptr[rax + 16 * 8 + 8], rsp);
-        pre.mov(rsp, __qword_ptr[rax + 4 * 8]);
-        pre.push(__qword_ptr[rax + 16 * 8]);
-        pre.popfq();
-        AssemblerRegister64[] regs = [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
-        for (int i = 15; i >= 1; i--)
-        {
-            if (i != 4)
-            {
-                pre.mov(regs[i], __qword_ptr[rax + i * 8]);
-            }
-        }
-        pre.mov(rax, __qword_ptr[rax]);
+        EmitContextLoad(pre);
         byte[] preBytes = Assemble(pre, (ulong)_code.Address);
         var post = new Assembler(64);
         post.mov(__qword_ptr[ctx], rax);
         post.mov(rax, ctx);
+        AssemblerRegister64[] regs = [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
+        AssemblerRegisterXMM[] xmms = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
+        AssemblerRegisterMM[] mms = [mm0, mm1, mm2, mm3, mm4, mm5, mm6, mm7];
         for (int i = 1; i < 16; i++)
         {
             post.mov(__qword_ptr[rax + i * 8], regs[i]);
@@ -244,6 +245,39 @@ public sealed unsafe class DifferentialRunner : IDisposable
         instruction.CopyTo(span[CodeOffset..]);
         ulong postAt = (ulong)_code.Address + CodeOffset + (ulong)instruction.Length;
         Assemble(post, postAt).CopyTo(span[(CodeOffset + instruction.Length)..]);
+    }
+
+    /// <summary>
+    /// Loads the context at <see cref="_ctx"/>: XMM, MXCSR, MMX, then (after saving the host RSP in
+    /// the context) RFLAGS, RSP and the GPRs, RAX last; only MOVs follow the POPFQ.
+    /// </summary>
+    void EmitContextLoad(Assembler a)
+    {
+        a.mov(rax, (ulong)_ctx);
+        AssemblerRegisterXMM[] xmms = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
+        for (int i = 0; i < 16; i++)
+        {
+            a.movdqu(xmms[i], __xmmword_ptr[rax + X86Context.XmmOffset + i * 16]);
+        }
+        a.ldmxcsr(__dword_ptr[rax + X86Context.MxcsrOffset]);
+        AssemblerRegisterMM[] mms = [mm0, mm1, mm2, mm3, mm4, mm5, mm6, mm7];
+        for (int i = 0; i < 8; i++)
+        {
+            a.movq(mms[i], __qword_ptr[rax + X86Context.MmOffset + i * 8]);
+        }
+        a.mov(__qword_ptr[rax + 16 * 8 + 8], rsp);
+        a.push(__qword_ptr[rax + 16 * 8]); // through the host stack: the case's RSP may be unusable
+        a.popfq();
+        a.mov(rsp, __qword_ptr[rax + 4 * 8]);
+        AssemblerRegister64[] regs = [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
+        for (int i = 15; i >= 1; i--)
+        {
+            if (i != 4)
+            {
+                a.mov(regs[i], __qword_ptr[rax + i * 8]);
+            }
+        }
+        a.mov(rax, __qword_ptr[rax]);
     }
 
     static byte[] Assemble(Assembler a, ulong ip)

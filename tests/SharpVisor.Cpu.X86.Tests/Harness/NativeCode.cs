@@ -11,23 +11,51 @@ namespace SharpVisor.Cpu.X86.Tests.Harness;
 /// </summary>
 public sealed unsafe partial class NativeCode : IDisposable
 {
-    const int ProtRead = 1, ProtWrite = 2, ProtExec = 4, MapPrivate = 2, MapAnonymous = 0x20;
+    const int ProtRead = 1, ProtWrite = 2, ProtExec = 4, MapShared = 1, MapPrivate = 2, MapAnonymous = 0x20, MapFixedNoReplace = 0x100000;
 
     nint _address;
     readonly nuint _length;
 
-    /// <summary>A zeroed read-write-execute area of at least <paramref name="size"/> bytes.</summary>
-    public NativeCode(int size)
+    /// <summary>
+    /// A zeroed read-write-execute area of at least <paramref name="size"/> bytes; with
+    /// <paramref name="shared"/>, writes by a forked child are seen by this process (MAP_SHARED).
+    /// </summary>
+    public NativeCode(int size, bool shared = false)
     {
         _length = Round(size);
-        _address = Map(_length, ProtRead | ProtWrite | ProtExec);
+        _address = Map(_length, ProtRead | ProtWrite | ProtExec, shared ? MapShared : MapPrivate);
+    }
+
+    /// <summary>
+    /// A zeroed read-write area of <paramref name="size"/> bytes at exactly <paramref name="address"/>
+    /// (for data the instruction under test must reach with 32-bit addresses), or an
+    /// InvalidOperationException when that range is taken.
+    /// </summary>
+    public NativeCode(ulong address, int size)
+    {
+        _length = Round(size);
+        if (!IsSupported)
+        {
+            throw new PlatformNotSupportedException("NativeCode needs Linux on x86-64.");
+        }
+        nint p = Mmap((nint)address, _length, ProtRead | ProtWrite, MapPrivate | MapAnonymous | MapFixedNoReplace, -1, 0);
+        if (p != (nint)address)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (p != -1)
+            {
+                _ = Munmap(p, _length); // an old kernel ignoring MAP_FIXED_NOREPLACE put it elsewhere
+            }
+            throw new InvalidOperationException($"mmap at 0x{address:x} failed: errno {errno}");
+        }
+        _address = p;
     }
 
     /// <summary>A function holding <paramref name="code"/>: written while read-write, then switched to read-execute.</summary>
     public NativeCode(ReadOnlySpan<byte> code)
     {
         _length = Round(code.Length);
-        nint address = Map(_length, ProtRead | ProtWrite);
+        nint address = Map(_length, ProtRead | ProtWrite, MapPrivate);
         code.CopyTo(new Span<byte>((void*)address, code.Length));
         if (Mprotect(address, _length, ProtRead | ProtExec) != 0)
         {
@@ -42,13 +70,13 @@ public sealed unsafe partial class NativeCode : IDisposable
 
     static nuint Round(int size) => (nuint)((size + 4095) & ~4095);
 
-    static nint Map(nuint length, int protection)
+    static nint Map(nuint length, int protection, int sharing)
     {
         if (!IsSupported)
         {
             throw new PlatformNotSupportedException("NativeCode needs Linux on x86-64.");
         }
-        nint p = Mmap(0, length, protection, MapPrivate | MapAnonymous, -1, 0);
+        nint p = Mmap(0, length, protection, sharing | MapAnonymous, -1, 0);
         if (p == -1)
         {
             throw new InvalidOperationException($"mmap failed: errno {Marshal.GetLastPInvokeError()}");
