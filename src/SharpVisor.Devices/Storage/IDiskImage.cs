@@ -28,6 +28,9 @@ public interface IDiskImage : IDisposable
 
     /// <summary>The range reads as zeros afterwards; <paramref name="mayUnmap"/> allows freeing its space.</summary>
     void WriteZeroes(long offset, long length, bool mayUnmap);
+
+    /// <summary>The image's own event counters (shown with the device's under --stats).</summary>
+    IEnumerable<Counter> Counters => [];
 }
 
 /// <summary>Disk image formats; <see cref="Auto"/> probes the file like QEMU does.</summary>
