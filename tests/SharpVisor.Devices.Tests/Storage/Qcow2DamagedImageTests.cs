@@ -107,4 +107,96 @@ public sealed class Qcow2DamagedImageTests : IDisposable
         QemuImg.Run("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x11 4k 4k", path);
         Assert.True(QemuSaysCorrupt(path));
     }
+    /// <summary>
+    /// Refcounts that no longer cover the data (issue 16 defect 9b). 4 KiB clusters, 16-bit refcounts: guest
+    /// [0, 512 KiB) holds 0x5a in host clusters 5..132; then "zeroed" clears the whole refcount block,
+    /// "order3"/"order5" change refcount_order so that the block decodes to other values (many zero), and
+    /// "snapshot" keeps the 0x5a data only in an internal snapshot (the guest rewrote it with 0x77) and clears
+    /// just those clusters' refcounts. New allocations then land on data: a read-write open must refuse.
+    /// </summary>
+    [Theory]
+    [InlineData("zeroed")]
+    [InlineData("order3")]
+    [InlineData("order5")]
+    [InlineData("snapshot")]
+    public void Refcounts_below_the_references_refuse_a_read_write_open_and_no_data_is_overwritten(string damage)
+    {
+        string path = PathOf($"{damage}.qcow2");
+        QemuImg.Create(path, 1 << 20, "compat=1.1,cluster_size=4096");
+        QemuImg.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 512k", path);
+        if (damage == "snapshot")
+        {
+            QemuImg.Run("qemu-img", "snapshot", "-c", "s1", path);
+            QemuImg.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0x77 0 512k", path);
+        }
+        var file = File.ReadAllBytes(path);
+        long refBlock = (long)Be64(file, (long)Be64(file, 48));
+        switch (damage)
+        {
+            case "zeroed":
+                Patch(path, refBlock, new byte[4096]);
+                break;
+            case "order3":
+            case "order5":
+                Patch(path, 96, [0, 0, 0, (byte)(damage == "order3" ? 3 : 5)]);
+                break;
+            default:
+                // The clusters that hold 0x5a are now the snapshot's alone (refcount 1): make them look free.
+                int cleared = 0;
+                for (long c = 1; c < file.Length / 4096; c++)
+                {
+                    if (file.AsSpan((int)(c * 4096), 4096).IndexOfAnyExcept((byte)0x5a) < 0)
+                    {
+                        Patch(path, refBlock + c * 2, [0, 0]);
+                        cleared++;
+                    }
+                }
+                Assert.Equal(128, cleared);
+                break;
+        }
+
+        // A guest writing the other half of the disk through our code.
+        UserErrorException? refused = null;
+        try
+        {
+            using var d = DiskImage.Open(path);
+            d.Write(512 * 1024, Enumerable.Repeat((byte)0xC3, 512 * 1024).ToArray());
+            d.Flush();
+        }
+        catch (UserErrorException e)
+        {
+            refused = e;
+        }
+
+        // The data the guest did not write is intact, as QEMU reads it.
+        if (damage == "snapshot")
+        {
+            string snap = PathOf("snap.raw");
+            QemuImg.Run("qemu-img", "convert", "-l", "snapshot.name=s1", "-O", "raw", path, snap);
+            Assert.True(File.ReadAllBytes(snap).AsSpan(0, 512 * 1024).IndexOfAnyExcept((byte)0x5a) < 0, "the snapshot's data was overwritten");
+            QemuImg.Run("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x77 0 512k", path);
+        }
+        else
+        {
+            QemuImg.Run("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x5a 0 512k", path);
+        }
+        Assert.NotNull(refused);
+        Assert.Contains("qemu-img check -r all", refused.Message);
+        Assert.DoesNotContain('\n', refused.Message);
+
+        // Read-only use still works; after QEMU's repair the image opens read-write and takes writes.
+        using (var ro = DiskImage.Open(path, readOnly: true))
+        {
+            var back = new byte[4096];
+            ro.Read(4096, back);
+            Assert.All(back, b => Assert.Equal(damage == "snapshot" ? 0x77 : 0x5a, b));
+        }
+        QemuImg.Repair(path);
+        using (var d = DiskImage.Open(path))
+        {
+            d.Write(512 * 1024, Enumerable.Repeat((byte)0xC3, 512 * 1024).ToArray());
+        }
+        QemuImg.AssertClean(path);
+        QemuImg.Run("qemu-io", "-r", "-f", "qcow2", "-c", $"read -P {(damage == "snapshot" ? "0x77" : "0x5a")} 0 512k", "-c", "read -P 0xc3 512k 512k", path);
+    }
 }
