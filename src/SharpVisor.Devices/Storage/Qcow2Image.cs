@@ -230,6 +230,7 @@ public sealed partial class Qcow2Image : IDiskImage
         lock (_gate)
         {
             _disposed = true;
+            ImageLock.Release(_handle);
             _file.Dispose();
         }
     }

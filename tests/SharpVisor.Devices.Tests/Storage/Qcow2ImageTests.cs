@@ -173,8 +173,10 @@ public sealed class Qcow2ImageTests : IDisposable
             Assert.Equal(new FileInfo(_path).Length, raw.Length);
         }
         File.WriteAllBytes(_path, new byte[4096]);
-        using var plain = DiskImage.Open(_path);
-        Assert.IsType<RawDiskImage>(plain);
+        using (var plain = DiskImage.Open(_path))
+        {
+            Assert.IsType<RawDiskImage>(plain);
+        }
         Assert.Contains("not a qcow2 image", Assert.Throws<UserErrorException>(() => DiskImage.Open(_path, DiskFormat.Qcow2)).Message);
     }
 
