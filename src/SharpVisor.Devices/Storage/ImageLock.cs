@@ -15,7 +15,9 @@ namespace SharpVisor.Devices.Storage;
 /// are QEMU's BLK_PERM bits: 0 consistent read, 1 write, 2 write unchanged, 3 resize. What a SharpVisor
 /// disk takes is what a QEMU guest disk (share-rw=off) on the same image takes: it reads, writes unless
 /// read-only, and lets nobody else write; a qcow2 file's metadata must also not change under it, so a
-/// qcow2 image also uses and refuses to share "resize" (QEMU's bdrv_default_perms_for_storage).
+/// qcow2 image also uses and refuses to share "resize" (QEMU's bdrv_default_perms_for_storage). The
+/// bytes match what /proc/locks shows for qemu-io 7.2 on a qcow2 image: 100, 101, 103, 201, 203 read-write,
+/// 100, 201, 203 read-only.
 ///
 /// OFD locks (F_OFD_SETLK) belong to the open file description: they go away when the file is closed,
 /// also when the process dies, and two opens inside one process conflict like two processes do. The
@@ -52,8 +54,8 @@ static partial class ImageLock
 
     /// <summary>
     /// Takes the locks for using <paramref name="file"/> as a disk. Another user holding a conflicting
-    /// lock is a one-line <see cref="UserErrorException"/> (the caller closes the file, which drops any
-    /// lock taken so far). Where the host has no OFD locks (not Linux, or a file system without them)
+    /// lock is a one-line <see cref="UserErrorException"/> (the caller then releases the locks taken so
+    /// far and closes the file). Where the host has no OFD locks (not Linux, or a file system without them)
     /// it warns once and goes on unlocked, as QEMU's locking=auto does.
     /// </summary>
     public static void Acquire(SafeFileHandle file, string path, bool readOnly, bool isQcow2)
@@ -72,7 +74,8 @@ static partial class ImageLock
             bool used = (uses & (1 << p)) != 0, refused = (refuses & (1 << p)) != 0;
             if ((used && !Lock(file, path, UsesBase + p)) || (refused && !Lock(file, path, RefusesBase + p)))
             {
-                return; // the host cannot lock this file (warned)
+                Release(file); // the host cannot lock this file (warned): hold none rather than some
+                return;
             }
         }
         for (int p = 0; p < PermissionCount; p++)
