@@ -15,9 +15,9 @@ public static class Options
                                is added unless it names a console itself
           --memory MIB         guest RAM in MiB (default 512)
           --cpus N             number of vCPUs (default 1)
-          --disk PATH[,format=raw|qcow2][,readonly]
+          --disk PATH[,format=raw|qcow2][,readonly][,locking=off]
                                a virtio-blk disk on a raw or qcow2 image (repeatable;
-                               the format is probed when not given)
+                               the format is probed when not given; locked like QEMU locks it)
           --rng                a virtio-rng device fed from the host's RNG
           --net stream,listen=HOST:PORT | stream,connect=HOST:PORT[,mac=XX:..]
                                a virtio-net NIC on a stream socket (QEMU's socket framing); the

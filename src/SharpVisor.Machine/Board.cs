@@ -96,7 +96,7 @@ public sealed partial class VirtualMachine
         int slot = 4;
         foreach (var d in _config.Disks)
         {
-            var blk = new VirtioBlock(DiskImage.Open(d.Path, d.Format, d.ReadOnly), serial: $"disk{slot - 4}");
+            var blk = new VirtioBlock(DiskImage.Open(d.Path, d.Format, d.ReadOnly, d.Locking), serial: $"disk{slot - 4}");
             _disposables.Add(blk);
             AddPci(blk, slot++, route);
         }

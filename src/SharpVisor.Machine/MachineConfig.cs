@@ -82,10 +82,11 @@ public enum ConsoleDevice
 }
 
 /// <summary>
-/// A disk: <c>--disk PATH[,format=raw|qcow2][,readonly]</c>. Without <c>format=</c> the image is probed:
-/// a file starting with the qcow2 magic is qcow2, anything else raw (as QEMU probes).
+/// A disk: <c>--disk PATH[,format=raw|qcow2][,readonly][,locking=off]</c>. Without <c>format=</c> the image is
+/// probed: a file starting with the qcow2 magic is qcow2, anything else raw (as QEMU probes). The image is
+/// locked as QEMU locks it unless <c>locking=off</c> (QEMU's option of that name).
 /// </summary>
-public sealed record DiskSpec(string Path, bool ReadOnly = false, DiskFormat Format = DiskFormat.Auto)
+public sealed record DiskSpec(string Path, bool ReadOnly = false, DiskFormat Format = DiskFormat.Auto, bool Locking = true)
 {
     public static DiskSpec Parse(string text)
     {
@@ -102,9 +103,13 @@ public sealed record DiskSpec(string Path, bool ReadOnly = false, DiskFormat For
                 "readonly" or "readonly=on" => spec with { ReadOnly = true },
                 "format=raw" => spec with { Format = DiskFormat.Raw },
                 "format=qcow2" => spec with { Format = DiskFormat.Qcow2 },
+                "locking=on" => spec with { Locking = true },
+                "locking=off" => spec with { Locking = false },
                 _ when p.StartsWith("format=", StringComparison.Ordinal) =>
                     throw new UserErrorException($"unknown --disk format '{p["format=".Length..]}' (expected raw or qcow2)"),
-                _ => throw new UserErrorException($"unknown --disk option '{p}' (expected format=raw, format=qcow2 or readonly)"),
+                _ when p.StartsWith("locking=", StringComparison.Ordinal) =>
+                    throw new UserErrorException($"unknown --disk locking mode '{p["locking=".Length..]}' (expected locking=on or locking=off)"),
+                _ => throw new UserErrorException($"unknown --disk option '{p}' (expected format=raw, format=qcow2, readonly or locking=off)"),
             };
         }
         return spec;

@@ -28,6 +28,9 @@ public interface IDiskImage : IDisposable
 
     /// <summary>The range reads as zeros afterwards; <paramref name="mayUnmap"/> allows freeing its space.</summary>
     void WriteZeroes(long offset, long length, bool mayUnmap);
+
+    /// <summary>The image's own event counters (shown with the device's under --stats).</summary>
+    IEnumerable<Counter> Counters => [];
 }
 
 /// <summary>Disk image formats; <see cref="Auto"/> probes the file like QEMU does.</summary>
@@ -45,10 +48,12 @@ public static class DiskImage
 {
     /// <summary>
     /// Opens <paramref name="path"/> as <paramref name="format"/>; <see cref="DiskFormat.Auto"/> picks qcow2
-    /// when the file starts with the qcow2 magic and raw otherwise. A missing file, an unreadable one, a
-    /// corrupt or unsupported image is a one-line <see cref="UserErrorException"/>.
+    /// when the file starts with the qcow2 magic and raw otherwise. With <paramref name="locking"/> the file
+    /// gets QEMU-compatible locks (<see cref="ImageLock"/>) that it keeps while open. A missing file, an
+    /// unreadable one, a corrupt or unsupported image, or one another process has open is a one-line
+    /// <see cref="UserErrorException"/>.
     /// </summary>
-    public static IDiskImage Open(string path, DiskFormat format = DiskFormat.Auto, bool readOnly = false)
+    public static IDiskImage Open(string path, DiskFormat format = DiskFormat.Auto, bool readOnly = false, bool locking = true)
     {
         FileStream file;
         try
@@ -60,21 +65,28 @@ public static class DiskImage
         {
             throw new UserErrorException($"cannot open disk image '{path}': {e.Message}");
         }
+        var handle = file.SafeFileHandle;
         try
         {
             if (format == DiskFormat.Auto)
             {
-                format = Qcow2Image.HasMagic(file.SafeFileHandle) ? DiskFormat.Qcow2 : DiskFormat.Raw;
+                format = Qcow2Image.HasMagic(handle) ? DiskFormat.Qcow2 : DiskFormat.Raw;
+            }
+            if (locking)
+            {
+                ImageLock.Acquire(handle, path, readOnly, format == DiskFormat.Qcow2);
             }
             return format == DiskFormat.Qcow2 ? Qcow2Image.Open(file, path, readOnly) : new RawDiskImage(file, readOnly);
         }
         catch (IOException e)
         {
+            ImageLock.Release(handle);
             file.Dispose();
             throw new UserErrorException($"cannot read disk image '{path}': {e.Message}");
         }
         catch
         {
+            ImageLock.Release(handle);
             file.Dispose();
             throw;
         }

@@ -143,6 +143,7 @@ public sealed partial class Qcow2Image
         ulong refTableOffset = BinaryPrimitives.ReadUInt64BigEndian(first.AsSpan(HRefTableOffset));
         uint refTableClusters = BinaryPrimitives.ReadUInt32BigEndian(first.AsSpan(HRefTableClusters));
         h.SnapshotCount = BinaryPrimitives.ReadUInt32BigEndian(first.AsSpan(HSnapshotCount));
+        h.SnapshotsOffset = (long)Math.Min(BinaryPrimitives.ReadUInt64BigEndian(first.AsSpan(HSnapshotsOffset)), (ulong)MaxHostOffset);
 
         int l2Bits = h.ClusterBits - 3;
         if (size > (ulong)MaxHostOffset)
@@ -187,6 +188,16 @@ public sealed partial class Qcow2Image
             image.Dispose();
             throw Fail($"corrupt image: {problem}");
         }
+        if (!readOnly)
+        {
+            // Before anything is allocated: a refcount below its references would hand out a used cluster.
+            problem = image.CheckReferences(h.SnapshotsOffset);
+            if (problem is not null)
+            {
+                image.Dispose();
+                throw Fail($"corrupt image, not opened for writing: {problem}; repair it with 'qemu-img check -r all' or open it readonly");
+            }
+        }
         if (!readOnly && h.Autoclear != 0)
         {
             // qcow2.txt: a writer must clear auto-clear bits it does not maintain (we keep no bitmaps).
@@ -206,6 +217,7 @@ public sealed partial class Qcow2Image
         public long Size, L1Offset, RefTableOffset;
         public int RefTableClusters;
         public uint SnapshotCount;
+        public long SnapshotsOffset;
         public ulong[] L1 = [];
         public ulong[] RefTable = [];
     }

@@ -151,6 +151,11 @@ public sealed partial class Qcow2Image : IDiskImage
     public int Version => _version;
     public uint SnapshotCount { get; }
 
+    /// <summary>Corruption found while serving requests (the image is marked corrupt at the first).</summary>
+    public Counter CorruptionsFound { get; } = new("qcow2.corruptions_found");
+
+    public IEnumerable<Counter> Counters => [CorruptionsFound];
+
     // ---- guest-facing operations -------------------------------------------------------------
 
     public void Read(long offset, Span<byte> buffer)
@@ -161,7 +166,15 @@ public sealed partial class Qcow2Image : IDiskImage
             while (!buffer.IsEmpty)
             {
                 int n = SegmentLength(offset, buffer.Length);
-                ReadSegment(offset, buffer[..n]);
+                try
+                {
+                    ReadSegment(offset, buffer[..n]);
+                }
+                catch (DiskImageCorruptException e)
+                {
+                    MarkCorrupt(e); // found by a read, the corruption is as real as when a write finds it (QEMU too)
+                    throw;
+                }
                 offset += n;
                 buffer = buffer[n..];
             }
@@ -217,6 +230,7 @@ public sealed partial class Qcow2Image : IDiskImage
         lock (_gate)
         {
             _disposed = true;
+            ImageLock.Release(_handle);
             _file.Dispose();
         }
     }
@@ -283,18 +297,25 @@ public sealed partial class Qcow2Image : IDiskImage
 
     DiskImageCorruptException Corrupt(string what) => new($"qcow2 image '{_name}' is corrupt: {what}");
 
+    /// <summary>
+    /// Corruption was found serving a request: count it; the first time, log one line, refuse writes from
+    /// now on and set the v3 corrupt bit on disk (fsynced), as QEMU's qcow2_signal_corruption does, so no
+    /// later open writes to the image before it is repaired.
+    /// </summary>
     void MarkCorrupt(DiskImageCorruptException e)
     {
         DropCaches();
+        CorruptionsFound.Increment();
         if (_corrupt)
         {
             return;
         }
         _corrupt = true;
-        Log.Once($"qcow2.corrupt.{_name}", "qcow2", $"{e.Message}; further writes are refused");
+        Log.Once($"qcow2.corrupt.{_name}", "qcow2", $"{e.Message}; the guest gets I/O errors, further writes are refused");
         if (_version == 3 && !ReadOnly)
         {
             // qcow2.txt incompatible bit 1: the image must not be written until repaired (QEMU sets it too).
+            // Version 2 headers have no feature bits: there the in-memory flag is all there is, as in QEMU.
             try
             {
                 Span<byte> field = stackalloc byte[8];
@@ -302,6 +323,7 @@ public sealed partial class Qcow2Image : IDiskImage
                 {
                     BinaryPrimitives.WriteUInt64BigEndian(field, BinaryPrimitives.ReadUInt64BigEndian(field) | 1UL << IncompatCorrupt);
                     HostWrite(field, HIncompatible);
+                    _file.Flush(flushToDisk: true);
                 }
             }
             catch (IOException)
@@ -361,6 +383,12 @@ public sealed partial class Qcow2Image : IDiskImage
         if (host == 0 && (entry & Copied) != 0)
         {
             throw Corrupt($"L2 entry 0x{entry:x} maps host offset 0 (external data files are not supported)");
+        }
+        if ((host & (_clusterSize - 1)) != 0)
+        {
+            // qcow2.txt, Standard Cluster Descriptor: bits 9-55 are the host cluster offset and "must be
+            // aligned to a cluster boundary". Used as is, a write would run into the next host cluster.
+            throw Corrupt($"L2 entry 0x{entry:x} maps a host offset that is not cluster-aligned");
         }
         return host;
     }

@@ -82,5 +82,9 @@ public sealed class RawDiskImage : IDiskImage
         }
     }
 
-    public void Dispose() => _file.Dispose();
+    public void Dispose()
+    {
+        ImageLock.Release(_file.SafeFileHandle);
+        _file.Dispose();
+    }
 }

@@ -87,7 +87,7 @@ public sealed class VirtioBlock : VirtioPciDevice, IDisposable
     public bool ReadOnly { get; }
     public ulong CapacitySectors { get; }
 
-    public override IEnumerable<Counter> Counters => [.. base.Counters, IoErrors];
+    public override IEnumerable<Counter> Counters => [.. base.Counters, IoErrors, .. _disk.Counters];
 
     protected override bool HandleRequest(int queue, DescriptorChain chain)
     {

@@ -173,8 +173,10 @@ public sealed class Qcow2ImageTests : IDisposable
             Assert.Equal(new FileInfo(_path).Length, raw.Length);
         }
         File.WriteAllBytes(_path, new byte[4096]);
-        using var plain = DiskImage.Open(_path);
-        Assert.IsType<RawDiskImage>(plain);
+        using (var plain = DiskImage.Open(_path))
+        {
+            Assert.IsType<RawDiskImage>(plain);
+        }
         Assert.Contains("not a qcow2 image", Assert.Throws<UserErrorException>(() => DiskImage.Open(_path, DiskFormat.Qcow2)).Message);
     }
 
@@ -276,31 +278,53 @@ public sealed class Qcow2ImageTests : IDisposable
         Assert.Contains("L1 entry 0 points to", OpenError());
     }
 
-    /// <summary>Makes guest cluster 0's L2 entry <paramref name="entry"/> (after a write allocated the L2 table).</summary>
-    long SetFirstL2Entry(ulong entry)
+    /// <summary>Writes guest byte 0, which allocates the first L2 table (host cluster 4) and data cluster (5); returns the table's offset.</summary>
+    long AllocateFirstCluster()
     {
         using (var d = Open())
         {
             d.Write(0, new byte[] { 1 });
         }
         var file = File.ReadAllBytes(_path);
-        long l2 = (long)(BinaryPrimitives.ReadUInt64BigEndian(file.AsSpan(3 * 4096)) & 0x00FF_FFFF_FFFF_FE00);
+        return (long)(BinaryPrimitives.ReadUInt64BigEndian(file.AsSpan(3 * 4096)) & 0x00FF_FFFF_FFFF_FE00);
+    }
+
+    /// <summary>Makes guest cluster 0's L2 entry <paramref name="entry"/> (after a write allocated the L2 table).</summary>
+    long SetFirstL2Entry(ulong entry)
+    {
+        long l2 = AllocateFirstCluster();
         PatchBe64(l2, entry);
         return l2;
     }
 
     [Fact]
-    public void Data_cluster_beyond_the_file_is_an_io_error_on_access_not_a_crash()
+    public void Data_cluster_beyond_the_file_refuses_a_read_write_open_and_is_an_io_error_on_access()
     {
         Qcow2Image.Create(_path, 1 << 20, clusterBits: 12);
         SetFirstL2Entry(1UL << 63 | 1UL << 40);
-        using var d = Open();
+        string m = OpenError();
+        Assert.Contains("data cluster at 0x10000000000 lies beyond the end of the file", m);
+        Assert.Contains("qemu-img check -r all", m);
+        using var d = Open(readOnly: true);
         Assert.Throws<DiskImageCorruptException>(() => d.Read(0, new byte[512]));
-        Assert.Throws<DiskImageCorruptException>(() => d.Write(0, new byte[512]));
-        // Other clusters still work for reading; writes are refused once corruption was seen.
-        d.Read(8192, new byte[512]);
-        Assert.Throws<DiskImageCorruptException>(() => d.Write(8192, new byte[512]));
-        d.Dispose();
+        d.Read(8192, new byte[512]); // other clusters still read
+    }
+
+    [Fact]
+    public void Metadata_changed_under_an_open_image_is_an_io_error_and_marks_it_corrupt()
+    {
+        // What the check at open cannot see: the file changing afterwards (another writer ignoring the lock).
+        Qcow2Image.Create(_path, 1 << 20, clusterBits: 12);
+        long l2 = AllocateFirstCluster();
+        using (var d = Open())
+        {
+            PatchBe64(l2, 1UL << 63 | 1UL << 40); // the L2 table is read on first access, after this
+            Assert.Throws<DiskImageCorruptException>(() => d.Read(0, new byte[512]));
+            Assert.Throws<DiskImageCorruptException>(() => d.Write(0, new byte[512]));
+            // Other clusters still work for reading; writes are refused once corruption was seen.
+            d.Read(8192, new byte[512]);
+            Assert.Throws<DiskImageCorruptException>(() => d.Write(8192, new byte[512]));
+        }
         Assert.Contains("marked corrupt", OpenError()); // the corrupt bit reached the header
     }
 
@@ -308,13 +332,23 @@ public sealed class Qcow2ImageTests : IDisposable
     public void Guest_write_through_an_l2_entry_pointing_at_metadata_is_refused()
     {
         Qcow2Image.Create(_path, 1 << 20, clusterBits: 12);
-        SetFirstL2Entry(1UL << 63 | 3 * 4096); // onto the L1 table
+        long l2 = AllocateFirstCluster();
         var before = File.ReadAllBytes(_path).AsSpan(3 * 4096, 4096).ToArray();
         using (var d = Open())
         {
+            PatchBe64(l2, 1UL << 63 | 3 * 4096); // onto the L1 table, after the check at open
             Assert.Throws<DiskImageCorruptException>(() => d.Write(0, Pattern(4096, 9)));
         }
         Assert.Equal(before, File.ReadAllBytes(_path).AsSpan(3 * 4096, 4096).ToArray());
+    }
+
+    [Fact]
+    public void L2_entry_pointing_at_metadata_refuses_a_read_write_open()
+    {
+        // The L1 table's cluster would have two references (as L1 table and as data) and refcount 1.
+        Qcow2Image.Create(_path, 1 << 20, clusterBits: 12);
+        SetFirstL2Entry(1UL << 63 | 3 * 4096);
+        Assert.Contains("host cluster 3 (0x3000) has refcount 1 but 2 references", OpenError());
     }
 
     [Fact]
@@ -333,8 +367,26 @@ public sealed class Qcow2ImageTests : IDisposable
         long l2 = SetFirstL2Entry(0);
         // Compressed descriptor (cluster_bits 12: offset in bits 0..57, 4 extra sectors above) onto the L2 table itself.
         PatchBe64(l2, 1UL << 62 | 4UL << 58 | (ulong)l2);
-        using var d = Open();
+        using var d = Open(readOnly: true); // read-write is refused: the L2 table's cluster gains a second reference
         Assert.Throws<DiskImageCorruptException>(() => d.Read(0, new byte[16]));
+    }
+
+    [Fact]
+    public void Zeroed_refcount_of_a_data_cluster_refuses_a_read_write_open()
+    {
+        Qcow2Image.Create(_path, 1 << 20, clusterBits: 12);
+        var data = Pattern(4096, 5);
+        using (var d = Open())
+        {
+            d.Write(0, data);
+        }
+        // Zero the data cluster's refcount (16-bit entries in the block at cluster 2; the data is cluster 5).
+        Patch(2 * 4096 + 5 * 2, new byte[2]);
+        string m = OpenError();
+        Assert.Contains("host cluster 5 (0x5000) has refcount 0 but 1 reference", m);
+        Assert.Contains("qemu-img check -r all", m);
+        using var ro = Open(readOnly: true);
+        Assert.Equal(data, ReadAll(ro)[..4096]);
     }
 
     [Fact]
@@ -345,12 +397,10 @@ public sealed class Qcow2ImageTests : IDisposable
         {
             d.Write(0, Pattern(4096, 5));
         }
-        // Zero the data cluster's refcount (16-bit entries in the block at cluster 2), then discard it.
-        var file = File.ReadAllBytes(_path);
-        long l2 = (long)(BinaryPrimitives.ReadUInt64BigEndian(file.AsSpan(3 * 4096)) & 0x00FF_FFFF_FFFF_FE00);
-        long data = (long)(BinaryPrimitives.ReadUInt64BigEndian(file.AsSpan((int)l2)) & 0x00FF_FFFF_FFFF_FE00);
-        Patch(2 * 4096 + data / 4096 * 2, new byte[2]);
         using var again = Open();
+        // Zero the data cluster's refcount after the check at open (the refcount block is read on first use),
+        // then discard the cluster: its refcount would drop below zero.
+        Patch(2 * 4096 + 5 * 2, new byte[2]);
         Assert.Throws<DiskImageCorruptException>(() => again.Discard(0, 4096));
     }
 

@@ -68,6 +68,20 @@ static class QemuImg
             $"qemu-img check {path}: exit {p.ExitCode}: {json} {err}");
     }
 
+    /// <summary>`qemu-img check -r all`: QEMU rebuilds the refcounts (its exit code tells what it found, not whether it repaired).</summary>
+    public static void Repair(string path)
+    {
+        var psi = new ProcessStartInfo("qemu-img") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { "check", "-r", "all", path })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using var p = Process.Start(psi)!;
+        p.StandardOutput.ReadToEnd();
+        p.StandardError.ReadToEnd();
+        p.WaitForExit();
+    }
+
     /// <summary>The guest-visible contents, as QEMU reads them.</summary>
     public static byte[] ToRaw(string path)
     {

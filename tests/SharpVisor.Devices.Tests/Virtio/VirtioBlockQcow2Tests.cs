@@ -76,7 +76,7 @@ public sealed class VirtioBlockQcow2Tests : IDisposable
         BinaryPrimitives.WriteUInt64BigEndian(file.AsSpan((int)l2), 1UL << 63 | 1UL << 40);
         File.WriteAllBytes(_path, file);
 
-        var blk = new VirtioBlock(_path, serial: "c");
+        var blk = new VirtioBlock(_path, readOnly: true, serial: "c"); // read-write opens refuse such an image
         using var d = new VirtioTestDriver(blk);
         d.Start();
         ulong buf = d.Allocate(4096);
