@@ -32,7 +32,8 @@ public static class Options
           --clock host|deterministic
                                guest time follows the host, or advances with executed instructions
                                so that runs repeat exactly (default host)
-          --timeout SEC        stop with an error after SEC seconds (default: none)
+          --timeout SEC        stop with an error after SEC seconds of the whole run, guest resets
+                               included (guest time with --clock deterministic; default: none)
           --stats              print every counter when the VM stops
         The guest's console is the terminal. Press Ctrl-A then x to quit, Ctrl-A Ctrl-A to send Ctrl-A.
         """;

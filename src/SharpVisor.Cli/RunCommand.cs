@@ -21,6 +21,8 @@ public static class RunCommand
         var console = new TerminalConsole(b => vm?.SendConsoleInput(b), () => vm?.RequestExit(new VmExit(VmExitKind.Stopped, "quit from the console (Ctrl-A x)")));
         var resets = new Queue<TimeSpan>();
         var clock = Stopwatch.StartNew();
+        // Guest time the boots before a reset ran: the deterministic clock's share of --timeout.
+        double earlierBootsGuestSeconds = 0;
         VmExit exit;
         using (console)
         {
@@ -28,11 +30,13 @@ public static class RunCommand
             while (true)
             {
                 vm = new VirtualMachine(config, console.Write);
-                exit = vm.Run();
+                // --timeout is for the whole run: a guest that keeps resetting must not restart it.
+                exit = vm.Run(config.Clock == ClockMode.Deterministic ? earlierBootsGuestSeconds : clock.Elapsed.TotalSeconds);
                 if (exit.Kind != VmExitKind.Reset)
                 {
                     break;
                 }
+                earlierBootsGuestSeconds += vm.Clock.NowNs / 1e9;
                 resets.Enqueue(clock.Elapsed);
                 while (clock.Elapsed - resets.Peek() > ResetLoopWindow)
                 {

@@ -20,7 +20,11 @@ public sealed record MachineConfig
     public NetSpec? Net { get; init; }
     public bool Iommu { get; init; }
     public ClockMode Clock { get; init; } = ClockMode.Host;
-    /// <summary>Guest seconds after which the run stops with an error (0 = none).</summary>
+    /// <summary>
+    /// Seconds after which the run stops with an error (0 = none): the whole run, every boot after a
+    /// guest reset included, in wall-clock time with the host clock and guest time with the
+    /// deterministic clock (so a deterministic run times out at the same point every time).
+    /// </summary>
     public double TimeoutSeconds { get; init; }
     /// <summary>Print every counter at exit.</summary>
     public bool PrintStats { get; init; }
