@@ -95,7 +95,8 @@ public static class LinuxLoader
         }
         else
         {
-            throw new UserErrorException($"{name}: not a Linux kernel (neither a bzImage nor an ELF vmlinux)");
+            throw new UserErrorException(MultibootLoader.DescribeBadChecksum(request.Kernel, name)
+                ?? $"{name}: not a Linux kernel (neither a bzImage nor an ELF vmlinux)");
         }
 
         LinuxEntryKind kind = request.Entry;
@@ -109,7 +110,9 @@ public static class LinuxLoader
         }
         if (kind == LinuxEntryKind.Long64 && !elf.Is64Bit)
         {
-            throw new UserErrorException($"{name}: a 32-bit ELF cannot use the 64-bit entry");
+            // A 32-bit ELF is usually a Multiboot kernel whose header was not accepted.
+            throw new UserErrorException(MultibootLoader.DescribeBadChecksum(request.Kernel, name)
+                ?? $"{name}: a 32-bit ELF cannot use the 64-bit entry");
         }
         if (!request.E820.IsUsableRam(reserveStart, reserveEnd - reserveStart))
         {
