@@ -35,6 +35,8 @@ public static class Options
           --timeout SEC        stop with an error after SEC seconds of the whole run, guest resets
                                included (guest time with --clock deterministic; default: none)
           --stats              print every counter when the VM stops
+        Kernel, initrd and disk images must be regular files; a kernel or initrd must be smaller than
+        guest RAM and at most 1 GiB. At most 27 virtio devices (disks, rng, virtio console, NIC) fit.
         The guest's console is the terminal. Press Ctrl-A then x to quit, Ctrl-A Ctrl-A to send Ctrl-A.
         """;
 

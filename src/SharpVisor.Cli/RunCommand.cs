@@ -17,6 +17,7 @@ public static class RunCommand
 
     public static int Execute(MachineConfig config)
     {
+        config.Validate(); // bad options and files are reported before the terminal goes into raw mode
         VirtualMachine? vm = null;
         var console = new TerminalConsole(b => vm?.SendConsoleInput(b), () => vm?.RequestExit(new VmExit(VmExitKind.Stopped, "quit from the console (Ctrl-A x)")));
         var resets = new Queue<TimeSpan>();

@@ -110,6 +110,14 @@ public class OptionsTests
             new DiskSpec("c.img", false, DiskFormat.Raw)], cfg.Disks);
     }
 
+    /// <summary>The limits the help states are the ones Validate enforces.</summary>
+    [Fact]
+    public void HelpStatesTheLimitsInForce()
+    {
+        Assert.Contains($"at most {MachineConfig.MaxBootFileBytes >> 30} GiB", Options.RunUsage);
+        Assert.Contains($"At most {MachineConfig.MaxPciDevices} virtio devices", Options.RunUsage);
+    }
+
     [Fact]
     public void ValidationNamesAMissingDisk()
     {

@@ -194,12 +194,29 @@ public static class LinuxLoader
         throw new UserErrorException($"initrd of {size >> 20} MiB does not fit in guest RAM below 0x{limit:x} next to the kernel; give the guest more memory");
     }
 
-    /// <summary>Reads a kernel/initrd file, turning I/O problems into a one-line user error.</summary>
-    public static byte[] ReadFile(string path, string what)
+    /// <summary>
+    /// Reads a kernel/initrd file of at most <paramref name="maxBytes"/>, turning I/O problems into a
+    /// one-line user error. Only as many bytes as the file's size when opened are read, so a file
+    /// that grows (or a device that never ends) cannot make it read without bound;
+    /// <see cref="MachineConfig.Validate"/> has already refused anything but regular files.
+    /// </summary>
+    public static byte[] ReadFile(string path, string what, long maxBytes = MachineConfig.MaxBootFileBytes)
     {
         try
         {
-            return File.ReadAllBytes(path);
+            using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0);
+            long length = file.Length;
+            if (length > maxBytes)
+            {
+                throw new UserErrorException($"{what} '{path}' is {length} bytes, more than the limit of {maxBytes >> 20} MiB");
+            }
+            var data = new byte[length];
+            file.ReadExactly(data);
+            return data;
+        }
+        catch (EndOfStreamException)
+        {
+            throw new UserErrorException($"cannot read {what} '{path}': the file shrank while it was being read");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
