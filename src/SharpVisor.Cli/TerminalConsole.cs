@@ -38,6 +38,8 @@ public sealed class TerminalConsole : IDisposable
         {
             _savedTty = Stty("-g")?.Trim();
             Stty("raw -echo");
+            // Environment.Exit (an exception on another thread) skips Dispose: restore the terminal then too.
+            AppDomain.CurrentDomain.ProcessExit += RestoreTerminal;
             // Raw mode has no output processing: log lines (e.g. a network peer leaving) need CR LF.
             Log.SetWriter(new StreamWriter(Console.OpenStandardError()) { AutoFlush = true, NewLine = "\r\n" });
         }
@@ -158,14 +160,21 @@ public sealed class TerminalConsole : IDisposable
         }
     }
 
+    /// <summary>Puts the terminal back as it was before raw mode (once; later calls do nothing).</summary>
+    void RestoreTerminal(object? sender = null, EventArgs? e = null)
+    {
+        if (Interlocked.Exchange(ref _savedTty, null) is { Length: > 0 } saved)
+        {
+            Stty(saved);
+        }
+    }
+
     public void Dispose()
     {
         _flusher.Dispose();
         Flush();
-        if (_savedTty is { Length: > 0 })
-        {
-            Stty(_savedTty);
-        }
+        AppDomain.CurrentDomain.ProcessExit -= RestoreTerminal;
+        RestoreTerminal();
         if (Interactive)
         {
             Log.SetWriter(Console.Error);

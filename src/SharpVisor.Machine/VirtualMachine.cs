@@ -157,7 +157,7 @@ public sealed partial class VirtualMachine : IDisposable
         {
             // A VMM bug: report it as such, with the guest state, instead of dying silently.
             RequestExit(new VmExit(VmExitKind.Error, $"internal error on cpu{cpu.Index} ({e.GetType().Name}: {e.Message}) at {cpu}"));
-            Log.Error("vm", e.ToString());
+            Log.Debug("vm", e.ToString()); // the stack trace, for a bug report (the CLI shows it with SHARPVISOR_DEBUG=1)
         }
     }
 
