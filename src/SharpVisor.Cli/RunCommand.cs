@@ -69,7 +69,9 @@ public static class RunCommand
 
         public int Execute()
         {
-            var console = new TerminalConsole(SendInput, () => Stop(new VmExit(VmExitKind.Stopped, "quit from the console (Ctrl-A x)"), 1));
+            // Output to a file or pipe is bounded (someone may not be reading it); a terminal is not.
+            var console = new TerminalConsole(SendInput, () => Stop(new VmExit(VmExitKind.Stopped, "quit from the console (Ctrl-A x)"), 1),
+                Console.IsOutputRedirected ? config.ConsoleLimitBytes : null);
             var signals = HandleSignals();
             var resets = new Queue<TimeSpan>();
             var clock = Stopwatch.StartNew();
@@ -85,6 +87,7 @@ public static class RunCommand
                     while (true)
                     {
                         vm = new VirtualMachine(config, console.Write);
+                        vm.Counters.Add(console.DroppedBytes); // for --stats; it counts the whole run
                         lock (_gate)
                         {
                             _running = vm;

@@ -18,13 +18,20 @@ public sealed class TerminalConsole : IDisposable
     readonly BufferedStream _out;
     readonly Lock _outGate = new();
     readonly Timer _flusher;
+    readonly long _outputLimit;
+    long _written;
     string? _savedTty;
     Thread? _reader;
 
-    public TerminalConsole(Action<byte> toGuest, Action quit)
+    /// <summary>Guest output not written because it came past the output limit.</summary>
+    public Counter DroppedBytes { get; } = new("console.dropped_bytes");
+
+    /// <param name="outputLimit">Bytes of guest output written at most (for the whole run, reboots included); null for no limit.</param>
+    public TerminalConsole(Action<byte> toGuest, Action quit, long? outputLimit = null)
     {
         _toGuest = toGuest;
         _quit = quit;
+        _outputLimit = outputLimit ?? long.MaxValue;
         _out = new BufferedStream(_stdout, 64 * 1024);
         // Output is flushed every 15 ms rather than per byte: a booting kernel prints tens of KiB.
         _flusher = new Timer(_ => Flush(), null, 15, 15);
@@ -47,12 +54,22 @@ public sealed class TerminalConsole : IDisposable
         _reader.Start();
     }
 
-    /// <summary>A byte the guest transmitted.</summary>
+    /// <summary>A byte the guest transmitted; past the output limit it is dropped and counted.</summary>
     public void Write(byte b)
     {
         lock (_outGate)
         {
-            _out.WriteByte(b);
+            if (_written < _outputLimit)
+            {
+                _out.WriteByte(b);
+                _written++;
+                return;
+            }
+            if (DroppedBytes.Value == 0)
+            {
+                Log.Warn("console", $"guest output reached the --console-limit of {_outputLimit} bytes (stdout is not a terminal); further guest output is dropped and counted in {DroppedBytes.Name}");
+            }
+            DroppedBytes.IncrementUnsynchronized(); // under _outGate: one writer at a time
         }
     }
 

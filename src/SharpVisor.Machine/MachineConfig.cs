@@ -28,6 +28,15 @@ public sealed record MachineConfig
     public double TimeoutSeconds { get; init; }
     /// <summary>Print every counter at exit.</summary>
     public bool PrintStats { get; init; }
+    /// <summary>
+    /// How many bytes of guest console output the CLI writes when its stdout is not a terminal
+    /// (--console-limit; null = no limit). Past it output is dropped and counted, so a guest that
+    /// prints without pause cannot fill the host's disk with a log nobody reads.
+    /// </summary>
+    public long? ConsoleLimitBytes { get; init; } = DefaultConsoleLimitBytes;
+
+    /// <summary>64 MiB: a thousand Linux boot logs, reached in seconds by a guest printing in a loop.</summary>
+    public const long DefaultConsoleLimitBytes = 64L << 20;
 
     /// <summary>
     /// The command line the kernel gets: <see cref="CommandLine"/>, plus <c>console=ttyS0</c>

@@ -26,16 +26,29 @@ internal sealed class CliProcess : IDisposable
     readonly Task _stdoutPump;
     long _stdoutLength;
 
+    /// <summary>Starts `sharpvisor ARGS`.</summary>
     public CliProcess(params string[] args)
+        : this(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet", [Path.Combine(AppContext.BaseDirectory, "sharpvisor.dll"), .. args])
     {
-        var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
+    }
+
+    /// <summary>The command that runs sharpvisor, for another program to run it (e.g. script(1) on a pseudo-terminal).</summary>
+    public static string CommandLine(params string[] args) =>
+        string.Join(' ', new[] { Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet", Path.Combine(AppContext.BaseDirectory, "sharpvisor.dll") }
+            .Concat(args).Select(a => $"'{a.Replace("'", "'\\''", StringComparison.Ordinal)}'"));
+
+    /// <summary>Starts another program.</summary>
+    public static CliProcess StartProgram(string executable, params string[] args) => new(executable, args.AsEnumerable());
+
+    CliProcess(string executable, IEnumerable<string> args)
+    {
+        var psi = new ProcessStartInfo(executable)
         {
             RedirectStandardInput = true,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "sharpvisor.dll"));
         foreach (var a in args)
         {
             psi.ArgumentList.Add(a);

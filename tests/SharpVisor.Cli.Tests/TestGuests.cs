@@ -69,6 +69,27 @@ internal static class TestGuests
         HaltForever(a);
     });
 
+    /// <summary>
+    /// Writes 'x' to COM1 <paramref name="count"/> times without pause, then powers off through
+    /// the isa-debug-exit port (value 0x10: exit status 0x21).
+    /// </summary>
+    public static byte[] PrintThenPowerOff(int count) => Multiboot(a =>
+    {
+        var loop = a.CreateLabel();
+        a.mov(dx, Com1);
+        a.mov(al, (byte)'x');
+        a.mov(ecx, count);
+        a.Label(ref loop);
+        a.@out(dx, al);
+        a.loop(loop);
+        a.mov(al, 0x10);
+        a.@out(0xF4, al);
+        HaltForever(a);
+    });
+
+    /// <summary>The exit status of <see cref="PrintThenPowerOff"/>: (0x10 &lt;&lt; 1) | 1, as QEMU's isa-debug-exit.</summary>
+    public const int PowerOffStatus = 0x21;
+
     /// <summary>Writes 'x' to COM1 as fast as it can, forever (a guest flooding its console).</summary>
     public static byte[] FloodSerial() => Multiboot(a =>
     {
