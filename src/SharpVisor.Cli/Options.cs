@@ -39,8 +39,8 @@ public static class Options
                                when stdout is not a terminal, write at most SIZE bytes (K, M, G
                                suffixes) of guest console output, then drop the rest and count it in
                                console.dropped_bytes (default 64M; a terminal is never limited)
-        Kernel, initrd and disk images must be regular files; a kernel or initrd must be smaller than
-        guest RAM and at most 1 GiB. At most 27 virtio devices (disks, rng, virtio console, NIC) fit.
+        Kernel, initrd and disk images must be regular files; a kernel or initrd must fit in guest
+        RAM and be at most 1 GiB. At most 27 virtio devices (disks, rng, virtio console, NIC) fit.
         The guest's console is the terminal. Press Ctrl-A then x to quit, Ctrl-A Ctrl-A to send Ctrl-A.
         """;
 

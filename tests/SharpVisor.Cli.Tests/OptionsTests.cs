@@ -140,6 +140,7 @@ public class OptionsTests
     {
         Assert.Contains($"at most {MachineConfig.MaxBootFileBytes >> 30} GiB", Options.RunUsage);
         Assert.Contains($"At most {MachineConfig.MaxPciDevices} virtio devices", Options.RunUsage);
+        Assert.Contains($"(default {MachineConfig.DefaultConsoleLimitBytes >> 20}M;", Options.RunUsage);
     }
 
     [Fact]

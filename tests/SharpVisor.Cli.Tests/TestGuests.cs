@@ -90,17 +90,6 @@ internal static class TestGuests
     /// <summary>The exit status of <see cref="PrintThenPowerOff"/>: (0x10 &lt;&lt; 1) | 1, as QEMU's isa-debug-exit.</summary>
     public const int PowerOffStatus = 0x21;
 
-    /// <summary>Writes 'x' to COM1 as fast as it can, forever (a guest flooding its console).</summary>
-    public static byte[] FloodSerial() => Multiboot(a =>
-    {
-        var loop = a.CreateLabel();
-        a.mov(dx, Com1);
-        a.mov(al, (byte)'x');
-        a.Label(ref loop);
-        a.@out(dx, al);
-        a.jmp(loop);
-    });
-
     static void HaltForever(Assembler a)
     {
         var halt = a.CreateLabel();
