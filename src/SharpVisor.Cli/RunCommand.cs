@@ -16,6 +16,10 @@ public static class RunCommand
     const int MaxQuickResets = 5;
     static readonly TimeSpan ResetLoopWindow = TimeSpan.FromSeconds(60);
 
+    /// <summary>The signals that stop a run, with their numbers on Linux (signal(7)) for the exit status.</summary>
+    static readonly (PosixSignal Signal, string Name, int Number)[] StopSignals =
+        [(PosixSignal.SIGTERM, "SIGTERM", 15), (PosixSignal.SIGINT, "SIGINT", 2), (PosixSignal.SIGHUP, "SIGHUP", 1)];
+
     public static int Execute(MachineConfig config)
     {
         config.Validate(); // bad options and files are reported before the terminal goes into raw mode
@@ -59,11 +63,10 @@ public static class RunCommand
         /// </summary>
         IDisposable[] HandleSignals() =>
         [
-            .. new[] { (PosixSignal.SIGTERM, "SIGTERM", 15), (PosixSignal.SIGINT, "SIGINT", 2), (PosixSignal.SIGHUP, "SIGHUP", 1) }
-                .Select(s => PosixSignalRegistration.Create(s.Item1, context =>
+            .. StopSignals.Select(s => PosixSignalRegistration.Create(s.Signal, context =>
                 {
                     context.Cancel = true; // not the runtime's immediate exit: the run loop ends and cleans up
-                    Stop(new VmExit(VmExitKind.Stopped, $"terminated by {s.Item2}, guest stopped"), 128 + s.Item3);
+                    Stop(new VmExit(VmExitKind.Stopped, $"terminated by {s.Name}, guest stopped"), 128 + s.Number);
                 })),
         ];
 
