@@ -32,8 +32,15 @@ public static class Options
           --clock host|deterministic
                                guest time follows the host, or advances with executed instructions
                                so that runs repeat exactly (default host)
-          --timeout SEC        stop with an error after SEC seconds (default: none)
+          --timeout SEC        stop with an error after SEC seconds of the whole run, guest resets
+                               included (guest time with --clock deterministic; default: none)
           --stats              print every counter when the VM stops
+          --console-limit SIZE|none
+                               when stdout is not a terminal, write at most SIZE bytes (K, M, G
+                               suffixes) of guest console output, then drop the rest and count it in
+                               console.dropped_bytes (default 64M; a terminal is never limited)
+        Kernel, initrd and disk images must be regular files; a kernel or initrd must fit in guest
+        RAM and be at most 1 GiB. At most 27 virtio devices (disks, rng, virtio console, NIC) fit.
         The guest's console is the terminal. Press Ctrl-A then x to quit, Ctrl-A Ctrl-A to send Ctrl-A.
         """;
 
@@ -67,6 +74,7 @@ public static class Options
                 "--clock" => cfg with { Clock = ParseClock(Value()) },
                 "--timeout" => cfg with { TimeoutSeconds = ParseSeconds(a, Value()) },
                 "--stats" => cfg with { PrintStats = true },
+                "--console-limit" => cfg with { ConsoleLimitBytes = ParseSizeOrNone(a, Value()) },
                 _ => throw new UserErrorException($"unknown option '{a}' (see 'sharpvisor run --help')"),
             };
         }
@@ -83,6 +91,22 @@ public static class Options
         ulong.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out ulong n)
             ? n
             : throw new UserErrorException($"option {option} needs a whole number (got '{v}')");
+
+    /// <summary>A byte count with an optional binary suffix (64K, 64M, 1G), or "none".</summary>
+    static long? ParseSizeOrNone(string option, string v)
+    {
+        if (v == "none")
+        {
+            return null;
+        }
+        int shift = v.Length == 0 ? 0 : char.ToUpperInvariant(v[^1]) switch { 'K' => 10, 'M' => 20, 'G' => 30, _ => 0 };
+        string digits = shift == 0 ? v : v[..^1];
+        if (long.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out long n) && n > 0 && n <= long.MaxValue >> shift)
+        {
+            return n << shift;
+        }
+        throw new UserErrorException($"option {option} needs a size in bytes like 65536, 64K, 64M or 1G, or 'none' (got '{v}')");
+    }
 
     static double ParseSeconds(string option, string v) =>
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double s) && s > 0 && double.IsFinite(s)

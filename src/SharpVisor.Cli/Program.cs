@@ -5,7 +5,9 @@ namespace SharpVisor.Cli;
 
 /// <summary>
 /// The `sharpvisor` command. Exit status: 0 when the guest powers off; 1 with one line on stderr
-/// for anything else (bad options, missing files, triple fault, timeout); 2 for usage errors.
+/// for anything else (bad options, missing files, triple fault, timeout, a VMM bug); 2 for usage
+/// errors; 128 + N when signal N (SIGHUP, SIGINT, SIGTERM) ended the run. A stack trace is shown
+/// only with SHARPVISOR_DEBUG=1 in the environment.
 /// </summary>
 public static class Program
 {
@@ -15,8 +17,21 @@ public static class Program
           version    print the version
         """;
 
+    /// <summary>Set SHARPVISOR_DEBUG=1 to see stack traces and debug log lines.</summary>
+    const string DebugVariable = "SHARPVISOR_DEBUG";
+
+    static bool Debugging => Environment.GetEnvironmentVariable(DebugVariable) is { Length: > 0 } v && v != "0";
+
     public static int Main(string[] args)
     {
+        if (Debugging)
+        {
+            Log.MinLevel = LogLevel.Debug;
+        }
+        // An exception escaping any other thread is a VMM bug too: one line, and the process ends
+        // (Environment.Exit also restores the terminal through TerminalConsole's exit hook).
+        AppDomain.CurrentDomain.UnhandledException += (_, e) =>
+            Environment.Exit(ReportUnexpected(e.ExceptionObject as Exception ?? new InvalidOperationException($"{e.ExceptionObject}"), Console.Error, Debugging));
         if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
         {
             Console.Out.WriteLine(Usage);
@@ -46,5 +61,22 @@ public static class Program
             Console.Error.WriteLine($"sharpvisor: {e.Message}");
             return 1;
         }
+        catch (Exception e)
+        {
+            return ReportUnexpected(e, Console.Error, Debugging);
+        }
+    }
+
+    /// <summary>
+    /// Reports an exception nobody expected (a VMM bug, not a user mistake) as one line, with the
+    /// stack trace only when <paramref name="showStackTrace"/>; returns the exit status, 1.
+    /// </summary>
+    public static int ReportUnexpected(Exception e, TextWriter error, bool showStackTrace)
+    {
+        error.WriteLine(showStackTrace
+            ? $"sharpvisor: internal error: {e}"
+            : $"sharpvisor: internal error: {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")} ({DebugVariable}=1 shows the stack trace)");
+        error.Flush();
+        return 1;
     }
 }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using SharpVisor.Core;
 using SharpVisor.Machine;
 
@@ -15,46 +16,134 @@ public static class RunCommand
     const int MaxQuickResets = 5;
     static readonly TimeSpan ResetLoopWindow = TimeSpan.FromSeconds(60);
 
+    /// <summary>The signals that stop a run, with their numbers on Linux (signal(7)) for the exit status.</summary>
+    static readonly (PosixSignal Signal, string Name, int Number)[] StopSignals =
+        [(PosixSignal.SIGTERM, "SIGTERM", 15), (PosixSignal.SIGINT, "SIGINT", 2), (PosixSignal.SIGHUP, "SIGHUP", 1)];
+
     public static int Execute(MachineConfig config)
     {
-        VirtualMachine? vm = null;
-        var console = new TerminalConsole(b => vm?.SendConsoleInput(b), () => vm?.RequestExit(new VmExit(VmExitKind.Stopped, "quit from the console (Ctrl-A x)")));
-        var resets = new Queue<TimeSpan>();
-        var clock = Stopwatch.StartNew();
-        VmExit exit;
-        using (console)
+        config.Validate(); // bad options and files are reported before the terminal goes into raw mode
+        var run = new Run(config);
+        return run.Execute();
+    }
+
+    /// <summary>One run: the boots of one machine configuration, and the stop requests that reach it from outside.</summary>
+    sealed class Run(MachineConfig config)
+    {
+        readonly Lock _gate = new();
+        VirtualMachine? _running;   // the machine now booted; null between boots
+        VmExit? _stopRequest;       // Ctrl-A x or a signal: ends the boot running now and any later one
+        int _stopStatus = 1;
+
+        /// <summary>Ends the run from another thread (console, signal handler); the first request wins.</summary>
+        void Stop(VmExit exit, int status)
         {
-            console.Start();
-            while (true)
+            lock (_gate)
             {
-                vm = new VirtualMachine(config, console.Write);
-                exit = vm.Run();
-                if (exit.Kind != VmExitKind.Reset)
+                if (_stopRequest is null)
                 {
-                    break;
+                    _stopRequest = exit;
+                    _stopStatus = status;
                 }
-                resets.Enqueue(clock.Elapsed);
-                while (clock.Elapsed - resets.Peek() > ResetLoopWindow)
-                {
-                    resets.Dequeue();
-                }
-                if (resets.Count > MaxQuickResets)
-                {
-                    exit = new VmExit(VmExitKind.Error, $"reset loop: the guest reset the machine {resets.Count} times within {ResetLoopWindow.TotalSeconds:F0} s");
-                    break;
-                }
-                PrintStats(config, vm);
-                vm.Dispose();
+                _running?.RequestExit(exit);
             }
         }
-        PrintStats(config, vm);
-        vm.Dispose();
-        if (exit.Kind == VmExitKind.PowerOff)
+
+        void SendInput(byte b)
         {
-            return exit.GuestStatus;
+            lock (_gate)
+            {
+                _running?.SendConsoleInput(b);
+            }
         }
-        Console.Error.WriteLine($"\nsharpvisor: {exit.Message}");
-        return 1;
+
+        /// <summary>
+        /// SIGTERM, SIGINT and SIGHUP stop the guest like Ctrl-A x, so the terminal is restored and
+        /// the user is told; the status is 128 + the signal number, as a shell reports a killed job.
+        /// </summary>
+        IDisposable[] HandleSignals() =>
+        [
+            .. StopSignals.Select(s => PosixSignalRegistration.Create(s.Signal, context =>
+                {
+                    context.Cancel = true; // not the runtime's immediate exit: the run loop ends and cleans up
+                    Stop(new VmExit(VmExitKind.Stopped, $"terminated by {s.Name}, guest stopped"), 128 + s.Number);
+                })),
+        ];
+
+        public int Execute()
+        {
+            // Output to a file or pipe is bounded (someone may not be reading it); a terminal is not.
+            var console = new TerminalConsole(SendInput, () => Stop(new VmExit(VmExitKind.Stopped, "quit from the console (Ctrl-A x)"), 1),
+                Console.IsOutputRedirected ? config.ConsoleLimitBytes : null);
+            var signals = HandleSignals();
+            var resets = new Queue<TimeSpan>();
+            var clock = Stopwatch.StartNew();
+            // Guest time the boots before a reset ran: the deterministic clock's share of --timeout.
+            double earlierBootsGuestSeconds = 0;
+            VirtualMachine vm;
+            VmExit exit;
+            try
+            {
+                using (console)
+                {
+                    console.Start();
+                    while (true)
+                    {
+                        vm = new VirtualMachine(config, console.Write);
+                        vm.Counters.Add(console.DroppedBytes); // for --stats; it counts the whole run
+                        lock (_gate)
+                        {
+                            _running = vm;
+                            if (_stopRequest is { } stop)
+                            {
+                                vm.RequestExit(stop); // it came while the machine was being built
+                            }
+                        }
+                        // --timeout is for the whole run: a guest that keeps resetting must not restart it.
+                        exit = vm.Run(config.Clock == ClockMode.Deterministic ? earlierBootsGuestSeconds : clock.Elapsed.TotalSeconds);
+                        lock (_gate)
+                        {
+                            _running = null;
+                        }
+                        if (exit.Kind != VmExitKind.Reset)
+                        {
+                            break;
+                        }
+                        earlierBootsGuestSeconds += vm.Clock.NowNs / 1e9;
+                        resets.Enqueue(clock.Elapsed);
+                        while (clock.Elapsed - resets.Peek() > ResetLoopWindow)
+                        {
+                            resets.Dequeue();
+                        }
+                        if (resets.Count > MaxQuickResets)
+                        {
+                            exit = new VmExit(VmExitKind.Error, $"reset loop: the guest reset the machine {resets.Count} times within {ResetLoopWindow.TotalSeconds:F0} s");
+                            break;
+                        }
+                        PrintStats(config, vm);
+                        vm.Dispose();
+                    }
+                }
+            }
+            finally
+            {
+                foreach (var s in signals)
+                {
+                    s.Dispose();
+                }
+            }
+            PrintStats(config, vm);
+            vm.Dispose();
+            if (exit.Kind == VmExitKind.PowerOff)
+            {
+                return exit.GuestStatus;
+            }
+            Console.Error.WriteLine($"\nsharpvisor: {exit.Message}");
+            lock (_gate)
+            {
+                return exit == _stopRequest ? _stopStatus : 1;
+            }
+        }
     }
 
     static void PrintStats(MachineConfig config, VirtualMachine vm)

@@ -18,13 +18,20 @@ public sealed class TerminalConsole : IDisposable
     readonly BufferedStream _out;
     readonly Lock _outGate = new();
     readonly Timer _flusher;
+    readonly long _outputLimit;
+    long _written;
     string? _savedTty;
     Thread? _reader;
 
-    public TerminalConsole(Action<byte> toGuest, Action quit)
+    /// <summary>Guest output not written because it came past the output limit.</summary>
+    public Counter DroppedBytes { get; } = new("console.dropped_bytes");
+
+    /// <param name="outputLimit">Bytes of guest output written at most (for the whole run, reboots included); null for no limit.</param>
+    public TerminalConsole(Action<byte> toGuest, Action quit, long? outputLimit = null)
     {
         _toGuest = toGuest;
         _quit = quit;
+        _outputLimit = outputLimit ?? long.MaxValue;
         _out = new BufferedStream(_stdout, 64 * 1024);
         // Output is flushed every 15 ms rather than per byte: a booting kernel prints tens of KiB.
         _flusher = new Timer(_ => Flush(), null, 15, 15);
@@ -38,6 +45,8 @@ public sealed class TerminalConsole : IDisposable
         {
             _savedTty = Stty("-g")?.Trim();
             Stty("raw -echo");
+            // Environment.Exit (an exception on another thread) skips Dispose: restore the terminal then too.
+            AppDomain.CurrentDomain.ProcessExit += RestoreTerminal;
             // Raw mode has no output processing: log lines (e.g. a network peer leaving) need CR LF.
             Log.SetWriter(new StreamWriter(Console.OpenStandardError()) { AutoFlush = true, NewLine = "\r\n" });
         }
@@ -45,12 +54,22 @@ public sealed class TerminalConsole : IDisposable
         _reader.Start();
     }
 
-    /// <summary>A byte the guest transmitted.</summary>
+    /// <summary>A byte the guest transmitted; past the output limit it is dropped and counted.</summary>
     public void Write(byte b)
     {
         lock (_outGate)
         {
-            _out.WriteByte(b);
+            if (_written < _outputLimit)
+            {
+                _out.WriteByte(b);
+                _written++;
+                return;
+            }
+            if (DroppedBytes.Value == 0)
+            {
+                Log.Warn("console", $"guest output reached the --console-limit of {_outputLimit} bytes (stdout is not a terminal); further guest output is dropped and counted in {DroppedBytes.Name}");
+            }
+            DroppedBytes.IncrementUnsynchronized(); // under _outGate: one writer at a time
         }
     }
 
@@ -158,14 +177,21 @@ public sealed class TerminalConsole : IDisposable
         }
     }
 
+    /// <summary>Puts the terminal back as it was before raw mode (once; later calls do nothing).</summary>
+    void RestoreTerminal(object? sender = null, EventArgs? e = null)
+    {
+        if (Interlocked.Exchange(ref _savedTty, null) is { Length: > 0 } saved)
+        {
+            Stty(saved);
+        }
+    }
+
     public void Dispose()
     {
         _flusher.Dispose();
         Flush();
-        if (_savedTty is { Length: > 0 })
-        {
-            Stty(_savedTty);
-        }
+        AppDomain.CurrentDomain.ProcessExit -= RestoreTerminal;
+        RestoreTerminal();
         if (Interactive)
         {
             Log.SetWriter(Console.Error);

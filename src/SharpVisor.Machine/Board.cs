@@ -93,10 +93,10 @@ public sealed partial class VirtualMachine
         Edu = new EduDevice();
         AddAtsIfSupported(Edu);
         Pci.Bus.Add(Edu, 3, 0, route(3, Edu.InterruptPin));
-        int slot = 4;
+        int slot = MachineConfig.FirstDeviceSlot;
         foreach (var d in _config.Disks)
         {
-            var blk = new VirtioBlock(DiskImage.Open(d.Path, d.Format, d.ReadOnly, d.Locking), serial: $"disk{slot - 4}");
+            var blk = new VirtioBlock(DiskImage.Open(d.Path, d.Format, d.ReadOnly, d.Locking), serial: $"disk{slot - MachineConfig.FirstDeviceSlot}");
             _disposables.Add(blk);
             AddPci(blk, slot++, route);
         }

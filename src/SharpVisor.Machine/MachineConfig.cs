@@ -20,10 +20,23 @@ public sealed record MachineConfig
     public NetSpec? Net { get; init; }
     public bool Iommu { get; init; }
     public ClockMode Clock { get; init; } = ClockMode.Host;
-    /// <summary>Guest seconds after which the run stops with an error (0 = none).</summary>
+    /// <summary>
+    /// Seconds after which the run stops with an error (0 = none): the whole run, every boot after a
+    /// guest reset included, in wall-clock time with the host clock and guest time with the
+    /// deterministic clock (so a deterministic run times out at the same point every time).
+    /// </summary>
     public double TimeoutSeconds { get; init; }
     /// <summary>Print every counter at exit.</summary>
     public bool PrintStats { get; init; }
+    /// <summary>
+    /// How many bytes of guest console output the CLI writes when its stdout is not a terminal
+    /// (--console-limit; null = no limit). Past it output is dropped and counted, so a guest that
+    /// prints without pause cannot fill the host's disk with a log nobody reads.
+    /// </summary>
+    public long? ConsoleLimitBytes { get; init; } = DefaultConsoleLimitBytes;
+
+    /// <summary>64 MiB: a thousand Linux boot logs, reached in seconds by a guest printing in a loop.</summary>
+    public const long DefaultConsoleLimitBytes = 64L << 20;
 
     /// <summary>
     /// The command line the kernel gets: <see cref="CommandLine"/>, plus <c>console=ttyS0</c>
@@ -47,6 +60,43 @@ public sealed record MachineConfig
     public const ulong MaxMemoryMiB = 1 << 20;
     public const int MaxCpus = 64;
 
+    /// <summary>
+    /// The largest kernel or initrd accepted (1 GiB), besides having to fit in guest RAM: the file is
+    /// read whole into host memory before it is copied into the guest, and Linux places an initrd
+    /// below 2 GiB (initrd_addr_max) anyway.
+    /// </summary>
+    public const long MaxBootFileBytes = 1L << 30;
+
+    /// <summary>
+    /// PCI slots on bus 0 the board gives to virtio devices, one each: 0 is the host bridge, 3 the
+    /// edu device and 31 the LPC bridge, as on QEMU's q35.
+    /// </summary>
+    public const int FirstDeviceSlot = 4, LastDeviceSlot = 30;
+    public const int MaxPciDevices = LastDeviceSlot - FirstDeviceSlot + 1;
+
+    /// <summary>What takes a PCI slot: each --disk, --rng, --console virtio and --net.</summary>
+    IEnumerable<string> PciDevices()
+    {
+        if (Disks.Count > 0)
+        {
+            yield return Disks.Count == 1 ? "1 disk" : $"{Disks.Count} disks";
+        }
+        if (Rng)
+        {
+            yield return "--rng";
+        }
+        if (Console == ConsoleDevice.Virtio)
+        {
+            yield return "--console virtio";
+        }
+        if (Net is not null)
+        {
+            yield return "--net";
+        }
+    }
+
+    int PciDeviceCount => Disks.Count + (Rng ? 1 : 0) + (Console == ConsoleDevice.Virtio ? 1 : 0) + (Net is null ? 0 : 1);
+
     /// <summary>Checks what can be checked without touching the host; throws <see cref="UserErrorException"/>.</summary>
     public void Validate()
     {
@@ -62,12 +112,53 @@ public sealed record MachineConfig
         {
             throw new UserErrorException("no kernel given (use --kernel FILE, or run through ./sharpvisor for the default guest)");
         }
-        foreach (var f in new[] { Kernel, Initrd }.Concat(Disks.Select(d => d.Path)))
+        if (PciDeviceCount > MaxPciDevices)
         {
-            if (f is not null && !File.Exists(f))
-            {
-                throw new UserErrorException($"file not found: {f}");
-            }
+            var devices = PciDevices().ToList();
+            string list = devices.Count == 1 ? devices[0] : $"{string.Join(", ", devices[..^1])} and {devices[^1]}";
+            throw new UserErrorException($"too many devices: {list} need {PciDeviceCount} PCI slots, at most {MaxPciDevices} are available");
+        }
+        // The kernel and initrd are read whole and copied into guest RAM; a disk is read and written
+        // at any offset. Only regular files can be used that way: a FIFO would block the open, a
+        // device like /dev/zero never ends, and either would make the qcow2 probe fail.
+        long bootFileLimit = (long)Math.Min((ulong)MaxBootFileBytes, MemoryMiB << 20);
+        CheckFile(Kernel, "kernel", bootFileLimit);
+        CheckFile(Initrd, "initrd", bootFileLimit);
+        foreach (var d in Disks)
+        {
+            CheckFile(d.Path, "disk image", long.MaxValue);
+        }
+    }
+
+    void CheckFile(string? path, string what, long maxBytes)
+    {
+        if (path is null)
+        {
+            return;
+        }
+        HostFileInfo file;
+        try
+        {
+            file = HostFile.Stat(path);
+        }
+        catch (IOException e)
+        {
+            throw new UserErrorException($"cannot read {what} '{path}': {e.Message}");
+        }
+        switch (file.Kind)
+        {
+            case HostFileKind.Missing:
+                throw new UserErrorException($"file not found: {path}");
+            case HostFileKind.Directory:
+                throw new UserErrorException($"{what} '{path}' is a directory, not a file");
+            case not HostFileKind.Regular:
+                throw new UserErrorException($"{what} '{path}' is {HostFile.Describe(file.Kind)}, not a regular file");
+        }
+        if (file.Size > maxBytes)
+        {
+            throw new UserErrorException(maxBytes == MaxBootFileBytes
+                ? $"{what} '{path}' is {file.Size} bytes, more than the limit of {MaxBootFileBytes >> 20} MiB for kernel and initrd files"
+                : $"{what} '{path}' is {file.Size} bytes, more than the {MemoryMiB} MiB of guest RAM can hold");
         }
     }
 }

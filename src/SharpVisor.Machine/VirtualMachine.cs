@@ -88,13 +88,28 @@ public sealed partial class VirtualMachine : IDisposable
         _timerWake.Set();
     }
 
-    public VmExit Run()
+    /// <summary>Runs the machine until it powers off, resets, triple faults, times out or is stopped.</summary>
+    /// <param name="timeoutSpentSeconds">
+    /// How much of <see cref="MachineConfig.TimeoutSeconds"/> earlier boots of the same run used
+    /// (wall-clock seconds with the host clock, guest seconds with the deterministic clock): a guest
+    /// reset power-cycles into a new machine, and the timeout bounds the whole run, not each boot.
+    /// </param>
+    public VmExit Run(double timeoutSpentSeconds = 0)
     {
         var watch = Stopwatch.StartNew();
-        double timeout = _config.TimeoutSeconds;
+        // What is left of the timeout for this boot; 0 means none was given.
+        double budget = 0;
+        if (_config.TimeoutSeconds > 0)
+        {
+            budget = _config.TimeoutSeconds - timeoutSpentSeconds;
+            if (budget <= 0)
+            {
+                return TimeoutExit();
+            }
+        }
         if (_config.Clock == ClockMode.Deterministic)
         {
-            RunDeterministic(timeout);
+            RunDeterministic(budget);
         }
         else
         {
@@ -103,7 +118,7 @@ public sealed partial class VirtualMachine : IDisposable
             {
                 t.Start();
             }
-            TimerLoop(watch, timeout);
+            TimerLoop(watch, budget);
             foreach (var t in threads)
             {
                 t.Join();
@@ -145,7 +160,7 @@ public sealed partial class VirtualMachine : IDisposable
         {
             // A VMM bug: report it as such, with the guest state, instead of dying silently.
             RequestExit(new VmExit(VmExitKind.Error, $"internal error on cpu{cpu.Index} ({e.GetType().Name}: {e.Message}) at {cpu}"));
-            Log.Error("vm", e.ToString());
+            Log.Debug("vm", e.ToString()); // the stack trace, for a bug report (the CLI shows it with SHARPVISOR_DEBUG=1)
         }
     }
 
@@ -162,15 +177,19 @@ public sealed partial class VirtualMachine : IDisposable
         return new VmExit(VmExitKind.Reset, message);
     }
 
-    /// <summary>Host-clock mode: fires device timers at their deadlines; enforces the timeout.</summary>
-    void TimerLoop(Stopwatch watch, double timeout)
+    VmExit TimeoutExit() => new(VmExitKind.Timeout, _config.Clock == ClockMode.Deterministic
+        ? $"timeout: the guest was still running after {_config.TimeoutSeconds} s of guest time"
+        : $"timeout: the guest was still running after {_config.TimeoutSeconds} s");
+
+    /// <summary>Host-clock mode: fires device timers at their deadlines; stops the run when <paramref name="budget"/> seconds (if not 0) have passed.</summary>
+    void TimerLoop(Stopwatch watch, double budget)
     {
         while (_exit is null)
         {
             Timers.RunExpired();
-            if (timeout > 0 && watch.Elapsed.TotalSeconds >= timeout)
+            if (budget > 0 && watch.Elapsed.TotalSeconds >= budget)
             {
-                RequestExit(new VmExit(VmExitKind.Timeout, $"timeout: the guest was still running after {timeout} s"));
+                RequestExit(TimeoutExit());
                 break;
             }
             long next = Timers.NextDeadlineNs;
@@ -183,10 +202,10 @@ public sealed partial class VirtualMachine : IDisposable
         }
     }
 
-    /// <summary>Deterministic mode: all vCPUs on this thread, time advanced by instructions only.</summary>
-    void RunDeterministic(double timeout)
+    /// <summary>Deterministic mode: all vCPUs on this thread, time advanced by instructions only; stops the run after <paramref name="budget"/> guest seconds (if not 0).</summary>
+    void RunDeterministic(double budget)
     {
-        long timeoutNs = timeout > 0 ? (long)(timeout * 1e9) : long.MaxValue;
+        long timeoutNs = budget > 0 ? (long)Math.Min(budget * 1e9, VirtualClock.MaxNs) : long.MaxValue;
         while (_exit is null)
         {
             bool anyRan = false;
@@ -224,7 +243,7 @@ public sealed partial class VirtualMachine : IDisposable
             }
             if (Clock.NowNs >= timeoutNs)
             {
-                RequestExit(new VmExit(VmExitKind.Timeout, $"timeout: the guest was still running after {timeout} s of guest time"));
+                RequestExit(TimeoutExit());
             }
         }
     }

@@ -110,6 +110,39 @@ public class OptionsTests
             new DiskSpec("c.img", false, DiskFormat.Raw)], cfg.Disks);
     }
 
+    [Theory]
+    [InlineData("65536", 65536L)]
+    [InlineData("64K", 64L << 10)]
+    [InlineData("64m", 64L << 20)]
+    [InlineData("2G", 2L << 30)]
+    [InlineData("none", null)]
+    public void ConsoleLimitTakesASizeOrNone(string value, long? expected)
+    {
+        Assert.Equal(MachineConfig.DefaultConsoleLimitBytes, Options.ParseRun([]).ConsoleLimitBytes);
+        Assert.Equal(expected, Options.ParseRun(["--console-limit", value]).ConsoleLimitBytes);
+    }
+
+    [Theory]
+    [InlineData("0")]
+    [InlineData("-1")]
+    [InlineData("64T")]
+    [InlineData("K")]
+    [InlineData("99999999999G")]
+    public void ConsoleLimitRefusesWhatIsNotASize(string value)
+    {
+        var e = Assert.Throws<UserErrorException>(() => Options.ParseRun(["--console-limit", value]));
+        Assert.Equal($"option --console-limit needs a size in bytes like 65536, 64K, 64M or 1G, or 'none' (got '{value}')", e.Message);
+    }
+
+    /// <summary>The limits the help states are the ones Validate enforces.</summary>
+    [Fact]
+    public void HelpStatesTheLimitsInForce()
+    {
+        Assert.Contains($"at most {MachineConfig.MaxBootFileBytes >> 30} GiB", Options.RunUsage);
+        Assert.Contains($"At most {MachineConfig.MaxPciDevices} virtio devices", Options.RunUsage);
+        Assert.Contains($"(default {MachineConfig.DefaultConsoleLimitBytes >> 20}M;", Options.RunUsage);
+    }
+
     [Fact]
     public void ValidationNamesAMissingDisk()
     {

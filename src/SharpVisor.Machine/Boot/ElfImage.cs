@@ -128,9 +128,14 @@ public sealed class ElfImage
                 pvhEntry ??= FindPvhEntry(f.Slice((int)offset, (int)filesz));
                 continue;
             }
-            if (filesz > memsz || paddr + memsz < paddr)
+            if (filesz > memsz)
             {
-                throw new UserErrorException($"{name}: ELF segment {i} has p_filesz 0x{filesz:x} > p_memsz 0x{memsz:x} or wraps around");
+                throw new UserErrorException($"{name}: ELF segment {i} has p_filesz 0x{filesz:x} larger than p_memsz 0x{memsz:x}");
+            }
+            // An ELF32 file describes a 32-bit physical address space, an ELF64 file a 64-bit one.
+            if (is64 ? paddr + memsz < paddr : paddr + memsz > 1UL << 32)
+            {
+                throw new UserErrorException($"{name}: ELF segment {i} at p_paddr 0x{paddr:x} with p_memsz 0x{memsz:x} wraps around the end of the {(is64 ? 64 : 32)}-bit address space");
             }
             if (memsz != 0)
             {

@@ -95,7 +95,8 @@ public static class LinuxLoader
         }
         else
         {
-            throw new UserErrorException($"{name}: not a Linux kernel (neither a bzImage nor an ELF vmlinux)");
+            throw new UserErrorException(MultibootLoader.DescribeBadChecksum(request.Kernel, name)
+                ?? $"{name}: not a Linux kernel (neither a bzImage nor an ELF vmlinux)");
         }
 
         LinuxEntryKind kind = request.Entry;
@@ -109,7 +110,9 @@ public static class LinuxLoader
         }
         if (kind == LinuxEntryKind.Long64 && !elf.Is64Bit)
         {
-            throw new UserErrorException($"{name}: a 32-bit ELF cannot use the 64-bit entry");
+            // A 32-bit ELF is usually a Multiboot kernel whose header was not accepted.
+            throw new UserErrorException(MultibootLoader.DescribeBadChecksum(request.Kernel, name)
+                ?? $"{name}: a 32-bit ELF cannot use the 64-bit entry");
         }
         if (!request.E820.IsUsableRam(reserveStart, reserveEnd - reserveStart))
         {
@@ -191,12 +194,29 @@ public static class LinuxLoader
         throw new UserErrorException($"initrd of {size >> 20} MiB does not fit in guest RAM below 0x{limit:x} next to the kernel; give the guest more memory");
     }
 
-    /// <summary>Reads a kernel/initrd file, turning I/O problems into a one-line user error.</summary>
-    public static byte[] ReadFile(string path, string what)
+    /// <summary>
+    /// Reads a kernel/initrd file of at most <paramref name="maxBytes"/>, turning I/O problems into a
+    /// one-line user error. Only as many bytes as the file's size when opened are read, so a file
+    /// that grows (or a device that never ends) cannot make it read without bound;
+    /// <see cref="MachineConfig.Validate"/> has already refused anything but regular files.
+    /// </summary>
+    public static byte[] ReadFile(string path, string what, long maxBytes = MachineConfig.MaxBootFileBytes)
     {
         try
         {
-            return File.ReadAllBytes(path);
+            using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0);
+            long length = file.Length;
+            if (length > maxBytes)
+            {
+                throw new UserErrorException($"{what} '{path}' is {length} bytes, more than the limit of {maxBytes >> 20} MiB");
+            }
+            var data = new byte[length];
+            file.ReadExactly(data);
+            return data;
+        }
+        catch (EndOfStreamException)
+        {
+            throw new UserErrorException($"cannot read {what} '{path}': the file shrank while it was being read");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {

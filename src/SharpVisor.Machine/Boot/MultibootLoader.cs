@@ -85,10 +85,37 @@ public static class MultibootLoader
         return null;
     }
 
+    /// <summary>
+    /// The error for an image whose first Multiboot magic in the first 8 KiB has a checksum that
+    /// does not make magic + flags + checksum zero (spec 3.1.2), or null when there is no such magic.
+    /// A loader that finds no valid header reports this rather than "not a kernel", so the user
+    /// learns what is wrong with the image.
+    /// </summary>
+    public static string? DescribeBadChecksum(ReadOnlySpan<byte> image, string name = "kernel")
+    {
+        int limit = Math.Min(image.Length, SearchLength) - 12;
+        for (int offset = 0; offset <= limit; offset += 4)
+        {
+            uint magic = BinaryPrimitives.ReadUInt32LittleEndian(image[offset..]);
+            if (magic == HeaderMagic)
+            {
+                uint flags = BinaryPrimitives.ReadUInt32LittleEndian(image[(offset + 4)..]);
+                uint checksum = BinaryPrimitives.ReadUInt32LittleEndian(image[(offset + 8)..]);
+                uint sum = unchecked(magic + flags + checksum);
+                if (sum != 0)
+                {
+                    return $"{name}: Multiboot header at 0x{offset:x} has a bad checksum: magic 0x{magic:x} + flags 0x{flags:x} + checksum 0x{checksum:x} is 0x{sum:x}, not 0";
+                }
+            }
+        }
+        return null;
+    }
+
     public static MultibootResult Load(GuestMemory memory, byte[] image, string commandLine, IReadOnlyList<MultibootModule> modules, E820Map e820, string name = "kernel")
     {
         var header = FindHeader(image, name)
-            ?? throw new UserErrorException($"{name}: no Multiboot header (magic 0x1BADB002 with a valid checksum) in the first 8 KiB");
+            ?? throw new UserErrorException(DescribeBadChecksum(image, name)
+                ?? $"{name}: no Multiboot header (magic 0x1BADB002 with a valid checksum) in the first 8 KiB");
         if ((header.Flags & FlagVideoMode) != 0)
         {
             Log.Warn("multiboot", $"{name} asks for a video mode; there is no framebuffer, so the multiboot_info carries no video information");

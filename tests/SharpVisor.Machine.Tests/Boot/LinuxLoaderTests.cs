@@ -271,6 +271,22 @@ public sealed class LinuxLoaderTests : IDisposable
         Assert.Throws<UserErrorException>(() => ElfImage.Parse(elf));
     }
 
+    /// <summary>
+    /// A segment whose p_paddr + p_memsz wraps around the address space is reported with those two
+    /// fields (it used to blame p_filesz and p_memsz; issue 16 defect 4). An ELF32 address space ends at 4 GiB.
+    /// </summary>
+    [Fact]
+    public void AWrappingSegmentIsReportedWithItsAddressAndSize()
+    {
+        var e64 = Assert.Throws<UserErrorException>(() => ElfImage.Parse(Elf64(pvhNote: false, paddr: 0xFFFF_FFFF_FFFF_F000)));
+        Assert.Equal("kernel: ELF segment 0 at p_paddr 0xfffffffffffff000 with p_memsz 0x8000 wraps around the end of the 64-bit address space", e64.Message);
+        var e32 = Assert.Throws<UserErrorException>(() => ElfImage.Parse(Elf32(0xFFFF_F000, 0xFFFF_F000, new byte[0x100], bss: 0x1000)));
+        Assert.Equal("kernel: ELF segment 0 at p_paddr 0xfffff000 with p_memsz 0x1100 wraps around the end of the 32-bit address space", e32.Message);
+        byte[] shrunk = Elf64(pvhNote: false);
+        BitConverter.GetBytes(0x100UL).CopyTo(shrunk, 64 + 40); // p_memsz below p_filesz 0x3000
+        Assert.Equal("kernel: ELF segment 0 has p_filesz 0x3000 larger than p_memsz 0x100", Assert.Throws<UserErrorException>(() => ElfImage.Parse(shrunk)).Message);
+    }
+
     [Fact]
     public void TruncatedElfSegmentIsAUserError()
     {

@@ -133,8 +133,23 @@ public sealed class MultibootLoaderTests : IDisposable
         byte[] file = new byte[0x1000];
         WriteMultibootHeader(file, 0x40, 0, badChecksum: true);
         Assert.Null(MultibootLoader.FindHeader(file));
-        var e = Assert.Throws<UserErrorException>(() => MultibootLoader.Load(_memory, file, "", [], _e820));
+        var e = Assert.Throws<UserErrorException>(() => MultibootLoader.Load(_memory, new byte[0x1000], "", [], _e820));
         Assert.Contains("no Multiboot header", e.Message);
+    }
+
+    /// <summary>
+    /// A kernel whose only Multiboot magic has a bad checksum is named as such, not as "not a Linux
+    /// kernel" (issue 16 defect 4): the user is told what is wrong with the image they gave.
+    /// </summary>
+    [Fact]
+    public void ABadChecksumIsReportedAsABadMultibootChecksum()
+    {
+        byte[] file = AoutKernel(0);
+        WriteMultibootHeader(file, 0x40, MultibootLoader.FlagAoutKludge, badChecksum: true);
+        const string expected = "kernel: Multiboot header at 0x40 has a bad checksum: magic 0x1badb002 + flags 0x10000 + checksum 0xe4514fff is 0x1, not 0";
+        Assert.Equal(expected, Assert.Throws<UserErrorException>(() => MultibootLoader.Load(_memory, file, "", [], _e820)).Message);
+        var linux = Assert.Throws<UserErrorException>(() => LinuxLoader.Load(_memory, new LinuxBootRequest(file, null, "", _e820, 0)));
+        Assert.Equal(expected, linux.Message);
     }
 
     [Fact]
