@@ -125,9 +125,10 @@ public static unsafe class StringOps
         // iteration that met them (SDM Vol. 3B 18.3.1.2, 18.3.1.4): one element per execution then,
         // through the checked memory accessors rather than host-memory bulk copies.
         bool oneAtATime = c.RepeatOneIterationAtATime;
-        // Bulk runs are not limit-checked: through a segment that needs checks (not flat, or outside
-        // 64-bit mode), every element goes through the checked step.
-        bool tryBulk = !oneAtATime && (c.Regs.SegCheck[op.Seg] | c.Regs.SegCheck[(int)Seg.ES]) == 0;
+        // Bulk runs are neither limit- nor alignment-checked: through a segment that needs checks (not
+        // flat, or outside 64-bit mode), or while alignment checks are active (SDM Vol. 3A 6.15: each
+        // element is checked), every element goes through the checked step.
+        bool tryBulk = !oneAtATime && !c.AlignmentChecksActive && (c.Regs.SegCheck[op.Seg] | c.Regs.SegCheck[(int)Seg.ES]) == 0;
         int steps = oneAtATime ? 1 : ChunkIterations;
         long bytes = ChunkBytes;
         while (true)
@@ -473,7 +474,8 @@ public readonly unsafe struct InsOp : IStringOp
             c.NoteIoAccess(port, size);
         }
         ulong la = StringOps.DestLinear(c, ref op, SegmentAccess.Write);
-        // Probe every page of the element so a #PF comes before the (side-effecting) port read.
+        // Check alignment and probe every page of the element so #AC or #PF comes before the (side-effecting) port read.
+        c.CheckAlignment(la, size);
         c.Translate(la, Access.Write, c.Cpl == 3);
         c.Translate((la + (ulong)size - 1) & c.Regs.LinearMask, Access.Write, c.Cpl == 3);
         uint v = StringOps.PortRead(c, port, size);

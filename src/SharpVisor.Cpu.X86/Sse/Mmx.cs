@@ -260,7 +260,9 @@ public static unsafe partial class Sse
         _ => &MmxOp<Psrad>,
     };
 
-    static ulong MmSrc(Cpu c, ref Op op) => (op.Aux & MemSrc) != 0 ? c.Read64(op.Linear(c)) : c.Fpu.Mantissa[op.R2];
+    /// <summary>The source operand: an MMX register, or 8 bytes of memory — 4 for PUNPCKLBW/WD/DQ mm, m32, which read only those (#PF, #AC).</summary>
+    static ulong MmSrc(Cpu c, ref Op op) =>
+        (op.Aux & MemSrc) == 0 ? c.Fpu.Mantissa[op.R2] : op.MemSize == 4 ? c.Read32(op.Linear(c)) : c.Read64(op.Linear(c));
 
     /// <summary>
     /// A 128-bit lane operation on 64-bit values: lane-wise operations give the MMX result in the
@@ -378,6 +380,7 @@ public static unsafe partial class Sse
         ulong la = op.Linear(c);
         if ((mask & 0x8080_8080_8080_8080) != 0)
         {
+            c.CheckAlignment(la, 8); // #AC below 8-byte alignment, as the host shows (the stores are bytes)
             c.Translate(la, Access.Write, c.Cpl == 3);
             c.Translate(la + 7, Access.Write, c.Cpl == 3);
             for (int i = 0; i < 8; i++)
