@@ -425,15 +425,18 @@ public readonly unsafe struct LodsOp : IStringOp
     public static long Bulk<S>(Cpu c, ref Op op, ulong count) where S : IOpSize => -1;
 }
 
-/// <summary>CMPS: flags of seg:[SI] − ES:[DI] (SDM CMPS: "temp ← SRC1 − SRC2", SRC1 = [SI]).</summary>
+/// <summary>
+/// CMPS: flags of seg:[SI] − ES:[DI] (SDM CMPS: "temp ← SRC1 − SRC2", SRC1 = [SI]). ES:[DI] is read
+/// first, as the host does: a fault on it (#PF, #GP, #AC) comes before one on the source.
+/// </summary>
 public readonly unsafe struct CmpsOp : IStringOp
 {
     public static bool Compares => true;
 
     public static void Step<S>(Cpu c, ref Op op) where S : IOpSize
     {
-        ulong a = S.Load(c, StringOps.SourceLinear(c, ref op));
         ulong b = S.Load(c, StringOps.DestLinear(c, ref op, SegmentAccess.Read));
+        ulong a = S.Load(c, StringOps.SourceLinear(c, ref op));
         c.FlagsSub(a, b, (a - b) & S.Mask, S.Bits);
         ulong step = StringOps.Step<S>(c);
         StringOps.AdvanceSource<S>(c, ref op, step);

@@ -85,12 +85,21 @@ public unsafe class AlignmentCheckTests
         ["lock xadd [rbx], rax"] = (8, a => a.@lock.xadd(__qword_ptr[rbx], rax)),
         ["cmpxchg [rbx], cx"] = (2, a => a.cmpxchg(__word_ptr[rbx], cx)),
         ["lock cmpxchg8b [rbx]"] = (8, a => a.@lock.cmpxchg8b(__qword_ptr[rbx])),
-        ["bt word [rbx], ax"] = (2, a => { a.mov(eax, 3); a.bt(__word_ptr[rbx], ax); }
-        ),
-        ["bt dword [rbx], eax (bit 40)"] = (4, a => { a.mov(eax, 40); a.bt(__dword_ptr[rbx], eax); }
-        ),
-        ["bts qword [rbx], rax"] = (8, a => { a.mov(eax, 3); a.bts(__qword_ptr[rbx], rax); }
-        ),
+        ["bt word [rbx], ax"] = (2, a =>
+        {
+            a.mov(eax, 3);
+            a.bt(__word_ptr[rbx], ax);
+        }),
+        ["bt dword [rbx], eax (bit 40)"] = (4, a =>
+        {
+            a.mov(eax, 40);
+            a.bt(__dword_ptr[rbx], eax);
+        }),
+        ["bts qword [rbx], rax"] = (8, a =>
+        {
+            a.mov(eax, 3);
+            a.bts(__qword_ptr[rbx], rax);
+        }),
         ["bt dword [rbx], 3"] = (4, a => a.bt(__dword_ptr[rbx], 3)),
         ["sete [rbx]"] = (0, a => a.sete(__byte_ptr[rbx])),
         ["jmp qword [rbx]"] = (8, a => a.jmp(__qword_ptr[rbx])),
@@ -109,22 +118,66 @@ public unsafe class AlignmentCheckTests
         ["clflush [rbx]"] = (0, a => a.clflush(__byte_ptr[rbx])),
         // string instructions: each element is checked (the host: MOVSW at 2 through either operand)
         ["movsw"] = (2, a => a.movsw()),
-        ["movsw (destination only misaligned)"] = (2, a => { a.and(rsi, -16); a.movsw(); }
-        ),
-        ["movsw (source only misaligned)"] = (2, a => { a.and(rdi, -16); a.movsw(); }
-        ),
+        ["movsw (destination only misaligned)"] = (2, a =>
+        {
+            a.and(rsi, -16);
+            a.movsw();
+        }),
+        ["movsw (source only misaligned)"] = (2, a =>
+        {
+            a.and(rdi, -16);
+            a.movsw();
+        }),
         ["lodsq"] = (8, a => a.lodsq()),
         ["scasw"] = (2, a => a.scasw()),
         ["cmpsd"] = (4, a => a.cmpsd()),
         ["stosd"] = (4, a => a.stosd()),
-        ["rep movsb"] = (0, a => { a.mov(ecx, 9); a.rep.movsb(); }
-        ),
-        ["rep stosd"] = (4, a => { a.mov(ecx, 3); a.rep.stosd(); }
-        ),
-        ["rep movsd (source only misaligned)"] = (4, a => { a.and(rdi, -16); a.add(rdi, 0x800); a.mov(ecx, 3); a.rep.movsd(); }
-        ),
-        ["rep movsq (destination only misaligned)"] = (8, a => { a.and(rsi, -16); a.add(rsi, 0x800); a.mov(ecx, 3); a.rep.movsq(); }
-        ),
+        // Which operand is accessed first decides between #AC on one and #PF on the other (0x4000_0000
+        // is unmapped on both sides): MOVS reads DS:[RSI] first, CMPS reads ES:[RDI] first.
+        ["movsd (destination unmapped)"] = (4, a =>
+        {
+            a.mov(edi, 0x4000_0000);
+            a.movsd();
+        }),
+        ["movsd (source unmapped)"] = (0, a =>
+        {
+            a.mov(esi, 0x4000_0000);
+            a.movsd();
+        }),
+        ["cmpsd (source unmapped)"] = (4, a =>
+        {
+            a.mov(esi, 0x4000_0000);
+            a.cmpsd();
+        }),
+        ["cmpsd (destination unmapped)"] = (0, a =>
+        {
+            a.mov(edi, 0x4000_0000);
+            a.cmpsd();
+        }),
+        ["rep movsb"] = (0, a =>
+        {
+            a.mov(ecx, 9);
+            a.rep.movsb();
+        }),
+        ["rep stosd"] = (4, a =>
+        {
+            a.mov(ecx, 3);
+            a.rep.stosd();
+        }),
+        ["rep movsd (source only misaligned)"] = (4, a =>
+        {
+            a.and(rdi, -16);
+            a.add(rdi, 0x800);
+            a.mov(ecx, 3);
+            a.rep.movsd();
+        }),
+        ["rep movsq (destination only misaligned)"] = (8, a =>
+        {
+            a.and(rsi, -16);
+            a.add(rsi, 0x800);
+            a.mov(ecx, 3);
+            a.rep.movsq();
+        }),
         // SSE and MMX
         ["movups xmm0, [rbx]"] = (0, a => a.movups(xmm0, __xmmword_ptr[rbx])),
         ["movups [rbx], xmm0"] = (0, a => a.movups(__xmmword_ptr[rbx], xmm0)),
@@ -154,13 +207,19 @@ public unsafe class AlignmentCheckTests
         ["fld dword [rbx]"] = (4, a => a.fld(__dword_ptr[rbx])),
         ["fld qword [rbx]"] = (8, a => a.fld(__qword_ptr[rbx])),
         ["fld tword [rbx]"] = (8, a => a.fld(__tword_ptr[rbx])),
-        ["fstp tword [rbx]"] = (8, a => { a.fldz(); a.fstp(__tword_ptr[rbx]); }
-        ),
+        ["fstp tword [rbx]"] = (8, a =>
+        {
+            a.fldz();
+            a.fstp(__tword_ptr[rbx]);
+        }),
         ["fbld [rbx]"] = (8, a => a.fbld(__tword_ptr[rbx])),
         ["fild word [rbx]"] = (2, a => a.fild(__word_ptr[rbx])),
         ["fild qword [rbx]"] = (8, a => a.fild(__qword_ptr[rbx])),
-        ["fistp word [rbx]"] = (2, a => { a.fldz(); a.fistp(__word_ptr[rbx]); }
-        ),
+        ["fistp word [rbx]"] = (2, a =>
+        {
+            a.fldz();
+            a.fistp(__word_ptr[rbx]);
+        }),
         ["fldcw [rbx]"] = (2, a => a.fldcw(__word_ptr[rbx])),
         ["fnstcw [rbx]"] = (2, a => a.fnstcw(__word_ptr[rbx])),
         ["fnstsw [rbx]"] = (2, a => a.fnstsw(__word_ptr[rbx])),
@@ -183,8 +242,13 @@ public unsafe class AlignmentCheckTests
         ["o16 push fs"] = (2, a => a.db(0x66, 0x0F, 0xA0)),
         ["pushfq"] = (8, a => a.pushfq()),
         ["popfq"] = (8, a => a.popfq()),
-        ["call"] = (8, a => { var next = a.CreateLabel(); a.call(next); a.Label(ref next); a.nop(); }
-        ),
+        ["call"] = (8, a =>
+        {
+            var next = a.CreateLabel();
+            a.call(next);
+            a.Label(ref next);
+            a.nop();
+        }),
         ["ret"] = (8, a => a.ret()),
         ["retf"] = (8, a => a.db(0x48, 0xCB)),
         ["iretq"] = (8, a => a.iretq()),
