@@ -517,14 +517,13 @@ public static unsafe partial class Sse
         Check(c);
         var data = c.Fpu.Xmm[op.R1];
         uint mask = (uint)System.Runtime.Intrinsics.X86.Sse2.MoveMask(c.Fpu.Xmm[op.R2]);
-        if (mask == 0)
-        {
-            return;
-        }
         ulong la = op.Linear(c);
-        c.CheckAlignment(la, 8); // #AC below 8-byte alignment, as the host shows (the stores are bytes)
+        // #AC below 8-byte alignment, and every page writable before the first byte — even with a
+        // zero mask, which stores nothing: the host faults then too (SDM Vol. 2B MASKMOVDQU leaves
+        // it to the implementation).
+        c.CheckAlignment(la, 8);
         c.Translate(la, Access.Write, c.Cpl == 3);
-        c.Translate(la + 15, Access.Write, c.Cpl == 3); // all pages writable before the first byte
+        c.Translate(la + 15, Access.Write, c.Cpl == 3);
         for (int i = 0; i < 16; i++)
         {
             if ((mask & (1u << i)) != 0)

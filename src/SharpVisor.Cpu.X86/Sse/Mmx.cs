@@ -378,17 +378,16 @@ public static unsafe partial class Sse
         CheckMmx(c);
         ulong data = c.Fpu.Mantissa[op.R1], mask = c.Fpu.Mantissa[op.R2];
         ulong la = op.Linear(c);
-        if ((mask & 0x8080_8080_8080_8080) != 0)
+        // #AC below 8-byte alignment and #PF before any byte is stored, even with a zero mask (as
+        // MASKMOVDQU, and the host).
+        c.CheckAlignment(la, 8);
+        c.Translate(la, Access.Write, c.Cpl == 3);
+        c.Translate(la + 7, Access.Write, c.Cpl == 3);
+        for (int i = 0; i < 8; i++)
         {
-            c.CheckAlignment(la, 8); // #AC below 8-byte alignment, as the host shows (the stores are bytes)
-            c.Translate(la, Access.Write, c.Cpl == 3);
-            c.Translate(la + 7, Access.Write, c.Cpl == 3);
-            for (int i = 0; i < 8; i++)
+            if (((mask >> (8 * i + 7)) & 1) != 0)
             {
-                if (((mask >> (8 * i + 7)) & 1) != 0)
-                {
-                    c.Write8(la + (ulong)i, (byte)(data >> (8 * i)));
-                }
+                c.Write8(la + (ulong)i, (byte)(data >> (8 * i)));
             }
         }
         MmxEnter(c);

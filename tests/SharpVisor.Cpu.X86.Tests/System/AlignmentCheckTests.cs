@@ -198,11 +198,21 @@ public unsafe class AlignmentCheckTests
         ["ldmxcsr [rbx]"] = (4, a => a.ldmxcsr(__dword_ptr[rbx])),
         ["stmxcsr [rbx]"] = (4, a => a.stmxcsr(__dword_ptr[rbx])),
         ["maskmovdqu xmm0, xmm1"] = (8, a => a.maskmovdqu(xmm0, xmm1)),
+        ["maskmovdqu with a zero mask"] = (8, a =>
+        {
+            a.pxor(xmm2, xmm2);
+            a.maskmovdqu(xmm0, xmm2);
+        }),
         ["movq mm0, [rbx]"] = (8, a => a.movq(mm0, __qword_ptr[rbx])),
         ["paddb mm0, [rbx]"] = (8, a => a.paddb(mm0, __qword_ptr[rbx])),
         ["punpcklbw mm0, dword [rbx]"] = (4, a => a.punpcklbw(mm0, __dword_ptr[rbx])),
         ["movntq [rbx], mm0"] = (8, a => a.movntq(__qword_ptr[rbx], mm0)),
         ["maskmovq mm0, mm1"] = (8, a => a.maskmovq(mm0, mm1)),
+        ["maskmovq with a zero mask"] = (8, a =>
+        {
+            a.pxor(mm2, mm2);
+            a.maskmovq(mm0, mm2);
+        }),
         // x87
         ["fld dword [rbx]"] = (4, a => a.fld(__dword_ptr[rbx])),
         ["fld qword [rbx]"] = (8, a => a.fld(__qword_ptr[rbx])),
@@ -535,6 +545,24 @@ public unsafe class AlignmentCheckTests
         Assert.Equal(Vector.PF, Run(m, a => a.mov(eax, __dword_ptr[rbx])));
         m.Cpu.Rbx = 0x8000_0000_0000_0001;
         Assert.Equal(Vector.GP, Run(m, a => a.mov(eax, __dword_ptr[rbx])));
+    }
+
+    /// <summary>
+    /// MASKMOVQ/MASKMOVDQU with a zero mask store nothing but still check the destination, as the
+    /// host does (SDM Vol. 2B MASKMOVDQU: exceptions with a zero mask are implementation dependent):
+    /// #PF for an unmapped one; #AC above.
+    /// </summary>
+    [Fact]
+    public void MaskedStoresWithAZeroMaskStillCheckTheDestination()
+    {
+        using var m = Machine();
+        m.Cpu.Rdi = 0x4000_0000;
+        Assert.Equal(Vector.PF, Run(m, a => a.maskmovq(mm0, mm2)));
+        Assert.Equal(Vector.PF, Run(m, a => a.maskmovdqu(xmm0, xmm2)));
+        m.Cpu.Rdi = Data;
+        m.Ram.WriteU64(Data, 0x1122_3344_5566_7788);
+        Assert.Null(Run(m, a => a.maskmovdqu(xmm0, xmm2)));
+        Assert.Equal(0x1122_3344_5566_7788UL, m.Ram.ReadU64(Data));
     }
 
     /// <summary>A REP string instruction whose elements are misaligned faults on the first one: nothing copied, RCX unchanged.</summary>
