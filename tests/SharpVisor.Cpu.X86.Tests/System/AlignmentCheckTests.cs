@@ -261,6 +261,16 @@ public unsafe class AlignmentCheckTests
         }),
         ["ret"] = (8, a => a.ret()),
         ["retf"] = (8, a => a.db(0x48, 0xCB)),
+        ["call far m16:64"] = (8, a =>
+        {
+            var target = a.CreateLabel();
+            a.lea(rax, __[target]);
+            a.mov(__qword_ptr[rbx], rax);
+            a.mov(__word_ptr[rbx + 8], 0x33); // ring-3 64-bit code: the host's (Linux) and SysMachine's
+            a.db(0x48, 0xFF, 0x1B);           // call far [rbx]: pushes CS, then RIP
+            a.Label(ref target);
+            a.nop();
+        }),
         ["iretq"] = (8, a => a.iretq()),
         ["enter 0, 0"] = (8, a => a.enter(0, 0)),
         ["enter 8, 2"] = (8, a => a.enter(8, 2)),
