@@ -80,6 +80,10 @@ public sealed unsafe partial class Cpu
         {
             UpdateDebugActive(); // single-step or resume flag: the run loop must check each instruction
         }
+        if ((changed & RFlags.AC) != 0)
+        {
+            SelectTlb(); // alignment checks on or off (Mmu/AlignmentChecks.cs)
+        }
     }
 
     /// <summary>Sets CF and keeps the other flags (materialising only what is needed).</summary>

@@ -121,7 +121,7 @@ public sealed unsafe partial class Cpu
     /// or from an address nothing claims raises #UD (see <see cref="FetchOutsideRam"/>).</summary>
     ulong FetchHostOffset(ulong la)
     {
-        ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
+        ref TlbEntry e = ref _codeTlb[(int)(la >> 12) & (TlbSize - 1)];
         if (e.ExecTag == (la & PageMask))
         {
             return e.RamOffset + (la & 0xFFF);

@@ -17,8 +17,11 @@ public sealed unsafe partial class Cpu
     const ulong PageMask = ~0xFFFUL;
 
     TlbEntry[] _tlbSupervisor = null!, _tlbUser = null!;
-    /// <summary>The TLB for data accesses at the current privilege (user when CPL = 3).</summary>
+    /// <summary>The TLB for data accesses at the current privilege (user when CPL = 3), or one that
+    /// never hits while alignment checks are active (Mmu/AlignmentChecks.cs).</summary>
     TlbEntry[] _tlb = null!;
+    /// <summary>The TLB for instruction fetch at the current privilege.</summary>
+    TlbEntry[] _codeTlb = null!;
     bool _tlbHasLargePages;
 
     void InitTlb()
@@ -28,7 +31,13 @@ public sealed unsafe partial class Cpu
         FlushTlb(includeGlobal: true);
     }
 
-    void SelectTlb() => _tlb = Cpl == 3 ? _tlbUser : _tlbSupervisor;
+    /// <summary>Picks the TLBs for the current privilege; call when the CPL, CR0.AM or EFLAGS.AC change.</summary>
+    void SelectTlb()
+    {
+        _codeTlb = Cpl == 3 ? _tlbUser : _tlbSupervisor;
+        _alignmentChecks = AlignmentCheckConditions;
+        _tlb = _alignmentChecks ? s_alignmentCheckedTlb : _codeTlb;
+    }
 
     /// <summary>Drops cached translations: all of them, or all but global ones (MOV CR3, SDM 4.10.4.1).</summary>
     public void FlushTlb(bool includeGlobal)
@@ -80,28 +89,28 @@ public sealed unsafe partial class Cpu
     public byte Read8(ulong la)
     {
         ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
-        return e.ReadTag == (la & PageMask) ? *(byte*)(e.HostAddend + (long)la) : (byte)ReadSlow(la, 1);
+        return e.ReadTag == (la & PageMask) ? *(byte*)(e.HostAddend + (long)la) : (byte)ReadSlow(la, 1, 0);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public ushort Read16(ulong la)
     {
         ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
-        return e.ReadTag == (la & PageMask) && (la & 0xFFF) <= 0xFFE ? *(ushort*)(e.HostAddend + (long)la) : (ushort)ReadSlow(la, 2);
+        return e.ReadTag == (la & PageMask) && (la & 0xFFF) <= 0xFFE ? *(ushort*)(e.HostAddend + (long)la) : (ushort)ReadSlow(la, 2, 1);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public uint Read32(ulong la)
     {
         ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
-        return e.ReadTag == (la & PageMask) && (la & 0xFFF) <= 0xFFC ? *(uint*)(e.HostAddend + (long)la) : (uint)ReadSlow(la, 4);
+        return e.ReadTag == (la & PageMask) && (la & 0xFFF) <= 0xFFC ? *(uint*)(e.HostAddend + (long)la) : (uint)ReadSlow(la, 4, 3);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public ulong Read64(ulong la)
     {
         ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
-        return e.ReadTag == (la & PageMask) && (la & 0xFFF) <= 0xFF8 ? *(ulong*)(e.HostAddend + (long)la) : ReadSlow(la, 8);
+        return e.ReadTag == (la & PageMask) && (la & 0xFFF) <= 0xFF8 ? *(ulong*)(e.HostAddend + (long)la) : ReadSlow(la, 8, 7);
     }
 
     // ------------------------------------------------------------- data writes
@@ -111,7 +120,7 @@ public sealed unsafe partial class Cpu
     {
         ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
         if (e.WriteTag == (la & PageMask) && !Ram.IsCodePage(e.RamOffset)) { *(byte*)(e.HostAddend + (long)la) = v; return; }
-        WriteSlow(la, 1, v);
+        WriteSlow(la, 1, 0, v);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -119,7 +128,7 @@ public sealed unsafe partial class Cpu
     {
         ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
         if (e.WriteTag == (la & PageMask) && (la & 0xFFF) <= 0xFFE && !Ram.IsCodePage(e.RamOffset)) { *(ushort*)(e.HostAddend + (long)la) = v; return; }
-        WriteSlow(la, 2, v);
+        WriteSlow(la, 2, 1, v);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -127,7 +136,7 @@ public sealed unsafe partial class Cpu
     {
         ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
         if (e.WriteTag == (la & PageMask) && (la & 0xFFF) <= 0xFFC && !Ram.IsCodePage(e.RamOffset)) { *(uint*)(e.HostAddend + (long)la) = v; return; }
-        WriteSlow(la, 4, v);
+        WriteSlow(la, 4, 3, v);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -135,8 +144,32 @@ public sealed unsafe partial class Cpu
     {
         ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
         if (e.WriteTag == (la & PageMask) && (la & 0xFFF) <= 0xFF8 && !Ram.IsCodePage(e.RamOffset)) { *(ulong*)(e.HostAddend + (long)la) = v; return; }
-        WriteSlow(la, 8, v);
+        WriteSlow(la, 8, 7, v);
     }
+
+    // ------------------------------------------------------------- accesses alignment checking exempts
+
+    /// <summary>
+    /// A quadword read that is never alignment checked: half of a MOVUPS/MOVUPD/MOVDQU operand, or
+    /// part of an operand checked as a whole with <see cref="CheckAlignment"/> (Mmu/AlignmentChecks.cs).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ulong Read64NoAlignmentCheck(ulong la)
+    {
+        ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
+        return e.ReadTag == (la & PageMask) && (la & 0xFFF) <= 0xFF8 ? *(ulong*)(e.HostAddend + (long)la) : ReadSlow(la, 8, 0);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Write64NoAlignmentCheck(ulong la, ulong v)
+    {
+        ref TlbEntry e = ref _tlb[(int)(la >> 12) & (TlbSize - 1)];
+        if (e.WriteTag == (la & PageMask) && (la & 0xFFF) <= 0xFF8 && !Ram.IsCodePage(e.RamOffset)) { *(ulong*)(e.HostAddend + (long)la) = v; return; }
+        WriteSlow(la, 8, 0, v);
+    }
+
+    /// <summary>A doubleword write that is never alignment checked (the base of SGDT/SIDT's 32-bit image); always the slow path.</summary>
+    public void Write32NoAlignmentCheck(ulong la, uint v) => WriteSlow(la, 4, 0, v);
 
     /// <summary>Reads <paramref name="size"/> bytes (1, 2, 4, 8) little-endian.</summary>
     public ulong ReadSized(ulong la, int size) => size switch { 1 => Read8(la), 2 => Read16(la), 4 => Read32(la), _ => Read64(la) };
@@ -155,10 +188,11 @@ public sealed unsafe partial class Cpu
     /// <summary>
     /// Host pointer for a read-modify-write of <paramref name="size"/> bytes at <paramref name="la"/>
     /// (LOCKed instructions, XCHG), or null when the location is MMIO or straddles a page; checks
-    /// write permission (and so may #PF) and drops cached code in the page.
+    /// alignment (#AC) and write permission (#PF), and drops cached code in the page.
     /// </summary>
     public byte* WritablePointer(ulong la, int size)
     {
+        CheckAlignment(la, size);
         if ((la & 0xFFF) > (ulong)(0x1000 - size))
         {
             return null;
@@ -182,9 +216,18 @@ public sealed unsafe partial class Cpu
 
     // ------------------------------------------------------------- slow paths
 
+    /// <summary>
+    /// A read the fast path could not serve: TLB miss, page-straddling, MMIO, watched by a data
+    /// breakpoint, or alignment checks active — then <paramref name="alignmentMask"/> (size - 1, 0 for
+    /// an exempt access) decides #AC.
+    /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    ulong ReadSlow(ulong la, int size)
+    ulong ReadSlow(ulong la, int size, ulong alignmentMask)
     {
+        if (_alignmentChecks && TryReadAlignmentChecked(la, size, alignmentMask, out ulong hit))
+        {
+            return hit;
+        }
         la &= Regs.LinearMask;
         if (_dataBreakpoints != 0)
         {
@@ -208,8 +251,12 @@ public sealed unsafe partial class Cpu
     byte ReadByteTranslated(ulong la) => (byte)PhysRead(TranslateAndFill(la, Access.Read), 1);
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    void WriteSlow(ulong la, int size, ulong v)
+    void WriteSlow(ulong la, int size, ulong alignmentMask, ulong v)
     {
+        if (_alignmentChecks && TryWriteAlignmentChecked(la, size, alignmentMask, v))
+        {
+            return;
+        }
         la &= Regs.LinearMask;
         if (_dataBreakpoints != 0)
         {

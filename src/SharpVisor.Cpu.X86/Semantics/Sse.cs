@@ -155,7 +155,11 @@ public static unsafe partial class Sse
 
     public static Vector128<byte> ToVector(UInt128 v) => Vector128.Create((ulong)v, (ulong)(v >> 64)).AsByte();
 
-    /// <summary>Reads <paramref name="size"/> bytes (2, 4, 8, 16) into the low part of a vector (rest zero).</summary>
+    /// <summary>
+    /// Reads <paramref name="size"/> bytes (2, 4, 8, 16) into the low part of a vector (rest zero). A
+    /// 16-byte operand is never alignment checked: aligned ones are 16-byte aligned or #GP, and
+    /// MOVUPS/MOVUPD/MOVDQU do not raise #AC on the host (SDM Vol. 3A 6.15 leaves it to the implementation).
+    /// </summary>
     public static Vector128<byte> Load(Cpu c, ulong la, uint size, bool aligned)
     {
         if (aligned && (la & 15) != 0)
@@ -164,7 +168,7 @@ public static unsafe partial class Sse
         }
         return size switch
         {
-            16 => Vector128.Create(c.Read64(la), c.Read64(la + 8)).AsByte(),
+            16 => Vector128.Create(c.Read64NoAlignmentCheck(la), c.Read64NoAlignmentCheck(la + 8)).AsByte(),
             8 => Vector128.CreateScalar(c.Read64(la)).AsByte(),
             4 => Vector128.CreateScalar(c.Read32(la)).AsByte(),
             _ => Vector128.CreateScalar(c.Read16(la)).AsByte(),
@@ -187,8 +191,8 @@ public static unsafe partial class Sse
                     c.Translate(la, Access.Write, c.Cpl == 3);
                     c.Translate(la + 15, Access.Write, c.Cpl == 3); // no partial store on #PF
                 }
-                c.Write64(la, q.GetElement(0));
-                c.Write64(la + 8, q.GetElement(1));
+                c.Write64NoAlignmentCheck(la, q.GetElement(0));
+                c.Write64NoAlignmentCheck(la + 8, q.GetElement(1));
                 break;
             case 8: c.Write64(la, q.GetElement(0)); break;
             case 4: c.Write32(la, v.AsUInt32().GetElement(0)); break;
@@ -513,13 +517,13 @@ public static unsafe partial class Sse
         Check(c);
         var data = c.Fpu.Xmm[op.R1];
         uint mask = (uint)System.Runtime.Intrinsics.X86.Sse2.MoveMask(c.Fpu.Xmm[op.R2]);
-        if (mask == 0)
-        {
-            return;
-        }
         ulong la = op.Linear(c);
+        // #AC below 8-byte alignment, and every page writable before the first byte — even with a
+        // zero mask, which stores nothing: the host faults then too (SDM Vol. 2B MASKMOVDQU leaves
+        // it to the implementation).
+        c.CheckAlignment(la, 8);
         c.Translate(la, Access.Write, c.Cpl == 3);
-        c.Translate(la + 15, Access.Write, c.Cpl == 3); // all pages writable before the first byte
+        c.Translate(la + 15, Access.Write, c.Cpl == 3);
         for (int i = 0; i < 16; i++)
         {
             if ((mask & (1u << i)) != 0)
@@ -1028,6 +1032,9 @@ public static unsafe partial class Sse
         {
             throw c.Fault(Vector.NM);
         }
+        // With alignment checks active the host raises #AC below 4-byte alignment and #GP above it
+        // (SDM Vol. 2A FXSAVE: "the width of the alignment check may also vary with implementation").
+        c.CheckAlignment(la, 4);
         if ((la & 15) != 0)
         {
             throw c.GeneralProtection(0);

@@ -125,9 +125,10 @@ public static unsafe class StringOps
         // iteration that met them (SDM Vol. 3B 18.3.1.2, 18.3.1.4): one element per execution then,
         // through the checked memory accessors rather than host-memory bulk copies.
         bool oneAtATime = c.RepeatOneIterationAtATime;
-        // Bulk runs are not limit-checked: through a segment that needs checks (not flat, or outside
-        // 64-bit mode), every element goes through the checked step.
-        bool tryBulk = !oneAtATime && (c.Regs.SegCheck[op.Seg] | c.Regs.SegCheck[(int)Seg.ES]) == 0;
+        // Bulk runs are neither limit- nor alignment-checked: through a segment that needs checks (not
+        // flat, or outside 64-bit mode), or while alignment checks are active (SDM Vol. 3A 6.15: each
+        // element is checked), every element goes through the checked step.
+        bool tryBulk = !oneAtATime && !c.AlignmentChecksActive && (c.Regs.SegCheck[op.Seg] | c.Regs.SegCheck[(int)Seg.ES]) == 0;
         int steps = oneAtATime ? 1 : ChunkIterations;
         long bytes = ChunkBytes;
         while (true)
@@ -424,15 +425,18 @@ public readonly unsafe struct LodsOp : IStringOp
     public static long Bulk<S>(Cpu c, ref Op op, ulong count) where S : IOpSize => -1;
 }
 
-/// <summary>CMPS: flags of seg:[SI] − ES:[DI] (SDM CMPS: "temp ← SRC1 − SRC2", SRC1 = [SI]).</summary>
+/// <summary>
+/// CMPS: flags of seg:[SI] − ES:[DI] (SDM CMPS: "temp ← SRC1 − SRC2", SRC1 = [SI]). ES:[DI] is read
+/// first, as the host does: a fault on it (#PF, #GP, #AC) comes before one on the source.
+/// </summary>
 public readonly unsafe struct CmpsOp : IStringOp
 {
     public static bool Compares => true;
 
     public static void Step<S>(Cpu c, ref Op op) where S : IOpSize
     {
-        ulong a = S.Load(c, StringOps.SourceLinear(c, ref op));
         ulong b = S.Load(c, StringOps.DestLinear(c, ref op, SegmentAccess.Read));
+        ulong a = S.Load(c, StringOps.SourceLinear(c, ref op));
         c.FlagsSub(a, b, (a - b) & S.Mask, S.Bits);
         ulong step = StringOps.Step<S>(c);
         StringOps.AdvanceSource<S>(c, ref op, step);
@@ -473,7 +477,8 @@ public readonly unsafe struct InsOp : IStringOp
             c.NoteIoAccess(port, size);
         }
         ulong la = StringOps.DestLinear(c, ref op, SegmentAccess.Write);
-        // Probe every page of the element so a #PF comes before the (side-effecting) port read.
+        // Check alignment and probe every page of the element so #AC or #PF comes before the (side-effecting) port read.
+        c.CheckAlignment(la, size);
         c.Translate(la, Access.Write, c.Cpl == 3);
         c.Translate((la + (ulong)size - 1) & c.Regs.LinearMask, Access.Write, c.Cpl == 3);
         uint v = StringOps.PortRead(c, port, size);

@@ -468,13 +468,18 @@ public static unsafe class X87
         c.Translate((la + (ulong)length - 1) & c.Regs.LinearMask, Access.Write, user);
     }
 
-    static void WriteBytes(Cpu c, ulong la, ReadOnlySpan<byte> bytes)
+    /// <summary>
+    /// Stores an environment or FSAVE image. Alignment checking sees it as one operand aligned to 4
+    /// bytes, 2 with a 16-bit operand size (SDM Vol. 3A Table 6-7; the host does not check the parts).
+    /// </summary>
+    static void WriteBytes(Cpu c, ulong la, ReadOnlySpan<byte> bytes, bool size32)
     {
+        c.CheckAlignment(la, size32 ? 4 : 2);
         ProbeWrite(c, la, bytes.Length);
         int k = 0;
         for (; k + 8 <= bytes.Length; k += 8)
         {
-            c.Write64(la + (ulong)k, BitConverter.ToUInt64(bytes[k..]));
+            c.Write64NoAlignmentCheck(la + (ulong)k, BitConverter.ToUInt64(bytes[k..]));
         }
         for (; k < bytes.Length; k++)
         {
@@ -482,12 +487,14 @@ public static unsafe class X87
         }
     }
 
-    static void ReadBytes(Cpu c, ulong la, Span<byte> bytes)
+    /// <summary>Loads an environment or FSAVE image, alignment checked as a whole as <see cref="WriteBytes"/>.</summary>
+    static void ReadBytes(Cpu c, ulong la, Span<byte> bytes, bool size32)
     {
+        c.CheckAlignment(la, size32 ? 4 : 2);
         int k = 0;
         for (; k + 8 <= bytes.Length; k += 8)
         {
-            BitConverter.TryWriteBytes(bytes[k..], c.Read64(la + (ulong)k));
+            BitConverter.TryWriteBytes(bytes[k..], c.Read64NoAlignmentCheck(la + (ulong)k));
         }
         for (; k < bytes.Length; k++)
         {
@@ -575,7 +582,7 @@ public static unsafe class X87
         Span<byte> image = stackalloc byte[28];
         image = image[..(size32 ? 28 : 14)];
         X87Environment.Build(f, size32, RealLayout(c), image);
-        WriteBytes(c, op.Linear(c), image);
+        WriteBytes(c, op.Linear(c), image, size32);
         f.Control |= 0x3F;
         UpdateErrorSummary(f); // nothing is unmasked any more: ES and B clear (as the host shows)
     }
@@ -586,7 +593,7 @@ public static unsafe class X87
         bool size32 = op.Size >= 28;
         Span<byte> image = stackalloc byte[28];
         image = image[..(size32 ? 28 : 14)];
-        ReadBytes(c, op.Linear(c), image);
+        ReadBytes(c, op.Linear(c), image, size32);
         X87Environment.Load(c.Fpu, size32, RealLayout(c), image);
     }
 
@@ -606,7 +613,7 @@ public static unsafe class X87
             BitConverter.TryWriteBytes(image[(envSize + st * 10)..], v.Mantissa);
             BitConverter.TryWriteBytes(image[(envSize + st * 10 + 8)..], v.SignExponent);
         }
-        WriteBytes(c, op.Linear(c), image);
+        WriteBytes(c, op.Linear(c), image, size32);
         Init(f);
     }
 
@@ -618,7 +625,7 @@ public static unsafe class X87
         int envSize = size32 ? 28 : 14;
         Span<byte> image = stackalloc byte[X87Environment.MaxImage];
         image = image[..(envSize + 80)];
-        ReadBytes(c, op.Linear(c), image);
+        ReadBytes(c, op.Linear(c), image, size32);
         int top = (BitConverter.ToUInt16(image[(size32 ? 4 : 2)..]) >> 11) & 7;
         for (int st = 0; st < 8; st++)
         {

@@ -260,7 +260,9 @@ public static unsafe partial class Sse
         _ => &MmxOp<Psrad>,
     };
 
-    static ulong MmSrc(Cpu c, ref Op op) => (op.Aux & MemSrc) != 0 ? c.Read64(op.Linear(c)) : c.Fpu.Mantissa[op.R2];
+    /// <summary>The source operand: an MMX register, or 8 bytes of memory — 4 for PUNPCKLBW/WD/DQ mm, m32, which read only those (#PF, #AC).</summary>
+    static ulong MmSrc(Cpu c, ref Op op) =>
+        (op.Aux & MemSrc) == 0 ? c.Fpu.Mantissa[op.R2] : op.MemSize == 4 ? c.Read32(op.Linear(c)) : c.Read64(op.Linear(c));
 
     /// <summary>
     /// A 128-bit lane operation on 64-bit values: lane-wise operations give the MMX result in the
@@ -376,16 +378,16 @@ public static unsafe partial class Sse
         CheckMmx(c);
         ulong data = c.Fpu.Mantissa[op.R1], mask = c.Fpu.Mantissa[op.R2];
         ulong la = op.Linear(c);
-        if ((mask & 0x8080_8080_8080_8080) != 0)
+        // #AC below 8-byte alignment and #PF before any byte is stored, even with a zero mask (as
+        // MASKMOVDQU, and the host).
+        c.CheckAlignment(la, 8);
+        c.Translate(la, Access.Write, c.Cpl == 3);
+        c.Translate(la + 7, Access.Write, c.Cpl == 3);
+        for (int i = 0; i < 8; i++)
         {
-            c.Translate(la, Access.Write, c.Cpl == 3);
-            c.Translate(la + 7, Access.Write, c.Cpl == 3);
-            for (int i = 0; i < 8; i++)
+            if (((mask >> (8 * i + 7)) & 1) != 0)
             {
-                if (((mask >> (8 * i + 7)) & 1) != 0)
-                {
-                    c.Write8(la + (ulong)i, (byte)(data >> (8 * i)));
-                }
+                c.Write8(la + (ulong)i, (byte)(data >> (8 * i)));
             }
         }
         MmxEnter(c);

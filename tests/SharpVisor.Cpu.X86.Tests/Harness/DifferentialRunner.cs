@@ -14,9 +14,10 @@ namespace SharpVisor.Cpu.X86.Tests.Harness;
 /// <see cref="X86Context"/>, executes them, and stores the state back. On the interpreter side a
 /// 64-bit user-mode (CPL 3) vCPU maps the same virtual pages — the stub's code page, a data
 /// window and a stack window — so addresses in registers mean the same thing on both sides.
-/// Inputs that would fault natively (e.g. a divide by zero) must not be generated for <see cref="Run"/>:
-/// a host fault in the stub kills the test process. <see cref="RunNativeInChild"/> runs such inputs
-/// in a forked child process and reports the signal it ended with.
+/// Inputs that would fault natively (e.g. a divide by zero, or a misaligned access with EFLAGS.AC
+/// set: CR0.AM is set on both sides) must not be generated for <see cref="Run"/>: a host fault in the
+/// stub kills the test process. <see cref="RunNativeInChild"/> runs such inputs in a forked child
+/// process and reports the signal it ended with.
 /// A second data window lies at <see cref="LowDataAddress"/>, the last page below 4 GiB, for
 /// instructions with a 32-bit address size (67H in 64-bit mode), including wrap-around at 2^32.
 /// </remarks>
@@ -55,6 +56,9 @@ public sealed unsafe partial class DifferentialRunner : IDisposable
         Map(pml4, (ulong)_stack.Address, GuestStackPa, 2);
         CpuSetup.EnterLongModeUser(_cpu, pml4);
         _cpu.Cr4Value |= X86.Cr4.OSFXSR | X86.Cr4.OSXMMEXCPT;
+        // CR0.AM as Linux sets it for the host: a case that sets EFLAGS.AC is alignment checked on both sides.
+        _cpu.Cr0Value |= X86.Cr0.AM;
+        _cpu.UpdateMode();
     }
 
     /// <summary>The MXCSR the native side runs with: 0 means the default; exceptions always masked.</summary>
@@ -228,6 +232,9 @@ public sealed unsafe partial class DifferentialRunner : IDisposable
         post.mov(rax, (ulong)_hostFpu);
         post.fxrstor64(__[rax]); // the host's x87 state and MXCSR exactly as before
         post.cld();
+        post.pushfq();
+        post.and(__qword_ptr[rsp], ~(int)RFlags.AC); // .NET must not run with alignment checks on
+        post.popfq();
         post.pop(r15); post.pop(r14); post.pop(r13); post.pop(r12); post.pop(rbp); post.pop(rbx);
         post.ret();
 

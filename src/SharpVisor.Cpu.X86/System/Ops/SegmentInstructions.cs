@@ -49,21 +49,26 @@ internal static unsafe class SegmentInstructions
         }
     }
 
-    /// <summary>SGDT/SIDT: stores the limit, then 4 bytes of base (8 in 64-bit mode). UMIP is not advertised.</summary>
+    /// <summary>
+    /// SGDT/SIDT: stores the limit, then 4 bytes of base (8 in 64-bit mode). UMIP is not advertised.
+    /// Alignment checking sees one operand aligned to 4 (SDM Vol. 3A Table 6-7 "GDTR, IDTR"), so the
+    /// base at offset 2 is written unchecked.
+    /// </summary>
     internal static void StoreTable(Cpu c, ref Op op)
     {
         ulong la = op.Linear(c);
+        c.CheckAlignment(la, 4);
         ulong b = op.Sub == 0 ? c.GdtBase : c.IdtBase;
         ushort limit = op.Sub == 0 ? c.GdtLimit : c.IdtLimit;
         ulong baseLa = (la + 2) & c.Regs.LinearMask;
         // The base (higher addresses) first: a fault on either page then leaves the limit unwritten.
         if (op.Size == 8)
         {
-            c.Write64(baseLa, b);
+            c.Write64NoAlignmentCheck(baseLa, b);
         }
         else
         {
-            c.Write32(baseLa, (uint)b);
+            c.Write32NoAlignmentCheck(baseLa, (uint)b);
         }
         c.Write16(la, limit);
     }
