@@ -66,7 +66,7 @@ public unsafe struct Op
         ulong la = (c.Regs.SegBase[Seg] + ea) & c.Regs.LinearMask;
         if (Cpu.MaybeNonCanonical(la, MemSize))
         {
-            c.CheckOperandCanonical(la, MemSize, Base);
+            c.CheckOperandCanonical(la, MemSize, Base, Flags);
         }
         return la;
     }
@@ -94,6 +94,9 @@ public enum OpFlags : byte
     EndsBlock = 8,
     /// <summary>The first operand is in memory (the form uses Base/Index/Disp).</summary>
     MemoryOperand = 16,
+    /// <summary>A legacy-SSE 128-bit memory operand that must be 16-byte aligned: its #GP for
+    /// misalignment comes before the canonical-address fault (#SS or #GP), as on the host.</summary>
+    Aligned16 = 32,
 }
 
 /// <summary>

@@ -45,14 +45,15 @@ public sealed unsafe partial class Cpu
 
     /// <summary>
     /// An explicit memory operand at <paramref name="la"/> flagged by <see cref="MaybeNonCanonical"/>:
-    /// #SS(0) when its base register (slot <paramref name="baseSlot"/>) is RSP or RBP, #GP(0) otherwise.
+    /// #SS(0) when its base register (slot <paramref name="baseSlot"/>) is RSP or RBP, #GP(0) otherwise;
+    /// a misaligned operand of an SSE form that requires 16-byte alignment is #GP(0) first.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    public void CheckOperandCanonical(ulong la, uint size, byte baseSlot)
+    public void CheckOperandCanonical(ulong la, uint size, byte baseSlot, OpFlags flags = OpFlags.None)
     {
         if (!IsCanonicalAccess(la, size))
         {
-            throw baseSlot is 4 or 5 ? Fault(Vector.SS, 0) : GeneralProtection(0);
+            throw baseSlot is 4 or 5 && ((flags & OpFlags.Aligned16) == 0 || (la & 15) == 0) ? Fault(Vector.SS, 0) : GeneralProtection(0);
         }
     }
 

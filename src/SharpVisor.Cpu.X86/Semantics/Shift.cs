@@ -279,14 +279,14 @@ public readonly struct ShRcl : IShiftOp
     {
         int w = S.Bits;
         int k = w == 8 ? n % 9 : w == 16 ? n % 17 : n;
-        ulong cfIn = c.CF() ? 1UL : 0;
-        ulong r = a, cf = cfIn;
-        if (k != 0)
+        if (k == 0)
         {
-            // (CF:a) is a (w+1)-bit value rotated left by k.
-            r = ((a << k) | (cfIn << (k - 1)) | (k == 1 ? 0 : a >> (w + 1 - k))) & S.Mask;
-            cf = (a >> (w - k)) & 1;
+            return a; // a count that is a multiple of 9 (17): no rotation, and hardware leaves every flag as it was
         }
+        ulong cfIn = c.CF() ? 1UL : 0;
+        // (CF:a) is a (w+1)-bit value rotated left by k.
+        ulong r = ((a << k) | (cfIn << (k - 1)) | (k == 1 ? 0 : a >> (w + 1 - k))) & S.Mask;
+        ulong cf = (a >> (w - k)) & 1;
         Shift.SetCfOf(c, cf, Shift.Msb<S>(r) ^ cf);
         return r;
     }
@@ -299,13 +299,13 @@ public readonly struct ShRcr : IShiftOp
     {
         int w = S.Bits;
         int k = w == 8 ? n % 9 : w == 16 ? n % 17 : n;
-        ulong cfIn = c.CF() ? 1UL : 0;
-        ulong r = a, cf = cfIn;
-        if (k != 0)
+        if (k == 0)
         {
-            r = ((a >> k) | (cfIn << (w - k)) | (k == 1 ? 0 : a << (w + 1 - k))) & S.Mask;
-            cf = (a >> (k - 1)) & 1;
+            return a; // a count that is a multiple of 9 (17): no rotation, and hardware leaves every flag as it was
         }
+        ulong cfIn = c.CF() ? 1UL : 0;
+        ulong r = ((a >> k) | (cfIn << (w - k)) | (k == 1 ? 0 : a << (w + 1 - k))) & S.Mask;
+        ulong cf = (a >> (k - 1)) & 1;
         Shift.SetCfOf(c, cf, Shift.Msb<S>(r) ^ ((r >> (w - 2)) & 1));
         return r;
     }

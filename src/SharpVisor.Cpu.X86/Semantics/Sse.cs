@@ -144,6 +144,7 @@ public static unsafe partial class Sse
                 if (op.Imm2 == 16 && ins.Mnemonic is not (Mnemonic.Movups or Mnemonic.Movupd or Mnemonic.Movdqu))
                 {
                     op.Aux |= Aligned; // legacy-SSE 128-bit memory operands must be aligned (SDM Vol. 1 11.4.1)
+                    op.Flags |= OpFlags.Aligned16;
                 }
             }
         }

@@ -13,6 +13,8 @@ public interface IStringOp
     /// <summary>Bulk path for REP over RAM (either direction): returns elements done (registers updated),
     /// 0 when this element cannot take it (straddles a page), -1 when the chunk is not plain RAM.</summary>
     static abstract long Bulk<S>(Cpu c, ref Op op, ulong count) where S : IOpSize;
+    /// <summary>Checks made before the count is looked at, so they fault even with a zero count.</summary>
+    static virtual void CheckBeforeRepeat<S>(Cpu c) where S : IOpSize { }
 }
 
 /// <summary>
@@ -116,6 +118,7 @@ public static unsafe class StringOps
     {
         ulong mask = op.AddrMask;
         ulong count = c.Regs.Gpr[1] & mask;
+        T.CheckBeforeRepeat<S>(c);
         if (count == 0)
         {
             return;
@@ -467,6 +470,10 @@ public readonly unsafe struct InsOp : IStringOp
 {
     public static bool Compares => false;
 
+    /// <summary>The I/O permission check (IOPL, then the TSS bitmap) precedes the REP loop: a ring-3
+    /// REP INS/OUTS without permission faults even when the count is 0, as the Intel host does.</summary>
+    public static void CheckBeforeRepeat<S>(Cpu c) where S : IOpSize => StringOps.CheckIoPermission(c, (ushort)c.Regs.Gpr[2], S.Bits / 8);
+
     public static void Step<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ushort port = (ushort)c.Regs.Gpr[2];
@@ -493,6 +500,10 @@ public readonly unsafe struct InsOp : IStringOp
 public readonly unsafe struct OutsOp : IStringOp
 {
     public static bool Compares => false;
+
+    /// <summary>The I/O permission check (IOPL, then the TSS bitmap) precedes the REP loop: a ring-3
+    /// REP INS/OUTS without permission faults even when the count is 0, as the Intel host does.</summary>
+    public static void CheckBeforeRepeat<S>(Cpu c) where S : IOpSize => StringOps.CheckIoPermission(c, (ushort)c.Regs.Gpr[2], S.Bits / 8);
 
     public static void Step<S>(Cpu c, ref Op op) where S : IOpSize
     {

@@ -32,6 +32,12 @@ public unsafe class ShiftTests : IClassFixture<RunnerFixture>
         {
             return DiffCase.ArithFlags;
         }
+        if (name is "Rcl" or "Rcr" && ((bits == 8 && n % 9 == 0) || (bits == 16 && n % 17 == 0)) && HostCpu.IsIntel)
+        {
+            // No rotation: the Intel host leaves every flag, OF included, as it was (SharpVisor does the same;
+            // the ring-3 instruction test of issue 16 found the difference). Not checked on AMD.
+            return DiffCase.ArithFlags;
+        }
         ulong mask = DiffCase.ArithFlags;
         if (n != 1)
         {
@@ -44,12 +50,6 @@ public unsafe class ShiftTests : IClassFixture<RunnerFixture>
                 if (n >= bits && name != "Sar")
                 {
                     mask &= ~CF; // SDM SAL/SAR/SHL/SHR: CF undefined for count >= operand size
-                }
-                break;
-            case "Rcl" or "Rcr":
-                if ((bits == 8 && n % 9 == 0) || (bits == 16 && n % 17 == 0))
-                {
-                    mask &= ~OF;
                 }
                 break;
         }

@@ -57,4 +57,24 @@ public class CpuCounterTests
         Assert.Equal(2, c.Counters.IoPermissionFaults.Value);
         Assert.Equal(0, other.Cpu.Counters.IoPermissionFaults.Value);
     }
+
+    /// <summary>
+    /// REP INS and REP OUTS check I/O permission before the count: with RCX = 0 a ring-3 process
+    /// without permission still gets #GP, as on the Intel host (found by the ring-3 instruction test).
+    /// </summary>
+    [Fact]
+    public void RepInsAndOutsWithAZeroCountStillCheckIoPermission()
+    {
+        using var m = new SysMachine();
+        m.EnterLongMode(cpl: 3);
+        m.Ram.WriteU32(SysMachine.Tss + 0x64, 0x68u << 16); // no I/O map: IOPL 0 < CPL 3 denies every port
+        m.Asm(Code, 64, x => { x.rep.insb(); x.rep.outsb(); });
+        var c = m.Cpu;
+        c.Rcx = 0;
+        c.Rdx = 0x80;
+        c.Rip = Code;
+        Assert.Equal(Vector.GP, c.StepForTest());
+        c.Rip = Code + 2;
+        Assert.Equal(Vector.GP, c.StepForTest());
+    }
 }
