@@ -65,19 +65,16 @@ public class BusyboxTests
         var config = new MachineConfig { Kernel = kernel, Initrd = initrd, CommandLine = cmdline, Cpus = cpus, Clock = clock, TimeoutSeconds = timeoutSeconds, MemoryMiB = 512 };
         config = customize?.Invoke(config) ?? config;
         VirtualMachine? machine = null;
-        var panic = Encoding.ASCII.GetBytes("Kernel panic");
-        int matched = 0;
+        var panic = new PanicWatch();
         using var vm = machine = new VirtualMachine(config, b =>
         {
             lock (output)
             {
                 output.WriteByte(b);
             }
-            // A panicked kernel never powers off: stop at once instead of waiting for the timeout.
-            matched = b == panic[matched] ? matched + 1 : b == panic[0] ? 1 : 0;
-            if (matched == panic.Length)
+            // A panicked kernel never powers off: stop after its panic line instead of waiting for the timeout.
+            if (panic.Feed(b))
             {
-                matched = 0;
                 machine?.RequestExit(new VmExit(VmExitKind.Shutdown, "the guest kernel panicked"));
             }
         });

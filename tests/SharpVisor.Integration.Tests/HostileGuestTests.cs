@@ -121,8 +121,7 @@ public partial class HostileGuestTests(ITestOutputHelper output)
     static (VmExit Exit, string Console, TimeSpan Elapsed) RunWithWatchdog(MachineConfig config, int seed, Mode mode)
     {
         var console = new StringBuilder();
-        var panic = Encoding.ASCII.GetBytes("Kernel panic");
-        int matched = 0;
+        var panic = new PanicWatch();
         VirtualMachine? machine = null;
         using var vm = machine = new VirtualMachine(config, b =>
         {
@@ -130,11 +129,9 @@ public partial class HostileGuestTests(ITestOutputHelper output)
             {
                 console.Append((char)b);
             }
-            // A panicked kernel only waits: end the boot at once (panic=-1 would reset it, too).
-            matched = b == panic[matched] ? matched + 1 : b == panic[0] ? 1 : 0;
-            if (matched == panic.Length)
+            // A panicked kernel only waits: end the boot after its panic line (panic=-1 would reset it, too).
+            if (panic.Feed(b))
             {
-                matched = 0;
                 machine?.RequestExit(new VmExit(VmExitKind.Shutdown, "the guest kernel panicked"));
             }
         });
