@@ -51,12 +51,16 @@ public abstract class FuzzTarget : IDisposable
     {
     }
 
-    /// <summary>A documented rejection, as long as it is the one line the user is promised.</summary>
+    /// <summary>
+    /// A documented rejection, as long as it is the one line the user is promised: no line breaks, and
+    /// no other control characters either (bytes from a hostile file must not reach the terminal as
+    /// escape sequences).
+    /// </summary>
     protected static FuzzOutcome Rejected(Exception e)
     {
-        if (string.IsNullOrWhiteSpace(e.Message) || e.Message.Contains('\n') || e.Message.Contains('\r'))
+        if (string.IsNullOrWhiteSpace(e.Message) || e.Message.Any(char.IsControl))
         {
-            throw new FuzzOracleException($"{e.GetType().Name} without a one-line message: \"{e.Message}\"");
+            throw new FuzzOracleException($"{e.GetType().Name} without a one-line printable message: \"{e.Message}\"");
         }
         return new FuzzOutcome(false, e.Message);
     }
