@@ -25,7 +25,7 @@ public abstract class FuzzTarget : IDisposable
     /// <summary>Every target, by the name run.sh and the replay mode take.</summary>
     public static readonly IReadOnlyDictionary<string, string> All = new SortedDictionary<string, string>
     {
-        ["kernel"] = "whatever --kernel gets: Board's choice of Multiboot or Linux loader, loaded into a 128 MiB guest with an initrd",
+        ["kernel"] = "whatever --kernel gets: Board's choice of Multiboot or Linux loader, loaded into a 2.75 GiB guest with an initrd",
         ["bzimage"] = "BzImage.Parse (Linux boot protocol setup header), then the payload's decompression and ELF parse",
         ["payload"] = "KernelDecompressor.Decompress (gzip, XZ, zstd, bzip2, LZMA) of a bzImage payload, then ElfImage.Parse",
         ["elf"] = "ElfImage.Parse (ELF32/ELF64, PT_LOAD, PVH note), entry translation and loading into guest RAM",

@@ -4,12 +4,16 @@ using SharpVisor.Machine.Boot;
 
 namespace SharpVisor.Fuzz;
 
-/// <summary>A guest as the CLI builds it before loading: 128 MiB of RAM with the firmware's ACPI tables and E820 map.</summary>
+/// <summary>
+/// A guest as the CLI builds it before loading, with the firmware's ACPI tables and E820 map: the
+/// largest RAM that still lies wholly below 4 GiB (2.75 GiB), so that every 32-bit address a kernel
+/// file can name may be RAM. The mapping is reserved, not committed: only what a loader writes costs memory.
+/// </summary>
 sealed class FuzzGuest : IDisposable
 {
     public FuzzGuest()
     {
-        Memory = new GuestMemory(128UL << 20);
+        Memory = new GuestMemory(GuestMemory.MaxLowRam);
         Firmware = PcFirmware.Install(Memory, AcpiMachineDescription.ForMachine(Memory, cpuCount: 1));
     }
 
