@@ -56,15 +56,23 @@ public static class Program
 
     static int Afl(string name)
     {
-        using var target = FuzzTarget.Create(name);
+        if (!FuzzTarget.All.ContainsKey(name))
+        {
+            FuzzTarget.Create(name); // the unknown-target error
+        }
+        // Created inside the fork server: instrumented code (a guest's firmware set-up) may only run
+        // once SharpFuzz has attached afl-fuzz's coverage map, or it writes through a null pointer.
+        FuzzTarget? target = null;
         var input = new MemoryStream();
         // An exception escaping the action is reported to afl-fuzz as a crash.
         Fuzzer.Run(stream =>
         {
+            target ??= FuzzTarget.Create(name);
             input.SetLength(0);
             stream.CopyTo(input);
             target.Run(input.ToArray());
         });
+        target?.Dispose();
         return 0;
     }
 
