@@ -26,9 +26,13 @@ if [[ ! -x $tools/sharpfuzz ]]; then
 fi
 
 build=fuzz/.build/publish
+plain=fuzz/.build/plain
 step "publishing and instrumenting the fuzz harness"
-rm -rf "$build"
+rm -rf "$build" "$plain"
 dotnet publish fuzz/SharpVisor.Fuzz -c Release -o "$build" -nologo -v quiet -clp:NoSummary
+# Findings are replayed by an uninstrumented copy: instrumented code needs afl-fuzz's coverage map.
+cp -r "$build" "$plain"
+replay="$plain/SharpVisor.Fuzz.dll"
 # Only the code that parses untrusted bytes is instrumented: its branches are what AFL steers by.
 "$tools/sharpfuzz" "$build/SharpVisor.Machine.dll" SharpVisor.Machine.Boot
 "$tools/sharpfuzz" "$build/SharpVisor.Devices.dll" SharpVisor.Devices.Storage
@@ -62,25 +66,26 @@ for t in "${targets[@]}"; do
     stats=$out/default/fuzzer_stats
     field() { sed -n "s/^$1 *: *//p" "$stats"; }
     execs=$(field execs_done); rate=$(field execs_per_sec); paths=$(field corpus_count)
-    crashes=("$out"/default/crashes/id:*)
-    hangs=("$out"/default/hangs/id:*)
-    [[ -e "${crashes[0]}" ]] || crashes=()
-    [[ -e "${hangs[0]}" ]] || hangs=()
+    found=("$out"/default/crashes/id:* "$out"/default/hangs/id:*)
 
-    # A hang under afl-fuzz may be a busy machine: it counts only if a plain replay also takes > 10 s.
-    real_hangs=()
-    for h in "${hangs[@]}"; do
-        dotnet "$harness" replay "$t" -t 10 "$h" >/dev/null 2>&1 || real_hangs+=("$h")
+    # Every finding is replayed with this build, without afl-fuzz: a hang under afl-fuzz may be a busy
+    # machine (it counts if the replay takes > 10 s too), and a campaign resumed after a fix still
+    # holds the crashes it found before (they count no more once they replay cleanly).
+    failing=()
+    for f in "${found[@]}"; do
+        [[ -e "$f" ]] || continue
+        dotnet "$replay" replay "$t" -t 10 "$f" >/dev/null 2>&1 || failing+=("$f")
     done
-    for f in "${crashes[@]}" "${real_hangs[@]}"; do
-        printf '\n%s %s finding: %s (%s bytes)\n' "$t" "$([[ $f == */hangs/* ]] && echo hang || echo crash)" "$f" "$(stat -c %s "$f" 2>/dev/null || wc -c <"$f")" >&2
-        dotnet "$harness" replay "$t" -t 10 "$f" >&2 || true
+    for f in "${failing[@]}"; do
+        printf '\n%s %s finding: %s (%s bytes)\n' "$t" "$([[ $f == */hangs/* ]] && echo hang || echo crash)" "$f" "$(wc -c <"$f")" >&2
+        dotnet "$replay" replay "$t" -t 10 "$f" >&2 || true
         od -A x -t x1z -v "$f" | head -n 64 >&2
     done
-    line="$t: $execs execs ($rate/s), $paths paths, ${#crashes[@]} crashes, ${#real_hangs[@]} hangs (${#hangs[@]} reported by afl-fuzz)"
+    reported=$(( $(field saved_crashes) + $(field saved_hangs) ))
+    line="$t: $execs execs ($rate/s), $paths paths, ${#failing[@]} failing inputs ($reported crashes and hangs saved by afl-fuzz in this run)"
     summary+=("$line")
     echo "$line" >&2
-    if [[ ${#crashes[@]} -gt 0 || ${#real_hangs[@]} -gt 0 ]]; then failed=1; fi
+    if [[ ${#failing[@]} -gt 0 ]]; then failed=1; fi
 done
 
 step "fuzzing summary"
