@@ -64,8 +64,11 @@ public static class Program
         // once SharpFuzz has attached afl-fuzz's coverage map, or it writes through a null pointer.
         FuzzTarget? target = null;
         var input = new MemoryStream();
-        // An exception escaping the action is reported to afl-fuzz as a crash.
-        Fuzzer.Run(stream =>
+        // An exception escaping the action is reported to afl-fuzz as a crash. The out-of-process
+        // server runs the inputs in a child it restarts: a hang (afl-fuzz kills the child) or a
+        // process-killing fault (stack overflow) is saved as a finding instead of ending the campaign,
+        // as an in-process fork server would ("unable to communicate with fork server").
+        Fuzzer.OutOfProcess.Run(stream =>
         {
             target ??= FuzzTarget.Create(name);
             input.SetLength(0);
