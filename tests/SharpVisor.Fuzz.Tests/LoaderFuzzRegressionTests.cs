@@ -47,4 +47,20 @@ public sealed class LoaderFuzzRegressionTests
         Assert.Equal(0u, memory.ReadU32(bssEnd - 4));
         Assert.Equal(0u, memory.ReadU32(0x4000_0000));
     }
+
+    /// <summary>
+    /// afl-fuzz (payload target), saved as hangs: 20-byte "LZMA" payloads whose decoder, fed garbage,
+    /// never runs out of output. The loader kept doubling its buffer (3.2 GB resident, 10 s) until
+    /// Array.Resize overflowed, and the user read "corrupt Lzma kernel payload: Non-negative number
+    /// required. (Parameter 'newSize')". A tiny payload may now decompress to at most 64 MiB.
+    /// </summary>
+    [Theory]
+    [InlineData("crash-lzma-unbounded-output")]
+    [InlineData("crash-lzma-unbounded-output-2")]
+    public void Payload_that_decompresses_without_end_is_refused_at_a_bound(string name)
+    {
+        var outcome = Replay("payload", name);
+        Assert.False(outcome.Accepted);
+        Assert.Contains("decompresses to more than 64 MiB", outcome.Error);
+    }
 }
