@@ -28,6 +28,18 @@ status=0
 dotnet test SharpVisor.slnx -c Release --no-build -nologo "${filter[@]}" \
     --logger "trx" --results-directory "$results" -- RunConfiguration.TreatNoTestsAsError=false || status=$?
 
+# ---- fuzzing (issue 16) -------------------------------------------------------------------------
+# A short coverage-guided run of every parser of untrusted bytes: AFL++ (Debian's afl++) drives each
+# target of fuzz/SharpVisor.Fuzz for FUZZ_SECONDS (default 20; 0 skips it). A crash, or a hang that
+# replays as one, fails the run with the input printed in hex (and kept in fuzz/findings/).
+fuzz_seconds=${FUZZ_SECONDS:-20}
+if [[ "$fuzz_seconds" -gt 0 && ${#filter[@]} -eq 0 ]]; then
+    apt_install afl++
+    step "fuzzing: afl-fuzz, $fuzz_seconds s per target"
+    fuzz/run.sh all "$fuzz_seconds" || status=1
+fi
+# ---- end of fuzzing -----------------------------------------------------------------------------
+
 # One closing line that CI reads: totals over every test assembly.
 passed=0; failed=0; skipped=0
 for f in "$results"/*.trx; do

@@ -132,7 +132,7 @@ public sealed partial class Qcow2Image
         {
             uint backingSize = BinaryPrimitives.ReadUInt32BigEndian(first.AsSpan(HBackingSize));
             string backing = backingOffset < (ulong)clusterSize && backingSize <= 1023 && backingOffset + backingSize <= (ulong)clusterSize
-                ? Encoding.UTF8.GetString(first, (int)backingOffset, (int)backingSize)
+                ? Printable(Encoding.UTF8.GetString(first, (int)backingOffset, (int)backingSize))
                 : "?";
             throw Fail($"unsupported qcow2 feature: backing file '{backing}'; flatten it with 'qemu-img convert -O qcow2 IN OUT'");
         }
@@ -281,7 +281,7 @@ public sealed partial class Qcow2Image
                 {
                     if (cluster[e] == 0 && cluster[e + 1] < 64)
                     {
-                        names[cluster[e + 1]] = Encoding.ASCII.GetString(cluster, e + 2, 46).TrimEnd('\0');
+                        names[cluster[e + 1]] = Printable(Encoding.ASCII.GetString(cluster, e + 2, 46).TrimEnd('\0'));
                     }
                 }
             }
@@ -290,6 +290,19 @@ public sealed partial class Qcow2Image
         }
         return names;
     }
+
+    /// <summary>
+    /// Text from the image as it may appear in a one-line error: control characters (line breaks,
+    /// terminal escape sequences) become '?'. Found by fuzzing (fuzz/corpus/qcow2/crash-backing-name-control-chars).
+    /// </summary>
+    static string Printable(string text) =>
+        string.Create(text.Length, text, static (chars, source) =>
+        {
+            for (int i = 0; i < chars.Length; i++)
+            {
+                chars[i] = char.IsControl(source[i]) ? '?' : source[i];
+            }
+        });
 
     static string DescribeBits(ulong bits, Dictionary<int, string> names)
     {

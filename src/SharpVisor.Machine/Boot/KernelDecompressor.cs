@@ -35,6 +35,16 @@ public static class KernelDecompressor
     static ReadOnlySpan<byte> Lz4LegacyMagic => [0x02, 0x21, 0x4C, 0x18];      // lz4 -l, what the kernel Makefile uses
     static ReadOnlySpan<byte> LzoMagic => [0x89, 0x4C, 0x5A, 0x4F];            // lzop
 
+    /// <summary>No kernel decompresses to more than this (Debian's: 66 MiB).</summary>
+    const int MaxDecompressedSize = 512 << 20;
+
+    /// <summary>
+    /// Kernels compress 3 to 10 fold; a payload whose output outgrows this ratio (above a floor that
+    /// leaves room for tiny test kernels) is garbage or a bomb. Without a bound, a 20-byte LZMA
+    /// payload made the decoder produce gigabytes (found by fuzzing, fuzz/corpus/payload/crash-*).
+    /// </summary>
+    const long MaxRatio = 1024, RatioFloor = 64 << 20;
+
     /// <summary>Identifies the payload format from its magic bytes.</summary>
     public static PayloadFormat Detect(ReadOnlySpan<byte> payload)
     {
@@ -80,18 +90,21 @@ public static class KernelDecompressor
         // The last 4 bytes of every kernel payload are the decompressed size, little-endian: gzip's
         // own ISIZE, or the size_append trailer the build adds for the other formats
         // (scripts/Makefile.lib; arch/x86/boot/compressed/mkpiggy.c reads it). Only a sizing hint.
-        int expected = payload.Length >= 4 ? (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(payload.Span[^4..]), 512u << 20) : 0;
+        int limit = (int)Math.Min(MaxDecompressedSize, Math.Max(RatioFloor, payload.Length * MaxRatio));
+        int expected = payload.Length >= 4 ? (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(payload.Span[^4..]), (uint)limit) : 0;
+        byte[] ReadAll(Stream stream) => KernelDecompressor.ReadAll(stream, expected, limit)
+            ?? throw new UserErrorException($"{name}: the {format} kernel payload of {payload.Length} bytes decompresses to more than {limit >> 20} MiB; it is corrupt or not a kernel");
         try
         {
             return format switch
             {
                 PayloadFormat.Elf => payload.ToArray(),
-                PayloadFormat.Gzip => ReadAll(new GZipStream(AsStream(payload), System.IO.Compression.CompressionMode.Decompress), expected),
-                PayloadFormat.Xz => ReadAll(new XZStream(AsStream(payload)), expected),
+                PayloadFormat.Gzip => ReadAll(new GZipStream(AsStream(payload), System.IO.Compression.CompressionMode.Decompress)),
+                PayloadFormat.Xz => ReadAll(new XZStream(AsStream(payload))),
                 // The zstd reader takes the 4-byte size trailer for the start of another frame; strip it.
-                PayloadFormat.Zstd => ReadAll(new DecompressionStream(AsStream(payload.Length > 4 ? payload[..^4] : payload)), expected),
-                PayloadFormat.Bzip2 => ReadAll(BZip2Stream.Create(AsStream(payload), SharpCompress.Compressors.CompressionMode.Decompress, decompressConcatenated: false), expected),
-                PayloadFormat.Lzma => ReadAll(OpenLzma(payload), expected),
+                PayloadFormat.Zstd => ReadAll(new DecompressionStream(AsStream(payload.Length > 4 ? payload[..^4] : payload))),
+                PayloadFormat.Bzip2 => ReadAll(BZip2Stream.Create(AsStream(payload), SharpCompress.Compressors.CompressionMode.Decompress, decompressConcatenated: false)),
+                PayloadFormat.Lzma => ReadAll(OpenLzma(payload)),
                 PayloadFormat.Lzo or PayloadFormat.Lz4 => throw new UserErrorException(
                     $"{name}: the kernel payload is {format.ToString().ToUpperInvariant()}-compressed, which SharpVisor cannot decompress; use a kernel built with CONFIG_KERNEL_XZ, CONFIG_KERNEL_GZIP, CONFIG_KERNEL_ZSTD, CONFIG_KERNEL_BZIP2 or CONFIG_KERNEL_LZMA (Debian's kernels use XZ)"),
                 _ => throw new UserErrorException(
@@ -122,17 +135,22 @@ public static class KernelDecompressor
     // instruction (seen with Debian's 6.1 kernel and 1 MiB reads; the block CRC then fails), so the
     // buffer is sized from the size_append trailer and read in as few calls as possible. The XZ
     // block check still guards the result: a wrong guess is an error, never a silent corruption.
-    static byte[] ReadAll(Stream stream, int expected)
+    // Null when the output exceeds limit bytes.
+    static byte[]? ReadAll(Stream stream, int expected, int limit)
     {
         using (stream)
         {
-            var buffer = new byte[Math.Max(expected, 1 << 20) + 1];
+            var buffer = new byte[Math.Min(Math.Max(expected, 1 << 20), limit) + 1];
             int length = 0;
             while (true)
             {
                 if (length == buffer.Length)
                 {
-                    Array.Resize(ref buffer, buffer.Length * 2);
+                    if (length > limit)
+                    {
+                        return null;
+                    }
+                    Array.Resize(ref buffer, (int)Math.Min(buffer.Length * 2L, limit + 1L));
                 }
                 int n = stream.Read(buffer, length, buffer.Length - length);
                 if (n == 0)

@@ -241,9 +241,14 @@ public static class MultibootLoader
         }
         CheckRam(e820, h.LoadAddr, end, name);
         BootStructures.Write(memory, h.LoadAddr, image.AsSpan((int)fileStart, (int)loadLength));
-        if (end > loadEnd)
+        // The bss may be nearly all of a 32-bit address space: zero it a chunk at a time, never as one
+        // array (a bss over 2 GiB threw OverflowException; found by fuzzing, fuzz/corpus/multiboot).
+        var zeros = new byte[Math.Min(end - loadEnd, 1UL << 20)];
+        for (ulong at = loadEnd; at < end;)
         {
-            BootStructures.Write(memory, loadEnd, new byte[end - loadEnd]);
+            int n = (int)Math.Min(end - at, (ulong)zeros.Length);
+            BootStructures.Write(memory, at, zeros.AsSpan(0, n));
+            at += (ulong)n;
         }
         return (h.LoadAddr, end, h.EntryAddr);
     }
