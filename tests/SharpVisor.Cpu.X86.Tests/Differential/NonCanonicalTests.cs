@@ -153,9 +153,8 @@ public unsafe class NonCanonicalTests : IClassFixture<RunnerFixture>
 
     // ---------------------------------------------------------------- interpreter only: kernel stacks
 
-    const ulong Handlers = 0x30000, KernelCode = 0x10000, Rsp0 = 0x80000, IstStack = 0x90000;
+    const ulong KernelCode = 0x10000, Rsp0 = 0x80000, IstStack = 0x90000;
 
-    static ulong HandlerOf(int vector) => Handlers + (ulong)vector * 16;
 
     /// <summary>A 64-bit kernel whose every vector has a gate to its own HLT (IST 1 for #SS, a good stack).</summary>
     static SysMachine Kernel()
@@ -166,19 +165,12 @@ public unsafe class NonCanonicalTests : IClassFixture<RunnerFixture>
         m.Ram.WriteU64(SysMachine.Tss + 36, IstStack); // IST1
         for (int v = 0; v < 256; v++)
         {
-            m.SetGate(v, HandlerOf(v), dpl: 3, ist: v == Vector.SS ? 1 : 0);
-            m.Asm(HandlerOf(v), 64, a => a.hlt());
+            m.SetGate(v, SysMachine.HandlerOf(v), dpl: 3, ist: v == Vector.SS ? 1 : 0);
+            m.Asm(SysMachine.HandlerOf(v), 64, a => a.hlt());
         }
         return m;
     }
 
-    static int RunToHandler(SysMachine m)
-    {
-        Assert.Equal(CpuExit.Halted, m.Cpu.Run(20));
-        ulong at = m.Cpu.Rip - 1;
-        Assert.True(at >= Handlers && at < Handlers + 256 * 16 && (at - Handlers) % 16 == 0, $"halted at {at:x}, not in a handler");
-        return (int)((at - Handlers) / 16);
-    }
 
     /// <summary>
     /// Delivering INT n onto a non-canonical stack — RSP itself (no stack switch) or an IST pointer
@@ -193,13 +185,13 @@ public unsafe class NonCanonicalTests : IClassFixture<RunnerFixture>
         using var m = Kernel();
         if (throughIst)
         {
-            m.SetGate(0x40, HandlerOf(0x40), dpl: 3, ist: 2);
+            m.SetGate(0x40, SysMachine.HandlerOf(0x40), dpl: 3, ist: 2);
             m.Ram.WriteU64(SysMachine.Tss + 44, NonCanonical); // IST2
         }
         m.Asm(KernelCode, 64, a => a.@int(0x40));
         m.Cpu.Rip = KernelCode;
         m.Cpu.Rsp = throughIst ? 0x70000 : NonCanonical;
-        Assert.Equal(Vector.SS, RunToHandler(m));
+        Assert.Equal(Vector.SS, m.RunToHandler());
         Assert.Equal(0UL, m.Ram.ReadU64(IstStack - 48));        // error code
         Assert.Equal(KernelCode, m.Ram.ReadU64(IstStack - 40)); // RIP of the INT: a fault, nothing delivered
     }
@@ -215,7 +207,7 @@ public unsafe class NonCanonicalTests : IClassFixture<RunnerFixture>
         Assert.Equal(Vector.SS, m.Cpu.StepForTest());
         Assert.Equal(JustAboveLowHalf + 8, m.Cpu.Rsp);
         Assert.Equal(KernelCode, m.Cpu.Rip);
-        Assert.Equal(Vector.SS, RunToHandler(m));
+        Assert.Equal(Vector.SS, m.RunToHandler());
         Assert.Equal(0UL, m.Ram.ReadU64(IstStack - 48));
     }
 

@@ -22,7 +22,7 @@ namespace SharpVisor.Cpu.X86.Tests.SystemInstructions;
 /// </remarks>
 public unsafe class AlignmentCheckTests
 {
-    const ulong Code = 0x10000, Data = 0x100000, Stack = 0x200000, Rsp0 = 0x80000, Handlers = 0x30000;
+    const ulong Code = 0x10000, Data = 0x100000, Stack = 0x200000, Rsp0 = 0x80000;
 
     /// <summary>A 64-bit vCPU at <paramref name="cpl"/> with the given CR0.AM and EFLAGS.AC, RBX/RSI/RDI at Data + offset.</summary>
     static SysMachine Machine(int cpl = 3, bool am = true, bool ac = true)
@@ -470,7 +470,7 @@ public unsafe class AlignmentCheckTests
             a.add(__qword_ptr[rbx + 1], rax);
         });
         m.Cpu.Rbx = Data;
-        Assert.Equal(Vector.AC, RunToHandler(m));
+        Assert.Equal(Vector.AC, m.RunToHandler());
         Assert.Equal(0UL, m.Ram.ReadU64(Rsp0 - 48));                                // error code
         Assert.Equal(Code + 10, m.Ram.ReadU64(Rsp0 - 40));                           // RIP of the ADD
         Assert.Equal(RFlags.AC | RFlags.RF, m.Ram.ReadU64(Rsp0 - 24) & (RFlags.AC | RFlags.RF));
@@ -494,7 +494,7 @@ public unsafe class AlignmentCheckTests
             a.mov(eax, __dword_ptr[rbx + 2]);
         }, flags: 0x202);
         m.Cpu.Rbx = Data;
-        Assert.Equal(Vector.AC, RunToHandler(m));
+        Assert.Equal(Vector.AC, m.RunToHandler());
         Assert.Equal(Code + 3 + 1 + 7 + 1, m.Ram.ReadU64(Rsp0 - 40));
 
         using var off = UserModeMachine(a =>
@@ -506,7 +506,7 @@ public unsafe class AlignmentCheckTests
             a.hlt();                          // #GP in ring 3: reached only without #AC
         });
         off.Cpu.Rbx = Data;
-        Assert.Equal(Vector.GP, RunToHandler(off));
+        Assert.Equal(Vector.GP, off.RunToHandler());
     }
 
     /// <summary>
@@ -532,7 +532,7 @@ public unsafe class AlignmentCheckTests
             a.sysretq();
         });
         m.Cpu.Rbx = Data;
-        Assert.Equal(Vector.AC, RunToHandler(m));
+        Assert.Equal(Vector.AC, m.RunToHandler());
         Assert.Equal(Code + 2, m.Ram.ReadU64(Rsp0 - 40)); // the user MOV after SYSRET, not the kernel's
     }
 
@@ -652,8 +652,8 @@ public unsafe class AlignmentCheckTests
         m.Ram.WriteU64(SysMachine.Tss + 4, Rsp0);
         for (int v = 0; v < 256; v++)
         {
-            m.SetGate(v, Handlers + (ulong)v * 16);
-            m.Asm(Handlers + (ulong)v * 16, 64, a => a.hlt());
+            m.SetGate(v, SysMachine.HandlerOf(v));
+            m.Asm(SysMachine.HandlerOf(v), 64, a => a.hlt());
         }
         m.Asm(Code, codeSelector == (SysMachine.UserCode64 | 3) ? 64 : 32, userCode);
         m.Asm(kernelEntry, 64, a =>
@@ -674,12 +674,4 @@ public unsafe class AlignmentCheckTests
         return m;
     }
 
-    /// <summary>Runs to the first HLT and returns the vector whose handler halted.</summary>
-    static int RunToHandler(SysMachine m)
-    {
-        Assert.Equal(CpuExit.Halted, m.Cpu.Run(50));
-        ulong at = m.Cpu.Rip - 1;
-        Assert.True(at >= Handlers && at < Handlers + 256 * 16 && (at - Handlers) % 16 == 0, $"halted at {at:x}, not in a handler");
-        return (int)((at - Handlers) / 16);
-    }
 }

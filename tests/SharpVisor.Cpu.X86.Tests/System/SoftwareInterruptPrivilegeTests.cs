@@ -12,7 +12,7 @@ namespace SharpVisor.Cpu.X86.Tests.SystemInstructions;
 /// </summary>
 public class SoftwareInterruptPrivilegeTests
 {
-    const ulong KernelEntry = 0x10000, UserCode = 0x20000, Handlers = 0x30000, Rsp0 = 0x80000, UserStack = 0x60000;
+    const ulong KernelEntry = 0x10000, UserCode = 0x20000, Rsp0 = 0x80000, UserStack = 0x60000;
 
     /// <summary>A 64-bit kernel: every vector has a DPL-0 interrupt gate to its own HLT; ring 3 runs at <see cref="UserCode"/>.</summary>
     static SysMachine UserModeMachine(Action<Assembler> userCode, Action<SysMachine>? gates = null)
@@ -22,8 +22,8 @@ public class SoftwareInterruptPrivilegeTests
         m.Ram.WriteU64(SysMachine.Tss + 4, Rsp0);
         for (int v = 0; v < 256; v++)
         {
-            m.SetGate(v, HandlerOf(v));
-            m.Asm(HandlerOf(v), 64, a => a.hlt());
+            m.SetGate(v, SysMachine.HandlerOf(v));
+            m.Asm(SysMachine.HandlerOf(v), 64, a => a.hlt());
         }
         gates?.Invoke(m);
         m.Asm(UserCode, 64, userCode);
@@ -45,16 +45,7 @@ public class SoftwareInterruptPrivilegeTests
         return m;
     }
 
-    static ulong HandlerOf(int vector) => Handlers + (ulong)vector * 16;
 
-    /// <summary>Runs to the first HLT and returns the vector whose handler halted.</summary>
-    static int RunToHandler(SysMachine m)
-    {
-        Assert.Equal(CpuExit.Halted, m.Cpu.Run(20));
-        ulong at = m.Cpu.Rip - 1;
-        Assert.True(at >= Handlers && at < Handlers + 256 * 16 && (at - Handlers) % 16 == 0, $"halted at {at:x}, not in a handler");
-        return (int)((at - Handlers) / 16);
-    }
 
     /// <summary>
     /// <c>int N</c> in ring 3 through a DPL-0 gate: #GP with error code N·8+2 (IDT, not EXT), RIP on the
@@ -74,7 +65,7 @@ public class SoftwareInterruptPrivilegeTests
     public void IntNThroughAKernelGateIsGeneralProtection(int vector)
     {
         using var m = UserModeMachine(a => a.@int((byte)vector));
-        Assert.Equal(Vector.GP, RunToHandler(m));
+        Assert.Equal(Vector.GP, m.RunToHandler());
         Assert.Equal(0, m.Cpu.Cpl);
         Assert.Equal((ulong)vector * 8 + 2, m.Ram.ReadU64(Rsp0 - 48));                  // error code
         Assert.Equal(UserCode, m.Ram.ReadU64(Rsp0 - 40));                              // RIP of the INT
@@ -88,7 +79,7 @@ public class SoftwareInterruptPrivilegeTests
     public void Int3ThroughAKernelGateIsGeneralProtection()
     {
         using var m = UserModeMachine(a => a.int3());
-        Assert.Equal(Vector.GP, RunToHandler(m));
+        Assert.Equal(Vector.GP, m.RunToHandler());
         Assert.Equal(3UL * 8 + 2, m.Ram.ReadU64(Rsp0 - 48));
     }
 
@@ -96,8 +87,8 @@ public class SoftwareInterruptPrivilegeTests
     [Fact]
     public void IntNThroughAUserGateIsDelivered()
     {
-        using var m = UserModeMachine(a => a.@int(0x0D), g => g.SetGate(0x0D, HandlerOf(0x0D), dpl: 3));
-        Assert.Equal(0x0D, RunToHandler(m));
+        using var m = UserModeMachine(a => a.@int(0x0D), g => g.SetGate(0x0D, SysMachine.HandlerOf(0x0D), dpl: 3));
+        Assert.Equal(0x0D, m.RunToHandler());
         Assert.Equal(UserCode + 2, m.Ram.ReadU64(Rsp0 - 40)); // trap-like: no error code, next RIP
     }
 
@@ -106,7 +97,7 @@ public class SoftwareInterruptPrivilegeTests
     public void Int1SkipsTheDplCheck()
     {
         using var m = UserModeMachine(a => a.int1());
-        Assert.Equal(Vector.DB, RunToHandler(m));
+        Assert.Equal(Vector.DB, m.RunToHandler());
         Assert.Equal(UserCode + 1, m.Ram.ReadU64(Rsp0 - 40));
     }
 
@@ -121,10 +112,10 @@ public class SoftwareInterruptPrivilegeTests
     {
         using var m = UserModeMachine(a => a.@int((byte)vector), g =>
         {
-            g.SetGate(vector, HandlerOf(vector), dpl: 3);
+            g.SetGate(vector, SysMachine.HandlerOf(vector), dpl: 3);
             g.Ram.WriteU64(SysMachine.Idt + (ulong)vector * 16, g.Ram.ReadU64(SysMachine.Idt + (ulong)vector * 16) & ~(1UL << 47));
         });
-        Assert.Equal(Vector.NP, RunToHandler(m));
+        Assert.Equal(Vector.NP, m.RunToHandler());
         Assert.Equal((ulong)vector * 8 + 2, m.Ram.ReadU64(Rsp0 - 48));
     }
 
@@ -138,7 +129,7 @@ public class SoftwareInterruptPrivilegeTests
         using var m = UserModeMachine(a => { a.nop(); a.nop(); }, g =>
             g.Ram.WriteU64(SysMachine.Idt + 14 * 16, g.Ram.ReadU64(SysMachine.Idt + 14 * 16) & ~(1UL << 47)));
         m.Cpu.Apic = new FakeApic { Pending = 14 };
-        Assert.Equal(Vector.NP, RunToHandler(m));
+        Assert.Equal(Vector.NP, m.RunToHandler());
         Assert.Equal(14UL * 8 + 2 + 1, m.Ram.ReadU64(Rsp0 - 48));
     }
 }

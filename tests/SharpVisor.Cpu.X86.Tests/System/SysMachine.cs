@@ -28,6 +28,20 @@ public sealed class SysMachine : IDisposable
 
     public void Dispose() => Ram.Dispose();
 
+    /// <summary>Where tests put one HLT per vector as its exception handler, 16 bytes apart.</summary>
+    public const ulong Handlers = 0x30000;
+
+    public static ulong HandlerOf(int vector) => Handlers + (ulong)vector * 16;
+
+    /// <summary>Runs to the first HLT and returns the vector whose handler (at <see cref="HandlerOf"/>) halted.</summary>
+    public int RunToHandler(int budget = 50)
+    {
+        Assert.Equal(CpuExit.Halted, Cpu.Run(budget));
+        ulong at = Cpu.Rip - 1;
+        Assert.True(at >= Handlers && at < Handlers + 256 * 16 && (at - Handlers) % 16 == 0, $"halted at {at:x}, not in a handler");
+        return (int)((at - Handlers) / 16);
+    }
+
     void WriteGdt()
     {
         ulong[] gdt =
