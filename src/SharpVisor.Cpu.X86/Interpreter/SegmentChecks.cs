@@ -149,18 +149,22 @@ public sealed unsafe partial class Cpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void CheckNearBranchTarget(ulong target)
     {
-        if (_fetchLimitCheck && target > Segs[(int)Seg.CS].Limit)
+        // One test inline (this sits on every taken branch); the two checks themselves are out of line.
+        if (_fetchLimitCheck | MaybeNonCanonical(target, 1))
         {
-            ThrowBranchTargetFault();
-        }
-        if (MaybeNonCanonical(target, 1))
-        {
-            CheckBranchTargetCanonical(target); // 64-bit mode: #GP(0) on the branch (Mmu/Canonical.cs)
+            CheckNearBranchTargetSlow(target);
         }
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    void ThrowBranchTargetFault() => throw GeneralProtection(0);
+    void CheckNearBranchTargetSlow(ulong target)
+    {
+        if (_fetchLimitCheck && target > Segs[(int)Seg.CS].Limit)
+        {
+            throw GeneralProtection(0);
+        }
+        CheckBranchTargetCanonical(target); // 64-bit mode: #GP(0) on the branch (Mmu/Canonical.cs)
+    }
 
     /// <summary>
     /// The block at CS:RIP when the CS limit is below 4 GiB - 1: #GP(0) when the first instruction
