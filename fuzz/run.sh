@@ -82,7 +82,7 @@ for t in "${targets[@]}"; do
         od -A x -t x1z -v "$f" | head -n 64 >&2
     done
     reported=$(( $(field saved_crashes) + $(field saved_hangs) ))
-    line="$t: $execs execs ($rate/s), $paths paths, ${#failing[@]} failing inputs ($reported crashes and hangs saved by afl-fuzz in this run)"
+    line="$t: $execs execs ($rate/s; totals for the campaign in $out), $paths paths, ${#failing[@]} failing inputs ($reported crashes and hangs saved by afl-fuzz)"
     summary+=("$line")
     echo "$line" >&2
     if [[ ${#failing[@]} -gt 0 ]]; then failed=1; fi
