@@ -16,4 +16,4 @@ public static class ThrowHelper
 }
 
 /// <summary>A user-facing error: the CLI prints its message as one line and exits non-zero.</summary>
-public sealed class UserErrorException(string message) : Exception(message);
+public class UserErrorException(string message) : Exception(message);
