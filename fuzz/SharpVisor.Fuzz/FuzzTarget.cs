@@ -22,6 +22,9 @@ public sealed class FuzzOracleException(string message) : Exception(message);
 /// </summary>
 public abstract class FuzzTarget : IDisposable
 {
+    /// <summary>The log parsers write to: discarded, or their warnings would be written once per input.</summary>
+    public static readonly Log Quiet = new(TextWriter.Null);
+
     /// <summary>Every target, by the name run.sh and the replay mode take.</summary>
     public static readonly IReadOnlyDictionary<string, string> All = new SortedDictionary<string, string>
     {

@@ -37,7 +37,7 @@ sealed class KernelTarget : FuzzTarget
         {
             if (!BzImage.LooksLikeBzImage(input) && MultibootLoader.FindHeader(input) is not null)
             {
-                MultibootLoader.Load(_guest.Memory, input, "console=ttyS0", [new MultibootModule(FuzzGuest.Initrd, "initrd")], _guest.Firmware.E820);
+                MultibootLoader.Load(_guest.Memory, input, "console=ttyS0", [new MultibootModule(FuzzGuest.Initrd, "initrd")], _guest.Firmware.E820, log: FuzzTarget.Quiet);
             }
             else
             {
@@ -126,7 +126,7 @@ sealed class MultibootTarget : FuzzTarget
     {
         try
         {
-            MultibootLoader.Load(_guest.Memory, input, "console=ttyS0", [new MultibootModule(FuzzGuest.Initrd, "initrd")], _guest.Firmware.E820);
+            MultibootLoader.Load(_guest.Memory, input, "console=ttyS0", [new MultibootModule(FuzzGuest.Initrd, "initrd")], _guest.Firmware.E820, log: FuzzTarget.Quiet);
             return FuzzOutcome.Ok;
         }
         catch (UserErrorException e)

@@ -20,8 +20,6 @@ public static class Program
 
     public static int Main(string[] args)
     {
-        // Loader and qcow2 warnings would be written once per input.
-        Log.SetWriter(TextWriter.Null);
         try
         {
             return args switch

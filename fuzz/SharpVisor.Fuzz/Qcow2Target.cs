@@ -30,7 +30,7 @@ sealed class Qcow2Target : FuzzTarget
         IDiskImage disk;
         try
         {
-            disk = DiskImage.Open(_path, DiskFormat.Qcow2);
+            disk = DiskImage.Open(_path, DiskFormat.Qcow2, log: FuzzTarget.Quiet);
         }
         catch (UserErrorException e)
         {
@@ -45,7 +45,7 @@ sealed class Qcow2Target : FuzzTarget
         // What the VMM left behind must open again (or be refused with one line, e.g. marked corrupt).
         try
         {
-            using var again = DiskImage.Open(_path, DiskFormat.Qcow2, readOnly: true);
+            using var again = DiskImage.Open(_path, DiskFormat.Qcow2, readOnly: true, log: FuzzTarget.Quiet);
             var buffer = new byte[Math.Min(again.Length, 4096)];
             again.Read(0, buffer);
         }

@@ -24,10 +24,6 @@ public static class Program
 
     public static int Main(string[] args)
     {
-        if (Debugging)
-        {
-            Log.MinLevel = LogLevel.Debug;
-        }
         // An exception escaping any other thread is a VMM bug too: one line, and the process ends
         // (Environment.Exit also restores the terminal through TerminalConsole's exit hook).
         AppDomain.CurrentDomain.UnhandledException += (_, e) =>
@@ -50,7 +46,7 @@ public static class Program
                         Console.Out.WriteLine(Options.RunUsage);
                         return 0;
                     }
-                    return RunCommand.Execute(Options.ParseRun(args[1..]));
+                    return RunCommand.Execute(Options.ParseRun(args[1..]), new Log(Console.Error, Debugging ? LogLevel.Debug : LogLevel.Warn));
                 default:
                     Console.Error.WriteLine($"sharpvisor: unknown command '{args[0]}'\n{Usage}");
                     return 2;

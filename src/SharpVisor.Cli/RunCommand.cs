@@ -20,15 +20,16 @@ public static class RunCommand
     static readonly (PosixSignal Signal, string Name, int Number)[] StopSignals =
         [(PosixSignal.SIGTERM, "SIGTERM", 15), (PosixSignal.SIGINT, "SIGINT", 2), (PosixSignal.SIGHUP, "SIGHUP", 1)];
 
-    public static int Execute(MachineConfig config)
+    /// <param name="log">The log of the run: every boot's VM writes there, so a message logged once stays once across reboots.</param>
+    public static int Execute(MachineConfig config, Log? log = null)
     {
         config.Validate(); // bad options and files are reported before the terminal goes into raw mode
-        var run = new Run(config);
+        var run = new Run(config, log ?? new Log());
         return run.Execute();
     }
 
     /// <summary>One run: the boots of one machine configuration, and the stop requests that reach it from outside.</summary>
-    sealed class Run(MachineConfig config)
+    sealed class Run(MachineConfig config, Log log)
     {
         readonly Lock _gate = new();
         VirtualMachine? _running;   // the machine now booted; null between boots
@@ -74,7 +75,7 @@ public static class RunCommand
         {
             // Output to a file or pipe is bounded (someone may not be reading it); a terminal is not.
             var console = new TerminalConsole(SendInput, () => Stop(new VmExit(VmExitKind.Stopped, "quit from the console (Ctrl-A x)"), 1),
-                Console.IsOutputRedirected ? config.ConsoleLimitBytes : null);
+                log, Console.IsOutputRedirected ? config.ConsoleLimitBytes : null);
             var signals = HandleSignals();
             var resets = new Queue<TimeSpan>();
             var clock = Stopwatch.StartNew();
@@ -89,7 +90,7 @@ public static class RunCommand
                     console.Start();
                     while (true)
                     {
-                        vm = new VirtualMachine(config, console.Write);
+                        vm = new VirtualMachine(config, console.Write, log);
                         vm.Counters.Add(console.DroppedBytes); // for --stats; it counts the whole run
                         lock (_gate)
                         {

@@ -14,6 +14,7 @@ public sealed class TerminalConsole : IDisposable
     const byte CtrlA = 0x01;
     readonly Action<byte> _toGuest;
     readonly Action _quit;
+    readonly Log Log;
     readonly Stream _stdout = Console.OpenStandardOutput();
     readonly BufferedStream _out;
     readonly Lock _outGate = new();
@@ -27,8 +28,10 @@ public sealed class TerminalConsole : IDisposable
     public Counter DroppedBytes { get; } = new("console.dropped_bytes");
 
     /// <param name="outputLimit">Bytes of guest output written at most (for the whole run, reboots included); null for no limit.</param>
-    public TerminalConsole(Action<byte> toGuest, Action quit, long? outputLimit = null)
+    /// <param name="log">The run's log; while the terminal is in raw mode its lines end in CR LF.</param>
+    public TerminalConsole(Action<byte> toGuest, Action quit, Log log, long? outputLimit = null)
     {
+        Log = log;
         _toGuest = toGuest;
         _quit = quit;
         _outputLimit = outputLimit ?? long.MaxValue;

@@ -31,6 +31,7 @@ public sealed class PortBus
     readonly ushort[] _base = new ushort[65536];
     public readonly Counter UnclaimedReads = new("ports.unclaimed_reads");
     public readonly Counter UnclaimedWrites = new("ports.unclaimed_writes");
+    public IEnumerable<Counter> Counters => [UnclaimedReads, UnclaimedWrites];
 
     public void Register(ushort basePort, int count, IPortDevice device)
     {
@@ -96,6 +97,7 @@ public sealed class PhysicalMemoryMap(GuestMemory ram)
     readonly Lock _gate = new();
     public readonly Counter UnassignedReads = new("mmio.unassigned_reads");
     public readonly Counter UnassignedWrites = new("mmio.unassigned_writes");
+    public IEnumerable<Counter> Counters => [UnassignedReads, UnassignedWrites];
 
     public GuestMemory Ram { get; } = ram;
 

@@ -38,35 +38,40 @@ public sealed class CounterRegistry
 public enum LogLevel { Debug, Info, Warn, Error }
 
 /// <summary>
-/// The VMM's log. Lines go to a writer (stderr by default, so the guest console on stdout stays
-/// clean). Guest-triggerable messages go through <see cref="Once"/> so a hostile guest cannot
-/// flood the host.
+/// One VM's log (a run of the CLI shares one across the VMs its resets create). Lines go to a writer
+/// (stderr by default, so the guest console on stdout stays clean). Guest-triggerable messages go
+/// through <see cref="Once"/> so a hostile guest cannot flood the host. Components hold the log of
+/// the VM they belong to, never a process-wide one, so two VMs in one process keep their own levels,
+/// writers and once-only sets.
 /// </summary>
-public static class Log
+/// <remarks>A component keeps it in a member named <c>Log</c>, so its calls read <c>Log.Once(...)</c>.</remarks>
+public sealed class Log(TextWriter? writer = null, LogLevel minLevel = LogLevel.Warn)
 {
-    static readonly ConcurrentDictionary<string, byte> s_seen = new();
-    static TextWriter s_writer = TextWriter.Synchronized(Console.Error);
-    public static LogLevel MinLevel { get; set; } = LogLevel.Warn;
+    readonly ConcurrentDictionary<string, byte> _seen = new();
+    TextWriter _writer = TextWriter.Synchronized(writer ?? Console.Error);
 
-    public static void SetWriter(TextWriter writer) => s_writer = TextWriter.Synchronized(writer);
+    public LogLevel MinLevel { get; set; } = minLevel;
 
-    public static void Write(LogLevel level, string component, string message)
+    /// <summary>Changes where lines go (the CLI's terminal needs CR LF while it is in raw mode).</summary>
+    public void SetWriter(TextWriter writer) => _writer = TextWriter.Synchronized(writer);
+
+    public void Write(LogLevel level, string component, string message)
     {
         if (level >= MinLevel)
         {
-            s_writer.WriteLine($"[sharpvisor {level.ToString().ToLowerInvariant()}] {component}: {message}");
+            _writer.WriteLine($"[sharpvisor {level.ToString().ToLowerInvariant()}] {component}: {message}");
         }
     }
 
-    public static void Debug(string component, string message) => Write(LogLevel.Debug, component, message);
-    public static void Info(string component, string message) => Write(LogLevel.Info, component, message);
-    public static void Warn(string component, string message) => Write(LogLevel.Warn, component, message);
-    public static void Error(string component, string message) => Write(LogLevel.Error, component, message);
+    public void Debug(string component, string message) => Write(LogLevel.Debug, component, message);
+    public void Info(string component, string message) => Write(LogLevel.Info, component, message);
+    public void Warn(string component, string message) => Write(LogLevel.Warn, component, message);
+    public void Error(string component, string message) => Write(LogLevel.Error, component, message);
 
     /// <summary>Logs the first time <paramref name="key"/> is seen (a warning unless told otherwise); later ones are dropped.</summary>
-    public static void Once(string key, string component, string message, LogLevel level = LogLevel.Warn)
+    public void Once(string key, string component, string message, LogLevel level = LogLevel.Warn)
     {
-        if (level >= MinLevel && s_seen.TryAdd(key, 0))
+        if (level >= MinLevel && _seen.TryAdd(key, 0))
         {
             Write(level, component, message);
         }

@@ -83,8 +83,10 @@ public enum ClockMode { Host, Deterministic }
 /// and nothing, not even the run's timeout, could stop the VMM. With it a timer fires at most once
 /// per microsecond of guest time, far below any real device's resolution that matters.</para>
 /// </summary>
-public sealed class TimerQueue(VirtualClock clock)
+public sealed class TimerQueue(VirtualClock clock, Log? log = null)
 {
+    readonly Log Log = log ?? new Log();
+
     /// <summary>The shortest interval between two firings of one timer.</summary>
     public const long MinRearmNs = 1_000;
 

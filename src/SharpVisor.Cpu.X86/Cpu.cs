@@ -41,8 +41,11 @@ public sealed unsafe partial class Cpu : IVcpuSignals
     public readonly FpuState Fpu = new();
     readonly GuestFault _fault = new();
 
-    /// <summary>Serialises LOCKed operations that cannot be done with one host atomic (MMIO, page-straddling).</summary>
-    public static readonly Lock SplitLock = new();
+    /// <summary>The VM's lock for LOCKed operations that cannot be done with one host atomic (<see cref="CpuPlatform.SplitLock"/>).</summary>
+    public Lock SplitLock => Platform.SplitLock;
+
+    /// <summary>The log of the VM this vCPU belongs to.</summary>
+    public Log Log => Platform.Log;
 
     /// <summary>Mask of the stack pointer for implicit stack accesses: SP, ESP or RSP (SS.B, 64-bit mode).</summary>
     public ulong StackMask = 0xFFFF;

@@ -30,4 +30,15 @@ public sealed class CpuPlatform
     /// <summary>Serialises device access across vCPUs until devices are individually locked.</summary>
     public object? DeviceLock { get; init; }
     public CpuIdModel CpuId { get; init; } = new();
+    /// <summary>The log of the VM these vCPUs belong to.</summary>
+    public Log Log { get; init; } = new();
+    /// <summary>
+    /// Serialises LOCKed operations that cannot be done with one host atomic (MMIO, page-straddling,
+    /// CMPXCHG16B) among the vCPUs of this VM; another VM's vCPUs cannot see this VM's RAM.
+    /// </summary>
+    public Lock SplitLock { get; } = new();
+    /// <summary>Far transfers through gates or to descriptor types this CPU does not implement (#GP instead).</summary>
+    public Counter UnsupportedFarTransfers { get; } = new("cpu.unsupported_far_transfers");
+    /// <summary>Unknown MSR numbers (and whether written) some vCPU of this VM accessed: each is logged once.</summary>
+    internal System.Collections.Concurrent.ConcurrentDictionary<(uint Msr, bool Write), byte> UnknownMsrsSeen { get; } = new();
 }

@@ -39,6 +39,7 @@ public sealed partial class VirtualMachine
     public Rtc Rtc { get; private set; } = null!;
     public Hpet Hpet { get; private set; } = null!;
     public AcpiPm AcpiPm { get; private set; } = null!;
+    public I8042 I8042 { get; private set; } = null!;
     public PcFirmware Firmware { get; private set; } = null!;
 
     public const ushort AcpiPmBase = 0x600;
@@ -47,7 +48,7 @@ public sealed partial class VirtualMachine
     void BuildBoard()
     {
         // The 8259 pair reaches the boot CPU through LINT0 (virtual-wire mode) until the kernel moves to the IOAPIC.
-        Pic = new Pic8259Pair(asserted => LocalApics[0].Lint0.SetLevel(asserted));
+        Pic = new Pic8259Pair(asserted => LocalApics[0].Lint0.SetLevel(asserted), Log);
         Ports.Register(0x20, 2, Pic.MasterPort);
         Ports.Register(0xA0, 2, Pic.SlavePort);
         Ports.Register(0x4D0, 2, Pic.ElcrPort);
@@ -57,7 +58,7 @@ public sealed partial class VirtualMachine
         LocalApics = new LocalApic[Cpus.Length];
         for (int i = 0; i < Cpus.Length; i++)
         {
-            var apic = new LocalApic((uint)i, ApicBus, Cpus[i], Timers, Cpus[i].Tsc, i == 0 ? Pic : null);
+            var apic = new LocalApic((uint)i, ApicBus, Cpus[i], Timers, Cpus[i].Tsc, i == 0 ? Pic : null, log: Log);
             LocalApics[i] = apic;
             ApicBus.Attach(apic);
             Cpus[i].Apic = new VcpuApicPort(apic);
@@ -66,20 +67,20 @@ public sealed partial class VirtualMachine
                 Cpus[i].EnterWaitForSipi(); // application processors wait for INIT-SIPI-SIPI
             }
         }
-        IMsiSink directMsi = new CompatibilityMsiSink(ApicBus);
+        var directMsi = new CompatibilityMsiSink(ApicBus, Log);
         IMsiSink msi = directMsi;
         IDmaSpaceProvider dma = new IdentityDmaSpaceProvider(Ram);
         if (_config.Iommu)
         {
             var options = new VtdOptions();
             options.Validate();
-            Iommu = new IntelIommu(options, Ram, directMsi, ApicBus, Counters, timers: Timers);
+            Iommu = new IntelIommu(options, Ram, directMsi, ApicBus, Counters, timers: Timers, log: Log);
             Memory.AddMmio(options.BaseAddress, options.RegionSize, Iommu);
             msi = Iommu.InterruptRemapper;
             dma = options.DeviceTlb ? new AtsIommuDmaSpaceProvider(Iommu) : new IommuDmaSpaceProvider(Iommu);
         }
 
-        IoApic = new IoApic(msi, IoApicSourceId, IoApicId);
+        IoApic = new IoApic(msi, IoApicSourceId, IoApicId, Log);
         Memory.AddMmio(IoApicBase, 0x1000, IoApic);
         foreach (var apic in LocalApics)
         {
@@ -88,7 +89,7 @@ public sealed partial class VirtualMachine
 
         BuildLegacyDevices();
 
-        Pci = new PciHostBridge(Memory, Ports, msi, dma, EcamBase, EcamBuses);
+        Pci = new PciHostBridge(Memory, Ports, msi, dma, EcamBase, EcamBuses, log: Log);
         var route = PciIntxRouting.CreateRouter(gsi => IoApic.GetPin(gsi));
         Edu = new EduDevice();
         AddAtsIfSupported(Edu);
@@ -96,7 +97,7 @@ public sealed partial class VirtualMachine
         int slot = MachineConfig.FirstDeviceSlot;
         foreach (var d in _config.Disks)
         {
-            var blk = new VirtioBlock(DiskImage.Open(d.Path, d.Format, d.ReadOnly, d.Locking), serial: $"disk{slot - MachineConfig.FirstDeviceSlot}");
+            var blk = new VirtioBlock(DiskImage.Open(d.Path, d.Format, d.ReadOnly, d.Locking, Log), serial: $"disk{slot - MachineConfig.FirstDeviceSlot}");
             _disposables.Add(blk);
             AddPci(blk, slot++, route);
         }
@@ -123,15 +124,29 @@ public sealed partial class VirtualMachine
         }
         PciFirmware.AssignResources(Pci.Bus, interruptLine: PciIntxRouting.InterruptLine);
         Pci.RegisterCounters(Counters);
+        AddCounters([Ports.Counters, Memory.Counters, ApicBus.Counters, directMsi.Counters, IoApic.Counters, .. LocalApics.Select(a => a.Counters)]);
+    }
+
+    /// <summary>
+    /// Registers the counters of the components this board builds, so --stats shows them. Every
+    /// component that keeps counters is listed here or in <see cref="PciHostBridge.RegisterCounters"/>;
+    /// VmContextTests walks a built machine and fails on any counter that is not registered.
+    /// </summary>
+    void AddCounters(IEnumerable<IEnumerable<Counter>> perComponent)
+    {
+        foreach (var c in perComponent.SelectMany(c => c))
+        {
+            Counters.Add(c);
+        }
     }
 
     readonly List<IDisposable> _disposables = [];
 
-    static INetBackend CreateNetBackend(NetSpec net) => net.Backend switch
+    INetBackend CreateNetBackend(NetSpec net) => net.Backend switch
     {
-        NetBackendKind.StreamListen => StreamSocketNetBackend.Listen(net.EndPoint!),
-        NetBackendKind.StreamConnect => StreamSocketNetBackend.Connect(net.EndPoint!),
-        _ => TapNetBackend.Open(net.InterfaceName!),
+        NetBackendKind.StreamListen => StreamSocketNetBackend.Listen(net.EndPoint!, Log),
+        NetBackendKind.StreamConnect => StreamSocketNetBackend.Connect(net.EndPoint!, Log),
+        _ => TapNetBackend.Open(net.InterfaceName!, Log),
     };
 
     /// <summary>Adds a device before firmware assignment; its counters register with the bus's (Pci.RegisterCounters).</summary>
@@ -167,28 +182,27 @@ public sealed partial class VirtualMachine
         Ports.Register(0x40, 4, Pit);
         Ports.Register(0x61, 1, Pit.Port61);
         DateTime? start = _config.Clock == ClockMode.Deterministic ? new DateTime(2026, 1, 1, 0, 0, 0, DateTimeKind.Utc) : null;
-        Rtc = new Rtc(Timers, IsaIrq(8), start);
+        Rtc = new Rtc(Timers, IsaIrq(8), start, Log);
         Rtc.SetMemorySize(Ram.LowRamEnd, Ram.HighRamSize);
         Ports.Register(0x70, 2, Rtc);
-        var i8042 = new I8042(IsaIrq(1), IsaIrq(12), () => RequestExit(new VmExit(VmExitKind.Reset, "the guest reset the machine (i8042)")));
-        Ports.Register(0x60, 1, i8042.DataPort);
-        Ports.Register(0x64, 1, i8042.CommandPort);
+        I8042 = new I8042(IsaIrq(1), IsaIrq(12), () => RequestExit(new VmExit(VmExitKind.Reset, "the guest reset the machine (i8042)")), Log);
+        Ports.Register(0x60, 1, I8042.DataPort);
+        Ports.Register(0x64, 1, I8042.CommandPort);
         // The DSDT's \_S5 package says sleep type 0 (as QEMU's q35), so S5 is type 0 here too.
-        AcpiPm = new AcpiPm(Timers, IoApic.GetPin(9), () => RequestExit(new VmExit(VmExitKind.PowerOff, "the guest powered off")), s5SleepType: 0);
+        AcpiPm = new AcpiPm(Timers, IoApic.GetPin(9), () => RequestExit(new VmExit(VmExitKind.PowerOff, "the guest powered off")), s5SleepType: 0, log: Log);
         Ports.Register(AcpiPmBase, AcpiPm.BlockSize, AcpiPm);
-        Ports.Register(0xCF9, 1, new ResetControl(() => RequestExit(new VmExit(VmExitKind.Reset, "the guest reset the machine"))));
+        var resetControl = new ResetControl(() => RequestExit(new VmExit(VmExitKind.Reset, "the guest reset the machine")));
+        Ports.Register(0xCF9, 1, resetControl);
         Hpet = new Hpet(Timers, IsaIrq(0), IsaIrq(8), gsi => IoApic.GetPin(gsi), legacy =>
         {
             // Legacy replacement routing takes IRQ 0 and IRQ 8 away from the PIT and RTC (HPET spec 2.3.9.2.2).
             Pit.Irq0Connected = !legacy;
             Rtc.IrqConnected = !legacy;
-        });
+        }, log: Log);
         Memory.AddMmio(HpetBase, Hpet.RegionSize, Hpet);
-        Ports.Register(0xF4, 1, new DebugExit(status => RequestExit(new VmExit(VmExitKind.PowerOff, $"debug-exit port written (status {status})", status))));
-        foreach (var c in Com1.Counters.Concat(Pit.Counters).Concat(Rtc.Counters).Concat(Hpet.Counters).Concat(AcpiPm.Counters).Concat(Pic.Counters))
-        {
-            Counters.Add(c);
-        }
+        var debugExit = new DebugExit(status => RequestExit(new VmExit(VmExitKind.PowerOff, $"debug-exit port written (status {status})", status)));
+        Ports.Register(0xF4, 1, debugExit);
+        AddCounters([Com1.Counters, Pit.Counters, Rtc.Counters, Hpet.Counters, AcpiPm.Counters, Pic.Counters, I8042.Counters, resetControl.Counters, debugExit.Counters]);
     }
 
     void LoadGuest()
@@ -206,7 +220,7 @@ public sealed partial class VirtualMachine
         {
             // A Multiboot v1 kernel (test kernels, hypervisors): the initrd, if any, is its one module.
             var modules = initrd is null ? [] : new[] { new MultibootModule(initrd, Path.GetFileName(_config.Initrd!)) };
-            entry = MultibootLoader.Load(Ram, kernel, _config.KernelCommandLine, modules, Firmware.E820).Entry;
+            entry = MultibootLoader.Load(Ram, kernel, _config.KernelCommandLine, modules, Firmware.E820, log: Log).Entry;
         }
         else
         {

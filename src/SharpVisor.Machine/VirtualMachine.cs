@@ -30,16 +30,18 @@ public sealed partial class VirtualMachine : IDisposable
     readonly ManualResetEventSlim _timerWake = new(false);
     VmExit? _exit;
 
-    public VirtualMachine(MachineConfig config, Action<byte> consoleOutput)
+    /// <param name="log">The log this VM's components write to; a VM of its own (to stderr) when null. A run of the CLI passes one log to every boot.</param>
+    public VirtualMachine(MachineConfig config, Action<byte> consoleOutput, Log? log = null)
     {
         config.Validate();
         _config = config;
+        Log = log ?? new Log();
         ConsoleOutput = consoleOutput;
         Ram = new GuestMemory(config.MemoryMiB << 20);
         Memory = new PhysicalMemoryMap(Ram);
         Ports = new PortBus();
         Clock = new VirtualClock(config.Clock);
-        Timers = new TimerQueue(Clock);
+        Timers = new TimerQueue(Clock, Log);
         Timers.Armed += () => _timerWake.Set();
         Counters.Add(Timers.DeferredRearms);
         var platform = new CpuPlatform
@@ -48,6 +50,7 @@ public sealed partial class VirtualMachine : IDisposable
             Ports = Ports,
             Clock = Clock,
             TscHz = TscHz,
+            Log = Log,
             CpuId = new CpuIdModel { LogicalProcessors = config.Cpus },
         };
         Cpus = new Vcpu[config.Cpus];
@@ -59,6 +62,7 @@ public sealed partial class VirtualMachine : IDisposable
                 Counters.Add(c);
             }
         }
+        Counters.Add(platform.UnsupportedFarTransfers);
         BuildBoard();
         LoadGuest();
     }
@@ -72,6 +76,8 @@ public sealed partial class VirtualMachine : IDisposable
     public TimerQueue Timers { get; }
     public Vcpu[] Cpus { get; }
     public CounterRegistry Counters { get; } = new();
+    /// <summary>This VM's log: every component of it writes here.</summary>
+    public Log Log { get; }
     public Action<byte> ConsoleOutput { get; }
 
     /// <summary>Ends the run with <paramref name="exit"/> (the first caller wins); safe from any thread.</summary>
@@ -170,7 +176,7 @@ public sealed partial class VirtualMachine : IDisposable
     /// no firmware there, so it does what the firmware would: under QEMU, SeaBIOS entered again after
     /// boot resets the machine. A reset, not a stop: the run goes on with a fresh boot.
     /// </summary>
-    static VmExit BootstrapInitExit()
+    VmExit BootstrapInitExit()
     {
         const string message = "the guest sent INIT to the bootstrap CPU; with no firmware at the reset vector the machine resets";
         Log.Warn("vm", message);

@@ -44,28 +44,5 @@ public class MultibootTests
         Assert.Contains("INIT", exit.Message);
     }
 
-    /// <summary>Runs <paramref name="code"/> as a Multiboot v1 kernel loaded at 1 MiB.</summary>
-    static VmExit RunMultiboot(byte[] code)
-    {
-        const uint Load = 0x10_0000, HeaderSize = 32;
-        const uint Magic = 0x1BAD_B002, Flags = 0x0001_0002; // address fields valid (a.out kludge), memory info
-        var image = new List<byte>();
-        foreach (uint v in new[] { Magic, Flags, unchecked(0u - Magic - Flags), Load, Load, 0u, 0u, Load + HeaderSize })
-        {
-            image.AddRange(BitConverter.GetBytes(v));
-        }
-        image.AddRange(code);
-        string kernel = Path.Combine(Path.GetTempPath(), $"sv-mb-{Guid.NewGuid():N}.bin");
-        File.WriteAllBytes(kernel, [.. image]);
-        try
-        {
-            var config = new MachineConfig { Kernel = kernel, TimeoutSeconds = 30 };
-            using var vm = new VirtualMachine(config, _ => { });
-            return vm.Run();
-        }
-        finally
-        {
-            File.Delete(kernel);
-        }
-    }
+    static VmExit RunMultiboot(byte[] code) => MultibootKernel.Run(code);
 }

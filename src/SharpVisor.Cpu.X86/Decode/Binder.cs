@@ -222,7 +222,7 @@ public static unsafe class Binder
     {
         c.Counters.Unimplemented.Increment();
         var code = (Code)op.Code;
-        Log.Once($"unimpl:{code}", "cpu", $"instruction not implemented: {code} at {c.Segs[1].Selector:x4}:{c.Rip:x} (raising #UD)");
+        c.Log.Once($"unimpl:{code}", "cpu", $"instruction not implemented: {code} at {c.Segs[1].Selector:x4}:{c.Rip:x} (raising #UD)");
         throw c.InvalidOpcode();
     }
 }

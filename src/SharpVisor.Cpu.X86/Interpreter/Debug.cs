@@ -76,7 +76,7 @@ public sealed unsafe partial class Cpu
                     if ((Cr4Value & Cr4.DE) == 0)
                     {
                         // Undefined without CR4.DE (SDM 18.2.4): this CPU never triggers it.
-                        SharpVisor.Core.Log.Once("dr7-rw10", "cpu", $"cpu{Index}: DR7 R/W{i}=10 with CR4.DE clear is undefined; the breakpoint never triggers");
+                        Log.Once("dr7-rw10", "cpu", $"cpu{Index}: DR7 R/W{i}=10 with CR4.DE clear is undefined; the breakpoint never triggers");
                         continue;
                     }
                     io |= (byte)(1 << i);

@@ -238,7 +238,7 @@ public static unsafe class Alu
         byte* p = c.WritablePointer(la, S.Bits / 8);
         if (p == null)
         {
-            lock (Cpu.SplitLock)
+            lock (c.SplitLock)
             {
                 S.Store(c, la, T.Apply<S>(c, S.Load(c, la), b));
             }

@@ -6,11 +6,11 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// CMPXCHG, CMPXCHG8B, CMPXCHG16B and XADD (SDM Vol. 2A/2B). With LOCK (and always for
 /// CMPXCHG16B) the memory update is atomic with respect to other vCPUs: a host compare-exchange
 /// on the guest RAM bytes, or for MMIO/page-straddling operands a plain sequence under
-/// <see cref="Cpu.SplitLock"/>.
+/// <see cref="CpuPlatform.SplitLock"/>.
 /// </summary>
 /// <remarks>
 /// .NET has no 128-bit compare-exchange on x86-64, so EVERY CMPXCHG16B — locked or not, RAM or MMIO —
-/// performs its 16-byte compare-and-store under <see cref="Cpu.SplitLock"/>: CMPXCHG16B operations
+/// performs its 16-byte compare-and-store under <see cref="CpuPlatform.SplitLock"/>: CMPXCHG16B operations
 /// are atomic with respect to each other and to other split-lock users. A concurrent 8-byte LOCKed
 /// instruction on one half of the same location (which no sane guest mixes with CMPXCHG16B) is not
 /// serialised against it.
@@ -84,7 +84,7 @@ public static unsafe class Atomic
         ulong temp;
         if (p == null)
         {
-            lock (Cpu.SplitLock)
+            lock (c.SplitLock)
             {
                 temp = S.Load(c, la);
                 S.Store(c, la, temp == acc ? src : temp);
@@ -151,7 +151,7 @@ public static unsafe class Atomic
         ulong d;
         if (p == null)
         {
-            lock (Cpu.SplitLock)
+            lock (c.SplitLock)
             {
                 d = S.Load(c, la);
                 S.Store(c, la, (d + s) & S.Mask);
@@ -212,7 +212,7 @@ public static unsafe class Atomic
         ulong old;
         if (p == null)
         {
-            lock (Cpu.SplitLock)
+            lock (c.SplitLock)
             {
                 old = c.Read64(la);
                 c.Write64(la, old == expected ? desired : old);
@@ -246,7 +246,7 @@ public static unsafe class Atomic
         ulong newLo = c.Regs.Gpr[3], newHi = c.Regs.Gpr[1];
         ulong oldLo, oldHi;
         byte* p = c.WritablePointer(la, 16); // aligned: never straddles a page; checks write access (#PF)
-        lock (Cpu.SplitLock)
+        lock (c.SplitLock)
         {
             if (p != null)
             {

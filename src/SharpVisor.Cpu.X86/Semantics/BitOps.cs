@@ -167,7 +167,7 @@ public static unsafe class BitOps
         ulong old;
         if (p == null)
         {
-            lock (Cpu.SplitLock)
+            lock (c.SplitLock)
             {
                 old = S.Load(c, la);
                 S.Store(c, la, T.Apply(old, bit));

@@ -190,7 +190,7 @@ public static unsafe class DataMove
         ulong old;
         if (p == null)
         {
-            lock (Cpu.SplitLock)
+            lock (c.SplitLock)
             {
                 old = S.Load(c, la);
                 S.Store(c, la, reg);

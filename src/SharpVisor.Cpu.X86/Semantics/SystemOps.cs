@@ -353,7 +353,7 @@ public static unsafe class SystemOps
     /// <summary>RDPMC: no performance counters exist (CPUID leaf 0AH reports none), so every index is invalid: #GP.</summary>
     static void Rdpmc(Cpu c, ref Op op)
     {
-        Log.Once("rdpmc", "cpu", $"cpu{c.Index}: RDPMC with ECX=0x{(uint)c.Regs.Gpr[1]:x}: no performance counters (raising #GP)");
+        c.Log.Once("rdpmc", "cpu", $"cpu{c.Index}: RDPMC with ECX=0x{(uint)c.Regs.Gpr[1]:x}: no performance counters (raising #GP)");
         throw c.GeneralProtection(0);
     }
 

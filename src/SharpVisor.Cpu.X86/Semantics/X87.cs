@@ -346,7 +346,7 @@ public static unsafe class X87
         }
         // CR0.NE=0 is the PC-compatible FERR#/IGNNE# scheme (SDM Vol. 3A §22.18.2): FERR# goes to
         // IRQ13 through the chipset. That wiring is not modelled: the instruction proceeds.
-        Log.Once("x87-ferr", "cpu", "x87 exception pending with CR0.NE=0: FERR#/IRQ13 is not modelled, continuing");
+        c.Log.Once("x87-ferr", "cpu", "x87 exception pending with CR0.NE=0: FERR#/IRQ13 is not modelled, continuing");
     }
 
     /// <summary>FIP/FCS, FOP and (memory forms) FDP/FDS of a non-control instruction (SDM Vol. 1 §8.1.8).</summary>

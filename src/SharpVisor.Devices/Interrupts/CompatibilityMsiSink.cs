@@ -7,8 +7,9 @@ namespace SharpVisor.Devices.Interrupts;
 /// decoded and handed to the APIC bus. Remappable-format messages (address bit 4) need an
 /// interrupt-remapping unit; without one they are dropped, counted and logged once.
 /// </summary>
-public sealed class CompatibilityMsiSink(IApicBus bus) : IMsiSink
+public sealed class CompatibilityMsiSink(IApicBus bus, Log? log = null) : IMsiSink
 {
+    readonly Log Log = log ?? new Log();
     public readonly Counter Delivered = new("msi.delivered");
     public readonly Counter DroppedRemappable = new("msi.dropped_remappable");
     public readonly Counter DroppedBadAddress = new("msi.dropped_bad_address");

@@ -18,6 +18,9 @@ namespace SharpVisor.Devices.Interrupts;
 /// </remarks>
 public sealed class IoApic : IMmioDevice, IApicEoiListener
 {
+    /// <summary>The log of the VM this device belongs to.</summary>
+    readonly Log Log;
+
     public const ulong DefaultBaseAddress = 0xFEC0_0000;
     public const ulong MmioSize = 0x1000;
     public const int PinCount = 24;
@@ -59,8 +62,9 @@ public sealed class IoApic : IMmioDevice, IApicEoiListener
     /// <param name="sink">Where messages go (IOMMU or <see cref="CompatibilityMsiSink"/>).</param>
     /// <param name="requesterId">Source ID of the IOAPIC's messages (the DMAR table's IOAPIC device scope).</param>
     /// <param name="id">The IOAPIC ID the MADT advertises.</param>
-    public IoApic(IMsiSink sink, ushort requesterId, byte id = 0)
+    public IoApic(IMsiSink sink, ushort requesterId, byte id = 0, Log? log = null)
     {
+        Log = log ?? new Log();
         _sink = sink;
         _requesterId = requesterId;
         _resetId = (uint)id & 0xF;

@@ -25,6 +25,9 @@ namespace SharpVisor.Devices.Interrupts;
 /// </remarks>
 public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
 {
+    /// <summary>The log of the VM this device belongs to.</summary>
+    readonly Log Log;
+
     public const ulong DefaultBaseAddress = 0xFEE0_0000;
     public const ulong MmioSize = 0x1000;
     public const long DefaultTimerFrequencyHz = 1_000_000_000;
@@ -143,8 +146,9 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
     public readonly Counter Dropped;
 
     public LocalApic(uint id, IApicIpiBus bus, IVcpuSignals signals, TimerQueue timers, TimeStampCounter tsc,
-        IExtIntController? extInt = null, long timerFrequencyHz = DefaultTimerFrequencyHz)
+        IExtIntController? extInt = null, long timerFrequencyHz = DefaultTimerFrequencyHz, Log? log = null)
     {
+        Log = log ?? new Log();
         if (timerFrequencyHz <= 0)
         {
             ThrowHelper.ArgumentOutOfRange(nameof(timerFrequencyHz), "must be positive");

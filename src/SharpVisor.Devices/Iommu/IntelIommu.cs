@@ -29,6 +29,9 @@ namespace SharpVisor.Devices.Iommu;
 /// </remarks>
 public sealed partial class IntelIommu : IMmioDevice
 {
+    /// <summary>The log of the VM this unit belongs to.</summary>
+    readonly Log Log;
+
     const ulong PageMask4K = ~0xFFFUL;
 
     readonly VtdOptions _options;
@@ -76,8 +79,9 @@ public sealed partial class IntelIommu : IMmioDevice
     /// <see cref="IAtsEndpoint.InvalidateDeviceTlb"/>, or the wait times out at once.
     /// </param>
     public IntelIommu(VtdOptions options, GuestMemory ram, IMsiSink eventSink, IApicBus apicBus, CounterRegistry? registry = null, string name = "dmar0",
-        TimerQueue? timers = null)
+        TimerQueue? timers = null, Log? log = null)
     {
+        Log = log ?? new Log();
         options.Validate();
         _options = options;
         _ram = ram;

@@ -20,6 +20,9 @@ namespace SharpVisor.Devices.Legacy;
 /// </summary>
 public sealed class AcpiPm : IPortDevice
 {
+    /// <summary>The log of the VM this device belongs to.</summary>
+    readonly Log Log;
+
     public const int BlockSize = 0x80;
     public const long TimerHz = 3_579_545;
 
@@ -74,8 +77,9 @@ public sealed class AcpiPm : IPortDevice
     /// <param name="powerOff">Called (outside the device lock) when the guest enters S5.</param>
     /// <param name="s5SleepType">The SLP_TYP value of \_S5; 7 is the ICH9 encoding ("111 = Soft Off").</param>
     /// <param name="sciEnabledAtReset">Start in ACPI mode (SCI_EN = 1), for a FADT whose SMI_CMD is 0 (no legacy-to-ACPI hand-over).</param>
-    public AcpiPm(TimerQueue timers, IIrqLine sci, Action powerOff, int s5SleepType = 7, bool sciEnabledAtReset = true)
+    public AcpiPm(TimerQueue timers, IIrqLine sci, Action powerOff, int s5SleepType = 7, bool sciEnabledAtReset = true, Log? log = null)
     {
+        Log = log ?? new Log();
         if (s5SleepType is < 0 or > 7)
         {
             ThrowHelper.ArgumentOutOfRange(nameof(s5SleepType), "SLP_TYP is a 3-bit field");

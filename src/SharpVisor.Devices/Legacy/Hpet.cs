@@ -20,6 +20,9 @@ namespace SharpVisor.Devices.Legacy;
 /// </summary>
 public sealed class Hpet : IMmioDevice
 {
+    /// <summary>The log of the VM this device belongs to.</summary>
+    readonly Log Log;
+
     public const ulong DefaultBase = 0xFED0_0000;
     public const ulong RegionSize = 0x400;
     public const int TimerCount = 3;
@@ -94,8 +97,9 @@ public sealed class Hpet : IMmioDevice
     /// <param name="legacyReplacementChanged">Called outside the HPET lock when LEG_RT_CNF changes: true means disconnect the PIT's IRQ 0 and the RTC's IRQ 8.</param>
     /// <param name="routeCapability">Tn_INT_ROUTE_CAP: bit n set allows routing to IOAPIC input n.</param>
     public Hpet(TimerQueue timers, IIrqLine legacyIrq0, IIrqLine legacyIrq8, Func<int, IIrqLine?> ioApicInput,
-        Action<bool>? legacyReplacementChanged = null, uint routeCapability = DefaultRouteCapability)
+        Action<bool>? legacyReplacementChanged = null, uint routeCapability = DefaultRouteCapability, Log? log = null)
     {
+        Log = log ?? new Log();
         _clock = timers.Clock;
         _legacyIrq0 = legacyIrq0;
         _legacyIrq8 = legacyIrq8;

@@ -14,6 +14,9 @@ namespace SharpVisor.Devices.Legacy;
 /// </summary>
 public sealed class I8042
 {
+    /// <summary>The log of the VM this device belongs to.</summary>
+    readonly Log Log;
+
     // Status register bits (IBM PS/2 technical reference, 8042 status byte).
     const byte StatusOutputFull = 1 << 0;
     const byte StatusSystemFlag = 1 << 2;
@@ -66,8 +69,9 @@ public sealed class I8042
     /// <param name="kbdIrq">IRQ 1.</param>
     /// <param name="auxIrq">IRQ 12.</param>
     /// <param name="reset">Called (outside the device lock) when the guest pulses the reset line.</param>
-    public I8042(IIrqLine kbdIrq, IIrqLine auxIrq, Action reset)
+    public I8042(IIrqLine kbdIrq, IIrqLine auxIrq, Action reset, Log? log = null)
     {
+        Log = log ?? new Log();
         _kbdIrq = kbdIrq;
         _auxIrq = auxIrq;
         _reset = reset;

@@ -16,6 +16,9 @@ namespace SharpVisor.Devices.Legacy;
 /// </summary>
 public sealed class Pic8259Pair : IExtIntController
 {
+    /// <summary>The log of the VM this device belongs to.</summary>
+    readonly Log Log;
+
     sealed class Chip(bool isMaster)
     {
         public readonly bool IsMaster = isMaster;
@@ -55,8 +58,9 @@ public sealed class Pic8259Pair : IExtIntController
     public IEnumerable<Counter> Counters => [SpuriousAcknowledges, UnsupportedModes, CascadeInputWrites, ReservedElcrWrites];
 
     /// <param name="intChanged">Called when the master's INT output may have changed (kick the vCPU / LINT0).</param>
-    public Pic8259Pair(Action<bool>? intChanged = null)
+    public Pic8259Pair(Action<bool>? intChanged = null, Log? log = null)
     {
+        Log = log ?? new Log();
         _intChanged = intChanged;
         for (int i = 0; i < 16; i++)
         {

@@ -20,6 +20,9 @@ namespace SharpVisor.Devices.Legacy;
 /// </summary>
 public sealed class Rtc : IPortDevice
 {
+    /// <summary>The log of the VM this device belongs to.</summary>
+    readonly Log Log;
+
     public const long UipWindowNs = 2_228_000;
     const long NsPerSecond = 1_000_000_000;
 
@@ -93,8 +96,9 @@ public sealed class Rtc : IPortDevice
     /// <param name="timers">Timer queue for IRQ 8 when an interrupt is enabled; its clock is the time base.</param>
     /// <param name="irq8">ISA IRQ 8.</param>
     /// <param name="startTime">RTC time at power-on (kept as UTC wall time); null takes the host's UTC time now. Pass a fixed value for deterministic runs.</param>
-    public Rtc(TimerQueue timers, IIrqLine irq8, DateTime? startTime = null)
+    public Rtc(TimerQueue timers, IIrqLine irq8, DateTime? startTime = null, Log? log = null)
     {
+        Log = log ?? new Log();
         _clock = timers.Clock;
         _irq = irq8;
         _timer = new DeviceTimer(timers, "rtc", OnTimer);

@@ -15,6 +15,9 @@ namespace SharpVisor.Devices.Pci;
 /// </remarks>
 public sealed class PciBus
 {
+    /// <summary>The log of the VM this bus belongs to; functions on it log there (<see cref="PciFunction.Log"/>).</summary>
+    internal readonly Log Log;
+
     readonly PciFunction?[] _functions = new PciFunction?[256];
     readonly Lock _mapLock = new();
     readonly PhysicalMemoryMap _memory;
@@ -25,8 +28,9 @@ public sealed class PciBus
     /// <summary>BAR placements refused because they overlapped RAM, another region or claimed ports.</summary>
     public readonly Counter BarConflicts = new("pci.bar_conflicts");
 
-    public PciBus(PhysicalMemoryMap memory, PortBus ports, IMsiSink? msiSink, IDmaSpaceProvider dma, byte busNumber = 0)
+    public PciBus(PhysicalMemoryMap memory, PortBus ports, IMsiSink? msiSink, IDmaSpaceProvider dma, byte busNumber = 0, Log? log = null)
     {
+        Log = log ?? new Log();
         _memory = memory;
         _ports = ports;
         _msiSink = msiSink;

@@ -82,7 +82,7 @@ public static class PciFirmware
             }
             if (!placed)
             {
-                Log.Warn("pci", $"firmware: no room for {f.Location} {f.Name} BAR{bar.Index} ({bar.Kind}, 0x{bar.Size:x} bytes); left unassigned");
+                bus.Log.Warn("pci", $"firmware: no room for {f.Location} {f.Name} BAR{bar.Index} ({bar.Kind}, 0x{bar.Size:x} bytes); left unassigned");
                 continue;
             }
             int offset = PciConfig.Bar0 + 4 * bar.Index;

@@ -23,6 +23,9 @@ public abstract partial class PciFunction
     readonly Lock _configLock = new();
 
     PciBus? _bus;
+
+    /// <summary>The log of the VM whose bus this function is on (its own until it is attached).</summary>
+    protected Log Log { get; private set; } = new Log();
     IMsiSink? _msiSink;
     IDmaSpace _dma = DetachedDmaSpace.Instance;
     volatile bool _busMaster;
@@ -319,6 +322,7 @@ public abstract partial class PciFunction
             }
         }
         _bus = bus;
+        Log = bus.Log;
     }
 
     internal void NoteDmaRefused(ulong address)

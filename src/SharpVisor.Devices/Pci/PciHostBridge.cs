@@ -18,7 +18,7 @@ public sealed class PciHostBridge
     /// <param name="busCount">Buses the ECAM window covers (1 MiB each): a power of two, 1 to 256.</param>
     /// <param name="pmBase">ACPI PM I/O base reported by the LPC bridge (see <see cref="Ich9LpcBridge"/>).</param>
     public PciHostBridge(PhysicalMemoryMap memory, PortBus ports, IMsiSink? msiSink, IDmaSpaceProvider dma,
-        ulong ecamBase = DefaultEcamBase, int busCount = 256, ushort pmBase = 0)
+        ulong ecamBase = DefaultEcamBase, int busCount = 256, ushort pmBase = 0, Log? log = null)
     {
         if (busCount is < 1 or > 256 || !int.IsPow2(busCount))
         {
@@ -32,7 +32,7 @@ public sealed class PciHostBridge
         EcamBase = ecamBase;
         EcamSize = size;
         EndBus = (byte)(busCount - 1);
-        Bus = new PciBus(memory, ports, msiSink, dma);
+        Bus = new PciBus(memory, ports, msiSink, dma, log: log);
         HostBridge = new Q35HostBridgeFunction(ecamBase, busCount);
         Lpc = new Ich9LpcBridge(pmBase);
         Bus.Add(HostBridge, 0, 0);

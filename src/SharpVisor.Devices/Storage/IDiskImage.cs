@@ -53,8 +53,9 @@ public static class DiskImage
     /// unreadable one, a corrupt or unsupported image, or one another process has open is a one-line
     /// <see cref="UserErrorException"/>.
     /// </summary>
-    public static IDiskImage Open(string path, DiskFormat format = DiskFormat.Auto, bool readOnly = false, bool locking = true)
+    public static IDiskImage Open(string path, DiskFormat format = DiskFormat.Auto, bool readOnly = false, bool locking = true, Log? log = null)
     {
+        log ??= new Log();
         FileStream file;
         try
         {
@@ -74,9 +75,9 @@ public static class DiskImage
             }
             if (locking)
             {
-                ImageLock.Acquire(handle, path, readOnly, format == DiskFormat.Qcow2);
+                ImageLock.Acquire(handle, path, readOnly, format == DiskFormat.Qcow2, log);
             }
-            return format == DiskFormat.Qcow2 ? Qcow2Image.Open(file, path, readOnly) : new RawDiskImage(file, readOnly);
+            return format == DiskFormat.Qcow2 ? Qcow2Image.Open(file, path, readOnly, log) : new RawDiskImage(file, readOnly);
         }
         catch (IOException e)
         {

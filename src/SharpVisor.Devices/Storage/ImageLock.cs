@@ -58,11 +58,11 @@ static partial class ImageLock
     /// far and closes the file). Where the host has no OFD locks (not Linux, or a file system without them)
     /// it warns once and goes on unlocked, as QEMU's locking=auto does.
     /// </summary>
-    public static void Acquire(SafeFileHandle file, string path, bool readOnly, bool isQcow2)
+    public static void Acquire(SafeFileHandle file, string path, bool readOnly, bool isQcow2, Log log)
     {
         if (!OperatingSystem.IsLinux())
         {
-            Log.Once("storage.lock.unsupported", "storage", "image locking needs Linux OFD locks; images are not locked");
+            log.Once("storage.lock.unsupported", "storage", "image locking needs Linux OFD locks; images are not locked");
             return;
         }
         int uses = ConsistentRead | (readOnly ? 0 : Write) | (isQcow2 && !readOnly ? Resize : 0);
@@ -72,7 +72,7 @@ static partial class ImageLock
         for (int p = 0; p < PermissionCount; p++)
         {
             bool used = (uses & (1 << p)) != 0, refused = (refuses & (1 << p)) != 0;
-            if ((used && !Lock(file, path, UsesBase + p)) || (refused && !Lock(file, path, RefusesBase + p)))
+            if ((used && !Lock(file, path, UsesBase + p, log)) || (refused && !Lock(file, path, RefusesBase + p, log)))
             {
                 Release(file); // the host cannot lock this file (warned): hold none rather than some
                 return;
@@ -118,7 +118,7 @@ static partial class ImageLock
         new($"disk image '{path}' is locked by another process ({why}); is another VM using it? Add locking=off to --disk to override");
 
     /// <summary>Takes a shared lock on one byte; false when the host cannot lock (warned once).</summary>
-    static bool Lock(SafeFileHandle file, string path, long at)
+    static bool Lock(SafeFileHandle file, string path, long at, Log log)
     {
         var l = new Flock { Type = F_RDLCK, Whence = SEEK_SET, Start = at, Length = 1 };
         if (FcntlLock(file, F_OFD_SETLK, ref l) == 0)
@@ -131,7 +131,7 @@ static partial class ImageLock
             // Only an exclusive lock blocks a shared one; QEMU takes those just for an instant to probe.
             throw Locked(path, "it holds an exclusive lock");
         }
-        Log.Once($"storage.lock.{path}", "storage", $"cannot lock disk image '{path}' ({Marshal.GetPInvokeErrorMessage(errno)}); it is used unlocked");
+        log.Once($"storage.lock.{path}", "storage", $"cannot lock disk image '{path}' ({Marshal.GetPInvokeErrorMessage(errno)}); it is used unlocked");
         return false;
     }
 

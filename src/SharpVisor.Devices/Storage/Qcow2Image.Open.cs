@@ -39,8 +39,9 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>Opens an image; any problem is a one-line <see cref="UserErrorException"/> naming it.</summary>
-    public static Qcow2Image Open(FileStream file, string name, bool readOnly)
+    public static Qcow2Image Open(FileStream file, string name, bool readOnly, Log? log = null)
     {
+        log ??= new Log();
         var h = new Header();
         long fileLength = file.Length;
         var handle = file.SafeFileHandle;
@@ -181,7 +182,7 @@ public sealed partial class Qcow2Image
         h.L1 = ReadTable(handle, h.L1Offset, (int)l1Size);
         h.RefTable = ReadTable(handle, h.RefTableOffset, (int)(refTableBytes / 8));
 
-        var image = new Qcow2Image(file, name, readOnly, h, fileLength);
+        var image = new Qcow2Image(file, name, readOnly, h, fileLength, log);
         string? problem = image.ValidateTables();
         if (problem is not null)
         {
@@ -203,7 +204,7 @@ public sealed partial class Qcow2Image
             // qcow2.txt: a writer must clear auto-clear bits it does not maintain (we keep no bitmaps).
             Span<byte> zero = stackalloc byte[8];
             RandomAccess.Write(handle, zero, HAutoclear);
-            Log.Warn("qcow2", $"{name}: auto-clear features 0x{h.Autoclear:x} cleared (persistent bitmaps are not updated; QEMU now treats them as inconsistent)");
+            log.Warn("qcow2", $"{name}: auto-clear features 0x{h.Autoclear:x} cleared (persistent bitmaps are not updated; QEMU now treats them as inconsistent)");
         }
         return image;
     }

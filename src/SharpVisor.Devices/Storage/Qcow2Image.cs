@@ -57,6 +57,9 @@ public sealed partial class Qcow2Image : IDiskImage
     readonly ClusterCache _refCache;
     /// <summary>Host cluster indices of the active L2 tables and the refcount blocks (QEMU's overlap check).</summary>
     readonly HashSet<long> _metadata = [];
+    /// <summary>The log of the VM using this image.</summary>
+    readonly Log Log;
+
     long _fileLength;
     long _freeHint;
     bool _corrupt;
@@ -69,8 +72,9 @@ public sealed partial class Qcow2Image : IDiskImage
     readonly byte[] _decompressed;
     ulong _decompressedEntry;
 
-    Qcow2Image(FileStream file, string name, bool readOnly, Header h, long fileLength)
+    Qcow2Image(FileStream file, string name, bool readOnly, Header h, long fileLength, Log log)
     {
+        Log = log;
         _file = file;
         _handle = file.SafeFileHandle;
         _name = name;

@@ -27,6 +27,8 @@ public sealed class StreamSocketNetBackend : INetBackend
     /// <summary>A connection attempt to a host that does not answer at all gives up after this.</summary>
     static readonly TimeSpan ConnectTimeout = TimeSpan.FromSeconds(5);
 
+    /// <summary>The log of the VM whose NIC uses this backend.</summary>
+    readonly Log Log;
     readonly Socket? _listener;
     readonly IPEndPoint? _connectTo;
     readonly Lock _sendGate = new();
@@ -38,15 +40,17 @@ public sealed class StreamSocketNetBackend : INetBackend
 
     public readonly Counter FramesDropped = new("net.socket.frames_dropped");
     public readonly Counter Connections = new("net.socket.connections");
+    public IEnumerable<Counter> Counters => [FramesDropped, Connections];
 
-    StreamSocketNetBackend(Socket? listener, IPEndPoint? connectTo)
+    StreamSocketNetBackend(Socket? listener, IPEndPoint? connectTo, Log? log)
     {
+        Log = log ?? new Log();
         _listener = listener;
         _connectTo = connectTo;
     }
 
     /// <summary>Listens on <paramref name="endPoint"/> (port 0 picks one: see <see cref="LocalEndPoint"/>).</summary>
-    public static StreamSocketNetBackend Listen(IPEndPoint endPoint)
+    public static StreamSocketNetBackend Listen(IPEndPoint endPoint, Log? log = null)
     {
         var listener = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
@@ -59,11 +63,11 @@ public sealed class StreamSocketNetBackend : INetBackend
             listener.Dispose();
             throw new UserErrorException($"cannot listen for the network socket on {endPoint}: {e.Message}");
         }
-        return new StreamSocketNetBackend(listener, null);
+        return new StreamSocketNetBackend(listener, null, log);
     }
 
     /// <summary>Connects to a listening peer (retrying in the background until it answers).</summary>
-    public static StreamSocketNetBackend Connect(IPEndPoint endPoint) => new(null, endPoint);
+    public static StreamSocketNetBackend Connect(IPEndPoint endPoint, Log? log = null) => new(null, endPoint, log);
 
     public EndPoint? LocalEndPoint => _listener?.LocalEndPoint;
 

@@ -31,6 +31,8 @@ public sealed unsafe partial class TapNetBackend : INetBackend
     const int ENOENT = 2, EPERM = 1, EINTR = 4, EIO = 5, EAGAIN = 11, EACCES = 13, EBUSY = 16, ENODEV = 19, EINVAL = 22;
     const string TunPath = "/dev/net/tun";
 
+    /// <summary>The log of the VM whose NIC uses this backend.</summary>
+    readonly Log Log;
     readonly Lock _fdGate = new();
     readonly byte[] _receiveBuffer = new byte[64 * 1024];
     int _fd;
@@ -39,9 +41,11 @@ public sealed unsafe partial class TapNetBackend : INetBackend
     NetFrameReceiver? _receiver;
 
     public readonly Counter FramesDropped = new("net.tap.frames_dropped");
+    public IEnumerable<Counter> Counters => [FramesDropped];
 
-    TapNetBackend(int fd, string name)
+    TapNetBackend(int fd, string name, Log? log)
     {
+        Log = log ?? new Log();
         _fd = fd;
         InterfaceName = name;
     }
@@ -53,7 +57,7 @@ public sealed unsafe partial class TapNetBackend : INetBackend
     /// Attaches to TAP interface <paramref name="name"/>, creating it if it does not exist.
     /// Throws <see cref="UserErrorException"/> with the fix when that is not possible.
     /// </summary>
-    public static TapNetBackend Open(string name)
+    public static TapNetBackend Open(string name, Log? log = null)
     {
         byte[] nameBytes = Encoding.ASCII.GetBytes(name);
         if (nameBytes.Length is 0 or > MaxNameLength)
@@ -88,7 +92,7 @@ public sealed unsafe partial class TapNetBackend : INetBackend
             });
         }
         string confirmed = Encoding.ASCII.GetString(new ReadOnlySpan<byte>(ifr, MaxNameLength + 1)).TrimEnd('\0');
-        return new TapNetBackend(fd, confirmed);
+        return new TapNetBackend(fd, confirmed, log);
     }
 
     public void Start(NetFrameReceiver receiver, NetLinkChanged linkChanged)

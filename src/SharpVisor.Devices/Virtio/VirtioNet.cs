@@ -20,6 +20,9 @@ public interface INetBackend : IDisposable
 
     /// <summary>Sends one Ethernet frame (without FCS). Must not block for long: drop instead.</summary>
     void Send(ReadOnlySpan<byte> frame);
+
+    /// <summary>The backend's own counters; the NIC reports them with its own.</summary>
+    IEnumerable<Counter> Counters => [];
 }
 
 /// <summary>
@@ -75,7 +78,7 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
         _backend.Start(Receive, SetLink);
     }
 
-    public override IEnumerable<Counter> Counters => [.. base.Counters, TxFrames, RxFrames, TxDropped, RxDropped, LinkChanges];
+    public override IEnumerable<Counter> Counters => [.. base.Counters, TxFrames, RxFrames, TxDropped, RxDropped, LinkChanges, .. _backend.Counters];
 
     /// <summary>Whether the status field says VIRTIO_NET_S_LINK_UP.</summary>
     public bool LinkUp

@@ -111,14 +111,14 @@ public static class MultibootLoader
         return null;
     }
 
-    public static MultibootResult Load(GuestMemory memory, byte[] image, string commandLine, IReadOnlyList<MultibootModule> modules, E820Map e820, string name = "kernel")
+    public static MultibootResult Load(GuestMemory memory, byte[] image, string commandLine, IReadOnlyList<MultibootModule> modules, E820Map e820, string name = "kernel", Log? log = null)
     {
         var header = FindHeader(image, name)
             ?? throw new UserErrorException(DescribeBadChecksum(image, name)
                 ?? $"{name}: no Multiboot header (magic 0x1BADB002 with a valid checksum) in the first 8 KiB");
         if ((header.Flags & FlagVideoMode) != 0)
         {
-            Log.Warn("multiboot", $"{name} asks for a video mode; there is no framebuffer, so the multiboot_info carries no video information");
+            (log ?? new Log()).Warn("multiboot", $"{name} asks for a video mode; there is no framebuffer, so the multiboot_info carries no video information");
         }
 
         ulong imageStart, imageEnd;

@@ -58,7 +58,7 @@ public static class ControlRegisters
     static GuestFault Fail(Cpu c, string rule, ulong value = 0)
     {
         c.Counters.CrWriteFaults.IncrementUnsynchronized();
-        Log.Once($"crfault:{rule}", "cpu", $"cpu{c.Index}: control register write refused (#GP): {rule} (value 0x{value:x}, further ones counted in {c.Counters.CrWriteFaults.Name})");
+        c.Log.Once($"crfault:{rule}", "cpu", $"cpu{c.Index}: control register write refused (#GP): {rule} (value 0x{value:x}, further ones counted in {c.Counters.CrWriteFaults.Name})");
         return c.GeneralProtection(0);
     }
 

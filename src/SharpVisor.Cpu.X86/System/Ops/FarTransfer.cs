@@ -9,8 +9,6 @@ namespace SharpVisor.Cpu.X86;
 /// </summary>
 internal static unsafe class FarTransfer
 {
-    static readonly Counter s_unsupported = new("cpu.unsupported_far_transfers");
-
     static ulong SizeMask(int size) => size switch { 2 => 0xFFFF, 4 => 0xFFFF_FFFF, _ => ulong.MaxValue };
 
     static ulong PeekSized(Cpu c, ulong offset, int size) => size switch
@@ -22,8 +20,8 @@ internal static unsafe class FarTransfer
 
     static GuestFault Unsupported(Cpu c, string what, ushort selector)
     {
-        s_unsupported.Increment();
-        Log.Once($"far-unsupported:{what}", "cpu", $"cpu{c.Index}: {what} (selector {selector:x4}) is not implemented — raising #GP at {c.Segs[1].Selector:x4}:{c.Rip:x}");
+        c.Platform.UnsupportedFarTransfers.Increment();
+        c.Log.Once($"far-unsupported:{what}", "cpu", $"cpu{c.Index}: {what} (selector {selector:x4}) is not implemented — raising #GP at {c.Segs[1].Selector:x4}:{c.Rip:x}");
         return c.GeneralProtection((uint)(selector & ~3));
     }
 

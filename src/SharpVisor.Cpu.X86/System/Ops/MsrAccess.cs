@@ -31,25 +31,24 @@ public static unsafe class MsrAccess
     /// <summary>A valid PAT entry: UC, WC, WT, WP, WB, UC- (SDM Vol. 3A Table 12-10).</summary>
     static bool IsPatType(ulong t) => t is 0 or 1 or 4 or 5 or 6 or 7;
 
-    /// <summary>Unknown MSR numbers seen so far (process-wide, like <see cref="Log.Once"/>): each is logged once, and at most <see cref="MaxUnknownLogged"/> of them, so a guest probing every MSR number cannot flood the log.</summary>
-    static readonly System.Collections.Concurrent.ConcurrentDictionary<(uint, bool), byte> s_unknownSeen = new();
+    /// <summary>Unknown MSR numbers are logged once each (per VM), and at most this many of them, so a guest probing every MSR number cannot flood the log.</summary>
     const int MaxUnknownLogged = 256;
 
     static GuestFault Unknown(Cpu c, uint msr, bool write, ulong value)
     {
         c.Counters.UnknownMsrAccesses.IncrementUnsynchronized();
-        if (s_unknownSeen.Count >= MaxUnknownLogged)
+        if (c.Platform.UnknownMsrsSeen.Count >= MaxUnknownLogged)
         {
-            Log.Once("msr:unknown-cap", "cpu", $"more than {MaxUnknownLogged} distinct unknown MSRs accessed; further ones are only counted in cpuN.unknown_msr_accesses");
+            c.Log.Once("msr:unknown-cap", "cpu", $"more than {MaxUnknownLogged} distinct unknown MSRs accessed; further ones are only counted in cpuN.unknown_msr_accesses");
             return c.GeneralProtection(0);
         }
-        if (!s_unknownSeen.TryAdd((msr, write), 0))
+        if (!c.Platform.UnknownMsrsSeen.TryAdd((msr, write), 0))
         {
             return c.GeneralProtection(0);
         }
         // Info, not a warning: Linux probes MSRs with rdmsr_safe/wrmsr_safe and a #GP is the
         // answer it expects from a CPU without them; the counter still records every access.
-        Log.Once($"msr:{(write ? 'w' : 'r')}:{msr:x}", "cpu",
+        c.Log.Once($"msr:{(write ? 'w' : 'r')}:{msr:x}", "cpu",
             write ? $"cpu{c.Index}: WRMSR to unknown MSR 0x{msr:x} value 0x{value:x} at {c.Rip:x} (raising #GP)"
                   : $"cpu{c.Index}: RDMSR of unknown MSR 0x{msr:x} at {c.Rip:x} (raising #GP)", LogLevel.Info);
         return c.GeneralProtection(0);
@@ -58,7 +57,7 @@ public static unsafe class MsrAccess
     static GuestFault Refuse(Cpu c, uint msr, ulong value, string why)
     {
         c.Counters.RefusedMsrWrites.IncrementUnsynchronized();
-        Log.Once($"msrbad:{msr:x}:{why}", "cpu", $"cpu{c.Index}: WRMSR 0x{msr:x} value 0x{value:x} refused: {why} (raising #GP)");
+        c.Log.Once($"msrbad:{msr:x}:{why}", "cpu", $"cpu{c.Index}: WRMSR 0x{msr:x} value 0x{value:x} refused: {why} (raising #GP)");
         return c.GeneralProtection(0);
     }
 

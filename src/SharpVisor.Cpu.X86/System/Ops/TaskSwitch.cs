@@ -315,7 +315,7 @@ internal static unsafe class TaskSwitch
         catch (GuestFault)
         {
             c.Counters.TaskSwitchFaultsAfterCommit.IncrementUnsynchronized();
-            Log.Once("task-switch-after-commit", "cpu", $"cpu{c.Index}: fault loading the new task's segments after a task switch to TSS {newSel:x4} (raised in the new task, SDM 7.3)");
+            c.Log.Once("task-switch-after-commit", "cpu", $"cpu{c.Index}: fault loading the new task's segments after a task switch to TSS {newSel:x4} (raised in the new task, SDM 7.3)");
             throw;
         }
 
