@@ -8,11 +8,15 @@ namespace SharpVisor.Core;
 /// monotonic time; in <see cref="ClockMode.Deterministic"/> it advances only with retired guest
 /// instructions, so a run repeats exactly.
 /// </summary>
-public sealed class VirtualClock
+public sealed class VirtualClock : IPersistent<VirtualClock.State>
 {
-    readonly long _startTicks = Stopwatch.GetTimestamp();
+    /// <summary>Host timestamp at which guest time was 0 (moved on resume and restore, so guest time has no gaps).</summary>
+    long _startTicks = Stopwatch.GetTimestamp();
     readonly double _nsPerTick = 1e9 / Stopwatch.Frequency;
+    /// <summary>Guest time while it does not follow the host: always in deterministic mode, and while a host-mode clock is paused.</summary>
     long _deterministicNs;
+    /// <summary>True while guest time is host time minus <see cref="_startTicks"/>: host mode, not paused.</summary>
+    volatile bool _followsHost;
 
     public VirtualClock(ClockMode mode = ClockMode.Host, long instructionsPerMicrosecond = 100)
     {
@@ -22,6 +26,7 @@ public sealed class VirtualClock
         }
         Mode = mode;
         InstructionsPerMicrosecond = instructionsPerMicrosecond;
+        _followsHost = mode == ClockMode.Host;
     }
 
     public ClockMode Mode { get; }
@@ -30,9 +35,65 @@ public sealed class VirtualClock
     public long InstructionsPerMicrosecond { get; }
 
     /// <summary>Guest time since power-on, in nanoseconds.</summary>
-    public long NowNs => Mode == ClockMode.Host
-        ? (long)((Stopwatch.GetTimestamp() - _startTicks) * _nsPerTick)
+    public long NowNs => _followsHost
+        ? (long)((Stopwatch.GetTimestamp() - Volatile.Read(ref _startTicks)) * _nsPerTick)
         : Volatile.Read(ref _deterministicNs);
+
+    /// <summary>
+    /// Stops guest time (host mode; deterministic time only moves when told anyway): a paused VM's
+    /// timers must not expire and its TSC must not jump, as QEMU stops its virtual clock while a VM is stopped.
+    /// </summary>
+    public void Pause()
+    {
+        if (_followsHost)
+        {
+            Volatile.Write(ref _deterministicNs, NowNs);
+            _followsHost = false;
+        }
+    }
+
+    /// <summary>Lets a paused host-mode clock run again from the time it stopped at.</summary>
+    public void Resume()
+    {
+        if (Mode == ClockMode.Host && !_followsHost)
+        {
+            FollowHostFrom(Volatile.Read(ref _deterministicNs));
+        }
+    }
+
+    void FollowHostFrom(long ns)
+    {
+        Volatile.Write(ref _startTicks, Stopwatch.GetTimestamp() - (long)(ns / _nsPerTick));
+        _followsHost = true;
+    }
+
+    /// <summary>The clock's saved state: the guest time it reads (the mode and rate come from the machine's configuration).</summary>
+    public sealed record State
+    {
+        public const int CurrentVersion = 1;
+        public int Version { get; init; } = CurrentVersion;
+        public required ClockMode Mode { get; init; }
+        public required long InstructionsPerMicrosecond { get; init; }
+        public required long NowNs { get; init; }
+    }
+
+    public State SaveState() => new() { Mode = Mode, InstructionsPerMicrosecond = InstructionsPerMicrosecond, NowNs = NowNs };
+
+    /// <summary>Sets guest time to the saved time; a host-mode clock that was running keeps running from there.</summary>
+    public void RestoreState(State state)
+    {
+        const string Component = "clock";
+        InvalidStateException.CheckVersion(state.Version, State.CurrentVersion, Component);
+        InvalidStateException.Check(state.Mode == Mode, Component, $"mode {state.Mode} differs from this machine's {Mode} clock");
+        InvalidStateException.Check(state.InstructionsPerMicrosecond == InstructionsPerMicrosecond, Component,
+            $"{state.InstructionsPerMicrosecond} instructions per microsecond differs from this machine's {InstructionsPerMicrosecond}");
+        InvalidStateException.Check(state.NowNs is >= 0 and <= MaxNs, Component, $"time {state.NowNs} ns is outside 0..{MaxNs}");
+        Volatile.Write(ref _deterministicNs, state.NowNs);
+        if (_followsHost)
+        {
+            FollowHostFrom(state.NowNs);
+        }
+    }
 
     /// <summary>Deterministic mode: credits retired instructions to guest time (no effect in host mode).</summary>
     public void AdvanceByInstructions(long instructions)

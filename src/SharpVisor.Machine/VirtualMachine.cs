@@ -92,6 +92,10 @@ public sealed partial class VirtualMachine : IDisposable
             c.RequestStop();
         }
         _timerWake.Set();
+        lock (_pauseGate)
+        {
+            Monitor.PulseAll(_pauseGate); // a paused run ends too
+        }
     }
 
     /// <summary>Runs the machine until it powers off, resets, triple faults, times out or is stopped.</summary>
@@ -115,16 +119,32 @@ public sealed partial class VirtualMachine : IDisposable
         }
         if (_config.Clock == ClockMode.Deterministic)
         {
-            RunDeterministic(budget);
+            StartParticipants(1);
+            try
+            {
+                RunDeterministic(budget);
+            }
+            finally
+            {
+                LeaveParticipant();
+            }
         }
         else
         {
+            StartParticipants(Cpus.Length + 1);
             var threads = Cpus.Select(c => new Thread(() => VcpuThread(c)) { IsBackground = true, Name = $"vcpu{c.Index}" }).ToArray();
             foreach (var t in threads)
             {
                 t.Start();
             }
-            TimerLoop(watch, budget);
+            try
+            {
+                TimerLoop(watch, budget);
+            }
+            finally
+            {
+                LeaveParticipant();
+            }
             foreach (var t in threads)
             {
                 t.Join();
@@ -139,6 +159,7 @@ public sealed partial class VirtualMachine : IDisposable
         {
             while (_exit is null)
             {
+                ParkWhilePaused();
                 var exit = cpu.Run(Slice);
                 if (cpu.Index == 0 && Timers.NextDeadlineNs <= Clock.NowNs)
                 {
@@ -168,6 +189,10 @@ public sealed partial class VirtualMachine : IDisposable
             RequestExit(new VmExit(VmExitKind.Error, $"internal error on cpu{cpu.Index} ({e.GetType().Name}: {e.Message}) at {cpu}"));
             Log.Debug("vm", e.ToString()); // the stack trace, for a bug report (the CLI shows it with SHARPVISOR_DEBUG=1)
         }
+        finally
+        {
+            LeaveParticipant();
+        }
     }
 
     /// <summary>
@@ -192,6 +217,7 @@ public sealed partial class VirtualMachine : IDisposable
     {
         while (_exit is null)
         {
+            ParkWhilePaused();
             Timers.RunExpired();
             if (budget > 0 && watch.Elapsed.TotalSeconds >= budget)
             {
@@ -214,6 +240,7 @@ public sealed partial class VirtualMachine : IDisposable
         long timeoutNs = budget > 0 ? (long)Math.Min(budget * 1e9, VirtualClock.MaxNs) : long.MaxValue;
         while (_exit is null)
         {
+            ParkWhilePaused(); // between rounds: every vCPU has run its slice and due timers have fired
             bool anyRan = false;
             foreach (var cpu in Cpus)
             {
@@ -251,6 +278,122 @@ public sealed partial class VirtualMachine : IDisposable
             {
                 RequestExit(TimeoutExit());
             }
+        }
+    }
+
+    // ---------------------------------------------------------------- pause and resume
+
+    readonly object _pauseGate = new();
+    bool _pauseRequested;
+    /// <summary>Threads of the current run that take part in pausing (vCPU and timer threads, or the one deterministic thread).</summary>
+    int _participants;
+    /// <summary>How many of them are parked in <see cref="ParkWhilePaused"/>.</summary>
+    int _parked;
+
+    /// <summary>True from <see cref="Pause"/> until <see cref="Resume"/>.</summary>
+    public bool IsPaused
+    {
+        get
+        {
+            lock (_pauseGate)
+            {
+                return _pauseRequested;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Stops the machine and returns once it is still: every vCPU between two instructions, no timer
+    /// firing, guest time stopped. Then its state can be read and saved consistently. Safe from any
+    /// thread, before or during <see cref="Run"/>; a run that is paused still ends on
+    /// <see cref="RequestExit"/>. Pausing a paused machine does nothing.
+    /// </summary>
+    public void Pause()
+    {
+        lock (_pauseGate)
+        {
+            if (_pauseRequested)
+            {
+                return;
+            }
+            _pauseRequested = true;
+        }
+        if (_config.Clock == ClockMode.Host)
+        {
+            foreach (var c in Cpus)
+            {
+                c.RequestStop(); // leave the instruction loop at the next instruction boundary
+            }
+            _timerWake.Set();
+        }
+        // In deterministic mode the run thread parks after its current round of slices, so a paused
+        // and resumed run executes exactly the instructions an uninterrupted one does.
+        lock (_pauseGate)
+        {
+            while (_parked < _participants && _exit is null)
+            {
+                Monitor.Wait(_pauseGate);
+            }
+        }
+        Clock.Pause();
+    }
+
+    /// <summary>Lets a paused machine run on from where it stopped (guest time continues without a gap).</summary>
+    public void Resume()
+    {
+        lock (_pauseGate)
+        {
+            if (!_pauseRequested)
+            {
+                return;
+            }
+            Clock.Resume();
+            if (_exit is null && _config.Clock == ClockMode.Host)
+            {
+                foreach (var c in Cpus)
+                {
+                    c.ClearStop();
+                }
+            }
+            _pauseRequested = false;
+            Monitor.PulseAll(_pauseGate);
+        }
+    }
+
+    void StartParticipants(int count)
+    {
+        lock (_pauseGate)
+        {
+            _participants = count;
+            _parked = 0;
+        }
+    }
+
+    void LeaveParticipant()
+    {
+        lock (_pauseGate)
+        {
+            _participants--;
+            Monitor.PulseAll(_pauseGate); // a Pause waiting for this thread need not wait any more
+        }
+    }
+
+    /// <summary>A run thread's safe point: while the machine is paused, wait here.</summary>
+    void ParkWhilePaused()
+    {
+        if (!Volatile.Read(ref _pauseRequested))
+        {
+            return;
+        }
+        lock (_pauseGate)
+        {
+            _parked++;
+            Monitor.PulseAll(_pauseGate);
+            while (_pauseRequested && _exit is null)
+            {
+                Monitor.Wait(_pauseGate);
+            }
+            _parked--;
         }
     }
 
