@@ -107,7 +107,7 @@ public unsafe class AlignmentCheckDifferentialTests : IClassFixture<RunnerFixtur
     [MemberData(nameof(Cases))]
     public void MatchesTheHostWithAlignmentChecksOn(string name)
     {
-        var t = new DiffCase(_runner, name.GetHashCode());
+        var t = new DiffCase(_runner, name);
         var a = new Assembler(64);
         s_cases[name](a);
         using var ms = new MemoryStream();

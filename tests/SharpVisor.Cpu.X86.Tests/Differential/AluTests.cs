@@ -27,7 +27,7 @@ public class AluTests : IClassFixture<RunnerFixture>
     {
         bool logic = name is "And" or "Or" or "Xor";
         ulong mask = logic ? DiffCase.ArithFlags & ~0x10UL : DiffCase.ArithFlags;
-        var t = new DiffCase(_runner, name.GetHashCode());
+        var t = new DiffCase(_runner, name);
         var failures = new List<string>();
         foreach (int bits in new[] { 8, 16, 32, 64 })
         {
@@ -60,7 +60,7 @@ public class AluTests : IClassFixture<RunnerFixture>
     [InlineData("Inc"), InlineData("Dec"), InlineData("Neg"), InlineData("Not")]
     public void UnaryOperationsMatchTheHost(string name)
     {
-        var t = new DiffCase(_runner, name.GetHashCode());
+        var t = new DiffCase(_runner, name);
         var failures = new List<string>();
         foreach (int bits in new[] { 8, 16, 32, 64 })
         {

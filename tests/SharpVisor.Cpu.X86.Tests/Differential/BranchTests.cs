@@ -222,7 +222,7 @@ public unsafe class BranchTests : IClassFixture<RunnerFixture>
     public void NearBranchesMatchTheHost(string form)
     {
         // The low data window (below 4 GiB) lets 67H forms of JMP/CALL m64 address it with EBX.
-        var t = new DiffCase(_runner, form.GetHashCode()) { LowData = true };
+        var t = new DiffCase(_runner, form) { LowData = true };
         var failures = new List<string>();
         for (int i = 0; i < Iterations; i++)
         {

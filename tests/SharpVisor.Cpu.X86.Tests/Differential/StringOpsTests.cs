@@ -38,7 +38,7 @@ public unsafe class StringOpsTests : IClassFixture<RunnerFixture>
     [InlineData("Movs"), InlineData("Cmps"), InlineData("Scas"), InlineData("Lods"), InlineData("Stos")]
     public void StringInstructionsMatchTheHost(string op)
     {
-        var t = new DiffCase(_runner, op.GetHashCode());
+        var t = new DiffCase(_runner, op);
         var failures = new List<string>();
         bool compares = op is "Cmps" or "Scas";
         var reps = compares ? new[] { RepPrefixKind.None, RepPrefixKind.Repe, RepPrefixKind.Repne } : new[] { RepPrefixKind.None, RepPrefixKind.Repe };
@@ -105,7 +105,7 @@ public unsafe class StringOpsTests : IClassFixture<RunnerFixture>
     [InlineData("Movs"), InlineData("Cmps"), InlineData("Scas"), InlineData("Lods"), InlineData("Stos")]
     public void StringInstructionsWith32BitAddressesMatchTheHost(string op)
     {
-        var t = new DiffCase(_runner, op.GetHashCode() ^ 67) { LowData = true };
+        var t = new DiffCase(_runner, op, salt: 67) { LowData = true };
         var failures = new List<string>();
         bool compares = op is "Cmps" or "Scas";
         var reps = compares ? new[] { RepPrefixKind.None, RepPrefixKind.Repe, RepPrefixKind.Repne } : new[] { RepPrefixKind.None, RepPrefixKind.Repe };

@@ -10,6 +10,26 @@ namespace SharpVisor.Cpu.X86.Tests.Harness;
 /// </summary>
 public sealed class DiffCase(DifferentialRunner runner, int seed)
 {
+    /// <summary>
+    /// A case seeded from its test's name (plus <paramref name="salt"/>), the same in every process:
+    /// string.GetHashCode is randomised per process, so a failure seeded from it would not reproduce.
+    /// </summary>
+    public DiffCase(DifferentialRunner runner, string name, int salt = 0) : this(runner, StableSeed(name) ^ salt) { }
+
+    /// <summary>The seed of the random inputs; every difference reported names it.</summary>
+    public int Seed => seed;
+
+    /// <summary>FNV-1a over the UTF-16 code units: stable across processes and runtimes.</summary>
+    public static int StableSeed(string name)
+    {
+        uint h = 2166136261;
+        foreach (char ch in name)
+        {
+            h = (h ^ ch) * 16777619;
+        }
+        return (int)h;
+    }
+
     public const ulong ArithFlags = 0x8D5; // CF PF AF ZF SF OF
     readonly Random _rng = new(seed);
     static readonly ulong[] s_edges = [0, 1, 2, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF,
@@ -158,7 +178,7 @@ public sealed class DiffCase(DifferentialRunner runner, int seed)
         {
             inRegs.Append($"{X86Context.Names[i]}=0x{input.Gpr[i]:x} ");
         }
-        return $"{label} [{Convert.ToHexString(code)}] in: {inRegs}rflags=0x{input.Rflags:x} =>{sb}";
+        return $"{label} [{Convert.ToHexString(code)}] (case seed {seed}) in: {inRegs}rflags=0x{input.Rflags:x} =>{sb}";
     }
 
     sealed class CodeWriterImpl : CodeWriter
