@@ -3,6 +3,7 @@ using SharpVisor.Cpu.X86;
 using SharpVisor.Devices.Interrupts;
 using SharpVisor.Devices.Iommu;
 using SharpVisor.Devices.Legacy;
+using SharpVisor.Devices.Net;
 using SharpVisor.Devices.Pci;
 using SharpVisor.Devices.Storage;
 using SharpVisor.Devices.Virtio;

@@ -1,26 +1,8 @@
 using System.Buffers.Binary;
 using SharpVisor.Core;
+using SharpVisor.Devices.Net;
 
 namespace SharpVisor.Devices.Virtio;
-
-/// <summary>Receives Ethernet frames from a network backend (on the backend's thread).</summary>
-public delegate void NetFrameReceiver(ReadOnlySpan<byte> frame);
-
-/// <summary>Told when a network backend's link comes up (a peer connected) or goes down (it left).</summary>
-public delegate void NetLinkChanged(bool up);
-
-/// <summary>Where a virtio-net device's frames go: a stream socket to a peer VM, or a host TAP device.</summary>
-public interface INetBackend : IDisposable
-{
-    /// <summary>
-    /// Sets the receiver of incoming frames and the link-state listener; called once, before any
-    /// frame flows. The link is down until the backend reports it up (it may do so within Start).
-    /// </summary>
-    void Start(NetFrameReceiver receiver, NetLinkChanged linkChanged);
-
-    /// <summary>Sends one Ethernet frame (without FCS). Must not block for long: drop instead.</summary>
-    void Send(ReadOnlySpan<byte> frame);
-}
 
 /// <summary>
 /// virtio-net (virtio 1.2, 5.1) with one receive and one transmit queue, a MAC address in the
@@ -41,7 +23,7 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
     /// <summary>Offset of the le16 status field in struct virtio_net_config (5.1.4).</summary>
     public const int StatusOffset = 6;
     /// <summary>Largest frame carried: a 9000-byte jumbo payload plus Ethernet and VLAN headers.</summary>
-    public const int MaxFrameLength = 9018;
+    public const int MaxFrameLength = EthernetFrame.MaxLength;
     /// <summary>Frames held while the guest has no receive buffer; beyond this they are dropped.</summary>
     public const int ReceiveBacklog = 128;
 

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using SharpVisor.Devices.Net;
 using SharpVisor.Devices.Virtio;
 
 namespace SharpVisor.Devices.Tests.Virtio;
