@@ -135,11 +135,12 @@ public sealed partial class VirtualMachine
         _ => TapNetBackend.Open(net.InterfaceName!),
     };
 
-    /// <summary>Adds a device before firmware assignment; its counters register with the bus's (Pci.RegisterCounters).</summary>
-    void AddPci(VirtioPciDevice device, int slot, Func<int, int, IIrqLine?> route)
+    /// <summary>Puts a virtio device on its PCI transport before firmware assignment; its counters register with the bus's (Pci.RegisterCounters).</summary>
+    void AddPci(VirtioDevice device, int slot, Func<int, int, IIrqLine?> route)
     {
-        AddAtsIfSupported(device);
-        Pci.Bus.Add(device, slot, 0, route(slot, device.InterruptPin));
+        var transport = new VirtioPciTransport(device);
+        AddAtsIfSupported(transport);
+        Pci.Bus.Add(transport, slot, 0, route(slot, transport.InterruptPin));
     }
 
     /// <summary>

@@ -11,7 +11,7 @@ namespace SharpVisor.Devices.Virtio;
 /// re-reads the status and switches the carrier) and no offloads: every frame carries the 12-byte struct virtio_net_hdr of VERSION_1 (5.1.6), which
 /// the device ignores on transmit and writes as "no checksum, no GSO, one buffer" on receive.
 /// </summary>
-public sealed class VirtioNet : VirtioPciDevice, IDisposable
+public sealed class VirtioNet : VirtioDevice, IDisposable
 {
     public const int FeatureMac = 5;
     public const int FeatureStatus = 16;
@@ -33,6 +33,8 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
     readonly int[] _rxLengths = new int[ReceiveBacklog];
     int _rxHead;
     int _rxCount;
+    /// <summary>The link as the backend last reported it (the status field follows it, except right after a restore).</summary>
+    bool _backendLinkUp;
 
     public readonly Counter TxFrames = new("virtio.net.tx_frames");
     public readonly Counter RxFrames = new("virtio.net.rx_frames");
@@ -70,6 +72,7 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
     {
         lock (Gate)
         {
+            _backendLinkUp = up;
             ushort status = up ? StatusLinkUp : (ushort)0;
             if (BinaryPrimitives.ReadUInt16LittleEndian(DeviceConfig.AsSpan(StatusOffset)) == status)
             {
@@ -99,15 +102,15 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
         Kick(ReceiveQueue);
     }
 
-    protected override bool WantsBuffers(int queue) => queue != ReceiveQueue || _rxCount > 0;
+    protected internal override bool WantsBuffers(int queue) => queue != ReceiveQueue || _rxCount > 0;
 
-    protected override void OnReset()
+    protected internal override void Reset()
     {
         _rxHead = 0;
         _rxCount = 0;
     }
 
-    protected override bool HandleRequest(int queue, DescriptorChain chain)
+    protected internal override bool HandleRequest(int queue, DescriptorChain chain)
     {
         if (queue == TransmitQueue)
         {
@@ -149,6 +152,69 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
             RxFrames.Increment();
         }
         return true;
+    }
+
+    // ---- state: MAC and link status (the configuration), frames held for the guest ----
+
+    protected internal override VirtioDeviceState SaveDeviceState()
+    {
+        var frames = new byte[_rxCount][];
+        for (int i = 0; i < _rxCount; i++)
+        {
+            int slot = (_rxHead + i) % ReceiveBacklog;
+            frames[i] = _rxFrames[slot].AsSpan(0, _rxLengths[slot]).ToArray();
+        }
+        return base.SaveDeviceState() with { Net = new VirtioNetState { ReceiveBacklog = frames } };
+    }
+
+    /// <summary>
+    /// Accepts any MAC address (it is guest-visible state, so it moves with the VM) and a status
+    /// field with at most VIRTIO_NET_S_LINK_UP; at most <see cref="ReceiveBacklog"/> frames of at
+    /// most <see cref="MaxFrameLength"/> bytes.
+    /// </summary>
+    protected internal override void CheckDeviceState(VirtioDeviceState state, string component)
+    {
+        InvalidStateException.CheckVersion(state.Version, VirtioDeviceState.CurrentVersion, component);
+        var config = state.Config ?? throw new InvalidStateException(component, "the device configuration is missing");
+        InvalidStateException.Check(config.Length == DeviceConfig.Length, component,
+            $"device configuration has {config.Length} bytes, virtio-net's has {DeviceConfig.Length}");
+        ushort status = BinaryPrimitives.ReadUInt16LittleEndian(config.AsSpan(StatusOffset));
+        InvalidStateException.Check((status & ~StatusLinkUp) == 0, component, $"link status 0x{status:x4} has bits other than LINK_UP");
+        InvalidStateException.Check(state.Console is null, component, "state of a console, not of virtio-net");
+        var frames = state.Net?.ReceiveBacklog ?? throw new InvalidStateException(component, "the receive backlog is missing");
+        InvalidStateException.Check(frames.Length <= ReceiveBacklog, component, $"{frames.Length} frames held, at most {ReceiveBacklog} are kept");
+        foreach (var frame in frames)
+        {
+            InvalidStateException.Check(frame is not null && frame.Length <= MaxFrameLength, component,
+                $"a held frame of {frame?.Length ?? -1} bytes (at most {MaxFrameLength})");
+        }
+    }
+
+    protected internal override void ApplyDeviceState(VirtioDeviceState state)
+    {
+        base.ApplyDeviceState(state);
+        var frames = state.Net!.ReceiveBacklog;
+        for (int i = 0; i < frames.Length; i++)
+        {
+            frames[i].CopyTo(_rxFrames[i], 0);
+            _rxLengths[i] = frames[i].Length;
+        }
+        _rxHead = 0;
+        _rxCount = frames.Length;
+    }
+
+    /// <summary>
+    /// The restored link status is what the guest last saw; if this device's backend says otherwise
+    /// (the peer of the new process is not there yet), the driver is told as for any link change.
+    /// </summary>
+    protected internal override void Restored()
+    {
+        bool up;
+        lock (Gate)
+        {
+            up = _backendLinkUp;
+        }
+        SetLink(up);
     }
 
     public void Dispose() => _backend.Dispose();

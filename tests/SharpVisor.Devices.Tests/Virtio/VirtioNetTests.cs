@@ -74,8 +74,8 @@ public class VirtioNetTests
             Assert.Equal(MacA[i], (byte)d.DeviceCfg(i, 1));
         }
         Assert.Equal(0UL, LinkStatus(d));
-        Assert.NotEqual(0UL, d.Device.NegotiatedFeatures & 1UL << VirtioNet.FeatureMac);
-        Assert.NotEqual(0UL, d.Device.NegotiatedFeatures & 1UL << VirtioNet.FeatureStatus);
+        Assert.NotEqual(0UL, d.Transport.NegotiatedFeatures & 1UL << VirtioNet.FeatureMac);
+        Assert.NotEqual(0UL, d.Transport.NegotiatedFeatures & 1UL << VirtioNet.FeatureStatus);
     }
 
     /// <summary>

@@ -17,7 +17,9 @@ sealed class VirtioTestDriver : IDisposable
 {
     public const int Slot = 3;
     public readonly PciTestRig Rig;
-    public readonly VirtioPciDevice Device;
+    public readonly VirtioDevice Device;
+    public readonly VirtioPciTransport Transport;
+    public readonly RecordingIrqLine Intx = new();
     public readonly Dictionary<byte, (int Bar, uint Offset, uint Length, int CapOffset)> Caps = [];
     public uint NotifyMultiplier;
     public ulong BarBase;
@@ -25,12 +27,13 @@ sealed class VirtioTestDriver : IDisposable
     ulong _nextFree = 0x10_0000;
 
     /// <param name="dma">The requester's DMA space, bound to guest RAM once the rig exists (default: identity).</param>
-    public VirtioTestDriver(VirtioPciDevice device, CheckingDmaProvider? dma = null)
+    public VirtioTestDriver(VirtioDevice device, CheckingDmaProvider? dma = null)
     {
         Rig = new PciTestRig(dma: dma);
         dma?.Bind(new IdentityDmaSpace(Rig.Ram));
         Device = device;
-        Rig.Bus.Add(device, Slot, 0);
+        Transport = new VirtioPciTransport(device);
+        Rig.Bus.Add(Transport, Slot, 0, Intx);
         PciFirmware.AssignResources(Rig.Bus);
         // pci_enable_device + pci_set_master.
         uint command = Cfg(PciConfig.Command, 2);
@@ -152,7 +155,7 @@ sealed class VirtioTestDriver : IDisposable
 
     public void EnableMsiX()
     {
-        int cap = Device.MsiXCapabilityOffset;
+        int cap = Transport.MsiXCapabilityOffset;
         uint control = Cfg(cap + 2, 2);
         int vectors = (int)(control & 0x7FF) + 1;
         ulong table = BarBase + VirtioPci.MsixTableOffset;
