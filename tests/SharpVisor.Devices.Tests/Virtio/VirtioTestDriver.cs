@@ -27,6 +27,40 @@ sealed class VirtioTestDriver : IDisposable
     ulong _nextFree = 0x10_0000;
 
     /// <param name="dma">The requester's DMA space, bound to guest RAM once the rig exists (default: identity).</param>
+    /// <summary>
+    /// A second machine continuing from <paramref name="state"/>: a copy of this rig's RAM, a fresh
+    /// transport around <paramref name="freshDevice"/> at the same slot restored from the state, and
+    /// the driver's own bookkeeping (queues, allocator) as it was here.
+    /// </summary>
+    public VirtioTestDriver RestoredCopy(VirtioDevice freshDevice, VirtioPciState state)
+    {
+        var copy = new VirtioTestDriver(freshDevice, this);
+        copy.Transport.RestoreState(state);
+        return copy;
+    }
+
+    VirtioTestDriver(VirtioDevice device, VirtioTestDriver original)
+    {
+        Rig = new PciTestRig();
+        var chunk = new byte[1 << 20];
+        for (ulong a = 0; a < original.Rig.Ram.Size; a += (ulong)chunk.Length)
+        {
+            Assert.True(original.Rig.Ram.TryRead(a, chunk));
+            Assert.True(Rig.Ram.TryWrite(a, chunk));
+        }
+        Device = device;
+        Transport = new VirtioPciTransport(device);
+        Rig.Bus.Add(Transport, Slot, 0, Intx);
+        foreach (var (type, cap) in original.Caps)
+        {
+            Caps[type] = cap;
+        }
+        NotifyMultiplier = original.NotifyMultiplier;
+        BarBase = original.BarBase;
+        _nextFree = original._nextFree;
+        Queues = [.. original.Queues.Select(q => q.CopyFor(this))];
+    }
+
     public VirtioTestDriver(VirtioDevice device, CheckingDmaProvider? dma = null)
     {
         Rig = new PciTestRig(dma: dma);
@@ -219,6 +253,10 @@ sealed class DriverQueue(VirtioTestDriver driver, int index, ushort size, ulong 
     ushort _lastUsed;
 
     GuestMemory Ram => driver.Rig.Ram;
+
+    /// <summary>This queue's driver-side bookkeeping, for the same queue on a restored copy of the machine.</summary>
+    public DriverQueue CopyFor(VirtioTestDriver other) =>
+        new(other, Index, Size, Desc, Avail, Used) { NotifyAddress = NotifyAddress, _availIndex = _availIndex, _nextDesc = _nextDesc, _lastUsed = _lastUsed };
 
     public void WriteDescriptor(ulong table, int i, ulong address, uint length, ushort flags, ushort next)
     {
