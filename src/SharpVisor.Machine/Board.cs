@@ -3,6 +3,7 @@ using SharpVisor.Cpu.X86;
 using SharpVisor.Devices.Interrupts;
 using SharpVisor.Devices.Iommu;
 using SharpVisor.Devices.Legacy;
+using SharpVisor.Devices.Net;
 using SharpVisor.Devices.Pci;
 using SharpVisor.Devices.Storage;
 using SharpVisor.Devices.Virtio;
@@ -149,11 +150,12 @@ public sealed partial class VirtualMachine
         _ => TapNetBackend.Open(net.InterfaceName!, Log),
     };
 
-    /// <summary>Adds a device before firmware assignment; its counters register with the bus's (Pci.RegisterCounters).</summary>
-    void AddPci(VirtioPciDevice device, int slot, Func<int, int, IIrqLine?> route)
+    /// <summary>Puts a virtio device on its PCI transport before firmware assignment; its counters register with the bus's (Pci.RegisterCounters).</summary>
+    void AddPci(VirtioDevice device, int slot, Func<int, int, IIrqLine?> route)
     {
-        AddAtsIfSupported(device);
-        Pci.Bus.Add(device, slot, 0, route(slot, device.InterruptPin));
+        var transport = new VirtioPciTransport(device);
+        AddAtsIfSupported(transport);
+        Pci.Bus.Add(transport, slot, 0, route(slot, transport.InterruptPin));
     }
 
     /// <summary>

@@ -257,7 +257,7 @@ public sealed class TapFactAttribute : FactAttribute
         }
         try
         {
-            SharpVisor.Devices.Virtio.TapNetBackend.Open($"svp{Random.Shared.Next():x8}"[..11]).Dispose();
+            SharpVisor.Devices.Net.TapNetBackend.Open($"svp{Random.Shared.Next():x8}"[..11]).Dispose();
             return null;
         }
         catch (SharpVisor.Core.UserErrorException e)

@@ -25,7 +25,7 @@ public abstract partial class PciFunction
     PciBus? _bus;
 
     /// <summary>The log of the VM whose bus this function is on (its own until it is attached).</summary>
-    protected Log Log { get; private set; } = new Log();
+    public Log Log { get; private set; } = new Log();
     IMsiSink? _msiSink;
     IDmaSpace _dma = DetachedDmaSpace.Instance;
     volatile bool _busMaster;

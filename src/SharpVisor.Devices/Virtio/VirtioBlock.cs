@@ -11,7 +11,7 @@ namespace SharpVisor.Devices.Virtio;
 /// is the image's virtual size in 512-byte sectors (a partial last sector is not visible to the guest).
 /// Host I/O errors and image corruption found during a request give the guest VIRTIO_BLK_S_IOERR.
 /// </summary>
-public sealed class VirtioBlock : VirtioPciDevice, IDisposable
+public sealed class VirtioBlock : VirtioDevice, IDisposable
 {
     // 5.2.3 feature bits.
     public const int FeatureSizeMax = 1;
@@ -89,7 +89,7 @@ public sealed class VirtioBlock : VirtioPciDevice, IDisposable
 
     public override IEnumerable<Counter> Counters => [.. base.Counters, IoErrors, .. _disk.Counters];
 
-    protected override bool HandleRequest(int queue, DescriptorChain chain)
+    protected internal override bool HandleRequest(int queue, DescriptorChain chain)
     {
         // 5.2.6: header (type, reserved, sector) readable first; the status byte is the last
         // writable byte; data lies in between.

@@ -12,7 +12,7 @@ public delegate void ConsoleOutput(ReadOnlySpan<byte> data);
 /// <see cref="Output"/>. VIRTIO_CONSOLE_F_EMERG_WRITE is offered: a write to emerg_wr prints one byte.
 /// Linux binds hvc0 to it.
 /// </summary>
-public sealed class VirtioConsole : VirtioPciDevice
+public sealed class VirtioConsole : VirtioDevice
 {
     public const int FeatureSize = 0;
     public const int FeatureEmergencyWrite = 2;
@@ -67,14 +67,14 @@ public sealed class VirtioConsole : VirtioPciDevice
         get { lock (Gate) { return _inputCount; } }
     }
 
-    protected override bool WantsBuffers(int queue) => queue != ReceiveQueue || _inputCount > 0;
+    protected internal override bool WantsBuffers(int queue) => queue != ReceiveQueue || _inputCount > 0;
 
-    protected override void OnReset()
+    protected internal override void Reset()
     {
         // Input that arrived before the driver was ready stays queued; nothing else to drop.
     }
 
-    protected override bool HandleRequest(int queue, DescriptorChain chain)
+    protected internal override bool HandleRequest(int queue, DescriptorChain chain)
     {
         if (queue == ReceiveQueue)
         {
@@ -102,15 +102,43 @@ public sealed class VirtioConsole : VirtioPciDevice
         return true;
     }
 
-    protected override void OnDeviceConfigWrite(int offset, int size, ulong value)
+    protected internal override bool WriteConfig(int offset, int size, ulong value)
     {
         // 5.3.4: emerg_wr (offset 8) takes one character when VIRTIO_CONSOLE_F_EMERG_WRITE is negotiated.
         if (offset == 8 && size == 4 && IsNegotiated(FeatureEmergencyWrite))
         {
             Span<byte> b = [(byte)value];
             Output?.Invoke(b);
-            return;
+            return true;
         }
-        base.OnDeviceConfigWrite(offset, size, value);
+        return false;
+    }
+
+    // ---- state: the configuration (fixed) and the input not yet delivered ----
+
+    protected internal override VirtioDeviceState SaveDeviceState()
+    {
+        var pending = new byte[_inputCount];
+        int first = Math.Min(_inputCount, InputCapacity - _inputStart);
+        _input.AsSpan(_inputStart, first).CopyTo(pending);
+        _input.AsSpan(0, _inputCount - first).CopyTo(pending.AsSpan(first));
+        return base.SaveDeviceState() with { Console = new VirtioConsoleState { PendingInput = pending } };
+    }
+
+    protected internal override void CheckDeviceState(VirtioDeviceState state, string component)
+    {
+        base.CheckDeviceState(state with { Console = null }, component);
+        var pending = state.Console?.PendingInput ?? throw new InvalidStateException(component, "the console's pending input is missing");
+        InvalidStateException.Check(pending.Length <= InputCapacity, component,
+            $"{pending.Length} bytes of pending input, at most {InputCapacity} are kept");
+    }
+
+    protected internal override void ApplyDeviceState(VirtioDeviceState state)
+    {
+        base.ApplyDeviceState(state);
+        var pending = state.Console!.PendingInput;
+        pending.CopyTo(_input, 0);
+        _inputStart = 0;
+        _inputCount = pending.Length;
     }
 }

@@ -6,7 +6,7 @@ namespace SharpVisor.Devices.Virtio;
 /// virtio-rng / entropy device (virtio 1.2, 5.4): one request queue whose writable buffers are
 /// filled from the host's cryptographic random number generator. No device configuration.
 /// </summary>
-public sealed class VirtioEntropy : VirtioPciDevice
+public sealed class VirtioEntropy : VirtioDevice
 {
     /// <summary>Bytes delivered per request at most (used.len says how many): bounds the work per buffer.</summary>
     public const int MaxBytesPerRequest = 4096;
@@ -18,7 +18,7 @@ public sealed class VirtioEntropy : VirtioPciDevice
     {
     }
 
-    protected override bool HandleRequest(int queue, DescriptorChain chain)
+    protected internal override bool HandleRequest(int queue, DescriptorChain chain)
     {
         // 5.4.6: the driver posts device-writable buffers only; readable ones are ignored.
         int n = (int)Math.Min(chain.WritableLength, (uint)_scratch.Length);

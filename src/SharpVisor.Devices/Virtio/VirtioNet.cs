@@ -1,29 +1,8 @@
 using System.Buffers.Binary;
 using SharpVisor.Core;
+using SharpVisor.Devices.Net;
 
 namespace SharpVisor.Devices.Virtio;
-
-/// <summary>Receives Ethernet frames from a network backend (on the backend's thread).</summary>
-public delegate void NetFrameReceiver(ReadOnlySpan<byte> frame);
-
-/// <summary>Told when a network backend's link comes up (a peer connected) or goes down (it left).</summary>
-public delegate void NetLinkChanged(bool up);
-
-/// <summary>Where a virtio-net device's frames go: a stream socket to a peer VM, or a host TAP device.</summary>
-public interface INetBackend : IDisposable
-{
-    /// <summary>
-    /// Sets the receiver of incoming frames and the link-state listener; called once, before any
-    /// frame flows. The link is down until the backend reports it up (it may do so within Start).
-    /// </summary>
-    void Start(NetFrameReceiver receiver, NetLinkChanged linkChanged);
-
-    /// <summary>Sends one Ethernet frame (without FCS). Must not block for long: drop instead.</summary>
-    void Send(ReadOnlySpan<byte> frame);
-
-    /// <summary>The backend's own counters; the NIC reports them with its own.</summary>
-    IEnumerable<Counter> Counters => [];
-}
 
 /// <summary>
 /// virtio-net (virtio 1.2, 5.1) with one receive and one transmit queue, a MAC address in the
@@ -32,7 +11,7 @@ public interface INetBackend : IDisposable
 /// re-reads the status and switches the carrier) and no offloads: every frame carries the 12-byte struct virtio_net_hdr of VERSION_1 (5.1.6), which
 /// the device ignores on transmit and writes as "no checksum, no GSO, one buffer" on receive.
 /// </summary>
-public sealed class VirtioNet : VirtioPciDevice, IDisposable
+public sealed class VirtioNet : VirtioDevice, IDisposable
 {
     public const int FeatureMac = 5;
     public const int FeatureStatus = 16;
@@ -44,7 +23,7 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
     /// <summary>Offset of the le16 status field in struct virtio_net_config (5.1.4).</summary>
     public const int StatusOffset = 6;
     /// <summary>Largest frame carried: a 9000-byte jumbo payload plus Ethernet and VLAN headers.</summary>
-    public const int MaxFrameLength = 9018;
+    public const int MaxFrameLength = EthernetFrame.MaxLength;
     /// <summary>Frames held while the guest has no receive buffer; beyond this they are dropped.</summary>
     public const int ReceiveBacklog = 128;
 
@@ -54,6 +33,8 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
     readonly int[] _rxLengths = new int[ReceiveBacklog];
     int _rxHead;
     int _rxCount;
+    /// <summary>The link as the backend last reported it (the status field follows it, except right after a restore).</summary>
+    bool _backendLinkUp;
 
     public readonly Counter TxFrames = new("virtio.net.tx_frames");
     public readonly Counter RxFrames = new("virtio.net.rx_frames");
@@ -91,6 +72,7 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
     {
         lock (Gate)
         {
+            _backendLinkUp = up;
             ushort status = up ? StatusLinkUp : (ushort)0;
             if (BinaryPrimitives.ReadUInt16LittleEndian(DeviceConfig.AsSpan(StatusOffset)) == status)
             {
@@ -120,15 +102,15 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
         Kick(ReceiveQueue);
     }
 
-    protected override bool WantsBuffers(int queue) => queue != ReceiveQueue || _rxCount > 0;
+    protected internal override bool WantsBuffers(int queue) => queue != ReceiveQueue || _rxCount > 0;
 
-    protected override void OnReset()
+    protected internal override void Reset()
     {
         _rxHead = 0;
         _rxCount = 0;
     }
 
-    protected override bool HandleRequest(int queue, DescriptorChain chain)
+    protected internal override bool HandleRequest(int queue, DescriptorChain chain)
     {
         if (queue == TransmitQueue)
         {
@@ -170,6 +152,69 @@ public sealed class VirtioNet : VirtioPciDevice, IDisposable
             RxFrames.Increment();
         }
         return true;
+    }
+
+    // ---- state: MAC and link status (the configuration), frames held for the guest ----
+
+    protected internal override VirtioDeviceState SaveDeviceState()
+    {
+        var frames = new byte[_rxCount][];
+        for (int i = 0; i < _rxCount; i++)
+        {
+            int slot = (_rxHead + i) % ReceiveBacklog;
+            frames[i] = _rxFrames[slot].AsSpan(0, _rxLengths[slot]).ToArray();
+        }
+        return base.SaveDeviceState() with { Net = new VirtioNetState { ReceiveBacklog = frames } };
+    }
+
+    /// <summary>
+    /// Accepts any MAC address (it is guest-visible state, so it moves with the VM) and a status
+    /// field with at most VIRTIO_NET_S_LINK_UP; at most <see cref="ReceiveBacklog"/> frames of at
+    /// most <see cref="MaxFrameLength"/> bytes.
+    /// </summary>
+    protected internal override void CheckDeviceState(VirtioDeviceState state, string component)
+    {
+        InvalidStateException.CheckVersion(state.Version, VirtioDeviceState.CurrentVersion, component);
+        var config = state.Config ?? throw new InvalidStateException(component, "the device configuration is missing");
+        InvalidStateException.Check(config.Length == DeviceConfig.Length, component,
+            $"device configuration has {config.Length} bytes, virtio-net's has {DeviceConfig.Length}");
+        ushort status = BinaryPrimitives.ReadUInt16LittleEndian(config.AsSpan(StatusOffset));
+        InvalidStateException.Check((status & ~StatusLinkUp) == 0, component, $"link status 0x{status:x4} has bits other than LINK_UP");
+        InvalidStateException.Check(state.Console is null, component, "state of a console, not of virtio-net");
+        var frames = state.Net?.ReceiveBacklog ?? throw new InvalidStateException(component, "the receive backlog is missing");
+        InvalidStateException.Check(frames.Length <= ReceiveBacklog, component, $"{frames.Length} frames held, at most {ReceiveBacklog} are kept");
+        foreach (var frame in frames)
+        {
+            InvalidStateException.Check(frame is not null && frame.Length <= MaxFrameLength, component,
+                $"a held frame of {frame?.Length ?? -1} bytes (at most {MaxFrameLength})");
+        }
+    }
+
+    protected internal override void ApplyDeviceState(VirtioDeviceState state)
+    {
+        base.ApplyDeviceState(state);
+        var frames = state.Net!.ReceiveBacklog;
+        for (int i = 0; i < frames.Length; i++)
+        {
+            frames[i].CopyTo(_rxFrames[i], 0);
+            _rxLengths[i] = frames[i].Length;
+        }
+        _rxHead = 0;
+        _rxCount = frames.Length;
+    }
+
+    /// <summary>
+    /// The restored link status is what the guest last saw; if this device's backend says otherwise
+    /// (the peer of the new process is not there yet), the driver is told as for any link change.
+    /// </summary>
+    protected internal override void Restored()
+    {
+        bool up;
+        lock (Gate)
+        {
+            up = _backendLinkUp;
+        }
+        SetLink(up);
     }
 
     public void Dispose() => _backend.Dispose();

@@ -162,7 +162,7 @@ public sealed class DescriptorChain
 /// <see cref="VirtqueueError"/> and never throws. Not thread-safe: the transport serializes access
 /// under its device lock.
 /// </summary>
-public sealed class Virtqueue
+public sealed class Virtqueue : IPersistent<VirtqueueState>
 {
     // 2.7.5 descriptor flags.
     public const ushort DescFlagNext = 1;
@@ -173,7 +173,7 @@ public sealed class Virtqueue
     const int DescriptorSize = 16;
 
     readonly DescriptorChain _chain;
-    IDmaSpace _dma = null!;
+    IDmaSpace _dma = Pci.DetachedDmaSpace.Instance;
     ushort _lastAvail;
     ushort _usedIndex;
     bool _eventIndex;
@@ -187,7 +187,7 @@ public sealed class Virtqueue
         }
         Index = index;
         MaxSize = maxSize;
-        _chain = new DescriptorChain(maxSize);
+        _chain = new DescriptorChain(maxSize) { Dma = _dma };
         Reset();
     }
 
@@ -218,14 +218,24 @@ public sealed class Virtqueue
         _lastAvail = _usedIndex = 0;
     }
 
+    /// <summary>Where rings and buffers are reached: the function's DMA space (set by <see cref="Enable"/> or the transport on restore).</summary>
+    public IDmaSpace Dma
+    {
+        get => _dma;
+        set
+        {
+            _dma = value;
+            _chain.Dma = value;
+        }
+    }
+
     /// <summary>
     /// The driver wrote 1 to queue_enable: checks size and ring placement and starts the queue.
     /// Returns the error that prevented it (the queue then stays disabled).
     /// </summary>
     public VirtqueueError Enable(IDmaSpace dma, bool eventIndex, bool indirect)
     {
-        _dma = dma;
-        _chain.Dma = dma;
+        Dma = dma;
         _eventIndex = eventIndex;
         _indirect = indirect;
         ushort size = Size;
@@ -502,6 +512,75 @@ public sealed class Virtqueue
             return (ushort)(_usedIndex - usedEvent - 1) < (ushort)(_usedIndex - previousUsedIndex);
         }
         return !TryReadU16(DriverArea, out ushort availFlags) || (availFlags & AvailFlagNoInterrupt) == 0;
+    }
+
+    // ---- state ----
+
+    public VirtqueueState SaveState() => new()
+    {
+        Size = Size,
+        Ready = Enabled,
+        DescriptorTable = DescriptorTable,
+        DriverArea = DriverArea,
+        DeviceArea = DeviceArea,
+        NextAvail = _lastAvail,
+        NextUsed = _usedIndex,
+        EventIndex = _eventIndex,
+        IndirectDescriptors = _indirect,
+        MsixVector = MsixVector,
+        Error = Error,
+    };
+
+    /// <summary>Restores a state (the vector is not checked here: the transport knows its MSI-X table size).</summary>
+    public void RestoreState(VirtqueueState state)
+    {
+        Check(state, $"virtqueue {Index}");
+        Apply(state);
+    }
+
+    /// <summary>
+    /// Refuses a state this queue could not be in. A ready queue passed <see cref="Enable"/>: size a
+    /// power of two up to the maximum, rings aligned as 2.7 requires (descriptor table 16, driver
+    /// area 2, device area 4) and not wrapping the address space, and the device has taken at most
+    /// a queue's worth of chains it has not yet returned. A queue not ready holds whatever the driver
+    /// wrote (checked when it is enabled) and has consumed nothing.
+    /// </summary>
+    internal void Check(VirtqueueState state, string component)
+    {
+        InvalidStateException.CheckVersion(state.Version, VirtqueueState.CurrentVersion, component);
+        InvalidStateException.Check(Enum.IsDefined(state.Error), component, $"unknown error {(int)state.Error}");
+        if (!state.Ready)
+        {
+            InvalidStateException.Check(state.NextAvail == 0 && state.NextUsed == 0, component,
+                "a queue that is not ready has consumed nothing (next_avail and next_used must be 0)");
+            return;
+        }
+        ushort size = state.Size;
+        InvalidStateException.Check(size != 0 && (size & (size - 1)) == 0 && size <= MaxSize, component,
+            $"size {size} is not a power of two up to {MaxSize}");
+        InvalidStateException.Check((state.DescriptorTable & 15) == 0, component, $"descriptor table 0x{state.DescriptorTable:x} is not 16-byte aligned");
+        InvalidStateException.Check((state.DriverArea & 1) == 0, component, $"driver area 0x{state.DriverArea:x} is not 2-byte aligned");
+        InvalidStateException.Check((state.DeviceArea & 3) == 0, component, $"device area 0x{state.DeviceArea:x} is not 4-byte aligned");
+        InvalidStateException.Check(state.DescriptorTable <= ulong.MaxValue - (ulong)DescriptorSize * size
+            && state.DriverArea <= ulong.MaxValue - (6 + 2UL * size) && state.DeviceArea <= ulong.MaxValue - (6 + 8UL * size),
+            component, "a ring wraps around the address space");
+        InvalidStateException.Check((ushort)(state.NextAvail - state.NextUsed) <= size, component,
+            $"next_avail {state.NextAvail} is more than the queue size past next_used {state.NextUsed}");
+    }
+
+    internal void Apply(VirtqueueState state)
+    {
+        Size = state.Size;
+        Enabled = state.Ready;
+        DescriptorTable = state.DescriptorTable;
+        DriverArea = state.DriverArea;
+        DeviceArea = state.DeviceArea;
+        _lastAvail = state.NextAvail;
+        _usedIndex = state.NextUsed;
+        _eventIndex = state.EventIndex;
+        _indirect = state.IndirectDescriptors;
+        MsixVector = state.MsixVector;
+        Error = state.Error;
     }
 
     ulong AvailEventAddress => DeviceArea + 4 + 8UL * Size;

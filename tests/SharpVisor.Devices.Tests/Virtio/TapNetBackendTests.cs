@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Diagnostics;
 using SharpVisor.Core;
+using SharpVisor.Devices.Net;
 using SharpVisor.Devices.Virtio;
 
 namespace SharpVisor.Devices.Tests.Virtio;

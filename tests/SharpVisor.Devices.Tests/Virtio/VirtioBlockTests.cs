@@ -62,7 +62,7 @@ public sealed class VirtioBlockTests : IDisposable
         Assert.Equal((ulong)VirtioBlock.SegMax, d.DeviceCfg(0x0C, 4));
         Assert.Equal((ulong)VirtioBlock.SizeMax, d.DeviceCfg(0x08, 4));
         Assert.Equal(1UL, d.DeviceCfg(0x28, 4)); // max_discard_seg
-        ulong f = d.Device.NegotiatedFeatures;
+        ulong f = d.Transport.NegotiatedFeatures;
         Assert.NotEqual(0UL, f & 1UL << VirtioBlock.FeatureFlush);
         Assert.NotEqual(0UL, f & 1UL << VirtioBlock.FeatureDiscard);
         Assert.Equal(0UL, f & 1UL << VirtioBlock.FeatureReadOnly);
@@ -133,7 +133,7 @@ public sealed class VirtioBlockTests : IDisposable
     public void Read_only_disk_rejects_writes_and_offers_ro()
     {
         using var d = Start(readOnly: true);
-        Assert.NotEqual(0UL, d.Device.NegotiatedFeatures & 1UL << VirtioBlock.FeatureReadOnly);
+        Assert.NotEqual(0UL, d.Transport.NegotiatedFeatures & 1UL << VirtioBlock.FeatureReadOnly);
         ulong buf = d.AllocateData(new byte[512]);
         Assert.Equal(VirtioBlock.StatusIoError, Request(d, VirtioBlock.RequestOut, 0, buf, 512, false).Status);
         Assert.Equal(_initial, FileBytes());

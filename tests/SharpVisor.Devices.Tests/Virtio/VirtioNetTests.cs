@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using SharpVisor.Devices.Net;
 using SharpVisor.Devices.Virtio;
 
 namespace SharpVisor.Devices.Tests.Virtio;
@@ -73,8 +74,8 @@ public class VirtioNetTests
             Assert.Equal(MacA[i], (byte)d.DeviceCfg(i, 1));
         }
         Assert.Equal(0UL, LinkStatus(d));
-        Assert.NotEqual(0UL, d.Device.NegotiatedFeatures & 1UL << VirtioNet.FeatureMac);
-        Assert.NotEqual(0UL, d.Device.NegotiatedFeatures & 1UL << VirtioNet.FeatureStatus);
+        Assert.NotEqual(0UL, d.Transport.NegotiatedFeatures & 1UL << VirtioNet.FeatureMac);
+        Assert.NotEqual(0UL, d.Transport.NegotiatedFeatures & 1UL << VirtioNet.FeatureStatus);
     }
 
     /// <summary>

@@ -17,7 +17,9 @@ sealed class VirtioTestDriver : IDisposable
 {
     public const int Slot = 3;
     public readonly PciTestRig Rig;
-    public readonly VirtioPciDevice Device;
+    public readonly VirtioDevice Device;
+    public readonly VirtioPciTransport Transport;
+    public readonly RecordingIrqLine Intx = new();
     public readonly Dictionary<byte, (int Bar, uint Offset, uint Length, int CapOffset)> Caps = [];
     public uint NotifyMultiplier;
     public ulong BarBase;
@@ -25,12 +27,47 @@ sealed class VirtioTestDriver : IDisposable
     ulong _nextFree = 0x10_0000;
 
     /// <param name="dma">The requester's DMA space, bound to guest RAM once the rig exists (default: identity).</param>
-    public VirtioTestDriver(VirtioPciDevice device, CheckingDmaProvider? dma = null)
+    /// <summary>
+    /// A second machine continuing from <paramref name="state"/>: a copy of this rig's RAM, a fresh
+    /// transport around <paramref name="freshDevice"/> at the same slot restored from the state, and
+    /// the driver's own bookkeeping (queues, allocator) as it was here.
+    /// </summary>
+    public VirtioTestDriver RestoredCopy(VirtioDevice freshDevice, VirtioPciState state)
+    {
+        var copy = new VirtioTestDriver(freshDevice, this);
+        copy.Transport.RestoreState(state);
+        return copy;
+    }
+
+    VirtioTestDriver(VirtioDevice device, VirtioTestDriver original)
+    {
+        Rig = new PciTestRig();
+        var chunk = new byte[1 << 20];
+        for (ulong a = 0; a < original.Rig.Ram.Size; a += (ulong)chunk.Length)
+        {
+            Assert.True(original.Rig.Ram.TryRead(a, chunk));
+            Assert.True(Rig.Ram.TryWrite(a, chunk));
+        }
+        Device = device;
+        Transport = new VirtioPciTransport(device);
+        Rig.Bus.Add(Transport, Slot, 0, Intx);
+        foreach (var (type, cap) in original.Caps)
+        {
+            Caps[type] = cap;
+        }
+        NotifyMultiplier = original.NotifyMultiplier;
+        BarBase = original.BarBase;
+        _nextFree = original._nextFree;
+        Queues = [.. original.Queues.Select(q => q.CopyFor(this))];
+    }
+
+    public VirtioTestDriver(VirtioDevice device, CheckingDmaProvider? dma = null)
     {
         Rig = new PciTestRig(dma: dma);
         dma?.Bind(new IdentityDmaSpace(Rig.Ram));
         Device = device;
-        Rig.Bus.Add(device, Slot, 0);
+        Transport = new VirtioPciTransport(device);
+        Rig.Bus.Add(Transport, Slot, 0, Intx);
         PciFirmware.AssignResources(Rig.Bus);
         // pci_enable_device + pci_set_master.
         uint command = Cfg(PciConfig.Command, 2);
@@ -152,7 +189,7 @@ sealed class VirtioTestDriver : IDisposable
 
     public void EnableMsiX()
     {
-        int cap = Device.MsiXCapabilityOffset;
+        int cap = Transport.MsiXCapabilityOffset;
         uint control = Cfg(cap + 2, 2);
         int vectors = (int)(control & 0x7FF) + 1;
         ulong table = BarBase + VirtioPci.MsixTableOffset;
@@ -216,6 +253,10 @@ sealed class DriverQueue(VirtioTestDriver driver, int index, ushort size, ulong 
     ushort _lastUsed;
 
     GuestMemory Ram => driver.Rig.Ram;
+
+    /// <summary>This queue's driver-side bookkeeping, for the same queue on a restored copy of the machine.</summary>
+    public DriverQueue CopyFor(VirtioTestDriver other) =>
+        new(other, Index, Size, Desc, Avail, Used) { NotifyAddress = NotifyAddress, _availIndex = _availIndex, _nextDesc = _nextDesc, _lastUsed = _lastUsed };
 
     public void WriteDescriptor(ulong table, int i, ulong address, uint length, ushort flags, ushort next)
     {

@@ -47,11 +47,11 @@ public class VirtioTransportTests
         ulong offered = d.ReadDeviceFeatures();
         Assert.False(d.Negotiate(offered | 1UL << 40));
         Assert.False(d.Negotiate(offered & ~(1UL << VirtioPci.FeatureVersion1)));
-        Assert.Equal(2, d.Device.FeatureNegotiationFailures.Value);
+        Assert.Equal(2, d.Transport.FeatureNegotiationFailures.Value);
         Assert.True(d.Negotiate(offered));
         // Frozen after FEATURES_OK.
         d.WriteDriverFeatures(0);
-        Assert.Equal(offered, d.Device.NegotiatedFeatures);
+        Assert.Equal(offered, d.Transport.NegotiatedFeatures);
     }
 
     [Fact]
@@ -142,7 +142,7 @@ public class VirtioTransportTests
         Assert.NotEqual(0, d.Status & VirtioPci.StatusNeedsReset);
         Assert.Equal(1, d.MsiCount(0)); // config vector
         Assert.Equal(0, q.UsedIndex);
-        Assert.Equal(1, d.Device.QueueErrors.Value);
+        Assert.Equal(1, d.Transport.QueueErrors.Value);
         q.Notify();
         Assert.Equal(1, d.MsiCount(0));
         // Reset recovers.
@@ -290,7 +290,7 @@ public class VirtioTransportTests
         q.Post((d.BarBase, 16, true));
         q.Notify();
         Assert.NotEqual(0, d.Status & VirtioPci.StatusNeedsReset);
-        Assert.Equal(0, d.Device.ReentrantAccesses.Value);
+        Assert.Equal(0, d.Transport.ReentrantAccesses.Value);
     }
 
     [Fact]

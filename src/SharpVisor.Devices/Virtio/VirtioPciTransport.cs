@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using SharpVisor.Core;
 using SharpVisor.Devices.Pci;
 using static SharpVisor.Devices.Virtio.VirtioPci;
@@ -6,11 +5,12 @@ using static SharpVisor.Devices.Virtio.VirtioPci;
 namespace SharpVisor.Devices.Virtio;
 
 /// <summary>
-/// A virtio 1.x device on the modern PCI transport (virtio 1.2, 4.1): vendor 0x1AF4, device
-/// 0x1040 + type, revision 1, the vendor capabilities (common, notify, ISR, device, PCI config
-/// access) pointing into 64-bit memory BAR 4, MSI-X with one config vector plus one per queue and
-/// the INTx/ISR fallback. Subclasses supply the device type, device configuration and request
-/// handling (<see cref="HandleRequest"/>).
+/// The modern virtio PCI transport (virtio 1.2, 4.1) carrying one <see cref="VirtioDevice"/>:
+/// vendor 0x1AF4, device 0x1040 + type, revision 1, the vendor capabilities (common, notify, ISR,
+/// device, PCI config access) pointing into 64-bit memory BAR 4, MSI-X with one config vector plus
+/// one per queue and the INTx/ISR fallback. It owns feature negotiation, device status, the queues'
+/// registers and rings, and interrupts; the device supplies its type, features, configuration bytes
+/// and what it does with each request.
 /// </summary>
 /// <remarks>
 /// <para>Queues are processed synchronously when the driver writes the notify register (on the vCPU
@@ -23,10 +23,11 @@ namespace SharpVisor.Devices.Virtio;
 /// <para>Any driver error in a virtqueue sets DEVICE_NEEDS_RESET and sends a configuration change
 /// interrupt (2.1.2, 4.1.4.5); the device then ignores notifications until reset.</para>
 /// </remarks>
-public abstract class VirtioPciDevice : PciFunction
+public sealed partial class VirtioPciTransport : PciFunction, IVirtioTransport
 {
-    const int MaxQueues = 64;
+    const int MaxQueues = VirtioDevice.MaxQueues;
 
+    readonly VirtioDevice _device;
     readonly Virtqueue[] _queues;
     readonly ulong _offeredFeatures;
     readonly int _pciCfgCapability;
@@ -42,11 +43,8 @@ public abstract class VirtioPciDevice : PciFunction
     byte _configGeneration;
     volatile int _activeThread;
 
-    /// <summary>The device lock: guards registers, queues and device state.</summary>
-    protected readonly Lock Gate = new();
-
-    /// <summary>Device-specific configuration (4.1.4.6), little-endian, filled by the subclass.</summary>
-    protected readonly byte[] DeviceConfig;
+    /// <summary>The device lock (the device's): guards registers, queues and device state.</summary>
+    readonly Lock Gate;
 
     public readonly Counter QueueErrors;
     public readonly Counter ReentrantAccesses;
@@ -54,25 +52,25 @@ public abstract class VirtioPciDevice : PciFunction
     public readonly Counter Notifications;
     public readonly Counter RequestsCompleted;
 
-    /// <param name="deviceFeatures">Device-specific feature bits (0-23); the transport adds VERSION_1,
-    /// ACCESS_PLATFORM, RING_INDIRECT_DESC and RING_EVENT_IDX.</param>
-    protected VirtioPciDevice(string name, VirtioDeviceType type, uint classCode, int queueCount, ushort maxQueueSize,
-        ulong deviceFeatures, int deviceConfigSize)
-        : base(name, VirtioVendorId, (ushort)(ModernDeviceIdBase + (ushort)type), classCode, revision: 1,
-            subsystemVendorId: VirtioVendorId, subsystemId: 0x1100)
+    /// <summary>
+    /// Puts <paramref name="device"/> on the PCI transport. The transport offers the device's
+    /// feature bits plus VERSION_1, ACCESS_PLATFORM, RING_INDIRECT_DESC and RING_EVENT_IDX.
+    /// </summary>
+    public VirtioPciTransport(VirtioDevice device)
+        : base(device.Name, VirtioVendorId, (ushort)(ModernDeviceIdBase + (ushort)device.DeviceType), device.PciClassCode,
+            revision: 1, subsystemVendorId: VirtioVendorId, subsystemId: 0x1100)
     {
-        if (queueCount is < 1 or > MaxQueues)
-        {
-            ThrowHelper.ArgumentOutOfRange(nameof(queueCount), "1 to 64 queues");
-        }
-        DeviceType = type;
+        string name = device.Name;
+        int queueCount = device.QueueCount;
+        int deviceConfigSize = device.DeviceConfigSize;
+        _device = device;
+        Gate = device.Gate;
         _queues = new Virtqueue[queueCount];
         for (int i = 0; i < queueCount; i++)
         {
-            _queues[i] = new Virtqueue(i, maxQueueSize);
+            _queues[i] = new Virtqueue(i, device.MaxQueueSize);
         }
-        DeviceConfig = new byte[deviceConfigSize];
-        _offeredFeatures = deviceFeatures | 1UL << FeatureVersion1 | 1UL << FeatureAccessPlatform
+        _offeredFeatures = device.DeviceFeatures | 1UL << FeatureVersion1 | 1UL << FeatureAccessPlatform
             | 1UL << FeatureRingIndirectDesc | 1UL << FeatureRingEventIdx;
         QueueErrors = new Counter($"virtio.{name}.queue_errors");
         ReentrantAccesses = new Counter($"virtio.{name}.reentrant_accesses");
@@ -98,13 +96,16 @@ public abstract class VirtioPciDevice : PciFunction
         InitConfig(_pciCfgCapability + 8, 4, 0, 0xFFFF_FFFF);
         InitConfig(_pciCfgCapability + 12, 4, 0, 0xFFFF_FFFF);
         InitConfig(_pciCfgCapability + 16, 4, 0, 0xFFFF_FFFF);
+        device.Bind(this);
     }
 
-    public VirtioDeviceType DeviceType { get; }
+    /// <summary>The device this transport carries.</summary>
+    public VirtioDevice Device => _device;
+    public VirtioDeviceType DeviceType => _device.DeviceType;
     public ulong OfferedFeatures => _offeredFeatures;
 
     public override IEnumerable<Counter> Counters =>
-        [.. base.Counters, QueueErrors, ReentrantAccesses, FeatureNegotiationFailures, Notifications, RequestsCompleted];
+        [.. base.Counters, QueueErrors, ReentrantAccesses, FeatureNegotiationFailures, Notifications, RequestsCompleted, .. _device.Counters];
 
     public byte Status
     {
@@ -117,10 +118,11 @@ public abstract class VirtioPciDevice : PciFunction
         get { lock (Gate) { return _driverFeatures; } }
     }
 
-    protected int QueueCount => _queues.Length;
-    protected Virtqueue Queue(int index) => _queues[index];
-    protected bool DriverOk => (_status & (StatusDriverOk | StatusNeedsReset)) == StatusDriverOk;
-    protected bool IsNegotiated(int feature) => (_driverFeatures & 1UL << feature) != 0;
+    bool DriverOk => (_status & (StatusDriverOk | StatusNeedsReset)) == StatusDriverOk;
+    bool IsNegotiated(int feature) => (_driverFeatures & 1UL << feature) != 0;
+
+    bool IVirtioTransport.DriverOkLocked => DriverOk;
+    ulong IVirtioTransport.DriverFeaturesLocked => _driverFeatures;
 
     int AddVendorCapability(byte cfgType, uint offset, uint length, int capLength)
     {
@@ -134,39 +136,11 @@ public abstract class VirtioPciDevice : PciFunction
         return cap;
     }
 
-    // ---- hooks for devices ----
-
-    /// <summary>
-    /// Processes one request. Called under <see cref="Gate"/>. Write the response through
-    /// <paramref name="chain"/>; return false when the request is malformed (the queue then needs
-    /// a reset). A failed buffer access (<see cref="DescriptorChain.Faulted"/>) is handled by the caller.
-    /// </summary>
-    protected abstract bool HandleRequest(int queue, DescriptorChain chain);
-
-    /// <summary>Whether queue <paramref name="queue"/> should pop a buffer now (a receive queue only does with data to deliver).</summary>
-    protected virtual bool WantsBuffers(int queue) => true;
-
-    /// <summary>Extra feature validation at FEATURES_OK (under <see cref="Gate"/>).</summary>
-    protected virtual bool AcceptFeatures(ulong features) => true;
-
-    /// <summary>Device reset (under <see cref="Gate"/>): drop device state tied to the driver.</summary>
-    protected virtual void OnReset()
-    {
-    }
-
-    /// <summary>The driver set DRIVER_OK (under <see cref="Gate"/>).</summary>
-    protected virtual void OnDriverOk()
-    {
-    }
-
-    /// <summary>A driver write to the device configuration (under <see cref="Gate"/>); default: read-only, ignored.</summary>
-    protected virtual void OnDeviceConfigWrite(int offset, int size, ulong value) => BadAccesses.Increment();
-
     /// <summary>
     /// Processes the available buffers of <paramref name="queue"/> (under <see cref="Gate"/>) and
     /// records whether it must interrupt; call <see cref="FlushInterrupts"/> after releasing the lock.
     /// </summary>
-    protected void ProcessQueueLocked(int queue)
+    void ProcessQueueLocked(int queue)
     {
         if (!DriverOk)
         {
@@ -176,9 +150,10 @@ public abstract class VirtioPciDevice : PciFunction
         ushort start = q.UsedIndex;
         // Bounded work per call: a driver on another vCPU cannot keep this thread here forever.
         int budget = 64 * q.MaxSize;
-        while (budget-- > 0 && WantsBuffers(queue) && q.TryPop(out var chain))
+        var device = _device;
+        while (budget-- > 0 && device.WantsBuffers(queue) && q.TryPop(out var chain))
         {
-            bool ok = HandleRequest(queue, chain);
+            bool ok = device.HandleRequest(queue, chain);
             if (chain.Faulted)
             {
                 q.Fail(VirtqueueError.BufferNotMapped);
@@ -203,7 +178,7 @@ public abstract class VirtioPciDevice : PciFunction
     }
 
     /// <summary>Runs <see cref="ProcessQueueLocked"/> from a non-register path (e.g. console input arrived).</summary>
-    protected void Kick(int queue)
+    public void Kick(int queue)
     {
         lock (Gate)
         {
@@ -227,7 +202,7 @@ public abstract class VirtioPciDevice : PciFunction
     /// and, once the driver is running, a configuration change interrupt is recorded (4.1.4.5).
     /// Call under <see cref="Gate"/>, then <see cref="FlushInterrupts"/> after releasing it.
     /// </summary>
-    protected void DeviceConfigChangedLocked()
+    public void DeviceConfigChangedLocked()
     {
         _configGeneration++;
         if (DriverOk)
@@ -252,7 +227,7 @@ public abstract class VirtioPciDevice : PciFunction
     }
 
     /// <summary>Sends the interrupts recorded under the lock. Call without holding <see cref="Gate"/>.</summary>
-    protected void FlushInterrupts()
+    public void FlushInterrupts()
     {
         Span<ushort> vectors = stackalloc ushort[MaxQueues + 1];
         int count = 0;
@@ -322,9 +297,9 @@ public abstract class VirtioPciDevice : PciFunction
                 _isr = 0;
                 lowerIntx = true;
             }
-            else if (offset >= DeviceCfgOffset && offset + (uint)size <= DeviceCfgOffset + (ulong)DeviceConfig.Length)
+            else if (offset >= DeviceCfgOffset && offset + (uint)size <= DeviceCfgOffset + (ulong)_device.DeviceConfigSize)
             {
-                value = ReadLittleEndian(DeviceConfig.AsSpan((int)(offset - DeviceCfgOffset)), size);
+                value = _device.ReadConfig((int)(offset - DeviceCfgOffset), size);
             }
             else
             {
@@ -394,9 +369,12 @@ public abstract class VirtioPciDevice : PciFunction
             ProcessQueueLocked((int)((offset - NotifyOffset) / NotifyOffMultiplier));
             return false;
         }
-        if (offset >= DeviceCfgOffset && offset + (uint)size <= DeviceCfgOffset + (ulong)DeviceConfig.Length)
+        if (offset >= DeviceCfgOffset && offset + (uint)size <= DeviceCfgOffset + (ulong)_device.DeviceConfigSize)
         {
-            OnDeviceConfigWrite((int)(offset - DeviceCfgOffset), size, value);
+            if (!_device.WriteConfig((int)(offset - DeviceCfgOffset), size, value))
+            {
+                BadAccesses.Increment(); // read-only configuration
+            }
             return false;
         }
         BadAccesses.Increment(); // ISR is read-only; holes ignore writes
@@ -555,7 +533,7 @@ public abstract class VirtioPciDevice : PciFunction
         _status = (byte)((value & ~StatusNeedsReset) | (old & StatusNeedsReset));
         if ((_status & StatusDriverOk) != 0 && (old & StatusDriverOk) == 0)
         {
-            OnDriverOk();
+            _device.Activate();
             // Buffers the driver made available (and notified) before DRIVER_OK were not consumed
             // then (3.1.1: the device must not); take them now.
             for (int i = 0; i < _queues.Length; i++)
@@ -567,7 +545,7 @@ public abstract class VirtioPciDevice : PciFunction
     }
 
     bool FeaturesAcceptableLocked() =>
-        (_driverFeatures & ~_offeredFeatures) == 0 && IsNegotiated(FeatureVersion1) && AcceptFeatures(_driverFeatures);
+        (_driverFeatures & ~_offeredFeatures) == 0 && IsNegotiated(FeatureVersion1) && _device.AcceptFeatures(_driverFeatures);
 
     void ResetLocked()
     {
@@ -584,7 +562,7 @@ public abstract class VirtioPciDevice : PciFunction
         {
             q.Reset();
         }
-        OnReset();
+        _device.Reset();
     }
 
     // ---- 4.1.4.9 PCI configuration access capability ----
@@ -635,12 +613,4 @@ public abstract class VirtioPciDevice : PciFunction
         }
         return true;
     }
-
-    static ulong ReadLittleEndian(ReadOnlySpan<byte> bytes, int size) => size switch
-    {
-        1 => bytes[0],
-        2 => BinaryPrimitives.ReadUInt16LittleEndian(bytes),
-        4 => BinaryPrimitives.ReadUInt32LittleEndian(bytes),
-        _ => BinaryPrimitives.ReadUInt64LittleEndian(bytes),
-    };
 }

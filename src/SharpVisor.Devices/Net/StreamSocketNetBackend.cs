@@ -3,7 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using SharpVisor.Core;
 
-namespace SharpVisor.Devices.Virtio;
+namespace SharpVisor.Devices.Net;
 
 /// <summary>
 /// A network backend over one TCP stream, framed as QEMU's "-netdev socket" and "-netdev stream"
@@ -17,7 +17,7 @@ namespace SharpVisor.Devices.Virtio;
 /// guest sees its carrier go down and come back.</para>
 /// <para>Frames sent while no peer is connected are dropped (as a cable that is not plugged in). A
 /// send that cannot complete within <see cref="SendTimeoutMs"/> drops the connection, so a peer
-/// that stops reading cannot stall the vCPU. A length above <see cref="VirtioNet.MaxFrameLength"/>
+/// that stops reading cannot stall the vCPU. A length above <see cref="EthernetFrame.MaxLength"/>
 /// from the peer is a framing error: the connection is closed.</para>
 /// </remarks>
 public sealed class StreamSocketNetBackend : INetBackend
@@ -121,7 +121,7 @@ public sealed class StreamSocketNetBackend : INetBackend
 
     void Run()
     {
-        var frame = new byte[VirtioNet.MaxFrameLength];
+        var frame = new byte[EthernetFrame.MaxLength];
         var header = new byte[4];
         bool waitingReported = false;
         while (!_stop.IsCancellationRequested)

@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using SharpVisor.Core;
 
-namespace SharpVisor.Devices.Virtio;
+namespace SharpVisor.Devices.Net;
 
 /// <summary>
 /// A network backend on a Linux TAP interface (Documentation/networking/tuntap.rst): the guest's
@@ -159,7 +159,7 @@ public sealed unsafe partial class TapNetBackend : INetBackend
                     Log.Warn("net", $"tap {InterfaceName}: read failed: {Marshal.GetPInvokeErrorMessage(errno)}; receiving stopped");
                     return;
                 }
-                if (n > VirtioNet.MaxFrameLength)
+                if (n > EthernetFrame.MaxLength)
                 {
                     FramesDropped.Increment(); // the host's MTU is above what the device carries
                     continue;
