@@ -107,9 +107,8 @@ public abstract class VirtioDevice
     protected string Location => _transport?.Location ?? "--:--.-";
 
     /// <summary>The log of the VM the device's transport is attached to.</summary>
-    protected Log Log => _transport?.Log ?? _detachedLog;
-    /// <summary>Where a device with no transport logs (it has no queues, so it has nothing to say).</summary>
-    readonly Log _detachedLog = new(TextWriter.Null);
+    /// <remarks>A device with no transport has no queues, so it has nothing to say: its lines go nowhere.</remarks>
+    protected Log Log => _transport?.Log ?? new Log(TextWriter.Null);
 
     /// <summary>DRIVER_OK set and no DEVICE_NEEDS_RESET (under <see cref="Gate"/>).</summary>
     protected bool DriverOk => _transport?.DriverOkLocked ?? false;
