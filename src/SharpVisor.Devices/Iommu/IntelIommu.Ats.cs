@@ -405,8 +405,9 @@ public sealed partial class IntelIommu
             _outstandingDeviceInvalidations -= BitOperations.PopCount(state.Outstanding);
             state.Outstanding = 0;
         }
-        if (_stalledOnWait)
+        if (_stalledOnWait && QueuedInvalidationEnabled)
         {
+            // (With queued invalidation disabled meanwhile, IQH stays 0: 11.4.10.1.)
             Iqh = (Iqh + (_queueWide ? 32UL : 16UL)) % _queueBytes;
         }
         RaiseQueueError(VtdFsts.Ite);
