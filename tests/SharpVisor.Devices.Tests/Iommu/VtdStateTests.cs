@@ -239,6 +239,80 @@ public class VtdStateTests
         Assert.Equal(64UL, b.MmioRead(Iqh, 8));
     }
 
+    /// <summary>
+    /// Saved while the queue waits for a device-TLB invalidation completion (6.5.2.8): the
+    /// restored unit holds the same outstanding tag and the same time-out deadline, so the answer
+    /// releases the wait on both, and silence ends in the same Invalidation Time-out Error at the
+    /// same virtual time (6.5.2.10).
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void QueueWaitingForADeviceRoundTrips(bool deviceAnswers)
+    {
+        const long Timeout = 1_000_000;
+        var options = new VtdOptions { DeviceTlbInvalidationTimeoutNs = Timeout };
+        var clockA = new VirtualClock(ClockMode.Deterministic);
+        var timersA = new TimerQueue(clockA);
+        using var f = new VtdFixture(options, timersA);
+        var a = new Unit(f.Unit, f.Events, f.Apic);
+        var device = new RecordingAtsEndpoint();
+        f.Unit.AttachAtsEndpoint(Dev, device);
+        f.W32(Fectl, 0);
+        f.W64(Iqa, Queue);
+        f.Command(Qie);
+        clockA.SkipTo(250_000);
+        f.Ram.WriteU64(Queue, 3UL | ((ulong)Dev << 32));               // device-TLB invalidation (6.5.2.5)
+        f.Ram.WriteU64(Queue + 16, Bench.Wait(9));
+        f.Ram.WriteU64(Queue + 24, StatusAddr);
+        f.W64(Iqt, 32);
+        Assert.Equal(16UL, a.R64(Iqh));                                  // stalled on the wait
+        var state = f.Unit.SaveState();
+        Assert.True(state.QueueStalled && state.StalledOnWait);
+        Assert.Equal(250_000 + Timeout, state.InvalidationDeadlineNs);
+        Assert.Equal(device.AllTags, Assert.Single(state.OutstandingInvalidations).Tags);
+
+        // The destination machine: its own clock at the same virtual time, the device wired first.
+        var clockB = new VirtualClock(ClockMode.Deterministic);
+        clockB.SkipTo(250_000);
+        var timersB = new TimerQueue(clockB);
+        var eventsB = new RecordingMsiSink();
+        var apicB = new RecordingApicBus();
+        var b = new Unit(new IntelIommu(options, f.Ram, eventsB, apicB, timers: timersB), eventsB, apicB);
+        b.Iommu.AttachAtsEndpoint(Dev, new RecordingAtsEndpoint());
+        b.Iommu.RestoreState(state);
+        Assert.Equal(a.Registers(), b.Registers());
+
+        if (deviceAnswers)
+        {
+            Same(a, b, u =>
+            {
+                f.Ram.WriteU32(StatusAddr, 0);
+                u.Iommu.CompleteDeviceTlbInvalidation(Dev, device.AllTags);
+                return f.Ram.ReadU32(StatusAddr);
+            });
+            Assert.Equal(32UL, b.R64(Iqh));
+        }
+        else
+        {
+            foreach (var (clock, timers) in new[] { (clockA, timersA), (clockB, timersB) })
+            {
+                clock.SkipTo(250_000 + Timeout - 1);
+                timers.RunExpired();
+            }
+            Assert.Equal(a.Registers(), b.Registers());
+            Assert.Equal(16UL, b.R64(Iqh));                              // not yet
+            Same(a, b, u =>
+            {
+                var (clock, timers) = u == a ? (clockA, timersA) : (clockB, timersB);
+                clock.SkipTo(250_000 + Timeout);
+                timers.RunExpired();
+                return u.Events.Messages.ToArray();
+            });
+            Assert.Equal(1u << 6, b.Iommu.MmioRead(Fsts, 4) & (1u << 6)); // ITE
+        }
+    }
+
     // ---- refusal ----
 
     static VtdState WithRegister(VtdState s, int offset, Func<uint, uint> change)
