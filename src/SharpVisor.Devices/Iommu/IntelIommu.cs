@@ -15,7 +15,9 @@ namespace SharpVisor.Devices.Iommu;
 /// every MSI (devices and IOAPIC) through <see cref="InterruptRemapper"/>. The unit's own fault
 /// and invalidation-completion events go to the event sink given here, which must be the
 /// platform's direct (non-remapped) MSI path (spec 5.1.6: these are not subject to remapping).
-/// All state is guarded by one lock; messages are sent after it is released.
+/// All state is guarded by one lock; messages are sent after it is released. The registers are a
+/// data table (VtdRegisterFile.cs); the guest-visible state is saved and restored as a
+/// <see cref="VtdState"/> (IntelIommu.State.cs).
 /// <para>
 /// Scalable mode (ECAP.SMTS; IntelIommu.Scalable.cs): RTADDR.TTM=01b selects scalable-mode root
 /// and context entries, PASID directory/table lookups through the PASID cache, and first-level
