@@ -11,10 +11,10 @@ namespace SharpVisor.Devices.Iommu;
 /// </summary>
 /// <remarks>
 /// No cache is in it (IOTLB, context, PASID, paging-structure and interrupt entry caches, the
-/// per-requester snapshots): chapter 6 (6.2, "Address Translation Caches") leaves it to the
-/// implementation what is cached and for how long, software can rely only on invalidation to
-/// remove an entry and never on one staying, so a restored unit that starts with empty caches is
-/// one a guest cannot tell apart. Device-TLBs belong to the devices (their own state).
+/// per-requester snapshots): chapter 6 (6.2, "Address Translation Caches") leaves which caches
+/// exist, their size and what they hold to the implementation, and software keeps them coherent
+/// only by invalidating (6.5), never by relying on an entry being cached; so a restored unit that
+/// starts with empty caches is one a guest cannot tell apart. Device-TLBs belong to the devices.
 /// </remarks>
 public sealed record VtdState
 {
