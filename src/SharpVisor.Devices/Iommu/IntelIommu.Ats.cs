@@ -67,7 +67,10 @@ public sealed partial class IntelIommu
     bool _queueStalled;
     bool _stalledOnWait;        // the stalled descriptor is an invalidation wait (else a device-TLB invalidation short of tags)
     bool _dispatching;
+    readonly TimerQueue? _timers;
     readonly TimerQueue.Timer? _invalidationTimer;
+    /// <summary>Virtual time at which a stalled queue gives up on the devices (meaningful while the timer is armed).</summary>
+    long _invalidationDeadlineNs;
 
     /// <summary>
     /// Connects the ATS endpoint of <paramref name="requesterId"/> (a PCI function whose ATS
@@ -376,7 +379,8 @@ public sealed partial class IntelIommu
         _stalledOnWait = onWait;
         if (_invalidationTimer is { IsArmed: false })
         {
-            _invalidationTimer.ArmAfter(_options.DeviceTlbInvalidationTimeoutNs);
+            _invalidationDeadlineNs = _timers!.Clock.NowNs + _options.DeviceTlbInvalidationTimeoutNs;
+            _invalidationTimer.ArmAt(_invalidationDeadlineNs);
         }
     }
 
@@ -401,9 +405,10 @@ public sealed partial class IntelIommu
             _outstandingDeviceInvalidations -= BitOperations.PopCount(state.Outstanding);
             state.Outstanding = 0;
         }
-        if (_stalledOnWait)
+        if (_stalledOnWait && QueuedInvalidationEnabled)
         {
-            _iqh = (_iqh + (WideDescriptors ? 32UL : 16UL)) % QueueBytes;
+            // (With queued invalidation disabled meanwhile, IQH stays 0: 11.4.10.1.)
+            Iqh = (Iqh + (_queueWide ? 32UL : 16UL)) % _queueBytes;
         }
         RaiseQueueError(VtdFsts.Ite);
     }

@@ -36,7 +36,7 @@ public sealed partial class IntelIommu
             Counters.FaultsSuppressedByFpd.Increment();
             return;
         }
-        if ((_fsts & VtdFsts.Pfo) != 0)
+        if (_regs.Test32(VtdReg.Fsts, VtdFsts.Pfo))
         {
             // 7.2.1: while PFO is set, new faults are neither recorded nor reported.
             Counters.FaultsOverflowed.Increment();
@@ -50,44 +50,50 @@ public sealed partial class IntelIommu
         }
         // 7.2.1 allows compressing a fault identical to the one last recorded and still pending
         // (same source, reason, type and address): a device retrying a bad DMA fills one record.
-        if (_lastFaultIndex >= 0 && _faultHigh[_lastFaultIndex] == high && _faultLow[_lastFaultIndex] == low)
+        if (_lastFaultIndex >= 0 && FaultHigh(_lastFaultIndex) == high && FaultLow(_lastFaultIndex) == low)
         {
             Counters.FaultsCompressed.Increment();
             return;
         }
         bool hadCondition = EventConditionPending();
         int index = _nextFaultIndex;
-        if ((_faultHigh[index] & FaultF) != 0)
+        if ((FaultHigh(index) & FaultF) != 0)
         {
             // Every record is still held by software: overflow.
-            _fsts |= VtdFsts.Pfo;
+            _regs.SetBits32(VtdReg.Fsts, VtdFsts.Pfo, true);
             Counters.FaultsOverflowed.Increment();
         }
         else
         {
-            if (!PrimaryPendingFault())
+            uint fsts = _regs.Read32(VtdReg.Fsts);
+            if ((fsts & VtdFsts.Ppf) == 0)
             {
                 // FRI: the record holding the first pending fault (11.4.9.2).
-                _fsts = (_fsts & ~(0xFFu << VtdFsts.FriShift)) | ((uint)index << VtdFsts.FriShift);
+                fsts = (fsts & ~(0xFFu << VtdFsts.FriShift)) | ((uint)index << VtdFsts.FriShift);
             }
-            _faultLow[index] = low;
-            _faultHigh[index] = high;
+            _regs.Set32(VtdReg.Fsts, fsts | VtdFsts.Ppf);
+            _regs.Set64(FaultRecordOffset(index), low);
+            _regs.Set64(FaultRecordOffset(index) + 8, high);
             _lastFaultIndex = index;
-            _nextFaultIndex = (index + 1) % _faultLow.Length;
+            _nextFaultIndex = (index + 1) % _options.FaultRecordingRegisters;
             Counters.FaultsRecorded.Increment();
         }
         // 11.4.9.3: setting a status field when another one is already set is not a new event.
         if (!hadCondition)
         {
-            RaiseEvent(ref _fectl, ref _faultEventPending, FaultEventMessage(), Counters.FaultEvents);
+            RaiseEvent(VtdReg.Fectl, FaultEventMessage(), Counters.FaultEvents);
         }
     }
 
+    int FaultRecordOffset(int index) => _options.FaultRecordingOffset + 16 * index;
+    ulong FaultLow(int index) => _regs.Read64(FaultRecordOffset(index));
+    ulong FaultHigh(int index) => _regs.Read64(FaultRecordOffset(index) + 8);
+
     bool PrimaryPendingFault()
     {
-        foreach (ulong h in _faultHigh)
+        for (int i = 0; i < _options.FaultRecordingRegisters; i++)
         {
-            if ((h & FaultF) != 0)
+            if ((FaultHigh(i) & FaultF) != 0)
             {
                 return true;
             }
@@ -95,27 +101,26 @@ public sealed partial class IntelIommu
         return false;
     }
 
-    bool EventConditionPending() => (_fsts & VtdFsts.EventConditions) != 0 || PrimaryPendingFault();
+    /// <summary>FSTS.PPF is set while any fault record holds F (11.4.9.2), so it counts as a status condition too.</summary>
+    bool EventConditionPending() => _regs.Test32(VtdReg.Fsts, VtdFsts.EventConditions);
 
-    uint FaultStatus() => _fsts | (PrimaryPendingFault() ? VtdFsts.Ppf : 0);
-
-    void ClearFaultRecord(int index)
+    /// <summary>Software wrote 1 to a record's F (RW1C, already cleared by the register file).</summary>
+    void FaultRecordReleased(int index)
     {
-        _faultHigh[index] &= ~FaultF;
         if (_lastFaultIndex == index)
         {
             _lastFaultIndex = -1;
         }
+        _regs.SetBits32(VtdReg.Fsts, VtdFsts.Ppf, PrimaryPendingFault());
         ClearEventPendingIfServiced();
     }
 
-    void WriteFaultStatus(uint value)
+    /// <summary>FSTS written: PFO, IQE, ICE, ITE are RW1C and already cleared by the register file (11.4.9.2).</summary>
+    void FaultStatusWritten(uint previous)
     {
-        // PFO, IQE, ICE, ITE are RW1C; PPF and FRI are RO; the rest is reserved (11.4.9.2).
-        bool queueWasStopped = (_fsts & (VtdFsts.Iqe | VtdFsts.Ite)) != 0;
-        _fsts &= ~(value & VtdFsts.Rw1cMask);
+        bool queueWasStopped = (previous & (VtdFsts.Iqe | VtdFsts.Ite)) != 0;
         ClearEventPendingIfServiced();
-        if (queueWasStopped && (_fsts & (VtdFsts.Iqe | VtdFsts.Ite)) == 0)
+        if (queueWasStopped && !_regs.Test32(VtdReg.Fsts, VtdFsts.Iqe | VtdFsts.Ite))
         {
             // 6.5.2.10: once software clears IQE, fetching resumes at IQH (Linux's qi_check_fault
             // overwrites the bad descriptor with its wait descriptor before clearing IQE).
@@ -128,8 +133,7 @@ public sealed partial class IntelIommu
     {
         if (!EventConditionPending())
         {
-            _faultEventPending = false;
-            _fectl &= ~VtdEventCtl.Ip;
+            _regs.SetBits32(VtdReg.Fectl, VtdEventCtl.Ip, false);
         }
     }
 
@@ -137,10 +141,10 @@ public sealed partial class IntelIommu
     void RaiseQueueError(uint statusBit)
     {
         bool hadCondition = EventConditionPending();
-        _fsts |= statusBit;
+        _regs.SetBits32(VtdReg.Fsts, statusBit, true);
         if (!hadCondition)
         {
-            RaiseEvent(ref _fectl, ref _faultEventPending, FaultEventMessage(), Counters.FaultEvents);
+            RaiseEvent(VtdReg.Fectl, FaultEventMessage(), Counters.FaultEvents);
         }
     }
 }

@@ -20,8 +20,7 @@ internal struct VtdIrte
 /// <summary>Interrupt remapping (VT-d spec chapter 5; IRTA 11.4.11.1; IRTE 9.10).</summary>
 public sealed partial class IntelIommu
 {
-    ulong _irta;            // as last written
-    ulong _activeIrta;      // latched by GCMD.SIRTP
+    ulong _activeIrta;      // IRTA latched by GCMD.SIRTP (11.4.4.1)
     readonly VtdIrte[] _iec;
     readonly int[] _iecIndex;   // interrupt index held by each slot, -1 when empty
 
@@ -53,7 +52,7 @@ public sealed partial class IntelIommu
         lock (_lock)
         {
             Counters.InterruptRequests.Increment();
-            if ((_gsts & VtdGcmd.Ire) == 0)
+            if (!_regs.Test32(VtdReg.Gsts, VtdGcmd.Ire))
             {
                 // 5.1: with interrupt remapping disabled every request is handled in compatibility format.
                 Counters.InterruptsPassedThrough.Increment();
@@ -63,7 +62,7 @@ public sealed partial class IntelIommu
             if (!MsiMessage.IsRemappable(address))
             {
                 // 5.1.2.1: compatibility format passes only with GSTS.CFIS set.
-                if ((_gsts & VtdGcmd.Cfi) != 0)
+                if (_regs.Test32(VtdReg.Gsts, VtdGcmd.Cfi))
                 {
                     Counters.InterruptsPassedThrough.Increment();
                     interrupt = MsiMessage.DecodeCompatibility(address, data);

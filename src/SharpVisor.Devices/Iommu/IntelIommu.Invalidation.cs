@@ -9,10 +9,27 @@ namespace SharpVisor.Devices.Iommu;
 /// </summary>
 public sealed partial class IntelIommu
 {
-    ulong _iqh, _iqt, _iqa;
-    uint _ics;
-    uint _iectl = VtdEventCtl.Im;   // 11.4.10.5: IM resets to 1
-    uint _iedata, _ieaddr, _ieuaddr;
+    // The queue's geometry as latched from IQA when queued invalidation was last enabled
+    // (6.5.2: software programs IQA before setting GCMD.QIE; QEMU latches it at that point too).
+    ulong _queueBase;
+    ulong _queueBytes = 4096;
+    bool _queueWide;
+
+    ulong Iqh
+    {
+        get => _regs.Read64(VtdReg.Iqh);
+        set => _regs.Set64(VtdReg.Iqh, value);
+    }
+
+    ulong Iqt => _regs.Read64(VtdReg.Iqt);
+
+    void LatchQueue()
+    {
+        ulong iqa = _regs.Read64(VtdReg.Iqa);
+        _queueBase = iqa & _hawPageMask;
+        _queueBytes = 4096UL << (int)(iqa & 7);         // QS: 2^QS 4 KiB pages
+        _queueWide = (iqa & 0x800) != 0;                // DW: 256-bit descriptors (implemented only with ECAP.SMTS)
+    }
 
     // ---- shared invalidation actions ----
 
@@ -119,7 +136,8 @@ public sealed partial class IntelIommu
     /// <summary>CCMD with ICC=1 (11.4.6): CIRG 62:61, FM 33:32, SID 31:16, DID 15:0.</summary>
     void ExecuteContextCommand()
     {
-        int requested = (int)(_ccmd >> 61) & 3;
+        ulong ccmd = _regs.Read64(VtdReg.Ccmd);
+        int requested = (int)(ccmd >> 61) & 3;
         int actual = requested;
         if (QueuedInvalidationEnabled)
         {
@@ -134,40 +152,19 @@ public sealed partial class IntelIommu
         }
         else
         {
-            InvalidateContextCache(requested, (ushort)_ccmd, (ushort)(_ccmd >> 16), (int)(_ccmd >> 32) & 3);
+            InvalidateContextCache(requested, (ushort)ccmd, (ushort)(ccmd >> 16), (int)(ccmd >> 32) & 3);
         }
         // ICC clears on completion; CAIG (60:59) reports the granularity performed (0: rejected).
-        _ccmd = (_ccmd & ~((1UL << 63) | (3UL << 59))) | ((ulong)actual << 59);
+        _regs.Set64(VtdReg.Ccmd, (ccmd & ~((1UL << 63) | (3UL << 59))) | ((ulong)actual << 59));
     }
 
-    /// <summary>IVA (offset 0, 11.4.8.2) and IOTLB (offset 8, 11.4.8.1) registers.</summary>
-    void WriteIotlbRegisters(int offset, uint value)
-    {
-        switch (offset)
-        {
-            case 0:
-                // IVA: ADDR 63:12, IH 6, AM 5:0; bits 11:7 reserved.
-                _iva = (_iva & 0xFFFF_FFFF_0000_0000UL) | (value & 0xFFFF_F07Fu);
-                break;
-            case 4:
-                _iva = (_iva & 0xFFFF_FFFFUL) | ((ulong)value << 32);
-                break;
-            case 8:
-                break; // IOTLB bits 31:0 are reserved
-            case 12:
-                // IVT 63, IIRG 61:60, IAIG 58:57 (RO), DR 49, DW 48, DID 47:32.
-                _iotlbReg = ((ulong)(value & 0xB003_FFFFu) << 32);
-                if ((value & (1u << 31)) != 0)
-                {
-                    ExecuteIotlbCommand();
-                }
-                break;
-        }
-    }
-
+    /// <summary>IOTLB with IVT=1 (11.4.8.1): IIRG 61:60, DID 47:32; the page range is in IVA (11.4.8.2).</summary>
     void ExecuteIotlbCommand()
     {
-        int requested = (int)(_iotlbReg >> 60) & 3;
+        int iotlbOffset = _options.IotlbRegisterOffset + 8;
+        ulong iotlb = _regs.Read64(iotlbOffset);
+        ulong iva = _regs.Read64(_options.IotlbRegisterOffset);
+        int requested = (int)(iotlb >> 60) & 3;
         int actual;
         if (QueuedInvalidationEnabled)
         {
@@ -182,39 +179,20 @@ public sealed partial class IntelIommu
         }
         else
         {
-            actual = InvalidateIotlb(requested, (ushort)(_iotlbReg >> 32), _iva & PageMask4K, (int)(_iva & 0x3F), (_iva & (1 << 6)) != 0);
+            actual = InvalidateIotlb(requested, (ushort)(iotlb >> 32), iva & PageMask4K, (int)(iva & 0x3F), (iva & (1 << 6)) != 0);
         }
-        _iotlbReg = (_iotlbReg & ~((1UL << 63) | (3UL << 57))) | ((ulong)actual << 57);
+        // IVT clears on completion; IAIG (58:57) reports the granularity performed (0: rejected).
+        _regs.Set64(iotlbOffset, (iotlb & ~((1UL << 63) | (3UL << 57))) | ((ulong)actual << 57));
     }
 
     // ---- queued invalidation (6.5.2) ----
 
-    void WriteQueueAddressLow(uint value)
+    /// <summary>ICS written (11.4.10.4): IWC is RW1C (already cleared); writing it 1 services the invalidation event.</summary>
+    void CompletionStatusWritten(uint value)
     {
-        // IQA (11.4.10.3): IQA 63:12, DW 11 (256-bit descriptors, implemented only with ECAP.SMTS), QS 2:0.
-        _iqa = (_iqa & 0xFFFF_FFFF_0000_0000UL) | (value & (0xFFFF_F007u | (_options.ScalableMode ? 0x800u : 0)));
-    }
-
-    /// <summary>IQA.DW: the queue holds 256-bit descriptors (Linux sets it whenever ECAP.SMTS is present).</summary>
-    bool WideDescriptors => (_iqa & 0x800) != 0;
-
-    ulong QueueBytes => 4096UL << (int)(_iqa & 7);
-
-    void WriteQueueTail(uint value)
-    {
-        // IQT (11.4.10.2): QT 18:4 for 128-bit descriptors; the rest is reserved.
-        _iqt = value & 0x7_FFF0u;
-        ProcessQueue();
-    }
-
-    void WriteInvalidationCompletionStatus(uint value)
-    {
-        // ICS (11.4.10.4): IWC (bit 0) is RW1C; clearing it services a pending invalidation event.
         if ((value & 1) != 0)
         {
-            _ics &= ~1u;
-            _invalidationEventPending = false;
-            _iectl &= ~VtdEventCtl.Ip;
+            _regs.SetBits32(VtdReg.Iectl, VtdEventCtl.Ip, false);
         }
     }
 
@@ -228,38 +206,40 @@ public sealed partial class IntelIommu
     {
         // Stopped by a queue error or a device-TLB time-out until software clears it (6.5.2.10),
         // or stalled waiting for device-TLB invalidation completions.
-        if (!QueuedInvalidationEnabled || (_fsts & (VtdFsts.Iqe | VtdFsts.Ite)) != 0 || _queueStalled)
+        if (!QueuedInvalidationEnabled || _regs.Test32(VtdReg.Fsts, VtdFsts.Iqe | VtdFsts.Ite) || _queueStalled)
         {
             return;
         }
         // The descriptors about to run may invalidate anything: the lock-free snapshots go first,
         // before any wait descriptor can report completion.
         InvalidateSnapshots();
-        ulong size = QueueBytes;
-        if (_iqt >= size)
+        ulong size = _queueBytes;
+        ulong tail = Iqt;
+        if (tail >= size)
         {
             // A tail beyond the queue cannot be reached: treat as a queue error at the current head.
             Counters.QueueErrors.Increment();
-            Log.Once($"{Name}.iqt_range", Name, $"IQT 0x{_iqt:x} beyond the {size}-byte invalidation queue");
+            Log.Once($"{Name}.iqt_range", Name, $"IQT 0x{tail:x} beyond the {size}-byte invalidation queue");
             RaiseQueueError(VtdFsts.Iqe);
             return;
         }
-        bool wide = WideDescriptors;
+        bool wide = _queueWide;
         int descriptorBytes = wide ? 32 : 16;
-        if (wide && ((_iqt | _iqh) & 0x10) != 0)
+        ulong head = Iqh;
+        if (wide && ((tail | head) & 0x10) != 0)
         {
             // 11.4.10.2: with 256-bit descriptors QT bit 4 is reserved (QT counts 32-byte units).
             Counters.QueueErrors.Increment();
-            Log.Once($"{Name}.iqt_dw", Name, $"IQT 0x{_iqt:x} is not 32-byte aligned with 256-bit descriptors");
+            Log.Once($"{Name}.iqt_dw", Name, $"IQT 0x{tail:x} is not 32-byte aligned with 256-bit descriptors");
             RaiseQueueError(VtdFsts.Iqe);
             return;
         }
-        ulong queueBase = _iqa & _hawPageMask;
+        ulong queueBase = _queueBase;
         Span<ulong> d = stackalloc ulong[4];
-        while (_iqh != _iqt)
+        while (head != tail)
         {
             d.Clear();
-            if (!_ram.TryRead(queueBase + _iqh, MemoryMarshal.AsBytes(d[..(descriptorBytes / 8)])))
+            if (!_ram.TryRead(queueBase + head, MemoryMarshal.AsBytes(d[..(descriptorBytes / 8)])))
             {
                 Counters.QueueErrors.Increment();
                 Log.Once($"{Name}.iq_fetch", Name, $"invalidation queue at 0x{queueBase:x} is not guest RAM");
@@ -280,7 +260,8 @@ public sealed partial class IntelIommu
                 RaiseQueueError(VtdFsts.Iqe);
                 return;
             }
-            _iqh = (_iqh + (ulong)descriptorBytes) % size;
+            head = (head + (ulong)descriptorBytes) % size;
+            Iqh = head;
         }
     }
 
@@ -535,10 +516,10 @@ public sealed partial class IntelIommu
         if ((lo & (1UL << 4)) != 0)
         {
             // 11.4.10.4: IWC already set means no new interrupt condition.
-            if ((_ics & 1) == 0)
+            if (!_regs.Test32(VtdReg.Ics, 1))
             {
-                _ics |= 1;
-                RaiseEvent(ref _iectl, ref _invalidationEventPending, InvalidationEventMessage(), Counters.InvalidationEvents);
+                _regs.SetBits32(VtdReg.Ics, 1, true);
+                RaiseEvent(VtdReg.Iectl, InvalidationEventMessage(), Counters.InvalidationEvents);
             }
         }
         return DescriptorOutcome.Done;

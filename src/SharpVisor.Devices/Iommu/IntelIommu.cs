@@ -15,7 +15,9 @@ namespace SharpVisor.Devices.Iommu;
 /// every MSI (devices and IOAPIC) through <see cref="InterruptRemapper"/>. The unit's own fault
 /// and invalidation-completion events go to the event sink given here, which must be the
 /// platform's direct (non-remapped) MSI path (spec 5.1.6: these are not subject to remapping).
-/// All state is guarded by one lock; messages are sent after it is released.
+/// All state is guarded by one lock; messages are sent after it is released. The registers are a
+/// data table (VtdRegisterFile.cs); the guest-visible state is saved and restored as a
+/// <see cref="VtdState"/> (IntelIommu.State.cs).
 /// <para>
 /// Scalable mode (ECAP.SMTS; IntelIommu.Scalable.cs): RTADDR.TTM=01b selects scalable-mode root
 /// and context entries, PASID directory/table lookups through the PASID cache, and first-level
@@ -53,23 +55,17 @@ public sealed partial class IntelIommu : IMmioDevice
     /// <summary>Null when <see cref="VtdOptions.PagingStructureCaches"/> is off.</summary>
     readonly VtdPagingStructureCache? _psc;
 
-    // ---- register state (11.4) ----
-    uint _gsts;
-    ulong _rtaddr;              // 11.4.5, as last written
-    ulong _activeRootTable;     // latched by GCMD.SRTP
-    int _activeTableMode;       // RTADDR.TTM latched by GCMD.SRTP: 0 legacy, 1 scalable
-    ulong _ccmd;
-    uint _fsts;                 // PFO, IQE, ICE, ITE and FRI; PPF is derived from the F bits
-    uint _fectl = VtdEventCtl.Im;   // 11.4.9.3: IM resets to 1
-    uint _fedata, _feaddr, _feuaddr;
-    uint _pmen;
-    uint _plmbase, _plmlimit;
-    ulong _phmbase, _phmlimit;
-    ulong _iva, _iotlbReg;
+    // ---- registers (chapter 11) ----
+    /// <summary>Every register as the guest reads it, with the layout's masks (VtdRegisterFile.cs).</summary>
+    readonly VtdRegisterFile _regs;
+    readonly int _regionBytes;
 
-    // Fault recording registers (11.4.9.7): two quadwords each.
-    readonly ulong[] _faultLow;
-    readonly ulong[] _faultHigh;
+    // ---- latched fields: what the unit acts on, copied from registers at a command ----
+    ulong _activeRootTable;     // RTADDR.RTA latched by GCMD.SRTP (11.4.4.1)
+    int _activeTableMode;       // RTADDR.TTM latched by GCMD.SRTP: 0 legacy, 1 scalable
+
+    // Fault recording (7.2.1): where the next fault goes, and the last one recorded while it is
+    // still pending (for compressing repeats).
     int _nextFaultIndex;
     int _lastFaultIndex = -1;
 
@@ -97,8 +93,9 @@ public sealed partial class IntelIommu : IMmioDevice
         _iotlb = new VtdIotlb(options.IotlbSets, options.IotlbWays);
         _pasidCache = new VtdPasidCache(options.PasidCacheSets, options.PasidCacheWays);
         _psc = options.PagingStructureCaches ? new VtdPagingStructureCache(options.PagingStructureCacheSets, options.PagingStructureCacheWays) : null;
-        _faultLow = new ulong[options.FaultRecordingRegisters];
-        _faultHigh = new ulong[options.FaultRecordingRegisters];
+        _regionBytes = (int)options.RegionSize;
+        _regs = new VtdRegisterFile(VtdRegisterSpec.Layout(options, _cap, _ecap), _regionBytes);
+        _timers = timers;
         _iec = new VtdIrte[options.InterruptEntryCacheEntries];
         _iecIndex = new int[options.InterruptEntryCacheEntries];
         Array.Fill(_iecIndex, -1);
@@ -206,192 +203,66 @@ public sealed partial class IntelIommu : IMmioDevice
         DrainOutbox();
     }
 
-    uint ReadDword(int offset)
-    {
-        int iro = _options.IotlbRegisterOffset;
-        int fro = _options.FaultRecordingOffset;
-        if (offset >= iro && offset < iro + 16)
-        {
-            return (offset - iro) switch
-            {
-                0 => (uint)_iva,
-                4 => (uint)(_iva >> 32),
-                8 => (uint)_iotlbReg,
-                _ => (uint)(_iotlbReg >> 32),
-            };
-        }
-        if (offset >= fro && offset < fro + 16 * _faultLow.Length)
-        {
-            int i = (offset - fro) / 16;
-            return ((offset - fro) & 15) switch
-            {
-                0 => (uint)_faultLow[i],
-                4 => (uint)(_faultLow[i] >> 32),
-                8 => (uint)_faultHigh[i],
-                _ => (uint)(_faultHigh[i] >> 32),
-            };
-        }
-        bool pmr = _options.ProtectedMemoryRegions, qi = _options.QueuedInvalidation, ir = _options.InterruptRemapping;
-        return offset switch
-        {
-            VtdReg.Ver => _options.Version,
-            VtdReg.Cap => (uint)_cap,
-            VtdReg.Cap + 4 => (uint)(_cap >> 32),
-            VtdReg.Ecap => (uint)_ecap,
-            VtdReg.Ecap + 4 => (uint)(_ecap >> 32),
-            VtdReg.Gcmd => 0, // write only (11.4.4.1)
-            VtdReg.Gsts => _gsts,
-            VtdReg.Rtaddr => (uint)_rtaddr,
-            VtdReg.Rtaddr + 4 => (uint)(_rtaddr >> 32),
-            VtdReg.Ccmd => (uint)_ccmd,
-            VtdReg.Ccmd + 4 => (uint)(_ccmd >> 32),
-            VtdReg.Fsts => FaultStatus(),
-            VtdReg.Fectl => _fectl,
-            VtdReg.Fedata => _fedata,
-            VtdReg.Feaddr => _feaddr,
-            VtdReg.Feuaddr => _feuaddr,
-            VtdReg.Pmen when pmr => _pmen,
-            VtdReg.Plmbase when pmr => _plmbase,
-            VtdReg.Plmlimit when pmr => _plmlimit,
-            VtdReg.Phmbase when pmr => (uint)_phmbase,
-            VtdReg.Phmbase + 4 when pmr => (uint)(_phmbase >> 32),
-            VtdReg.Phmlimit when pmr => (uint)_phmlimit,
-            VtdReg.Phmlimit + 4 when pmr => (uint)(_phmlimit >> 32),
-            VtdReg.Iqh when qi => (uint)_iqh,
-            VtdReg.Iqh + 4 when qi => 0,
-            VtdReg.Iqt when qi => (uint)_iqt,
-            VtdReg.Iqt + 4 when qi => 0,
-            VtdReg.Iqa when qi => (uint)_iqa,
-            VtdReg.Iqa + 4 when qi => (uint)(_iqa >> 32),
-            VtdReg.Ics when qi => _ics,
-            VtdReg.Iectl when qi => _iectl,
-            VtdReg.Iedata when qi => _iedata,
-            VtdReg.Ieaddr when qi => _ieaddr,
-            VtdReg.Ieuaddr when qi => _ieuaddr,
-            // IQERCD (11.4.10.9) reads 0: IQEI=0 means "no error information" (allowed by the spec).
-            VtdReg.Irta when ir => (uint)_irta,
-            VtdReg.Irta + 4 when ir => (uint)(_irta >> 32),
-            _ => 0, // reserved: reads as zero (11.2)
-        };
-    }
+    /// <summary>Reserved offsets read as zero (11.2): the register file holds zeros there.</summary>
+    uint ReadDword(int offset) => offset < _regionBytes ? _regs.Read32(offset) : 0;
 
+    /// <summary>
+    /// One dword of a software write: the register file stores the RW bits and clears the RW1C
+    /// bits written as 1 (VtdRegisterFile.Write); a register whose write starts an action then
+    /// runs its handler. Writes to read-only fields change nothing; writes to reserved offsets are
+    /// ignored (11.2) and counted.
+    /// </summary>
     void WriteDword(int offset, uint value)
     {
-        int iro = _options.IotlbRegisterOffset;
-        int fro = _options.FaultRecordingOffset;
-        if (offset >= iro && offset < iro + 16)
+        if (offset >= _regionBytes || !_regs.IsImplemented(offset))
         {
-            WriteIotlbRegisters(offset - iro, value);
+            Counters.GuestRegisterErrors.Increment();
+            Log.Once($"{Name}.reserved_write", Name, $"write to reserved register offset 0x{offset:x} ignored");
             return;
         }
-        if (offset >= fro && offset < fro + 16 * _faultLow.Length)
+        switch (_regs.Write(offset, value, out uint previous))
         {
-            // Only F (bit 127) is writable, RW1C (11.4.9.7): it lives in the last dword.
-            if (((offset - fro) & 15) == 12 && (value & (1u << 31)) != 0)
-            {
-                ClearFaultRecord((offset - fro) / 16);
-            }
-            return;
-        }
-        bool pmr = _options.ProtectedMemoryRegions, qi = _options.QueuedInvalidation, ir = _options.InterruptRemapping;
-        switch (offset)
-        {
-            case VtdReg.Gcmd:
+            case VtdRegisterEffect.None:
+                break;
+            case VtdRegisterEffect.GlobalCommand:
                 WriteGlobalCommand(value);
                 break;
-            case VtdReg.Rtaddr:
-                // 11.4.5: RTA is bits 63:12; TTM (11:10) selects legacy (00) or scalable (01) mode.
-                // Without ECAP.SMTS, TTM is reserved and reads 0.
-                _rtaddr = (_rtaddr & 0xFFFF_FFFF_0000_0000UL) | (value & (0xFFFF_F000u | (_options.ScalableMode ? 0xC00u : 0)));
-                break;
-            case VtdReg.Rtaddr + 4:
-                _rtaddr = (_rtaddr & 0xFFFF_FFFFUL) | ((ulong)value << 32);
-                _rtaddr &= (1UL << _options.HostAddressWidth) - 1; // bits above HAW are not implemented
-                break;
-            case VtdReg.Ccmd:
-                _ccmd = (_ccmd & 0xFFFF_FFFF_0000_0000UL) | value;
-                break;
-            case VtdReg.Ccmd + 4:
-                // ICC (63), CIRG (62:61) and FM (33:32) are writable; CAIG (60:59) is RO; the rest reserved.
-                _ccmd = (_ccmd & (0xFFFF_FFFFUL | (3UL << 59))) | ((ulong)(value & 0xE000_0003u) << 32);
-                if ((_ccmd & (1UL << 63)) != 0)
+            case VtdRegisterEffect.ContextCommand:
+                if (_regs.Test32(VtdReg.Ccmd + 4, 1u << 31))
                 {
                     ExecuteContextCommand();
                 }
                 break;
-            case VtdReg.Fsts:
-                WriteFaultStatus(value);
+            case VtdRegisterEffect.IotlbCommand:
+                if (_regs.Test32(offset, 1u << 31))
+                {
+                    ExecuteIotlbCommand();
+                }
                 break;
-            case VtdReg.Fectl:
-                _fectl = WriteEventControl(_fectl, value, ref _faultEventPending, FaultEventMessage(), Counters.FaultEvents);
+            case VtdRegisterEffect.FaultStatus:
+                FaultStatusWritten(previous);
                 break;
-            case VtdReg.Fedata:
-                // 11.4.9.4: bits 15:0 IMD; EIMD (31:16) only with 32-bit message data, not implemented.
-                _fedata = value & 0xFFFF;
+            case VtdRegisterEffect.FaultRecord:
+                if ((value & (1u << 31)) != 0)
+                {
+                    FaultRecordReleased((offset - _options.FaultRecordingOffset) / 16);
+                }
                 break;
-            case VtdReg.Feaddr:
-                _feaddr = value & ~3u;
+            case VtdRegisterEffect.FaultEventControl:
+                EventControlWritten(VtdReg.Fectl, FaultEventMessage(), Counters.FaultEvents);
                 break;
-            case VtdReg.Feuaddr:
-                // 11.4.9.6: implemented only when ECAP.EIM=1 (x2APIC destinations above 255).
-                _feuaddr = _options.ExtendedInterruptMode ? value : 0;
+            case VtdRegisterEffect.InvalidationEventControl:
+                EventControlWritten(VtdReg.Iectl, InvalidationEventMessage(), Counters.InvalidationEvents);
                 break;
-            case VtdReg.Pmen when pmr:
-                // 11.4.12.1: EPM (31) RW, PRS (0) RO status that follows EPM at once.
-                _pmen = (value & (1u << 31)) != 0 ? (1u << 31) | 1u : 0;
+            case VtdRegisterEffect.CompletionStatus:
+                CompletionStatusWritten(value);
                 break;
-            case VtdReg.Plmbase when pmr:
-                _plmbase = value & ProtectedRegionMask32;
+            case VtdRegisterEffect.QueueTail:
+                ProcessQueue();
                 break;
-            case VtdReg.Plmlimit when pmr:
-                _plmlimit = value & ProtectedRegionMask32;
-                break;
-            case VtdReg.Phmbase when pmr:
-                _phmbase = ((_phmbase & 0xFFFF_FFFF_0000_0000UL) | value) & ProtectedHighMask;
-                break;
-            case VtdReg.Phmbase + 4 when pmr:
-                _phmbase = ((_phmbase & 0xFFFF_FFFFUL) | ((ulong)value << 32)) & ProtectedHighMask;
-                break;
-            case VtdReg.Phmlimit when pmr:
-                _phmlimit = ((_phmlimit & 0xFFFF_FFFF_0000_0000UL) | value) & ProtectedHighMask;
-                break;
-            case VtdReg.Phmlimit + 4 when pmr:
-                _phmlimit = ((_phmlimit & 0xFFFF_FFFFUL) | ((ulong)value << 32)) & ProtectedHighMask;
-                break;
-            case VtdReg.Iqt when qi:
-                WriteQueueTail(value);
-                break;
-            case VtdReg.Iqa when qi:
-                WriteQueueAddressLow(value);
-                break;
-            case VtdReg.Iqa + 4 when qi:
-                _iqa = ((_iqa & 0xFFFF_FFFFUL) | ((ulong)value << 32)) & ((1UL << _options.HostAddressWidth) - 1);
-                break;
-            case VtdReg.Ics when qi:
-                WriteInvalidationCompletionStatus(value);
-                break;
-            case VtdReg.Iectl when qi:
-                _iectl = WriteEventControl(_iectl, value, ref _invalidationEventPending, InvalidationEventMessage(), Counters.InvalidationEvents);
-                break;
-            case VtdReg.Iedata when qi:
-                _iedata = value & 0xFFFF;
-                break;
-            case VtdReg.Ieaddr when qi:
-                _ieaddr = value & ~3u;
-                break;
-            case VtdReg.Ieuaddr when qi:
-                _ieuaddr = _options.ExtendedInterruptMode ? value : 0;
-                break;
-            case VtdReg.Irta when ir:
-                // 11.4.11.1: IRTA 63:12, EIME (11) only with ECAP.EIM, S (3:0); bits 10:4 reserved.
-                uint low = value & (0xFFFF_F000u | 0xFu | (_options.ExtendedInterruptMode ? 1u << 11 : 0));
-                _irta = (_irta & 0xFFFF_FFFF_0000_0000UL) | low;
-                break;
-            case VtdReg.Irta + 4 when ir:
-                _irta = ((_irta & 0xFFFF_FFFFUL) | ((ulong)value << 32)) & (((1UL << _options.HostAddressWidth) - 1) | 0xFFF);
-                break;
-            default:
-                // Read-only and reserved registers ignore writes (11.2).
+            case VtdRegisterEffect.ProtectedMemoryEnable:
+                // 11.4.12.1: PRS (0) reports the EPM (31) just written at once.
+                _regs.SetBits32(VtdReg.Pmen, 1, _regs.Test32(VtdReg.Pmen, 1u << 31));
                 break;
         }
     }
@@ -400,13 +271,15 @@ public sealed partial class IntelIommu : IMmioDevice
 
     void WriteGlobalCommand(uint value)
     {
-        // Software writes the persistent enables as it last set them plus at most one change;
-        // one-shot commands (SRTP, WBF, SIRTP) act when written as 1 and leave only status.
+        // Software writes the persistent enables as it last set them plus at most one change
+        // (11.4.4.1: one command per write); one-shot commands (SRTP, WBF, SIRTP) act when written
+        // as 1 and leave only status.
         if ((value & VtdGcmd.Srtp) != 0)
         {
-            _activeRootTable = _rtaddr & PageMask4K;
-            _activeTableMode = (int)(_rtaddr >> 10) & 3;
-            _gsts |= VtdGcmd.Srtp;
+            ulong rtaddr = _regs.Read64(VtdReg.Rtaddr);
+            _activeRootTable = rtaddr & PageMask4K;
+            _activeTableMode = (int)(rtaddr >> 10) & 3;
+            SetStatus(VtdGcmd.Srtp, true);
             // 11.4.4 SRTP: software must globally invalidate the caches after a new root table;
             // the paging-structure caches are dropped at once (a superset, always allowed).
             DropPagingStructureCaches();
@@ -426,9 +299,13 @@ public sealed partial class IntelIommu : IMmioDevice
         if (_options.QueuedInvalidation)
         {
             bool enable = (value & VtdGcmd.Qie) != 0;
-            if (!enable && (_gsts & VtdGcmd.Qie) != 0)
+            if (enable && !QueuedInvalidationEnabled)
             {
-                _iqh = 0; // 11.4.10.1: IQH resets to 0 when queued invalidation is disabled.
+                LatchQueue();
+            }
+            if (!enable && QueuedInvalidationEnabled)
+            {
+                Iqh = 0; // 11.4.10.1: IQH resets to 0 when queued invalidation is disabled.
             }
             SetStatus(VtdGcmd.Qie, enable);
         }
@@ -436,8 +313,8 @@ public sealed partial class IntelIommu : IMmioDevice
         {
             if ((value & VtdGcmd.Sirtp) != 0)
             {
-                _activeIrta = _irta;
-                _gsts |= VtdGcmd.Sirtp;
+                _activeIrta = _regs.Read64(VtdReg.Irta);
+                SetStatus(VtdGcmd.Sirtp, true);
             }
             SetStatus(VtdGcmd.Ire, (value & VtdGcmd.Ire) != 0);
             SetStatus(VtdGcmd.Cfi, (value & VtdGcmd.Cfi) != 0);
@@ -450,30 +327,29 @@ public sealed partial class IntelIommu : IMmioDevice
         }
     }
 
-    void SetStatus(uint bit, bool on) => _gsts = on ? _gsts | bit : _gsts & ~bit;
+    void SetStatus(uint bit, bool on) => _regs.SetBits32(VtdReg.Gsts, bit, on);
 
-    bool TranslationEnabled => (_gsts & VtdGcmd.Te) != 0;
-    bool QueuedInvalidationEnabled => (_gsts & VtdGcmd.Qie) != 0;
+    bool TranslationEnabled => _regs.Test32(VtdReg.Gsts, VtdGcmd.Te);
+    bool QueuedInvalidationEnabled => _regs.Test32(VtdReg.Gsts, VtdGcmd.Qie);
 
     // ================= Protected memory regions (11.4.12, 3.15) =================
-
-    // 2 MiB granularity: bits 20:0 of the base/limit registers are RO zero.
-    const uint ProtectedRegionMask32 = 0xFFE0_0000;
-    ulong ProtectedHighMask => ((1UL << _options.HostAddressWidth) - 1) & ~0x1F_FFFFUL;
 
     /// <summary>True when [address, address+length) touches an enabled protected region.</summary>
     bool HitsProtectedRegion(ulong address, ulong length)
     {
-        if ((_pmen & (1u << 31)) == 0)
+        if (!_options.ProtectedMemoryRegions || !_regs.Test32(VtdReg.Pmen, 1u << 31))
         {
             return false;
         }
         ulong last = address + length - 1;
-        if (_plmbase <= _plmlimit && address <= (_plmlimit | 0x1F_FFFFUL) && _plmbase <= last)
+        // 2 MiB granularity: bits 20:0 of the base/limit registers read zero, the limit covers its whole 2 MiB.
+        uint lowBase = _regs.Read32(VtdReg.Plmbase), lowLimit = _regs.Read32(VtdReg.Plmlimit);
+        if (lowBase <= lowLimit && address <= (lowLimit | 0x1F_FFFFUL) && lowBase <= last)
         {
             return true;
         }
-        return _phmbase <= _phmlimit && address <= (_phmlimit | 0x1F_FFFFUL) && _phmbase <= last;
+        ulong highBase = _regs.Read64(VtdReg.Phmbase), highLimit = _regs.Read64(VtdReg.Phmlimit);
+        return highBase <= highLimit && address <= (highLimit | 0x1F_FFFFUL) && highBase <= last;
     }
 
     // ================= Outgoing event messages =================
@@ -517,42 +393,39 @@ public sealed partial class IntelIommu : IMmioDevice
         }
     }
 
-    PendingMessage FaultEventMessage() => new(((ulong)_feuaddr << 32) | _feaddr, _fedata);
-    PendingMessage InvalidationEventMessage() => new(((ulong)_ieuaddr << 32) | _ieaddr, _iedata);
+    PendingMessage FaultEventMessage() =>
+        new(((ulong)_regs.Read32(VtdReg.Feuaddr) << 32) | _regs.Read32(VtdReg.Feaddr), _regs.Read32(VtdReg.Fedata));
 
-    bool _faultEventPending;
-    bool _invalidationEventPending;
+    PendingMessage InvalidationEventMessage() =>
+        new(((ulong)_regs.Read32(VtdReg.Ieuaddr) << 32) | _regs.Read32(VtdReg.Ieaddr), _regs.Read32(VtdReg.Iedata));
 
     /// <summary>
-    /// An interrupt condition of FECTL/IECTL (11.4.9.3, 11.4.10.5): IP is set; with IM clear the
-    /// message is sent at once and IP clears; with IM set it stays pending until IM is cleared.
+    /// An interrupt condition of FECTL/IECTL (11.4.9.3, 11.4.10.5): with IM clear the message is
+    /// sent at once and IP stays clear; with IM set, IP is set and the message waits for IM to clear.
     /// </summary>
-    void RaiseEvent(ref uint control, ref bool pending, PendingMessage message, Counter counter)
+    void RaiseEvent(int controlOffset, PendingMessage message, Counter counter)
     {
-        if ((control & VtdEventCtl.Im) == 0)
+        if (!_regs.Test32(controlOffset, VtdEventCtl.Im))
         {
-            control &= ~VtdEventCtl.Ip;
-            pending = false;
+            _regs.SetBits32(controlOffset, VtdEventCtl.Ip, false);
             counter.Increment();
             QueueMessage(message);
         }
         else
         {
-            control |= VtdEventCtl.Ip;
-            pending = true;
+            _regs.SetBits32(controlOffset, VtdEventCtl.Ip, true);
         }
     }
 
-    uint WriteEventControl(uint control, uint value, ref bool pending, PendingMessage message, Counter counter)
+    /// <summary>FECTL/IECTL written (IM is its only RW bit): clearing IM with IP set sends the pending message and clears IP.</summary>
+    void EventControlWritten(int controlOffset, PendingMessage message, Counter counter)
     {
-        control = (control & ~VtdEventCtl.Im) | (value & VtdEventCtl.Im);
-        if ((control & VtdEventCtl.Im) == 0 && pending)
+        uint control = _regs.Read32(controlOffset);
+        if ((control & VtdEventCtl.Im) == 0 && (control & VtdEventCtl.Ip) != 0)
         {
-            pending = false;
-            control &= ~VtdEventCtl.Ip;
+            _regs.Set32(controlOffset, control & ~VtdEventCtl.Ip);
             counter.Increment();
             QueueMessage(message);
         }
-        return control;
     }
 }
