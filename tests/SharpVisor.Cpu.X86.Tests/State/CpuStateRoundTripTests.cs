@@ -33,25 +33,32 @@ public class CpuStateRoundTripTests
         public void Dispose() => Machine.Dispose();
 
         /// <summary>
-        /// Runs up to <paramref name="budget"/> instructions, crediting them to the deterministic clock.
-        /// A halt with IF set is woken by an interrupt at vector <see cref="IrqVector"/>; a halt with IF
+        /// Runs up to <paramref name="budget"/> steps — instructions, and halts with IF set, each a stop
+        /// point of its own — crediting the instructions to the deterministic clock. A halt with IF set
+        /// is woken, at the next step, by an interrupt at vector <see cref="IrqVector"/>; a halt with IF
         /// clear ends the program. Returns false when the program has ended.
         /// </summary>
         public bool Run(long budget)
         {
-            long start = Cpu.InstructionsRetired;
-            while (Cpu.InstructionsRetired - start < budget)
+            long used = 0;
+            while (used < budget)
             {
+                if (Cpu.Halted && Cpu.IF)
+                {
+                    Apic.Pending = IrqVector;
+                    Cpu.NotifyInterrupt();
+                }
                 long before = Cpu.InstructionsRetired;
-                CpuExit exit = Cpu.Run(budget - (Cpu.InstructionsRetired - start));
-                Machine.Clock.AdvanceByInstructions(Cpu.InstructionsRetired - before);
+                CpuExit exit = Cpu.Run(budget - used);
+                long ran = Cpu.InstructionsRetired - before;
+                Machine.Clock.AdvanceByInstructions(ran);
+                used += ran;
                 switch (exit)
                 {
                     case CpuExit.BudgetExhausted:
                         break;
                     case CpuExit.Halted when Cpu.IF:
-                        Apic.Pending = IrqVector;
-                        Cpu.NotifyInterrupt();
+                        used++;
                         break;
                     case CpuExit.WaitForSipi when Cpu.SaveState().Events.PendingSipiVector != null:
                         break; // INIT was taken first; the SIPI is taken by the next Run
@@ -147,32 +154,72 @@ public class CpuStateRoundTripTests
     // ---------------------------------------------------------------- 64-bit mode, everything live
 
     const ulong Main = 0x10000, HandlerBase = 0x20000, Data = 0x40000, Table = 0x40200, Stack = 0x80000;
-    const ulong DbCount = Data, NmiCount = Data + 8, BpCount = Data + 16, IrqCount = Data + 24, Watched = Data + 0x300;
+    const ulong DbCount = Data, NmiCount = Data + 8, BpCount = Data + 16, IrqCount = Data + 24, GpCount = Data + 32;
+    const ulong Watched = Data + 0x300, SsImage = Data + 0x500, KernelEntry = 0x23000, UserCode = 0x24000, KernelStack = 0x78000;
+    /// <summary>Where each handler logs the RIPs it interrupted, 4 KiB per vector.</summary>
+    const ulong EventLog = 0x60000;
 
     /// <summary>
-    /// 64-bit code at CPL 0 that writes every MSR the state holds, leaves x87, MMX and SSE state live,
-    /// and loops through STI shadows, HLT woken by interrupts, single-stepping with TF (through a MOV
-    /// SS, whose trap is held), a data breakpoint, INT3 and RDTSC.
+    /// 64-bit code that writes every MSR the state holds, leaves x87, MMX and SSE state live, and
+    /// loops through STI shadows, HLT woken by interrupts, single-stepping with TF (through a MOV SS),
+    /// a data breakpoint hit by MOV SS (its trap held one instruction), INT3, RDTSC, and a trip to
+    /// ring 3 by SYSRET and back by SYSCALL, with a #GP at ring 3 in between.
     /// </summary>
     static void LoadLongModeProgram(Guest g)
     {
         var m = g.Machine;
         m.EnterLongMode();
-        // #DB, NMI, #BP and the interrupt each count in memory and return.
+        m.Ram.WriteU64(SysMachine.Tss + 4, KernelStack); // RSP0, for events at ring 3
+        // #DB, NMI, #BP and the interrupt each log the RIP they interrupted, count, and return. The
+        // NMI handler ends with one more block, so that a save can land inside it (NMIs blocked).
         (int Vector, ulong Counter)[] handlers = [(1, DbCount), (2, NmiCount), (3, BpCount), (IrqVector, IrqCount)];
         foreach (var (vector, counter) in handlers)
         {
-            ulong at = HandlerBase + (ulong)vector * 16;
-            m.Asm(at, 64, a => { a.inc(__qword_ptr[(long)counter]); a.iretq(); });
+            ulong at = HandlerBase + (ulong)vector * 0x40;
+            ulong log = EventLog + (ulong)vector * 0x1000;
+            m.Asm(at, 64, a =>
+            {
+                var ret = a.CreateLabel();
+                a.push(rax);
+                a.push(rdx);
+                a.mov(rdx, __qword_ptr[(long)counter]);
+                a.and(edx, 0x1FF);
+                a.mov(rax, __qword_ptr[rsp + 16]);
+                a.mov(__qword_ptr[rdx * 8 + (long)log], rax);
+                a.inc(__qword_ptr[(long)counter]);
+                a.pop(rdx);
+                a.pop(rax);
+                a.jmp(ret);
+                a.Label(ref ret);
+                a.iretq();
+            });
             m.SetGate(vector, at);
         }
+        // #GP (from CLI at ring 3): count, skip the one-byte instruction, drop the error code.
+        m.Asm(HandlerBase + 0x900, 64, a =>
+        {
+            a.inc(__qword_ptr[(long)GpCount]);
+            a.add(__qword_ptr[rsp + 8], 1);
+            a.add(rsp, 8);
+            a.iretq();
+        });
+        m.SetGate(13, HandlerBase + 0x900);
+        m.Asm(KernelEntry, 64, a => a.jmp(r15)); // SYSCALL lands here; R15 holds where to go on
+        m.Asm(UserCode, 64, a =>
+        {
+            a.add(r8, rcx);
+            a.imul(r9, r8, 7);
+            a.cli(); // #GP at CPL 3 with IOPL 0
+            a.inc(r10);
+            a.syscall();
+        });
         m.Ram.WriteU32(Data + 0x100, 0x9FC0); // MXCSR: FZ, DAZ, all masked
         m.Asm(Main, 64, a =>
         {
             a.mov(rsp, Stack);
             (uint Msr, ulong Value)[] msrs =
             [
-                (MsrIndex.Lstar, 0xFFFF_8000_1234_5678), (MsrIndex.Star, 0x0023_0010_0000_0000), (MsrIndex.Cstar, 0x1000),
+                (MsrIndex.Lstar, KernelEntry), (MsrIndex.Star, 0x0020_0010_0000_0000), (MsrIndex.Cstar, 0xFFFF_8000_1234_5678),
                 (MsrIndex.Sfmask, 0x4700), (MsrIndex.KernelGsBase, 0x5000), (MsrIndex.TscAux, 7),
                 (MsrIndex.SysenterCs, 0x10), (MsrIndex.SysenterEsp, 0x9000), (MsrIndex.SysenterEip, 0xA000),
                 (MsrIndex.Pat, 0x0007_0406_0007_0106), (MsrIndex.MtrrDefType, 0xC06), (MsrIndex.MtrrPhysBase0, 6),
@@ -238,9 +285,28 @@ public class CpuStateRoundTripTests
             a.mov(dr7, rax);
             a.mov(__dword_ptr[(long)Watched], ecx);
             a.nop();
+            // A read/write breakpoint on a 2-byte SS image (DR7: L1, R/W1 = 11, LEN1 = 01), read by
+            // MOV SS: its trap is held until after the next instruction (SDM Vol. 3A 6.8.3).
+            a.mov(ax, ss);
+            a.mov(__word_ptr[(long)SsImage], ax);
+            a.mov(rax, SsImage);
+            a.mov(dr1, rax);
+            a.mov(eax, 0x70_0004);
+            a.mov(dr7, rax);
+            a.mov(ss, __word_ptr[(long)SsImage]);
+            a.nop();
             a.xor(eax, eax);
             a.mov(dr7, rax);
             a.int3();
+            // To ring 3 and back (STAR: SYSRET to CS 0x30 / SS 0x28, SYSCALL to CS 0x10).
+            var back = a.CreateLabel();
+            a.push(rcx);
+            a.lea(r15, __[back]);
+            a.mov(ecx, (uint)UserCode);
+            a.mov(r11d, 0x202);
+            a.sysretq();
+            a.Label(ref back);
+            a.pop(rcx);
             a.fninit();
             a.fild(__qword_ptr[rbx + rcx * 8]);
             a.fsqrt();
@@ -308,12 +374,20 @@ public class CpuStateRoundTripTests
         a.mov(__dword_ptr[(long)at + 52], edx);
     }
 
-    /// <summary>NMIs and APIC interrupts signalled to the original just before some saves, so they are pending in the state.</summary>
+    /// <summary>
+    /// NMIs and APIC interrupts signalled to the original just before some saves, so they are pending
+    /// in the state; or an NMI taken, the save landing in its handler with a second one pending.
+    /// </summary>
     static void SignalEvents(Guest g, long n)
     {
         switch (n % 4)
         {
             case 1:
+                g.Cpu.RaiseNmi();
+                break;
+            case 2:
+                g.Cpu.RaiseNmi();
+                g.Run(3); // into the handler's first block
                 g.Cpu.RaiseNmi();
                 break;
             case 3:
@@ -329,8 +403,10 @@ public class CpuStateRoundTripTests
         var ram = g.Machine.Ram;
         Assert.Equal(12UL, ram.ReadU64(BpCount));
         Assert.Equal(12UL, ram.ReadU64(IrqCount));
-        Assert.True(ram.ReadU64(DbCount) >= 12 * 6, $"{ram.ReadU64(DbCount)} debug exceptions");
-        Assert.Equal(0x1234_5678u, ram.ReadU32(Dump + 0x240)); // LSTAR, read back by the dump
+        Assert.Equal(12UL, ram.ReadU64(GpCount));
+        Assert.True(ram.ReadU64(DbCount) >= 12 * 7, $"{ram.ReadU64(DbCount)} debug exceptions");
+        Assert.Equal((uint)KernelEntry, ram.ReadU32(Dump + 0x240)); // LSTAR, read back by the dump
+        Assert.Equal(12UL, g.Cpu.SaveState().Gpr[10]); // R10: the ring-3 code ran each round
         Assert.Equal(CpuMode.Long64, g.Cpu.Mode);
     }
 
