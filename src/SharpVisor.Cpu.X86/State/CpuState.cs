@@ -78,18 +78,6 @@ public sealed record CpuState
     public required MsrState Msrs { get; init; }
     public required EventState Events { get; init; }
 
-    /// <summary>The segment register with encoding number <paramref name="s"/> (ES, CS, SS, DS, FS, GS).</summary>
-    public SegmentState Segment(Seg s) => s switch
-    {
-        Seg.ES => Es,
-        Seg.CS => Cs,
-        Seg.SS => Ss,
-        Seg.DS => Ds,
-        Seg.FS => Fs,
-        Seg.GS => Gs,
-        _ => throw new ArgumentOutOfRangeException(nameof(s)),
-    };
-
     public bool Equals(CpuState? other) => StateEquality.PropertiesEqual(this, other);
     public override int GetHashCode() => StateEquality.PropertiesHash(this);
 }
