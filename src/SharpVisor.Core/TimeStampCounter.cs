@@ -45,6 +45,16 @@ public sealed class TimeStampCounter
     /// <summary>The counter's value at virtual time <paramref name="ns"/>.</summary>
     public ulong ReadAt(long ns) => TicksFromNs(ns, FrequencyHz) + (ulong)Volatile.Read(ref _offset);
 
+    /// <summary>
+    /// The counter minus the ticks of virtual time elapsed: what a saved vCPU state keeps, since it
+    /// gives the same TSC at every virtual instant in a VM whose clock is restored to the same time.
+    /// </summary>
+    public long Offset
+    {
+        get => Volatile.Read(ref _offset);
+        set => Volatile.Write(ref _offset, value);
+    }
+
     /// <summary>WRMSR IA32_TSC: the counter continues counting from <paramref name="value"/>.</summary>
     public void Write(ulong value) => Volatile.Write(ref _offset, (long)(value - TicksFromNs(Clock.NowNs, FrequencyHz)));
 

@@ -159,6 +159,27 @@ public sealed unsafe partial class Cpu : IVcpuSignals
     public bool ProtectedMode => (Cr0Value & X86.Cr0.PE) != 0;
 
     /// <summary>
+    /// The operating mode CR0.PE, RFLAGS.VM, EFER.LMA and CS.L select (SDM Vol. 3A 2.2, 10.8.5);
+    /// <paramref name="csAttributes"/> packed as <see cref="SegmentRegister.Attributes"/>.
+    /// </summary>
+    public static CpuMode ModeOf(ulong cr0, ulong efer, ulong rflags, ushort csAttributes)
+    {
+        if ((cr0 & X86.Cr0.PE) == 0)
+        {
+            return CpuMode.Real;
+        }
+        if ((rflags & RFlags.VM) != 0)
+        {
+            return CpuMode.Virtual8086;
+        }
+        if ((efer & Efer.LMA) == 0)
+        {
+            return CpuMode.Protected;
+        }
+        return (csAttributes & 0x2000) != 0 ? CpuMode.Long64 : CpuMode.Compatibility;
+    }
+
+    /// <summary>
     /// Recomputes everything derived from CR0, EFER, CS and RFLAGS.VM: the mode, default code size,
     /// the effective segment bases and the linear-address mask. Call after any of them changes.
     /// </summary>
@@ -166,35 +187,38 @@ public sealed unsafe partial class Cpu : IVcpuSignals
     {
         ref SegmentRegister cs = ref Segs[(int)Seg.CS];
         var previous = Mode;
-        if (!ProtectedMode)
+        Mode = ModeOf(Cr0Value, EferValue, FlagsOther, cs.Attributes);
+        if (Mode == CpuMode.Real)
         {
-            Mode = CpuMode.Real;
-            CodeBits = 16;
             Cpl = 0;
         }
-        else if ((FlagsOther & RFlags.VM) != 0)
+        else if (Mode == CpuMode.Virtual8086)
         {
-            Mode = CpuMode.Virtual8086;
-            CodeBits = 16;
             Cpl = 3;
         }
-        else if (LongModeActive && cs.Long)
-        {
-            Mode = CpuMode.Long64;
-            CodeBits = 64;
-        }
         else
-        {
-            Mode = LongModeActive ? CpuMode.Compatibility : CpuMode.Protected;
-            CodeBits = cs.Big ? 32 : 16;
-        }
-        if (Mode is CpuMode.Protected or CpuMode.Compatibility or CpuMode.Long64)
         {
             // CPL is CS.RPL once CS is loaded in protected mode. Right after MOV CR0.PE=1 the old
             // real-mode selector is still in CS (its low bits mean nothing) and the CPL is the
             // DPL of the hidden CS state — 0 after real mode — until a far jump (SDM 9.9.1).
             Cpl = previous == CpuMode.Real ? cs.Dpl : cs.Selector & 3;
         }
+        UpdateDerivedState();
+    }
+
+    /// <summary>
+    /// Recomputes what follows from the mode, the CPL and the segment registers: the default code
+    /// size, the effective segment bases, the linear-address and stack masks, the segment checks
+    /// and the TLBs in use.
+    /// </summary>
+    void UpdateDerivedState()
+    {
+        CodeBits = Mode switch
+        {
+            CpuMode.Long64 => 64,
+            CpuMode.Protected or CpuMode.Compatibility => Segs[(int)Seg.CS].Big ? 32 : 16,
+            _ => 16,
+        };
         bool flat64 = Mode == CpuMode.Long64;
         for (int i = 0; i < 6; i++)
         {

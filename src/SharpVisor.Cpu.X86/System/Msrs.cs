@@ -21,7 +21,7 @@ public sealed class Msrs
 {
     public ulong Star, Lstar, Cstar, Sfmask, KernelGsBase, TscAux;
     public ulong SysenterCs, SysenterEsp, SysenterEip;
-    public ulong Pat, MiscEnable, SpecCtrl, MtrrDefType, FeatureControl;
+    public ulong Pat, MiscEnable, SpecCtrl, MtrrDefType;
     /// <summary>IA32_TSC_ADJUST (SDM Vol. 3B 18.17.3): changes with every TSC write or adjust write.</summary>
     public long TscAdjust;
     /// <summary>CR8/TPR value kept while there is no (enabled) local APIC to hold it.</summary>
@@ -52,7 +52,7 @@ public sealed class Msrs
         SysenterCs = SysenterEsp = SysenterEip = 0;
         Pat = 0x0007_0406_0007_0406; // power-on PAT (SDM Vol. 3A 12.12.4)
         MiscEnable = 1; // fast strings enabled
-        SpecCtrl = MtrrDefType = FeatureControl = 0;
+        SpecCtrl = MtrrDefType = 0;
         // TSC_ADJUST, like the TSC itself (Cpu.Tsc), survives INIT; so do the machine-check
         // registers (SDM Vol. 3A Table 9-1: unchanged by INIT; power-up values undefined, here 0).
         TprWithoutApic = 0;
