@@ -12,13 +12,14 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// </summary>
 public static unsafe class MulDiv
 {
-    public static void Register()
-    {
-        Binder.Add(Mnemonic.Mul, &BindOneOperand);
-        Binder.Add(Mnemonic.Imul, &BindImul);
-        Binder.Add(Mnemonic.Div, &BindOneOperand);
-        Binder.Add(Mnemonic.Idiv, &BindOneOperand);
-    }
+    /// <summary>This family's rows of <see cref="InstructionTable"/>.</summary>
+    internal static FormSpec[] Forms =>
+    [
+        new(Mnemonic.Mul, &BindOneOperand),
+        new(Mnemonic.Imul, &BindImul),
+        new(Mnemonic.Div, &BindOneOperand, FormTraits.MayFault), // #DE
+        new(Mnemonic.Idiv, &BindOneOperand, FormTraits.MayFault),
+    ];
 
     /// <summary>One-operand forms: the source is a register (R1) or memory; Sub = 0 MUL, 1 IMUL, 2 DIV, 3 IDIV.</summary>
     static bool BindOneOperand(in Instruction ins, ref Op op)
