@@ -32,7 +32,7 @@ public static unsafe class Binder
         ref readonly InstructionForm form = ref InstructionTable.Form(ins.Code);
         FillOperands(ins, ref op, form.MemoryOperand);
 
-        if (ins.HasLockPrefix && (form.Lock == LockRule.Ud || ins.Op0Kind != OpKind.Memory))
+        if (form.Implemented && ins.HasLockPrefix && (form.Lock == LockRule.Ud || ins.Op0Kind != OpKind.Memory))
         {
             op.Exec = &InvalidOpcode; // SDM Vol. 2A LOCK: #UD unless a listed form with a memory destination
             op.Flags |= OpFlags.EndsBlock;

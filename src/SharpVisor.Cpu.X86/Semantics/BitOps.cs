@@ -188,10 +188,6 @@ public static unsafe class BitOps
     /// <summary>BSF/BSR (and TZCNT/LZCNT executed as them). Sub = 1 for reverse (BSR).</summary>
     static bool BindScan(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
-        }
         bool reverse = ins.Mnemonic is Mnemonic.Bsr or Mnemonic.Lzcnt;
         if (ins.Op1Kind == OpKind.Register)
         {

@@ -56,10 +56,6 @@ public static unsafe class DataMove
 
     static bool BindMov(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
-        }
         IcedReg r0 = ins.Op0Kind == OpKind.Register ? ins.Op0Register : IcedReg.None;
         IcedReg r1 = ins.Op1Kind == OpKind.Register ? ins.Op1Register : IcedReg.None;
         if (r0.IsCR() || r0.IsDR() || r1.IsCR() || r1.IsDR())
@@ -176,10 +172,6 @@ public static unsafe class DataMove
             }
             op.Exec = Binder.BySize(op.Size, &XchgM<S8>, &XchgM<S16>, &XchgM<S32>, &XchgM<S64>);
             return true;
-        }
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
         }
         op.Exec = Binder.BySize(op.Size, &XchgRR<S8>, &XchgRR<S16>, &XchgRR<S32>, &XchgRR<S64>);
         return true;

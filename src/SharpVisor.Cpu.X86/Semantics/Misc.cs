@@ -53,10 +53,6 @@ public static unsafe class Misc
 
     static bool BindNop(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
-        }
         op.Exec = &Nop;
         return true;
     }
@@ -69,10 +65,6 @@ public static unsafe class Misc
 
     static bool BindXlat(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
-        }
         op.Exec = &Xlat;
         return true;
     }
@@ -90,10 +82,6 @@ public static unsafe class Misc
 
     static bool BindClflush(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
-        }
         op.Exec = &Clflush;
         return true;
     }
@@ -106,10 +94,6 @@ public static unsafe class Misc
 
     static bool BindFence(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
-        }
         op.Exec = &Fence;
         return true;
     }
@@ -119,10 +103,6 @@ public static unsafe class Misc
 
     static bool BindPause(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
-        }
         op.Exec = &Pause;
         return true;
     }
@@ -134,10 +114,6 @@ public static unsafe class Misc
 
     static bool BindBcd(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
-        }
         op.Exec = ins.Mnemonic switch
         {
             Mnemonic.Daa => &Daa,
@@ -281,10 +257,6 @@ public static unsafe class Misc
 
     static bool BindBound(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
-        }
         if (ins.Op1Kind != OpKind.Memory)
         {
             return Alu.BindUd(ref op); // the register form is #UD

@@ -37,10 +37,6 @@ public static unsafe class Shift
     /// <summary>Op.Sub = 1 when the count comes from CL, else it is op.Imm (1 for the D0/D1 forms).</summary>
     static bool Bind<T>(in Instruction ins, ref Op op) where T : IShiftOp
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
-        }
         op.Sub = (byte)(ins.Op1Kind == OpKind.Register ? 1 : 0);
         if (ins.Op1Kind != OpKind.Register)
         {
@@ -102,10 +98,6 @@ public static unsafe class Shift
     /// <summary>SHLD/SHRD: Sub = 1 for the CL forms, 2 for SHRD; R2 = the source register.</summary>
     static bool BindDouble(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
-        }
         op.R2 = Binder.Slot(ins.Op1Register);
         bool cl = ins.Op2Kind == OpKind.Register;
         op.Sub = (byte)(cl ? 1 : 0);

@@ -129,7 +129,7 @@ public static unsafe partial class Sse
             }
         }
         op.Imm &= 0xFF;
-        return (op.Flags & OpFlags.Lock) == 0;
+        return true;
     }
 
     public static UInt128 ToUInt128(Vector128<byte> v) => new(v.AsUInt64().GetElement(1), v.AsUInt64().GetElement(0));
@@ -463,7 +463,7 @@ public static unsafe partial class Sse
 
     static bool BindMovnti(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0 || ins.Op0Kind != OpKind.Memory)
+        if (ins.Op0Kind != OpKind.Memory)
         {
             return false;
         }
@@ -476,10 +476,6 @@ public static unsafe partial class Sse
     /// <summary>MASKMOVDQU xmm1, xmm2: bytes of xmm1 whose xmm2 byte has bit 7 set go to DS:[rDI].</summary>
     static bool BindMaskmovdqu(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return false;
-        }
         op.R1 = (byte)XmmIndex(ins.Op1Register);
         op.R2 = (byte)XmmIndex(ins.Op2Register);
         op.Base = 7; // rDI
@@ -970,7 +966,7 @@ public static unsafe partial class Sse
 
     static bool BindMxcsr(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0 || ins.Op0Kind != OpKind.Memory)
+        if (ins.Op0Kind != OpKind.Memory)
         {
             return false;
         }
@@ -997,7 +993,7 @@ public static unsafe partial class Sse
 
     static bool BindFxsave(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0 || ins.Op0Kind != OpKind.Memory)
+        if (ins.Op0Kind != OpKind.Memory)
         {
             return false;
         }

@@ -303,6 +303,18 @@ public class InstructionTableTests
         Assert.False(Binder.IsUnimplemented(op));
     }
 
+    /// <summary>The LOCK rule comes from Iced; the forms it allows must be the SDM's list (Vol. 2A LOCK).</summary>
+    [Fact]
+    public void LockableFormsAreTheSdms()
+    {
+        Mnemonic[] sdm = [Mnemonic.Add, Mnemonic.Adc, Mnemonic.And, Mnemonic.Btc, Mnemonic.Btr, Mnemonic.Bts, Mnemonic.Cmpxchg,
+            Mnemonic.Cmpxchg8b, Mnemonic.Cmpxchg16b, Mnemonic.Dec, Mnemonic.Inc, Mnemonic.Neg, Mnemonic.Not, Mnemonic.Or,
+            Mnemonic.Sbb, Mnemonic.Sub, Mnemonic.Xor, Mnemonic.Xadd, Mnemonic.Xchg];
+        var lockable = ImplementedCodes().Where(c => InstructionTable.Form(c).Lock == LockRule.MemoryDestination).ToList();
+        Assert.All(lockable, code => Assert.Contains(code.Mnemonic(), sdm));
+        Assert.All(sdm, m => Assert.Contains(lockable, c => c.Mnemonic() == m));
+    }
+
     /// <summary>The string and SSE2 forms that share the MOVSD and CMPSD mnemonics have their own rows.</summary>
     [Fact]
     public void SharedMnemonicsHaveRowsPerCode()
