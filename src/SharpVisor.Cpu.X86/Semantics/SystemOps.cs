@@ -56,13 +56,13 @@ public static unsafe class SystemOps
         new(Mnemonic.Sidt, &BindTable, FormTraits.None, VmExit.GdtrIdtrAccess),
         new(Mnemonic.Lldt, &BindSimple, Descriptors, VmExit.LdtrTrAccess),
         new(Mnemonic.Ltr, &BindSimple, Descriptors, VmExit.LdtrTrAccess),
-        new(Mnemonic.Sldt, &BindSimple, FormTraits.None, VmExit.LdtrTrAccess),
-        new(Mnemonic.Str, &BindSimple, FormTraits.None, VmExit.LdtrTrAccess),
+        new(Mnemonic.Sldt, &BindSimple, Faults, VmExit.LdtrTrAccess), // #UD in real and virtual-8086 mode
+        new(Mnemonic.Str, &BindSimple, Faults, VmExit.LdtrTrAccess),
         new(Mnemonic.Lar, &BindSimple, Descriptors),
         new(Mnemonic.Lsl, &BindSimple, Descriptors),
         new(Mnemonic.Verr, &BindSimple, Descriptors),
         new(Mnemonic.Verw, &BindSimple, Descriptors),
-        new(Mnemonic.Arpl, &BindSimple),
+        new(Mnemonic.Arpl, &BindSimple, Faults), // #UD in real and virtual-8086 mode
         // LDS/LES/LFS/LGS/LSS load a segment register (see DataMove's MOV to Sreg).
         .. FormSpec.Each(&BindFarPointer, Descriptors | FormTraits.ChangesMode,
             Mnemonic.Lds, Mnemonic.Les, Mnemonic.Lfs, Mnemonic.Lgs, Mnemonic.Lss),
