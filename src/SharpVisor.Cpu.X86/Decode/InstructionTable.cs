@@ -18,7 +18,7 @@ namespace SharpVisor.Cpu.X86;
 /// its <see cref="FormSpec"/>s (<c>Alu.Forms</c>, ...). A mnemonic row covers every Code of that
 /// mnemonic; a Code row overrides it (a null binder marks a form the family does not implement). The
 /// families' binders are written per mnemonic (generic over operation and width, choosing the
-/// handler from the operand kinds), so ~140 mnemonic rows stand for ~1,500 Codes.</para>
+/// handler from the operand kinds), so about 570 rows stand for about 1,460 Codes.</para>
 /// <para>What Iced knows is derived from it here rather than typed again: flags read, written and
 /// undefined, branches (<see cref="FlowControl"/>), LOCK legality, privilege, stack and string
 /// operands, and how the memory operand is accessed. What Iced cannot know comes from the family's
