@@ -6,44 +6,11 @@ namespace SharpVisor.Cpu.X86;
 
 /// <summary>
 /// Turns an Iced <see cref="Instruction"/> into an <see cref="Op"/>: the operand fields every
-/// family shares are filled here, then the family registered for the mnemonic picks the handler.
-/// Families register in <see cref="Binder"/>'s static constructor; each lives in Semantics/.
+/// family shares are filled here, then the form's row in <see cref="InstructionTable"/> gives the
+/// LOCK rule, whether the block ends after it, and the family binder that picks the handler.
 /// </summary>
 public static unsafe class Binder
 {
-    static readonly nint[] s_table = new nint[Enum.GetValues<Mnemonic>().Length + 1];
-
-    static Binder()
-    {
-        // One family per file in Semantics/; each registers the mnemonics it implements.
-        Semantics.Alu.Register();
-        Semantics.DataMove.Register();
-        Semantics.Stack.Register();
-        Semantics.Control.Register();
-        Semantics.FlagOps.Register();
-        Semantics.Shift.Register();
-        Semantics.BitOps.Register();
-        Semantics.MulDiv.Register();
-        Semantics.StringOps.Register();
-        Semantics.Atomic.Register();
-        Semantics.Misc.Register();
-        Semantics.SystemOps.Register();
-        Semantics.X87.Register();
-        Semantics.Sse.Register();
-    }
-
-    /// <summary>Registers the binder of a family for a mnemonic (once per mnemonic).</summary>
-    public static void Add(Mnemonic m, delegate*<in Instruction, ref Op, bool> bind)
-    {
-        if (s_table[(int)m] != 0)
-        {
-            ThrowHelper.InvalidOperation($"mnemonic {m} registered twice");
-        }
-        s_table[(int)m] = (nint)bind;
-    }
-
-    public static bool IsImplemented(Mnemonic m) => s_table[(int)m] != 0;
-
     /// <summary>Fills <paramref name="op"/> for <paramref name="ins"/>; never fails (unknown forms become #UD handlers).</summary>
     public static void Bind(in Instruction ins, ref Op op)
     {
@@ -62,21 +29,27 @@ public static unsafe class Binder
         if (ins.HasLockPrefix) op.Flags |= OpFlags.Lock;
         if (ins.HasRepPrefix || ins.HasRepePrefix) op.Flags |= OpFlags.Rep;
         if (ins.HasRepnePrefix) op.Flags |= OpFlags.RepNe;
-        FillOperands(ins, ref op);
+        ref readonly InstructionForm form = ref InstructionTable.Form(ins.Code);
+        FillOperands(ins, ref op, form.MemoryOperand);
 
-        var bind = (delegate*<in Instruction, ref Op, bool>)s_table[(int)ins.Mnemonic];
-        if (bind == null || !bind(ins, ref op))
+        if (form.Implemented && ins.HasLockPrefix && (form.Lock == LockRule.Ud || ins.Op0Kind != OpKind.Memory))
+        {
+            op.Exec = &InvalidOpcode; // SDM Vol. 2A LOCK: #UD unless a listed form with a memory destination
+            op.Flags |= OpFlags.EndsBlock;
+            return;
+        }
+        if (!form.Implemented || !form.Bind(ins, ref op))
         {
             op.Exec = &Unimplemented;
             op.Flags |= OpFlags.EndsBlock;
         }
-        if (ins.FlowControl != FlowControl.Next)
+        if (form.EndsBlock != BlockEnd.None)
         {
             op.Flags |= OpFlags.EndsBlock;
         }
     }
 
-    static void FillOperands(in Instruction ins, ref Op op)
+    static void FillOperands(in Instruction ins, ref Op op, SegmentAccess memoryAccess)
     {
         bool haveR1 = false;
         bool haveImm = false;
@@ -94,7 +67,7 @@ public static unsafe class Binder
                     else { op.R2 = Slot(r); }
                     break;
                 case OpKind.Memory:
-                    FillMemory(ins, ref op, i);
+                    FillMemory(ins, ref op, memoryAccess);
                     if (i == 0)
                     {
                         op.Flags |= OpFlags.MemoryOperand;
@@ -125,7 +98,7 @@ public static unsafe class Binder
         }
     }
 
-    static void FillMemory(in Instruction ins, ref Op op, int operand)
+    static void FillMemory(in Instruction ins, ref Op op, SegmentAccess access)
     {
         var b = ins.MemoryBase;
         var x = ins.MemoryIndex;
@@ -152,25 +125,7 @@ public static unsafe class Binder
         op.AddrMask = addrBits switch { 16 => 0xFFFF, 32 => 0xFFFF_FFFF, _ => ulong.MaxValue };
         op.Seg = SegSlot(ins.MemorySegment);
         op.MemSize = (ushort)Math.Clamp(ins.MemorySize.GetSize(), 1, ushort.MaxValue);
-        op.MemAccess = MemoryAccess(ins, operand);
-    }
-
-    /// <summary>One per decoding thread: Iced's factory reuses its buffers and is not thread-safe.</summary>
-    [ThreadStatic]
-    static InstructionInfoFactory? t_infoFactory;
-
-    /// <summary>Whether the instruction reads and/or writes its memory operand (for the segment type checks).</summary>
-    static SegmentAccess MemoryAccess(in Instruction ins, int operand)
-    {
-        var factory = t_infoFactory ??= new InstructionInfoFactory();
-        var info = factory.GetInfo(ins, InstructionInfoOptions.NoMemoryUsage | InstructionInfoOptions.NoRegisterUsage);
-        return info.GetOpAccess(operand) switch
-        {
-            OpAccess.Read or OpAccess.CondRead => SegmentAccess.Read,
-            OpAccess.Write or OpAccess.CondWrite => SegmentAccess.Write,
-            OpAccess.ReadWrite or OpAccess.ReadCondWrite => SegmentAccess.ReadWrite,
-            _ => SegmentAccess.None, // NoMemAccess: LEA, NOP m, PREFETCHh, INVLPG...
-        };
+        op.MemAccess = access;
     }
 
     /// <summary>Register slot of a general-purpose register of any width.</summary>
@@ -216,6 +171,12 @@ public static unsafe class Binder
         };
 
     static void InvalidOpcode(Cpu c, ref Op op) => throw c.InvalidOpcode();
+
+    /// <summary>The op raises #UD as an undefined encoding (Code.INVALID, or LOCK where the form forbids it).</summary>
+    internal static bool IsInvalidOpcode(in Op op) => (nint)op.Exec == (nint)(delegate*<Cpu, ref Op, void>)&InvalidOpcode;
+
+    /// <summary>The op is a decodable form with no implementation (#UD, counted and logged).</summary>
+    internal static bool IsUnimplemented(in Op op) => (nint)op.Exec == (nint)(delegate*<Cpu, ref Op, void>)&Unimplemented;
 
     /// <summary>A decodable instruction we do not implement: #UD, counted, and one log line naming it.</summary>
     static void Unimplemented(Cpu c, ref Op op)

@@ -23,8 +23,9 @@ internal sealed unsafe class WindowCodeReader : CodeReader
 }
 
 /// <summary>
-/// Block decoding and the per-vCPU block cache: a direct-mapped table keyed by (host RAM offset,
-/// code size). A block is valid while its page's generation in <see cref="SharpVisor.Core.GuestMemory"/>
+/// Block decoding and the per-vCPU block cache: a 2-way set-associative table keyed by (host RAM
+/// offset, code size). Each instruction is bound through its row in <see cref="InstructionTable"/>,
+/// which also says whether the block ends after it. A block is valid while its page's generation in <see cref="SharpVisor.Core.GuestMemory"/>
 /// is unchanged: any write to the page — this vCPU, another one, or DMA — bumps it.
 /// </summary>
 public sealed unsafe partial class Cpu

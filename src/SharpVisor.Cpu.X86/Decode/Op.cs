@@ -22,7 +22,8 @@ public unsafe struct Op
     public ulong AddrMask;
     /// <summary>Second immediate (ENTER's nesting level, far pointer selector...) or family-specific data.</summary>
     public uint Imm2;
-    /// <summary>Iced <c>Code</c> of the instruction (diagnostics and the future translator).</summary>
+    /// <summary>Iced <c>Code</c> of the instruction: the index of its row in <see cref="InstructionTable"/>
+    /// (flags, faults, block end, VM exit: what a translator asks), and diagnostics.</summary>
     public ushort Code;
     /// <summary>Instruction length in bytes.</summary>
     public byte Len;

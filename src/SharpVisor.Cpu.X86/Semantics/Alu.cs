@@ -113,22 +113,23 @@ public readonly struct OpNot : IAluOp
 /// </summary>
 public static unsafe class Alu
 {
-    public static void Register()
-    {
-        Binder.Add(Mnemonic.Add, &Bind<OpAdd>);
-        Binder.Add(Mnemonic.Or, &Bind<OpOr>);
-        Binder.Add(Mnemonic.Adc, &Bind<OpAdc>);
-        Binder.Add(Mnemonic.Sbb, &Bind<OpSbb>);
-        Binder.Add(Mnemonic.And, &Bind<OpAnd>);
-        Binder.Add(Mnemonic.Sub, &Bind<OpSub>);
-        Binder.Add(Mnemonic.Xor, &Bind<OpXor>);
-        Binder.Add(Mnemonic.Cmp, &Bind<OpCmp>);
-        Binder.Add(Mnemonic.Test, &Bind<OpTest>);
-        Binder.Add(Mnemonic.Inc, &BindUnary<OpInc>);
-        Binder.Add(Mnemonic.Dec, &BindUnary<OpDec>);
-        Binder.Add(Mnemonic.Neg, &BindUnary<OpNeg>);
-        Binder.Add(Mnemonic.Not, &BindUnary<OpNot>);
-    }
+    /// <summary>This family's rows of <see cref="InstructionTable"/>.</summary>
+    internal static FormSpec[] Forms =>
+    [
+        new(Mnemonic.Add, &Bind<OpAdd>),
+        new(Mnemonic.Or, &Bind<OpOr>),
+        new(Mnemonic.Adc, &Bind<OpAdc>),
+        new(Mnemonic.Sbb, &Bind<OpSbb>),
+        new(Mnemonic.And, &Bind<OpAnd>),
+        new(Mnemonic.Sub, &Bind<OpSub>),
+        new(Mnemonic.Xor, &Bind<OpXor>),
+        new(Mnemonic.Cmp, &Bind<OpCmp>),
+        new(Mnemonic.Test, &Bind<OpTest>),
+        new(Mnemonic.Inc, &BindUnary<OpInc>),
+        new(Mnemonic.Dec, &BindUnary<OpDec>),
+        new(Mnemonic.Neg, &BindUnary<OpNeg>),
+        new(Mnemonic.Not, &BindUnary<OpNot>),
+    ];
 
     static bool Bind<T>(in Instruction ins, ref Op op) where T : IAluOp
     {

@@ -17,13 +17,14 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// </remarks>
 public static unsafe class Atomic
 {
-    public static void Register()
-    {
-        Binder.Add(Mnemonic.Cmpxchg, &BindCmpxchg);
-        Binder.Add(Mnemonic.Xadd, &BindXadd);
-        Binder.Add(Mnemonic.Cmpxchg8b, &BindCmpxchg8b);
-        Binder.Add(Mnemonic.Cmpxchg16b, &BindCmpxchg16b);
-    }
+    /// <summary>This family's rows of <see cref="InstructionTable"/>.</summary>
+    internal static FormSpec[] Forms =>
+    [
+        new(Mnemonic.Cmpxchg, &BindCmpxchg),
+        new(Mnemonic.Xadd, &BindXadd),
+        new(Mnemonic.Cmpxchg8b, &BindCmpxchg8b),
+        new(Mnemonic.Cmpxchg16b, &BindCmpxchg16b),
+    ];
 
     static bool BindCmpxchg(in Instruction ins, ref Op op)
     {

@@ -47,18 +47,19 @@ public readonly struct BitComplement : IBitOp
 /// </remarks>
 public static unsafe class BitOps
 {
-    public static void Register()
-    {
-        Binder.Add(Mnemonic.Bt, &BindBt<BitTest>);
-        Binder.Add(Mnemonic.Bts, &BindBt<BitSet>);
-        Binder.Add(Mnemonic.Btr, &BindBt<BitReset>);
-        Binder.Add(Mnemonic.Btc, &BindBt<BitComplement>);
-        Binder.Add(Mnemonic.Bsf, &BindScan);
-        Binder.Add(Mnemonic.Bsr, &BindScan);
-        Binder.Add(Mnemonic.Tzcnt, &BindScan);
-        Binder.Add(Mnemonic.Lzcnt, &BindScan);
-        Binder.Add(Mnemonic.Popcnt, &BindPopcnt);
-    }
+    /// <summary>This family's rows of <see cref="InstructionTable"/>.</summary>
+    internal static FormSpec[] Forms =>
+    [
+        new(Mnemonic.Bt, &BindBt<BitTest>),
+        new(Mnemonic.Bts, &BindBt<BitSet>),
+        new(Mnemonic.Btr, &BindBt<BitReset>),
+        new(Mnemonic.Btc, &BindBt<BitComplement>),
+        new(Mnemonic.Bsf, &BindScan),
+        new(Mnemonic.Bsr, &BindScan),
+        new(Mnemonic.Tzcnt, &BindScan),
+        new(Mnemonic.Lzcnt, &BindScan),
+        new(Mnemonic.Popcnt, &BindPopcnt, FormTraits.MayFault), // #UD: not advertised
+    ];
 
     static bool BindBt<T>(in Instruction ins, ref Op op) where T : IBitOp
     {
@@ -187,10 +188,6 @@ public static unsafe class BitOps
     /// <summary>BSF/BSR (and TZCNT/LZCNT executed as them). Sub = 1 for reverse (BSR).</summary>
     static bool BindScan(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
-        }
         bool reverse = ins.Mnemonic is Mnemonic.Bsr or Mnemonic.Lzcnt;
         if (ins.Op1Kind == OpKind.Register)
         {

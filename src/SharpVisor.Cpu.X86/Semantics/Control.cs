@@ -6,23 +6,24 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// <summary>Near control transfers: JMP, Jcc, CALL, RET, JCXZ/JECXZ/JRCXZ, LOOP/LOOPE/LOOPNE (SDM Vol. 2).</summary>
 public static unsafe class Control
 {
-    public static void Register()
-    {
-        Binder.Add(Mnemonic.Jmp, &BindJmp);
-        Binder.Add(Mnemonic.Call, &BindCall);
-        Binder.Add(Mnemonic.Ret, &BindRet);
-        foreach (var m in new[] { Mnemonic.Jo, Mnemonic.Jno, Mnemonic.Jb, Mnemonic.Jae, Mnemonic.Je, Mnemonic.Jne, Mnemonic.Jbe, Mnemonic.Ja,
-            Mnemonic.Js, Mnemonic.Jns, Mnemonic.Jp, Mnemonic.Jnp, Mnemonic.Jl, Mnemonic.Jge, Mnemonic.Jle, Mnemonic.Jg })
-        {
-            Binder.Add(m, &BindJcc);
-        }
-        Binder.Add(Mnemonic.Jcxz, &BindJcxz);
-        Binder.Add(Mnemonic.Jecxz, &BindJcxz);
-        Binder.Add(Mnemonic.Jrcxz, &BindJcxz);
-        Binder.Add(Mnemonic.Loop, &BindLoop);
-        Binder.Add(Mnemonic.Loope, &BindLoop);
-        Binder.Add(Mnemonic.Loopne, &BindLoop);
-    }
+    /// <summary>This family's rows of <see cref="InstructionTable"/> (every form is a branch: Iced's
+    /// flow control ends the block and marks it as able to fault, e.g. a non-canonical target).</summary>
+    internal static FormSpec[] Forms =>
+    [
+        new(Mnemonic.Jmp, &BindJmp),
+        // Far JMP reads the GDT/LDT (a call gate, a TSS) besides its operand; far CALL also pushes.
+        new(Code.Jmp_ptr1616, &BindJmp, FormTraits.ImplicitMemory),
+        new(Code.Jmp_ptr1632, &BindJmp, FormTraits.ImplicitMemory),
+        new(Code.Jmp_m1616, &BindJmp, FormTraits.ImplicitMemory),
+        new(Code.Jmp_m1632, &BindJmp, FormTraits.ImplicitMemory),
+        new(Code.Jmp_m1664, &BindJmp, FormTraits.ImplicitMemory),
+        new(Mnemonic.Call, &BindCall),
+        new(Mnemonic.Ret, &BindRet),
+        .. FormSpec.Each(&BindJcc, FormTraits.None, Mnemonic.Jo, Mnemonic.Jno, Mnemonic.Jb, Mnemonic.Jae, Mnemonic.Je, Mnemonic.Jne,
+            Mnemonic.Jbe, Mnemonic.Ja, Mnemonic.Js, Mnemonic.Jns, Mnemonic.Jp, Mnemonic.Jnp, Mnemonic.Jl, Mnemonic.Jge, Mnemonic.Jle, Mnemonic.Jg),
+        .. FormSpec.Each(&BindJcxz, FormTraits.None, Mnemonic.Jcxz, Mnemonic.Jecxz, Mnemonic.Jrcxz),
+        .. FormSpec.Each(&BindLoop, FormTraits.None, Mnemonic.Loop, Mnemonic.Loope, Mnemonic.Loopne),
+    ];
 
     /// <summary>Operand size of a near branch: the width the new RIP is truncated to.</summary>
     static byte BranchSize(in Instruction ins)

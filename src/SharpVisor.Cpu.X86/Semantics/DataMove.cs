@@ -9,33 +9,45 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// </summary>
 public static unsafe class DataMove
 {
-    public static void Register()
-    {
-        Binder.Add(Mnemonic.Mov, &BindMov);
-        Binder.Add(Mnemonic.Movzx, &BindExtend);
-        Binder.Add(Mnemonic.Movsx, &BindExtend);
-        Binder.Add(Mnemonic.Movsxd, &BindExtend);
-        Binder.Add(Mnemonic.Lea, &BindLea);
-        Binder.Add(Mnemonic.Xchg, &BindXchg);
-        Binder.Add(Mnemonic.Nop, &BindNop);
-        Binder.Add(Mnemonic.Cbw, &BindConvert);
-        Binder.Add(Mnemonic.Cwde, &BindConvert);
-        Binder.Add(Mnemonic.Cdqe, &BindConvert);
-        Binder.Add(Mnemonic.Cwd, &BindConvert);
-        Binder.Add(Mnemonic.Cdq, &BindConvert);
-        Binder.Add(Mnemonic.Cqo, &BindConvert);
-        Binder.Add(Mnemonic.Bswap, &BindBswap);
-        foreach (var m in new[] { Mnemonic.Cmovo, Mnemonic.Cmovno, Mnemonic.Cmovb, Mnemonic.Cmovae, Mnemonic.Cmove, Mnemonic.Cmovne, Mnemonic.Cmovbe, Mnemonic.Cmova,
-            Mnemonic.Cmovs, Mnemonic.Cmovns, Mnemonic.Cmovp, Mnemonic.Cmovnp, Mnemonic.Cmovl, Mnemonic.Cmovge, Mnemonic.Cmovle, Mnemonic.Cmovg })
-        {
-            Binder.Add(m, &BindCmov);
-        }
-        foreach (var m in new[] { Mnemonic.Seto, Mnemonic.Setno, Mnemonic.Setb, Mnemonic.Setae, Mnemonic.Sete, Mnemonic.Setne, Mnemonic.Setbe, Mnemonic.Seta,
-            Mnemonic.Sets, Mnemonic.Setns, Mnemonic.Setp, Mnemonic.Setnp, Mnemonic.Setl, Mnemonic.Setge, Mnemonic.Setle, Mnemonic.Setg })
-        {
-            Binder.Add(m, &BindSetcc);
-        }
-    }
+    const FormTraits MovToSreg = FormTraits.MayFault | FormTraits.ChangesMode | FormTraits.ImplicitMemory;
+
+    /// <summary>This family's rows of <see cref="InstructionTable"/>.</summary>
+    internal static FormSpec[] Forms =>
+    [
+        new(Mnemonic.Mov, &BindMov),
+        // MOV to a segment register reads the descriptor table, faults on a bad selector, changes the
+        // segment bases and checks the block's code relies on, and for SS opens an interrupt shadow
+        // (the Code does not say which register, so the row says the first).
+        new(Code.Mov_Sreg_rm16, &BindMov, MovToSreg),
+        new(Code.Mov_Sreg_r32m16, &BindMov, MovToSreg),
+        new(Code.Mov_Sreg_r64m16, &BindMov, MovToSreg),
+        // MOV to and from control and debug registers (SystemOps.BindMovSystem): CPL 0 only (Iced: privileged).
+        new(Code.Mov_cr_r32, &BindMov, FormTraits.ChangesMode, VmExit.ControlRegisterAccess),
+        new(Code.Mov_cr_r64, &BindMov, FormTraits.ChangesMode, VmExit.ControlRegisterAccess),
+        new(Code.Mov_r32_cr, &BindMov, FormTraits.None, VmExit.ControlRegisterAccess),
+        new(Code.Mov_r64_cr, &BindMov, FormTraits.None, VmExit.ControlRegisterAccess),
+        new(Code.Mov_dr_r32, &BindMov, FormTraits.ChangesMode, VmExit.MovDr),
+        new(Code.Mov_dr_r64, &BindMov, FormTraits.ChangesMode, VmExit.MovDr),
+        new(Code.Mov_r32_dr, &BindMov, FormTraits.None, VmExit.MovDr),
+        new(Code.Mov_r64_dr, &BindMov, FormTraits.None, VmExit.MovDr),
+        // The 386/486 test registers do not exist on later processors.
+        FormSpec.NotImplemented(Code.Mov_r32_tr),
+        FormSpec.NotImplemented(Code.Mov_tr_r32),
+        new(Mnemonic.Movzx, &BindExtend),
+        new(Mnemonic.Movsx, &BindExtend),
+        new(Mnemonic.Movsxd, &BindExtend),
+        new(Mnemonic.Lea, &BindLea),
+        new(Mnemonic.Xchg, &BindXchg),
+        new(Mnemonic.Nop, &BindNop),
+        .. FormSpec.Each(&BindConvert, FormTraits.None, Mnemonic.Cbw, Mnemonic.Cwde, Mnemonic.Cdqe, Mnemonic.Cwd, Mnemonic.Cdq, Mnemonic.Cqo),
+        new(Mnemonic.Bswap, &BindBswap),
+        .. FormSpec.Each(&BindCmov, FormTraits.None, Mnemonic.Cmovo, Mnemonic.Cmovno, Mnemonic.Cmovb, Mnemonic.Cmovae, Mnemonic.Cmove,
+            Mnemonic.Cmovne, Mnemonic.Cmovbe, Mnemonic.Cmova, Mnemonic.Cmovs, Mnemonic.Cmovns, Mnemonic.Cmovp, Mnemonic.Cmovnp,
+            Mnemonic.Cmovl, Mnemonic.Cmovge, Mnemonic.Cmovle, Mnemonic.Cmovg),
+        .. FormSpec.Each(&BindSetcc, FormTraits.None, Mnemonic.Seto, Mnemonic.Setno, Mnemonic.Setb, Mnemonic.Setae, Mnemonic.Sete,
+            Mnemonic.Setne, Mnemonic.Setbe, Mnemonic.Seta, Mnemonic.Sets, Mnemonic.Setns, Mnemonic.Setp, Mnemonic.Setnp,
+            Mnemonic.Setl, Mnemonic.Setge, Mnemonic.Setle, Mnemonic.Setg),
+    ];
 
     /// <summary>Iced's condition codes run o, no, b, ae... from 1; x86 encodes them from 0 (SDM Vol. 1 B.1).</summary>
     internal static byte ConditionOf(in Instruction ins) => (byte)((int)ins.ConditionCode - 1);
@@ -44,10 +56,6 @@ public static unsafe class DataMove
 
     static bool BindMov(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
-        }
         IcedReg r0 = ins.Op0Kind == OpKind.Register ? ins.Op0Register : IcedReg.None;
         IcedReg r1 = ins.Op1Kind == OpKind.Register ? ins.Op1Register : IcedReg.None;
         if (r0.IsCR() || r0.IsDR() || r1.IsCR() || r1.IsDR())
@@ -62,7 +70,6 @@ public static unsafe class DataMove
             }
             op.Sub = Binder.SegSlot(r0);
             op.Exec = ins.Op1Kind == OpKind.Memory ? &MovSregMem : &MovSregReg;
-            op.Flags |= OpFlags.EndsBlock;
             return true;
         }
         if (IsSegment(r1))
@@ -165,10 +172,6 @@ public static unsafe class DataMove
             }
             op.Exec = Binder.BySize(op.Size, &XchgM<S8>, &XchgM<S16>, &XchgM<S32>, &XchgM<S64>);
             return true;
-        }
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
         }
         op.Exec = Binder.BySize(op.Size, &XchgRR<S8>, &XchgRR<S16>, &XchgRR<S32>, &XchgRR<S64>);
         return true;

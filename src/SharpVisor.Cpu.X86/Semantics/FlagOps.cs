@@ -5,18 +5,11 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// <summary>Flag instructions: CLC, STC, CMC, CLD, STD, CLI, STI, SAHF, LAHF (SDM Vol. 2).</summary>
 public static unsafe class FlagOps
 {
-    public static void Register()
-    {
-        Binder.Add(Mnemonic.Clc, &Bind);
-        Binder.Add(Mnemonic.Stc, &Bind);
-        Binder.Add(Mnemonic.Cmc, &Bind);
-        Binder.Add(Mnemonic.Cld, &Bind);
-        Binder.Add(Mnemonic.Std, &Bind);
-        Binder.Add(Mnemonic.Cli, &Bind);
-        Binder.Add(Mnemonic.Sti, &Bind);
-        Binder.Add(Mnemonic.Sahf, &Bind);
-        Binder.Add(Mnemonic.Lahf, &Bind);
-    }
+    /// <summary>This family's rows of <see cref="InstructionTable"/>. CLI and STI need CPL &lt;= IOPL (Iced
+    /// marks them privileged, hence able to fault); STI's interrupt shadow is handled by the run loop,
+    /// which rechecks interrupts after the next instruction, so it does not end the block.</summary>
+    internal static FormSpec[] Forms => FormSpec.Each(&Bind, FormTraits.None,
+        Mnemonic.Clc, Mnemonic.Stc, Mnemonic.Cmc, Mnemonic.Cld, Mnemonic.Std, Mnemonic.Cli, Mnemonic.Sti, Mnemonic.Sahf, Mnemonic.Lahf);
 
     static bool Bind(in Instruction ins, ref Op op)
     {

@@ -11,15 +11,17 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// </summary>
 public static unsafe class Misc
 {
-    public static void Register()
-    {
-        Binder.Add(Mnemonic.Xlatb, &BindXlat);
-        Binder.Add(Mnemonic.Clflush, &BindClflush);
-        Binder.Add(Mnemonic.Clflushopt, &BindClflush); // 66-prefixed CLFLUSH: on a CPU without CLFLUSHOPT the prefix is ignored
-        Binder.Add(Mnemonic.Lfence, &BindFence);
-        Binder.Add(Mnemonic.Mfence, &BindFence);
-        Binder.Add(Mnemonic.Sfence, &BindFence);
-        Binder.Add(Mnemonic.Pause, &BindPause);
+    /// <summary>This family's rows of <see cref="InstructionTable"/>.</summary>
+    internal static FormSpec[] Forms =>
+    [
+        new(Mnemonic.Xlatb, &BindXlat),
+        // CLFLUSH's operand is only an address to Iced, but it is checked as a read (#PF, #GP).
+        new(Mnemonic.Clflush, &BindClflush, FormTraits.MayFault),
+        new(Mnemonic.Clflushopt, &BindClflush, FormTraits.MayFault), // 66-prefixed CLFLUSH: on a CPU without CLFLUSHOPT the prefix is ignored
+        new(Mnemonic.Lfence, &BindFence),
+        new(Mnemonic.Mfence, &BindFence),
+        new(Mnemonic.Sfence, &BindFence),
+        new(Mnemonic.Pause, &BindPause, FormTraits.None, VmExit.Pause),
         // The hint-NOP space (the two-byte opcode map, SDM Vol. 2 Appendix A Table A-3: 0F 0D and
         // 0F 18-0F 1F are prefetches and reserved NOPs; NOP Ev is 0F 1F /0): every form executes as a NOP — register or memory operand, any reg
         // field — unless the processor defines it otherwise, and a memory operand is never accessed
@@ -28,41 +30,29 @@ public static unsafe class Misc
         // advertised), RDSSPD/RDSSPQ and ENDBR32/64 (CET is not advertised: "treated as a NOP" while
         // shadow stacks / indirect branch tracking are off, SDM Vol. 2B RDSSP, ENDBR64). The host
         // executes all of them as NOPs (tests/.../HintNopTests).
-        foreach (var m in new[] { Mnemonic.Prefetcht0, Mnemonic.Prefetcht1, Mnemonic.Prefetcht2, Mnemonic.Prefetchnta, Mnemonic.Prefetchw, Mnemonic.Prefetch,
-            Mnemonic.Prefetchwt1, Mnemonic.Prefetchit0, Mnemonic.Prefetchit1, Mnemonic.Cldemote, Mnemonic.Reservednop,
-            Mnemonic.Endbr64, Mnemonic.Endbr32, Mnemonic.Rdsspd, Mnemonic.Rdsspq })
-        {
-            Binder.Add(m, &BindNop);
-        }
-        foreach (var m in new[] { Mnemonic.Ud0, Mnemonic.Ud1, Mnemonic.Ud2, Mnemonic.Rdrand, Mnemonic.Rdseed })
-        {
-            Binder.Add(m, &BindUd);
-        }
+        .. FormSpec.Each(&BindNop, FormTraits.None, Mnemonic.Prefetcht0, Mnemonic.Prefetcht1, Mnemonic.Prefetcht2, Mnemonic.Prefetchnta,
+            Mnemonic.Prefetchw, Mnemonic.Prefetch, Mnemonic.Prefetchwt1, Mnemonic.Prefetchit0, Mnemonic.Prefetchit1, Mnemonic.Cldemote,
+            Mnemonic.Reservednop, Mnemonic.Endbr64, Mnemonic.Endbr32, Mnemonic.Rdsspd, Mnemonic.Rdsspq),
+        .. FormSpec.Each(&BindUd, FormTraits.MayFault, Mnemonic.Ud0, Mnemonic.Ud1, Mnemonic.Ud2),
+        // Not advertised (CPUID.1:ECX.RDRAND = 0, CPUID.(7,0):EBX.RDSEED = 0): #UD; on a CPU that has them
+        // they exit under a VM-execution control.
+        new(Mnemonic.Rdrand, &BindUd, FormTraits.MayFault, VmExit.Rdrand),
+        new(Mnemonic.Rdseed, &BindUd, FormTraits.MayFault, VmExit.Rdseed),
         // BMI1, BMI2 and ADX are not advertised (CPUID.(7,0):EBX bits 3, 8, 19 = 0): on such a
         // processor their (mostly VEX) encodings are #UD. Bound explicitly so that this is not
         // reported as a missing implementation.
-        foreach (var m in new[] { Mnemonic.Andn, Mnemonic.Bextr, Mnemonic.Blsi, Mnemonic.Blsmsk, Mnemonic.Blsr, Mnemonic.Bzhi,
-            Mnemonic.Mulx, Mnemonic.Pdep, Mnemonic.Pext, Mnemonic.Rorx, Mnemonic.Sarx, Mnemonic.Shlx, Mnemonic.Shrx, Mnemonic.Adcx, Mnemonic.Adox })
-        {
-            Binder.Add(m, &BindUd);
-        }
-        Binder.Add(Mnemonic.Daa, &BindBcd);
-        Binder.Add(Mnemonic.Das, &BindBcd);
-        Binder.Add(Mnemonic.Aaa, &BindBcd);
-        Binder.Add(Mnemonic.Aas, &BindBcd);
-        Binder.Add(Mnemonic.Aam, &BindBcd);
-        Binder.Add(Mnemonic.Aad, &BindBcd);
-        Binder.Add(Mnemonic.Bound, &BindBound);
-    }
+        .. FormSpec.Each(&BindUd, FormTraits.MayFault, Mnemonic.Andn, Mnemonic.Bextr, Mnemonic.Blsi, Mnemonic.Blsmsk, Mnemonic.Blsr,
+            Mnemonic.Bzhi, Mnemonic.Mulx, Mnemonic.Pdep, Mnemonic.Pext, Mnemonic.Rorx, Mnemonic.Sarx, Mnemonic.Shlx, Mnemonic.Shrx,
+            Mnemonic.Adcx, Mnemonic.Adox),
+        .. FormSpec.Each(&BindBcd, FormTraits.None, Mnemonic.Daa, Mnemonic.Das, Mnemonic.Aaa, Mnemonic.Aas, Mnemonic.Aad),
+        new(Mnemonic.Aam, &BindBcd, FormTraits.MayFault), // #DE for a zero base
+        new(Mnemonic.Bound, &BindBound, FormTraits.MayFault), // #BR
+    ];
 
     static bool BindUd(in Instruction ins, ref Op op) => Alu.BindUd(ref op);
 
     static bool BindNop(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
-        }
         op.Exec = &Nop;
         return true;
     }
@@ -75,10 +65,6 @@ public static unsafe class Misc
 
     static bool BindXlat(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
-        }
         op.Exec = &Xlat;
         return true;
     }
@@ -96,10 +82,6 @@ public static unsafe class Misc
 
     static bool BindClflush(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
-        }
         op.Exec = &Clflush;
         return true;
     }
@@ -112,10 +94,6 @@ public static unsafe class Misc
 
     static bool BindFence(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
-        }
         op.Exec = &Fence;
         return true;
     }
@@ -125,10 +103,6 @@ public static unsafe class Misc
 
     static bool BindPause(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
-        }
         op.Exec = &Pause;
         return true;
     }
@@ -140,10 +114,6 @@ public static unsafe class Misc
 
     static bool BindBcd(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
-        }
         op.Exec = ins.Mnemonic switch
         {
             Mnemonic.Daa => &Daa,
@@ -287,10 +257,6 @@ public static unsafe class Misc
 
     static bool BindBound(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op); // LOCK is only valid on read-modify-write instructions
-        }
         if (ins.Op1Kind != OpKind.Memory)
         {
             return Alu.BindUd(ref op); // the register form is #UD

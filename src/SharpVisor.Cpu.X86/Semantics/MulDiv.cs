@@ -12,21 +12,18 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// </summary>
 public static unsafe class MulDiv
 {
-    public static void Register()
-    {
-        Binder.Add(Mnemonic.Mul, &BindOneOperand);
-        Binder.Add(Mnemonic.Imul, &BindImul);
-        Binder.Add(Mnemonic.Div, &BindOneOperand);
-        Binder.Add(Mnemonic.Idiv, &BindOneOperand);
-    }
+    /// <summary>This family's rows of <see cref="InstructionTable"/>.</summary>
+    internal static FormSpec[] Forms =>
+    [
+        new(Mnemonic.Mul, &BindOneOperand),
+        new(Mnemonic.Imul, &BindImul),
+        new(Mnemonic.Div, &BindOneOperand, FormTraits.MayFault), // #DE
+        new(Mnemonic.Idiv, &BindOneOperand, FormTraits.MayFault),
+    ];
 
     /// <summary>One-operand forms: the source is a register (R1) or memory; Sub = 0 MUL, 1 IMUL, 2 DIV, 3 IDIV.</summary>
     static bool BindOneOperand(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
-        }
         op.Sub = ins.Mnemonic switch { Mnemonic.Mul => 0, Mnemonic.Imul => 1, Mnemonic.Div => 2, _ => 3 };
         bool mem = ins.Op0Kind == OpKind.Memory;
         op.Exec = (op.Sub, mem) switch
@@ -48,10 +45,6 @@ public static unsafe class MulDiv
         if (ins.OpCount == 1)
         {
             return BindOneOperand(ins, ref op);
-        }
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
         }
         // IMUL r, r/m (R1 = destination, R2 = source) and IMUL r, r/m, imm (the immediate is op.Imm,
         // sign-extended by the decoder). The two-operand form multiplies by the destination.

@@ -19,27 +19,24 @@ public interface IShiftOp
 /// </summary>
 public static unsafe class Shift
 {
-    public static void Register()
-    {
-        Binder.Add(Mnemonic.Rol, &Bind<ShRol>);
-        Binder.Add(Mnemonic.Ror, &Bind<ShRor>);
-        Binder.Add(Mnemonic.Rcl, &Bind<ShRcl>);
-        Binder.Add(Mnemonic.Rcr, &Bind<ShRcr>);
-        Binder.Add(Mnemonic.Shl, &Bind<ShShl>);
-        Binder.Add(Mnemonic.Sal, &Bind<ShShl>); // /6 is an alias of /4 (SDM Table A-6 note)
-        Binder.Add(Mnemonic.Shr, &Bind<ShShr>);
-        Binder.Add(Mnemonic.Sar, &Bind<ShSar>);
-        Binder.Add(Mnemonic.Shld, &BindDouble);
-        Binder.Add(Mnemonic.Shrd, &BindDouble);
-    }
+    /// <summary>This family's rows of <see cref="InstructionTable"/>.</summary>
+    internal static FormSpec[] Forms =>
+    [
+        new(Mnemonic.Rol, &Bind<ShRol>),
+        new(Mnemonic.Ror, &Bind<ShRor>),
+        new(Mnemonic.Rcl, &Bind<ShRcl>),
+        new(Mnemonic.Rcr, &Bind<ShRcr>),
+        new(Mnemonic.Shl, &Bind<ShShl>),
+        new(Mnemonic.Sal, &Bind<ShShl>), // /6 is an alias of /4 (SDM Table A-6 note)
+        new(Mnemonic.Shr, &Bind<ShShr>),
+        new(Mnemonic.Sar, &Bind<ShSar>),
+        new(Mnemonic.Shld, &BindDouble),
+        new(Mnemonic.Shrd, &BindDouble),
+    ];
 
     /// <summary>Op.Sub = 1 when the count comes from CL, else it is op.Imm (1 for the D0/D1 forms).</summary>
     static bool Bind<T>(in Instruction ins, ref Op op) where T : IShiftOp
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
-        }
         op.Sub = (byte)(ins.Op1Kind == OpKind.Register ? 1 : 0);
         if (ins.Op1Kind != OpKind.Register)
         {
@@ -101,10 +98,6 @@ public static unsafe class Shift
     /// <summary>SHLD/SHRD: Sub = 1 for the CL forms, 2 for SHRD; R2 = the source register.</summary>
     static bool BindDouble(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
-        }
         op.R2 = Binder.Slot(ins.Op1Register);
         bool cl = ins.Op2Kind == OpKind.Register;
         op.Sub = (byte)(cl ? 1 : 0);

@@ -23,61 +23,41 @@ public static unsafe partial class Sse
 {
     const byte MemSrc = 1, Aligned = 2;
 
-    public static void Register()
-    {
-        foreach (var m in s_vecOps)
-        {
-            Binder.Add(m, &BindVec);
-        }
-        foreach (var m in new[] { Mnemonic.Movd, Mnemonic.Movq })
-        {
-            Binder.Add(m, &BindMovdq);
-        }
-        foreach (var m in new[] { Mnemonic.Movss, Mnemonic.Movlps, Mnemonic.Movlpd, Mnemonic.Movhps, Mnemonic.Movhpd,
-            Mnemonic.Movntps, Mnemonic.Movntpd, Mnemonic.Movntdq })
-        {
-            Binder.Add(m, &BindMovPartial);
-        }
-        // Iced names SSE2 MOVSD/CMPSD like the string instructions: the string family owns those
-        // mnemonics (it registers first) and forwards the non-string forms here.
-        StringOps.SseMovsdBinder = &BindMovsd;
-        StringOps.SseCmpsdBinder = &BindCmpsd;
-        Binder.Add(Mnemonic.Movnti, &BindMovnti);
-        foreach (var m in new[] { Mnemonic.Pshufw, Mnemonic.Maskmovq, Mnemonic.Movntq, Mnemonic.Movq2dq, Mnemonic.Movdq2q })
-        {
-            Binder.Add(m, &BindMmx);
-        }
-        Binder.Add(Mnemonic.Emms, &BindEmms);
-        Binder.Add(Mnemonic.Maskmovdqu, &BindMaskmovdqu);
-        foreach (var m in new[] { Mnemonic.Movmskps, Mnemonic.Movmskpd, Mnemonic.Pmovmskb, Mnemonic.Pextrw, Mnemonic.Pinsrw })
-        {
-            Binder.Add(m, &BindGprXmm);
-        }
-        foreach (var m in new[] { Mnemonic.Addps, Mnemonic.Addpd, Mnemonic.Addss, Mnemonic.Addsd, Mnemonic.Subps, Mnemonic.Subpd, Mnemonic.Subss, Mnemonic.Subsd,
-            Mnemonic.Mulps, Mnemonic.Mulpd, Mnemonic.Mulss, Mnemonic.Mulsd, Mnemonic.Divps, Mnemonic.Divpd, Mnemonic.Divss, Mnemonic.Divsd,
-            Mnemonic.Minps, Mnemonic.Minpd, Mnemonic.Minss, Mnemonic.Minsd, Mnemonic.Maxps, Mnemonic.Maxpd, Mnemonic.Maxss, Mnemonic.Maxsd,
-            Mnemonic.Sqrtps, Mnemonic.Sqrtpd, Mnemonic.Sqrtss, Mnemonic.Sqrtsd, Mnemonic.Cmpps, Mnemonic.Cmppd, Mnemonic.Cmpss,
-            Mnemonic.Comiss, Mnemonic.Ucomiss, Mnemonic.Comisd, Mnemonic.Ucomisd, Mnemonic.Rcpps, Mnemonic.Rcpss, Mnemonic.Rsqrtps, Mnemonic.Rsqrtss })
-        {
-            Binder.Add(m, &BindFp);
-        }
-        foreach (var m in new[] { Mnemonic.Cvtsi2ss, Mnemonic.Cvtsi2sd, Mnemonic.Cvtss2si, Mnemonic.Cvttss2si, Mnemonic.Cvtsd2si, Mnemonic.Cvttsd2si,
-            Mnemonic.Cvtss2sd, Mnemonic.Cvtsd2ss, Mnemonic.Cvtps2pd, Mnemonic.Cvtpd2ps, Mnemonic.Cvtdq2ps, Mnemonic.Cvtps2dq, Mnemonic.Cvttps2dq,
-            Mnemonic.Cvtdq2pd, Mnemonic.Cvtpd2dq, Mnemonic.Cvttpd2dq })
-        {
-            Binder.Add(m, &BindCvt);
-        }
-        foreach (var m in new[] { Mnemonic.Cvtpi2ps, Mnemonic.Cvtpi2pd, Mnemonic.Cvtps2pi, Mnemonic.Cvttps2pi, Mnemonic.Cvtpd2pi, Mnemonic.Cvttpd2pi })
-        {
-            Binder.Add(m, &BindCvtMmx);
-        }
-        Binder.Add(Mnemonic.Ldmxcsr, &BindMxcsr);
-        Binder.Add(Mnemonic.Stmxcsr, &BindMxcsr);
-        foreach (var m in new[] { Mnemonic.Fxsave, Mnemonic.Fxsave64, Mnemonic.Fxrstor, Mnemonic.Fxrstor64 })
-        {
-            Binder.Add(m, &BindFxsave);
-        }
-    }
+    const FormTraits Faults = FormTraits.MayFault; // #UD/#NM from CR0 and CR4 (Check), #XM, #MF for MMX
+
+    /// <summary>This family's rows of <see cref="InstructionTable"/> (SSE, SSE2, MMX): every form may fault.</summary>
+    internal static FormSpec[] Forms =>
+    [
+        .. FormSpec.Each(&BindVec, Faults, s_vecOps),
+        .. FormSpec.Each(&BindMovdq, Faults, Mnemonic.Movd, Mnemonic.Movq),
+        .. FormSpec.Each(&BindMovPartial, Faults, Mnemonic.Movss, Mnemonic.Movlps, Mnemonic.Movlpd, Mnemonic.Movhps, Mnemonic.Movhpd,
+            Mnemonic.Movntps, Mnemonic.Movntpd, Mnemonic.Movntdq),
+        // Iced names SSE2 MOVSD/CMPSD like the string instructions (StringOps has those Codes).
+        new(Code.Movsd_xmm_xmmm64, &BindMovsd, Faults),
+        new(Code.Movsd_xmmm64_xmm, &BindMovsd, Faults),
+        new(Code.Cmpsd_xmm_xmmm64_imm8, &BindCmpsd, Faults),
+        new(Mnemonic.Movnti, &BindMovnti, Faults),
+        .. FormSpec.Each(&BindMmx, Faults, Mnemonic.Pshufw, Mnemonic.Maskmovq, Mnemonic.Movntq, Mnemonic.Movq2dq, Mnemonic.Movdq2q),
+        new(Mnemonic.Emms, &BindEmms, Faults),
+        new(Mnemonic.Maskmovdqu, &BindMaskmovdqu, Faults),
+        .. FormSpec.Each(&BindGprXmm, Faults, Mnemonic.Movmskps, Mnemonic.Movmskpd, Mnemonic.Pmovmskb, Mnemonic.Pextrw, Mnemonic.Pinsrw),
+        FormSpec.NotImplemented(Code.Pextrw_r32m16_xmm_imm8), // SSE4.1's 66 0F 3A 15 (SSE4.1 is not implemented)
+        FormSpec.NotImplemented(Code.Pextrw_r64m16_xmm_imm8),
+        .. FormSpec.Each(&BindFp, Faults, Mnemonic.Addps, Mnemonic.Addpd, Mnemonic.Addss, Mnemonic.Addsd, Mnemonic.Subps, Mnemonic.Subpd,
+            Mnemonic.Subss, Mnemonic.Subsd, Mnemonic.Mulps, Mnemonic.Mulpd, Mnemonic.Mulss, Mnemonic.Mulsd, Mnemonic.Divps, Mnemonic.Divpd,
+            Mnemonic.Divss, Mnemonic.Divsd, Mnemonic.Minps, Mnemonic.Minpd, Mnemonic.Minss, Mnemonic.Minsd, Mnemonic.Maxps, Mnemonic.Maxpd,
+            Mnemonic.Maxss, Mnemonic.Maxsd, Mnemonic.Sqrtps, Mnemonic.Sqrtpd, Mnemonic.Sqrtss, Mnemonic.Sqrtsd, Mnemonic.Cmpps,
+            Mnemonic.Cmppd, Mnemonic.Cmpss, Mnemonic.Comiss, Mnemonic.Ucomiss, Mnemonic.Comisd, Mnemonic.Ucomisd, Mnemonic.Rcpps,
+            Mnemonic.Rcpss, Mnemonic.Rsqrtps, Mnemonic.Rsqrtss),
+        .. FormSpec.Each(&BindCvt, Faults, Mnemonic.Cvtsi2ss, Mnemonic.Cvtsi2sd, Mnemonic.Cvtss2si, Mnemonic.Cvttss2si, Mnemonic.Cvtsd2si,
+            Mnemonic.Cvttsd2si, Mnemonic.Cvtss2sd, Mnemonic.Cvtsd2ss, Mnemonic.Cvtps2pd, Mnemonic.Cvtpd2ps, Mnemonic.Cvtdq2ps,
+            Mnemonic.Cvtps2dq, Mnemonic.Cvttps2dq, Mnemonic.Cvtdq2pd, Mnemonic.Cvtpd2dq, Mnemonic.Cvttpd2dq),
+        .. FormSpec.Each(&BindCvtMmx, Faults, Mnemonic.Cvtpi2ps, Mnemonic.Cvtpi2pd, Mnemonic.Cvtps2pi, Mnemonic.Cvttps2pi, Mnemonic.Cvtpd2pi,
+            Mnemonic.Cvttpd2pi),
+        new(Mnemonic.Ldmxcsr, &BindMxcsr, Faults),
+        new(Mnemonic.Stmxcsr, &BindMxcsr, Faults),
+        .. FormSpec.Each(&BindFxsave, Faults, Mnemonic.Fxsave, Mnemonic.Fxsave64, Mnemonic.Fxrstor, Mnemonic.Fxrstor64),
+    ];
 
     // ------------------------------------------------------------------ state checks and operands
 
@@ -149,7 +129,7 @@ public static unsafe partial class Sse
             }
         }
         op.Imm &= 0xFF;
-        return (op.Flags & OpFlags.Lock) == 0;
+        return true;
     }
 
     public static UInt128 ToUInt128(Vector128<byte> v) => new(v.AsUInt64().GetElement(1), v.AsUInt64().GetElement(0));
@@ -483,7 +463,7 @@ public static unsafe partial class Sse
 
     static bool BindMovnti(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0 || ins.Op0Kind != OpKind.Memory)
+        if (ins.Op0Kind != OpKind.Memory)
         {
             return false;
         }
@@ -496,10 +476,6 @@ public static unsafe partial class Sse
     /// <summary>MASKMOVDQU xmm1, xmm2: bytes of xmm1 whose xmm2 byte has bit 7 set go to DS:[rDI].</summary>
     static bool BindMaskmovdqu(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return false;
-        }
         op.R1 = (byte)XmmIndex(ins.Op1Register);
         op.R2 = (byte)XmmIndex(ins.Op2Register);
         op.Base = 7; // rDI
@@ -990,7 +966,7 @@ public static unsafe partial class Sse
 
     static bool BindMxcsr(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0 || ins.Op0Kind != OpKind.Memory)
+        if (ins.Op0Kind != OpKind.Memory)
         {
             return false;
         }
@@ -1017,7 +993,7 @@ public static unsafe partial class Sse
 
     static bool BindFxsave(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0 || ins.Op0Kind != OpKind.Memory)
+        if (ins.Op0Kind != OpKind.Memory)
         {
             return false;
         }

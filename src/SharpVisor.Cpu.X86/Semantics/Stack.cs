@@ -6,23 +6,38 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// <summary>PUSH, POP (incl. segment registers), PUSHF/POPF, LEAVE, ENTER, PUSHA/POPA (SDM Vol. 2).</summary>
 public static unsafe class Stack
 {
-    public static void Register()
-    {
-        Binder.Add(Mnemonic.Push, &BindPush);
-        Binder.Add(Mnemonic.Pop, &BindPop);
-        Binder.Add(Mnemonic.Pushf, &BindPushf);
-        Binder.Add(Mnemonic.Pushfd, &BindPushf);
-        Binder.Add(Mnemonic.Pushfq, &BindPushf);
-        Binder.Add(Mnemonic.Popf, &BindPopf);
-        Binder.Add(Mnemonic.Popfd, &BindPopf);
-        Binder.Add(Mnemonic.Popfq, &BindPopf);
-        Binder.Add(Mnemonic.Leave, &BindLeave);
-        Binder.Add(Mnemonic.Enter, &BindEnter);
-        Binder.Add(Mnemonic.Pusha, &BindPusha);
-        Binder.Add(Mnemonic.Pushad, &BindPusha);
-        Binder.Add(Mnemonic.Popa, &BindPopa);
-        Binder.Add(Mnemonic.Popad, &BindPopa);
-    }
+    /// <summary>This family's rows of <see cref="InstructionTable"/> (stack forms touch memory and may
+    /// fault, as Iced's stack-instruction flag says).</summary>
+    internal static FormSpec[] Forms =>
+    [
+        new(Mnemonic.Push, &BindPush),
+        new(Mnemonic.Pop, &BindPop),
+        // POP to a segment register: see DataMove's MOV to Sreg; POP SS opens an interrupt shadow.
+        new(Code.Popw_ES, &BindPop, PopSreg),
+        new(Code.Popd_ES, &BindPop, PopSreg),
+        new(Code.Popw_DS, &BindPop, PopSreg),
+        new(Code.Popd_DS, &BindPop, PopSreg),
+        new(Code.Popw_FS, &BindPop, PopSreg),
+        new(Code.Popd_FS, &BindPop, PopSreg),
+        new(Code.Popq_FS, &BindPop, PopSreg),
+        new(Code.Popw_GS, &BindPop, PopSreg),
+        new(Code.Popd_GS, &BindPop, PopSreg),
+        new(Code.Popq_GS, &BindPop, PopSreg),
+        new(Code.Popw_SS, &BindPop, PopSreg | FormTraits.InterruptShadow),
+        new(Code.Popd_SS, &BindPop, PopSreg | FormTraits.InterruptShadow),
+        FormSpec.NotImplemented(Code.Popw_CS), // 8086 only: 0F is a prefix since the 286
+        .. FormSpec.Each(&BindPushf, FormTraits.MayFault, Mnemonic.Pushf, Mnemonic.Pushfd, Mnemonic.Pushfq), // #GP in V86 mode with IOPL < 3
+        // POPF may change IF, TF, AC and IOPL, which the run loop and the alignment checks read.
+        .. FormSpec.Each(&BindPopf, FormTraits.MayFault | FormTraits.ChangesMode, Mnemonic.Popf, Mnemonic.Popfd, Mnemonic.Popfq),
+        new(Mnemonic.Leave, &BindLeave),
+        new(Mnemonic.Enter, &BindEnter),
+        new(Mnemonic.Pusha, &BindPusha),
+        new(Mnemonic.Pushad, &BindPusha),
+        new(Mnemonic.Popa, &BindPopa),
+        new(Mnemonic.Popad, &BindPopa),
+    ];
+
+    const FormTraits PopSreg = FormTraits.MayFault | FormTraits.ChangesMode | FormTraits.ImplicitMemory;
 
     /// <summary>Operand size of an implicit stack operation in bytes (Iced knows it from the code).</summary>
     static int StackSize(in Instruction ins) => ins.StackPointerIncrement switch { -2 or 2 => 2, -4 or 4 => 4, _ => 8 };
@@ -63,7 +78,6 @@ public static unsafe class Stack
             case OpKind.Register when ins.Op0Register >= IcedReg.ES && ins.Op0Register <= IcedReg.GS:
                 op.Sub = Binder.SegSlot(ins.Op0Register);
                 op.Exec = Binder.BySize(op.Size, null, &PopSeg<S16>, &PopSeg<S32>, &PopSeg<S64>);
-                op.Flags |= OpFlags.EndsBlock;
                 return true;
             case OpKind.Register:
                 op.Exec = Binder.BySize(op.Size, null, &PopR<S16>, &PopR<S32>, &PopR<S64>);
@@ -130,7 +144,6 @@ public static unsafe class Stack
     {
         op.Size = (byte)StackSize(ins);
         op.Exec = Binder.BySize(op.Size, null, &Popf<S16>, &Popf<S32>, &Popf<S64>);
-        op.Flags |= OpFlags.EndsBlock;
         return true;
     }
 

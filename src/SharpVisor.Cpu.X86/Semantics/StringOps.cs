@@ -37,43 +37,29 @@ public static unsafe class StringOps
     public const int ChunkIterations = 4096;
     public const long ChunkBytes = 64 * 1024;
 
-    /// <summary>
-    /// Iced names the SSE2 scalar-double MOVSD and CMPSD with the same mnemonics as the string
-    /// instructions, and a mnemonic has one binder: the SSE family sets these instead of calling
-    /// Binder.Add for them; the string binder forwards the non-string forms here.
-    /// </summary>
-    public static delegate*<in Instruction, ref Op, bool> SseMovsdBinder, SseCmpsdBinder;
+    /// <summary>This family's rows of <see cref="InstructionTable"/>. Iced names the SSE2 MOVSD and CMPSD
+    /// like the string forms: those Codes are the SSE family's rows.</summary>
+    internal static FormSpec[] Forms =>
+    [
+        .. FormSpec.Each(&Bind<MovsOp>, FormTraits.None, Mnemonic.Movsb, Mnemonic.Movsw, Mnemonic.Movsq),
+        new(Code.Movsd_m32_m32, &Bind<MovsOp>),
+        .. FormSpec.Each(&Bind<CmpsOp>, FormTraits.None, Mnemonic.Cmpsb, Mnemonic.Cmpsw, Mnemonic.Cmpsq),
+        new(Code.Cmpsd_m32_m32, &Bind<CmpsOp>),
+        .. FormSpec.Each(&Bind<ScasOp>, FormTraits.None, Mnemonic.Scasb, Mnemonic.Scasw, Mnemonic.Scasd, Mnemonic.Scasq),
+        .. FormSpec.Each(&Bind<LodsOp>, FormTraits.None, Mnemonic.Lodsb, Mnemonic.Lodsw, Mnemonic.Lodsd, Mnemonic.Lodsq),
+        .. FormSpec.Each(&Bind<StosOp>, FormTraits.None, Mnemonic.Stosb, Mnemonic.Stosw, Mnemonic.Stosd, Mnemonic.Stosq),
+        .. IoForms(&Bind<InsOp>, Mnemonic.Insb, Mnemonic.Insw, Mnemonic.Insd),
+        .. IoForms(&Bind<OutsOp>, Mnemonic.Outsb, Mnemonic.Outsw, Mnemonic.Outsd),
+    ];
 
-    public static void Register()
+    static FormSpec[] IoForms(delegate*<in Instruction, ref Op, bool> bind, params Mnemonic[] mnemonics)
     {
-        foreach (var m in new[] { Mnemonic.Movsb, Mnemonic.Movsw, Mnemonic.Movsd, Mnemonic.Movsq })
+        var specs = new FormSpec[mnemonics.Length];
+        for (int i = 0; i < mnemonics.Length; i++)
         {
-            Binder.Add(m, &Bind<MovsOp>);
+            specs[i] = new FormSpec(mnemonics[i], bind, FormTraits.MayFault, VmExit.IoInstruction); // I/O permission: #GP
         }
-        foreach (var m in new[] { Mnemonic.Cmpsb, Mnemonic.Cmpsw, Mnemonic.Cmpsd, Mnemonic.Cmpsq })
-        {
-            Binder.Add(m, &Bind<CmpsOp>);
-        }
-        foreach (var m in new[] { Mnemonic.Scasb, Mnemonic.Scasw, Mnemonic.Scasd, Mnemonic.Scasq })
-        {
-            Binder.Add(m, &Bind<ScasOp>);
-        }
-        foreach (var m in new[] { Mnemonic.Lodsb, Mnemonic.Lodsw, Mnemonic.Lodsd, Mnemonic.Lodsq })
-        {
-            Binder.Add(m, &Bind<LodsOp>);
-        }
-        foreach (var m in new[] { Mnemonic.Stosb, Mnemonic.Stosw, Mnemonic.Stosd, Mnemonic.Stosq })
-        {
-            Binder.Add(m, &Bind<StosOp>);
-        }
-        foreach (var m in new[] { Mnemonic.Insb, Mnemonic.Insw, Mnemonic.Insd })
-        {
-            Binder.Add(m, &Bind<InsOp>);
-        }
-        foreach (var m in new[] { Mnemonic.Outsb, Mnemonic.Outsw, Mnemonic.Outsd })
-        {
-            Binder.Add(m, &Bind<OutsOp>);
-        }
+        return specs;
     }
 
     static bool Bind<T>(in Instruction ins, ref Op op) where T : IStringOp
@@ -90,13 +76,7 @@ public static unsafe class StringOps
         }
         if (addrBits == 0)
         {
-            // Not a string form: the SSE2 MOVSD/CMPSD sharing the mnemonic.
-            var sse = ins.Mnemonic == Mnemonic.Movsd ? SseMovsdBinder : ins.Mnemonic == Mnemonic.Cmpsd ? SseCmpsdBinder : null;
-            return sse != null && sse(ins, ref op);
-        }
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op);
+            return false;
         }
         op.AddrMask = addrBits switch { 16 => 0xFFFF, 32 => 0xFFFF_FFFF, _ => ulong.MaxValue };
         op.Seg = Binder.SegSlot(ins.MemorySegment); // source segment (DS or the override); unused for ES:DI-only forms

@@ -11,71 +11,68 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// </summary>
 public static unsafe class SystemOps
 {
-    public static void Register()
-    {
-        var seen = new HashSet<Mnemonic>();
-        void Add(Code code, delegate*<in Instruction, ref Op, bool> bind)
-        {
-            if (seen.Add(code.Mnemonic()))
-            {
-                Binder.Add(code.Mnemonic(), bind);
-            }
-        }
-        Add(Code.Rdmsr, &BindSimple);
-        Add(Code.Wrmsr, &BindSimple);
-        Add(Code.Cpuid, &BindSimple);
-        Add(Code.Rdtsc, &BindSimple);
-        Add(Code.Rdtscp, &BindSimple);
-        Add(Code.Rdpmc, &BindSimple);
-        Add(Code.Hlt, &BindSimple);
-        Add(Code.Clts, &BindSimple);
-        Add(Code.Invd, &BindSimple);
-        Add(Code.Wbinvd, &BindSimple);
-        Add(Code.Swapgs, &BindSimple);
-        Add(Code.Syscall, &BindSimple);
-        Add(Code.Sysretd, &BindSimple);
-        Add(Code.Sysretq, &BindSimple);
-        Add(Code.Sysenter, &BindSimple);
-        Add(Code.Sysexitd, &BindSimple);
-        Add(Code.Sysexitq, &BindSimple);
-        Add(Code.Int3, &BindSimple);
-        Add(Code.Int1, &BindSimple);
-        Add(Code.Int_imm8, &BindSimple);
-        Add(Code.Into, &BindSimple);
-        Add(Code.Iretw, &BindSimple);
-        Add(Code.Iretd, &BindSimple);
-        Add(Code.Iretq, &BindSimple);
-        Add(Code.Retfw, &BindSimple);
-        Add(Code.In_AL_DX, &BindIo);
-        Add(Code.Out_DX_AL, &BindIo);
-        Add(Code.Invlpg_m, &BindSimple);
-        Add(Code.Lmsw_rm16, &BindSimple);
-        Add(Code.Smsw_rm16, &BindSimple);
-        Add(Code.Lgdt_m1632, &BindTable);
-        Add(Code.Lidt_m1632, &BindTable);
-        Add(Code.Sgdt_m1632, &BindTable);
-        Add(Code.Sidt_m1632, &BindTable);
-        Add(Code.Lldt_rm16, &BindSimple);
-        Add(Code.Ltr_rm16, &BindSimple);
-        Add(Code.Sldt_rm16, &BindSimple);
-        Add(Code.Str_rm16, &BindSimple);
-        Add(Code.Lar_r16_rm16, &BindSimple);
-        Add(Code.Lsl_r16_rm16, &BindSimple);
-        Add(Code.Verr_rm16, &BindSimple);
-        Add(Code.Verw_rm16, &BindSimple);
-        Add(Code.Arpl_rm16_r16, &BindSimple);
-        Add(Code.Lds_r16_m1616, &BindFarPointer);
-        Add(Code.Les_r16_m1616, &BindFarPointer);
-        Add(Code.Lfs_r16_m1616, &BindFarPointer);
-        Add(Code.Lgs_r16_m1616, &BindFarPointer);
-        Add(Code.Lss_r16_m1616, &BindFarPointer);
+    const FormTraits Faults = FormTraits.MayFault;
+    const FormTraits Descriptors = FormTraits.MayFault | FormTraits.ImplicitMemory;
+
+    /// <summary>This family's rows of <see cref="InstructionTable"/>. Most of these need CPL 0, which Iced
+    /// knows (privileged forms may fault); the rows add the other faults, block ends and VM exits.</summary>
+    internal static FormSpec[] Forms =>
+    [
+        new(Mnemonic.Rdmsr, &BindSimple, Faults, VmExit.Rdmsr),
+        new(Mnemonic.Wrmsr, &BindSimple, Faults | FormTraits.ChangesMode, VmExit.Wrmsr), // EFER, FS/GS base, APIC base...
+        new(Mnemonic.Cpuid, &BindSimple, FormTraits.None, VmExit.Cpuid),
+        new(Mnemonic.Rdtsc, &BindSimple, Faults, VmExit.Rdtsc), // #GP with CR4.TSD above CPL 0
+        new(Mnemonic.Rdtscp, &BindSimple, Faults, VmExit.Rdtscp),
+        new(Mnemonic.Rdpmc, &BindSimple, Faults, VmExit.Rdpmc),
+        new(Mnemonic.Hlt, &BindSimple, FormTraits.Halts, VmExit.Hlt),
+        new(Mnemonic.Clts, &BindSimple, Faults, VmExit.ControlRegisterAccess),
+        new(Mnemonic.Invd, &BindSimple, Faults, VmExit.Invd),
+        new(Mnemonic.Wbinvd, &BindSimple, Faults, VmExit.Wbinvd),
+        new(Mnemonic.Swapgs, &BindSimple, Faults),
+        // SYSCALL/SYSRET/SYSENTER/SYSEXIT, INT n, IRET, RET far: branches to Iced; they also switch modes
+        // or stacks and read descriptor tables, the IDT or the TSS.
+        new(Mnemonic.Syscall, &BindSimple, Faults),
+        new(Mnemonic.Sysret, &BindSimple, Faults),
+        new(Mnemonic.Sysretq, &BindSimple, Faults),
+        new(Mnemonic.Sysenter, &BindSimple, Faults),
+        new(Mnemonic.Sysexit, &BindSimple, Faults),
+        new(Mnemonic.Sysexitq, &BindSimple, Faults),
+        new(Mnemonic.Int3, &BindSimple, Descriptors),
+        new(Mnemonic.Int1, &BindSimple, Descriptors),
+        new(Mnemonic.Int, &BindSimple, Descriptors),
+        new(Mnemonic.Into, &BindSimple, Descriptors),
+        new(Mnemonic.Iret, &BindSimple, Descriptors),
+        new(Mnemonic.Iretd, &BindSimple, Descriptors),
+        new(Mnemonic.Iretq, &BindSimple, Descriptors),
+        new(Mnemonic.Retf, &BindSimple, Descriptors),
+        new(Mnemonic.In, &BindIo, Faults, VmExit.IoInstruction), // IOPL and the TSS I/O bitmap: #GP
+        new(Mnemonic.Out, &BindIo, Faults, VmExit.IoInstruction),
+        new(Mnemonic.Invlpg, &BindSimple, FormTraits.ChangesMode, VmExit.Invlpg),
+        new(Mnemonic.Lmsw, &BindSimple, FormTraits.ChangesMode, VmExit.ControlRegisterAccess),
+        new(Mnemonic.Smsw, &BindSimple),
+        new(Mnemonic.Lgdt, &BindTable, FormTraits.None, VmExit.GdtrIdtrAccess),
+        new(Mnemonic.Lidt, &BindTable, FormTraits.None, VmExit.GdtrIdtrAccess),
+        new(Mnemonic.Sgdt, &BindTable, FormTraits.None, VmExit.GdtrIdtrAccess),
+        new(Mnemonic.Sidt, &BindTable, FormTraits.None, VmExit.GdtrIdtrAccess),
+        new(Mnemonic.Lldt, &BindSimple, Descriptors, VmExit.LdtrTrAccess),
+        new(Mnemonic.Ltr, &BindSimple, Descriptors, VmExit.LdtrTrAccess),
+        new(Mnemonic.Sldt, &BindSimple, Faults, VmExit.LdtrTrAccess), // #UD in real and virtual-8086 mode
+        new(Mnemonic.Str, &BindSimple, Faults, VmExit.LdtrTrAccess),
+        new(Mnemonic.Lar, &BindSimple, Descriptors),
+        new(Mnemonic.Lsl, &BindSimple, Descriptors),
+        new(Mnemonic.Verr, &BindSimple, Descriptors),
+        new(Mnemonic.Verw, &BindSimple, Descriptors),
+        new(Mnemonic.Arpl, &BindSimple, Faults), // #UD in real and virtual-8086 mode
+        // LDS/LES/LFS/LGS/LSS load a segment register (see DataMove's MOV to Sreg).
+        .. FormSpec.Each(&BindFarPointer, Descriptors | FormTraits.ChangesMode,
+            Mnemonic.Lds, Mnemonic.Les, Mnemonic.Lfs, Mnemonic.Lgs, Mnemonic.Lss),
         // Not advertised in CPUID, so #UD exactly like a CPU without them (no "unimplemented" log).
-        Add(Code.Invpcid_r64_m128, &BindNotAdvertised);
-        Add(Code.Xgetbv, &BindNotAdvertised);
-        Add(Code.Xsetbv, &BindNotAdvertised);
-        Add(Code.Monitorq, &BindNotAdvertised);
-        Add(Code.Mwait, &BindNotAdvertised);
-    }
+        new(Mnemonic.Invpcid, &BindNotAdvertised, Faults, VmExit.Invpcid),
+        new(Mnemonic.Xgetbv, &BindNotAdvertised, Faults),
+        new(Mnemonic.Xsetbv, &BindNotAdvertised, Faults, VmExit.Xsetbv),
+        new(Mnemonic.Monitor, &BindNotAdvertised, Faults, VmExit.Monitor),
+        new(Mnemonic.Mwait, &BindNotAdvertised, Faults, VmExit.Mwait),
+    ];
 
     static bool BindNotAdvertised(in Instruction ins, ref Op op)
     {
@@ -97,12 +94,12 @@ public static unsafe class SystemOps
         switch (ins.Code)
         {
             case Code.Rdmsr: op.Exec = &Rdmsr; break;
-            case Code.Wrmsr: op.Exec = &Wrmsr; op.Flags |= OpFlags.EndsBlock; break;
+            case Code.Wrmsr: op.Exec = &Wrmsr; break;
             case Code.Cpuid: op.Exec = &Cpuid; break;
             case Code.Rdtsc: op.Exec = &Rdtsc; break;
             case Code.Rdtscp: op.Exec = &Rdtscp; break;
             case Code.Rdpmc: op.Exec = &Rdpmc; break;
-            case Code.Hlt: op.Exec = &Hlt; op.Flags |= OpFlags.EndsBlock; break;
+            case Code.Hlt: op.Exec = &Hlt; break;
             case Code.Clts: op.Exec = &Clts; break;
             case Code.Invd or Code.Wbinvd: op.Exec = &CacheFlush; break;
             case Code.Swapgs: op.Exec = &Swapgs; break;
@@ -123,8 +120,8 @@ public static unsafe class SystemOps
                 op.Imm = ins.OpCount > 0 ? ins.Immediate16 : 0u;
                 op.Exec = &FarTransfer.FarRet;
                 break;
-            case Code.Invlpg_m: op.Exec = &Invlpg; op.Flags |= OpFlags.EndsBlock; break;
-            case Code.Lmsw_rm16 or Code.Lmsw_r32m16 or Code.Lmsw_r64m16: op.Exec = &Lmsw; op.Flags |= OpFlags.EndsBlock; break;
+            case Code.Invlpg_m: op.Exec = &Invlpg; break;
+            case Code.Lmsw_rm16 or Code.Lmsw_r32m16 or Code.Lmsw_r64m16: op.Exec = &Lmsw; break;
             case Code.Smsw_rm16 or Code.Smsw_r32m16 or Code.Smsw_r64m16:
                 op.Size = (byte)(mem ? 2 : ins.Op0Register.GetSize());
                 op.Exec = &Smsw;
@@ -186,7 +183,6 @@ public static unsafe class SystemOps
             _ => (byte)Seg.SS,
         };
         op.Exec = &SegmentInstructions.LoadFarPointer;
-        op.Flags |= OpFlags.EndsBlock;
         return true;
     }
 
@@ -211,10 +207,6 @@ public static unsafe class SystemOps
         {
             op.Sub = (byte)(sys - Iced.Intel.Register.DR0);
             op.Exec = toSystem ? &MovToDr : &MovFromDr;
-        }
-        if (toSystem)
-        {
-            op.Flags |= OpFlags.EndsBlock; // CR0/CR3/CR4 change the mode or translations
         }
         return true;
     }

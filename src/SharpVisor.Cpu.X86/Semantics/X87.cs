@@ -39,43 +39,32 @@ public static unsafe class X87
     // op.Sub for the arithmetic family: the ModRM reg field of D8 /r.
     const byte Add = 0, Mul = 1, Sub = 4, SubR = 5, Div = 6, DivR = 7;
 
-    public static void Register()
-    {
-        Mnemonic[] all =
-        [
-            Mnemonic.Fninit, Mnemonic.Finit, Mnemonic.Fnclex, Mnemonic.Fclex, Mnemonic.Fnstsw, Mnemonic.Fstsw,
-            Mnemonic.Fnstcw, Mnemonic.Fstcw, Mnemonic.Fldcw, Mnemonic.Fnstenv, Mnemonic.Fstenv, Mnemonic.Fldenv,
-            Mnemonic.Fnsave, Mnemonic.Fsave, Mnemonic.Frstor, Mnemonic.Wait, Mnemonic.Ffree, Mnemonic.Ffreep,
-            Mnemonic.Fincstp, Mnemonic.Fdecstp, Mnemonic.Fnop, Mnemonic.Fneni, Mnemonic.Feni, Mnemonic.Fndisi,
-            Mnemonic.Fdisi, Mnemonic.Fnsetpm, Mnemonic.Fsetpm,
-            Mnemonic.Fld, Mnemonic.Fst, Mnemonic.Fstp, Mnemonic.Fstpnce, Mnemonic.Fild, Mnemonic.Fist, Mnemonic.Fistp,
-            Mnemonic.Fisttp, Mnemonic.Fbld, Mnemonic.Fbstp, Mnemonic.Fld1, Mnemonic.Fldz, Mnemonic.Fldpi,
-            Mnemonic.Fldl2e, Mnemonic.Fldl2t, Mnemonic.Fldlg2, Mnemonic.Fldln2, Mnemonic.Fxch,
-            Mnemonic.Fcmovb, Mnemonic.Fcmove, Mnemonic.Fcmovbe, Mnemonic.Fcmovu, Mnemonic.Fcmovnb, Mnemonic.Fcmovne,
-            Mnemonic.Fcmovnbe, Mnemonic.Fcmovnu,
-            Mnemonic.Fadd, Mnemonic.Faddp, Mnemonic.Fiadd, Mnemonic.Fmul, Mnemonic.Fmulp, Mnemonic.Fimul,
-            Mnemonic.Fsub, Mnemonic.Fsubp, Mnemonic.Fisub, Mnemonic.Fsubr, Mnemonic.Fsubrp, Mnemonic.Fisubr,
-            Mnemonic.Fdiv, Mnemonic.Fdivp, Mnemonic.Fidiv, Mnemonic.Fdivr, Mnemonic.Fdivrp, Mnemonic.Fidivr,
-            Mnemonic.Fcom, Mnemonic.Fcomp, Mnemonic.Fcompp, Mnemonic.Fucom, Mnemonic.Fucomp, Mnemonic.Fucompp,
-            Mnemonic.Fcomi, Mnemonic.Fcomip, Mnemonic.Fucomi, Mnemonic.Fucomip, Mnemonic.Ficom, Mnemonic.Ficomp,
-            Mnemonic.Ftst, Mnemonic.Fxam, Mnemonic.Fchs, Mnemonic.Fabs, Mnemonic.Fsqrt, Mnemonic.Fprem,
-            Mnemonic.Fprem1, Mnemonic.Frndint, Mnemonic.Fscale, Mnemonic.Fxtract, Mnemonic.F2xm1, Mnemonic.Fyl2x,
-            Mnemonic.Fyl2xp1, Mnemonic.Fptan, Mnemonic.Fpatan, Mnemonic.Fsin, Mnemonic.Fcos, Mnemonic.Fsincos,
-        ];
-        foreach (var m in all)
-        {
-            Binder.Add(m, &Bind);
-        }
-    }
+    /// <summary>This family's rows of <see cref="InstructionTable"/>: every x87 form may fault (#NM with
+    /// CR0.EM or TS, #MF for a pending unmasked exception, stack faults through #MF).</summary>
+    internal static FormSpec[] Forms => FormSpec.Each(&Bind, FormTraits.MayFault,
+        Mnemonic.Fninit, Mnemonic.Finit, Mnemonic.Fnclex, Mnemonic.Fclex, Mnemonic.Fnstsw, Mnemonic.Fstsw,
+        Mnemonic.Fnstcw, Mnemonic.Fstcw, Mnemonic.Fldcw, Mnemonic.Fnstenv, Mnemonic.Fstenv, Mnemonic.Fldenv,
+        Mnemonic.Fnsave, Mnemonic.Fsave, Mnemonic.Frstor, Mnemonic.Wait, Mnemonic.Ffree, Mnemonic.Ffreep,
+        Mnemonic.Fincstp, Mnemonic.Fdecstp, Mnemonic.Fnop, Mnemonic.Fneni, Mnemonic.Feni, Mnemonic.Fndisi,
+        Mnemonic.Fdisi, Mnemonic.Fnsetpm, Mnemonic.Fsetpm,
+        Mnemonic.Fld, Mnemonic.Fst, Mnemonic.Fstp, Mnemonic.Fstpnce, Mnemonic.Fild, Mnemonic.Fist, Mnemonic.Fistp,
+        Mnemonic.Fisttp, Mnemonic.Fbld, Mnemonic.Fbstp, Mnemonic.Fld1, Mnemonic.Fldz, Mnemonic.Fldpi,
+        Mnemonic.Fldl2e, Mnemonic.Fldl2t, Mnemonic.Fldlg2, Mnemonic.Fldln2, Mnemonic.Fxch,
+        Mnemonic.Fcmovb, Mnemonic.Fcmove, Mnemonic.Fcmovbe, Mnemonic.Fcmovu, Mnemonic.Fcmovnb, Mnemonic.Fcmovne,
+        Mnemonic.Fcmovnbe, Mnemonic.Fcmovnu,
+        Mnemonic.Fadd, Mnemonic.Faddp, Mnemonic.Fiadd, Mnemonic.Fmul, Mnemonic.Fmulp, Mnemonic.Fimul,
+        Mnemonic.Fsub, Mnemonic.Fsubp, Mnemonic.Fisub, Mnemonic.Fsubr, Mnemonic.Fsubrp, Mnemonic.Fisubr,
+        Mnemonic.Fdiv, Mnemonic.Fdivp, Mnemonic.Fidiv, Mnemonic.Fdivr, Mnemonic.Fdivrp, Mnemonic.Fidivr,
+        Mnemonic.Fcom, Mnemonic.Fcomp, Mnemonic.Fcompp, Mnemonic.Fucom, Mnemonic.Fucomp, Mnemonic.Fucompp,
+        Mnemonic.Fcomi, Mnemonic.Fcomip, Mnemonic.Fucomi, Mnemonic.Fucomip, Mnemonic.Ficom, Mnemonic.Ficomp,
+        Mnemonic.Ftst, Mnemonic.Fxam, Mnemonic.Fchs, Mnemonic.Fabs, Mnemonic.Fsqrt, Mnemonic.Fprem,
+        Mnemonic.Fprem1, Mnemonic.Frndint, Mnemonic.Fscale, Mnemonic.Fxtract, Mnemonic.F2xm1, Mnemonic.Fyl2x,
+        Mnemonic.Fyl2xp1, Mnemonic.Fptan, Mnemonic.Fpatan, Mnemonic.Fsin, Mnemonic.Fcos, Mnemonic.Fsincos);
 
     // ================================================================ binding
 
     static bool Bind(in Instruction ins, ref Op op)
     {
-        if ((op.Flags & OpFlags.Lock) != 0)
-        {
-            return Alu.BindUd(ref op); // LOCK with an x87 instruction is #UD (SDM Vol. 2 LOCK)
-        }
         ushort fop = FpuOpcode(ins);
         op.Imm2 = fop;
         op.Imm = 0;

@@ -97,7 +97,7 @@ public static unsafe partial class Sse
             }
         }
         op.Imm &= 0xFF;
-        return (op.Flags & OpFlags.Lock) == 0;
+        return true;
     }
 
     static bool BindMmx(in Instruction ins, ref Op op)
