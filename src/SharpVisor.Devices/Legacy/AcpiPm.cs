@@ -157,6 +157,7 @@ public sealed class AcpiPm : IPortDevice, IPersistent<AcpiPm.State>
         Check((state.Pm1Control & ~Pm1CntWritable) == 0, $"Pm1Control 0x{state.Pm1Control:x4} has bits that are not writable (SLP_EN is write-only)");
         Check(state.TimerEpoch >= 0 && state.TimerEpoch <= ticks >> 23, $"TimerEpoch {state.TimerEpoch} is not between power-on and now ({ticks >> 23})");
         Check(state.Gpe0Enable is { Length: 8 }, $"Gpe0Enable has {state.Gpe0Enable?.Length ?? 0} bytes, GPE0_EN has 8");
+        Check(!state.SciAsserted || (state.Pm1Control & SciEn) != 0, "SciAsserted while SCI_EN is clear");
         Check(DeviceTimer.IsValidDeadline(state.OverflowTimerDeadlineNs), $"OverflowTimerDeadlineNs {state.OverflowTimerDeadlineNs} is before power-on");
 
         lock (_lock)
