@@ -36,8 +36,8 @@ sealed class Rig
         return line;
     }
 
-    /// <summary>Every line's current level, by name.</summary>
-    public string Levels() => string.Join(",", _lines.OrderBy(l => l.Key).Select(l => $"{l.Key}={(l.Value.Level ? 1 : 0)}"));
+    /// <summary>The names of the lines asserted now (a line never driven is low).</summary>
+    public string Levels() => string.Join(",", _lines.Where(l => l.Value.Level).Select(l => l.Key).Order());
 
     /// <summary>Moves time to <paramref name="targetNs"/>, running each timer at its deadline, as the machine's loop does.</summary>
     public void RunUntil(long targetNs)
