@@ -353,7 +353,7 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource, IPersistent<L
         {
             uint lvt = state.Lvt![i];
             Check((lvt & ~LvtWritable[i]) == 0, $"Lvt[{i}] 0x{lvt:x8} has read-only or reserved bits set");
-            Check((state.Svr & SvrEnable) != 0 || (lvt & LvtMasked) != 0, $"Lvt[{i}] is unmasked while the APIC is software-disabled");
+            // No "masked while software-disabled" rule: the BSP's LINT0 starts unmasked in ExtINT mode (see Reset).
         }
         Check((state.DivideConfig & ~0xBu) == 0, $"DivideConfig 0x{state.DivideConfig:x} has bits outside 3 and 1:0");
         int timerMode = (int)(state.Lvt![LvtTimer] >> 17) & 3;

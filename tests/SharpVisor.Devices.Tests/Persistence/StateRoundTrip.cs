@@ -94,6 +94,10 @@ static class StateRoundTrip
         where TDevice : IPersistent<TState>
         where TState : class
     {
+        // The power-on state is a valid state too (the refusal tests change one field of it).
+        var powerOn = build(new Rig()).SaveState();
+        build(new Rig()).RestoreState(ThroughJson(powerOn));
+
         var a = new Rig();
         var original = build(a);
         before(original, a);
