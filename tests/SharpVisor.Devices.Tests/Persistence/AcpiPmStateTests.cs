@@ -9,8 +9,8 @@ public class AcpiPmStateTests
 
     /// <summary>
     /// PM timer and power-button events enabled, the power button pressed and acknowledged, GPE0
-    /// enables written; the pause comes after the PM timer's bit 23 toggled but before the overflow
-    /// callback raised the SCI.
+    /// enables written, TMR_STS raised and cleared once; the pause comes after the PM timer's bit 23
+    /// toggled again but before the overflow callback raised the SCI.
     /// </summary>
     static void Drive(AcpiPm pm, Rig rig)
     {
@@ -19,6 +19,8 @@ public class AcpiPmStateTests
         pm.PortWrite(0x00, 2, 0x0100);
         pm.PortWrite(0x28, 4, 0xDEADBEEF);
         pm.PortWrite(0x04, 2, 0x0005);
+        rig.Advance(2_400_000_000);
+        pm.PortWrite(0x00, 2, 0x0001); // clear TMR_STS: the next one comes at the next toggle of bit 23
         rig.Advance(2_000_000_000);
         rig.SkipWithoutTimers(400_000_000);
     }

@@ -33,6 +33,7 @@ public class HpetStateTests
         W(h, TCmp(1), 0xFFFF_FFF0_0000_0000 + 150_000);
         W(h, TCfg(2), TnEnable | Tn32Bit | Route(23));
         W(h, TCmp(2), 12_345_678);
+        W(h, 0x130, 0xFEE0_0000_0000_0041);
         W(h, Cfg, Enable);
         rig.Advance(3_500_000);
         rig.SkipWithoutTimers(600_000);
@@ -43,7 +44,7 @@ public class HpetStateTests
         void ReadAll(string when)
             => reads.Add($"{when} cfg{h.MmioRead(Cfg, 8):x} sts{h.MmioRead(Status, 8):x} ctr{h.MmioRead(Counter, 8):x}"
                 + $" t0 {h.MmioRead(TCfg(0), 8):x}/{h.MmioRead(TCmp(0), 8):x} t1 {h.MmioRead(TCfg(1), 8):x}/{h.MmioRead(TCmp(1), 8):x}"
-                + $" t2 {h.MmioRead(TCfg(2), 8):x}/{h.MmioRead(TCmp(2), 8):x}");
+                + $" t2 {h.MmioRead(TCfg(2), 8):x}/{h.MmioRead(TCmp(2), 8):x} fsb {h.MmioRead(0x110, 8):x}/{h.MmioRead(0x130, 8):x}");
         ReadAll("start");
         rig.Advance(2_000_000);
         ReadAll("2ms");
@@ -74,6 +75,22 @@ public class HpetStateTests
             W(h, Cfg, Enable | Legacy);
             rig.Advance(1_000_000);
         }, After);
+
+    [Fact]
+    public void RestoredHpetKeepsTheMinimumSpacingOfAFastPeriodicTimer()
+        => Check<Hpet, Hpet.State>(Build, (h, rig) =>
+        {
+            W(h, TCfg(0), TnEnable | TnPeriodic | TnValSet | Route(2));
+            W(h, TCmp(0), 100);
+            W(h, TCmp(0), 100); // 1 us: clamped to one interrupt per 10 us
+            W(h, Cfg, Enable);
+            rig.Advance(35_000);
+        }, (h, rig, reads) =>
+        {
+            W(h, TCfg(0), TnEnable | TnPeriodic | Route(2)); // re-plans from the last firing
+            rig.Advance(100_000);
+            reads.Add($"ctr {h.MmioRead(Counter, 8):x} cmp {h.MmioRead(TCmp(0), 8):x}");
+        });
 
     [Fact]
     public void OutOfRangeFieldsAreRefusedAndChangeNothing()

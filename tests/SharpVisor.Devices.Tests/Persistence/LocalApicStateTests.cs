@@ -16,6 +16,17 @@ public class LocalApicStateTests
         public void RaiseStartup(byte vector) => rig.Log($"{name} sipi {vector:x2}");
     }
 
+    /// <summary>An 8259 that always has IRQ 0 to give.</summary>
+    sealed class LoggedPic(Rig rig) : IExtIntController
+    {
+        public bool HasInterrupt => true;
+        public byte Acknowledge()
+        {
+            rig.Log("8259 acknowledge");
+            return 0x20;
+        }
+    }
+
     sealed class LoggedEoi(Rig rig) : IApicEoiListener
     {
         public void OnEoi(byte vector) => rig.Log($"eoi {vector:x2}");
@@ -30,7 +41,10 @@ public class LocalApicStateTests
             Apics = new LocalApic[cpus];
             for (int i = 0; i < cpus; i++)
             {
-                Apics[i] = new LocalApic((uint)i, Bus, new LoggedSignals(rig, $"cpu{i}"), rig.Timers, Tsc) { EoiListener = new LoggedEoi(rig) };
+                Apics[i] = new LocalApic((uint)i, Bus, new LoggedSignals(rig, $"cpu{i}"), rig.Timers, Tsc, i == 0 ? new LoggedPic(rig) : null)
+                {
+                    EoiListener = new LoggedEoi(rig),
+                };
                 Bus.Attach(Apics[i]);
             }
         }
@@ -63,7 +77,7 @@ public class LocalApicStateTests
     static void W(LocalApic apic, ulong offset, uint value) => apic.MmioWrite(offset, 4, value);
 
     /// <summary>
-    /// Software-enabled with a TPR, cluster logical addressing, NMI on LINT1 (asserted), the error
+    /// Software-enabled with a new xAPIC ID, an ExtINT message waiting, a TPR, cluster logical addressing, NMI on LINT1 (asserted), the error
     /// LVT set up and an illegal register write recorded, a level interrupt and an edge one
     /// pending, one in service, a self-IPI, and a periodic timer whose next expiry is overdue when
     /// the pause comes.
@@ -71,6 +85,9 @@ public class LocalApicStateTests
     static void Drive(LocalApic apic, Rig rig)
     {
         W(apic, 0xF0, 0x1FF);
+        W(apic, 0x20, 0x0500_0000);
+        W(apic, 0x350, 0x1_0700); // LINT0 masked: the 8259 reaches the CPU only through an ExtINT message
+        apic.Accept(new ApicInterrupt(5, false, ApicDeliveryMode.ExtInt, 0, false));
         W(apic, 0x80, 0x20);
         W(apic, 0xD0, 0x1200_0000);
         W(apic, 0xE0, 0x0FFF_FFFF);

@@ -16,11 +16,12 @@ public class PicStateTests
         Master(p, 0, 0x11);
         Master(p, 1, 0x20);
         Master(p, 1, 0x04);
-        Master(p, 1, 0x01);
+        Master(p, 1, 0x11); // special fully nested
         Slave(p, 0, 0x11);
         Slave(p, 1, 0x28);
         Slave(p, 1, 0x02);
-        Slave(p, 1, 0x01);
+        Slave(p, 1, 0x03);  // auto-EOI
+        Slave(p, 0, 0x80);  // rotate on auto-EOI
         p.ElcrPort.PortWrite(1, 1, 0x04);
         Master(p, 1, 0xB8);
         p.Input(1).SetLevel(true);
@@ -30,6 +31,10 @@ public class PicStateTests
         p.Input(0).SetLevel(true);
         p.Input(0).SetLevel(false);
         p.Input(10).SetLevel(true);
+        p.Input(11).SetLevel(true);
+        p.Input(12).SetLevel(true);
+        rig.Log($"ack {p.Acknowledge():x2}"); // slave IRQ 10 through the cascade: master IR2 in service
+        Master(p, 0, 0x68); // OCW3: special mask mode
         Master(p, 0, 0x0B); // OCW3: read ISR
         Master(p, 0, 0xC4); // OCW2: IR4 lowest priority
         Slave(p, 0, 0x0C);  // OCW3: poll
@@ -42,7 +47,12 @@ public class PicStateTests
         Master(p, 0, 0x0A);
         Slave(p, 0, 0x0A);
         Read("irr");
-        for (int i = 0; i < 4; i++)
+        p.Input(13).SetLevel(true);
+        reads.Add($"cascade nested int{(p.HasInterrupt ? 1 : 0)}");
+        Master(p, 1, 0x04 | 0xB8);
+        reads.Add($"ir2 masked int{(p.HasInterrupt ? 1 : 0)}");
+        Master(p, 1, 0xB8);
+        for (int i = 0; i < 6; i++)
         {
             if (p.HasInterrupt)
             {
@@ -81,6 +91,45 @@ public class PicStateTests
             Master(p, 1, 0x00);
             reads.Add($"ack {p.Acknowledge():x2} isr-after-aeoi {p.MasterPort.PortRead(0, 1):x2}");
             After(p, rig, reads);
+        });
+
+    [Fact]
+    public void RestoredPicKeepsRotationAndSpecialMaskMode()
+        => Check<Pic8259Pair, Pic8259Pair.State>(Build, (p, rig) =>
+        {
+            Master(p, 0, 0x11);
+            Master(p, 1, 0x20);
+            Master(p, 1, 0x04);
+            Master(p, 1, 0x01);
+            Slave(p, 0, 0x11);
+            Slave(p, 1, 0x28);
+            Slave(p, 1, 0x02);
+            Slave(p, 1, 0x03); // auto-EOI
+            Slave(p, 0, 0x80); // rotate on auto-EOI
+            Master(p, 0, 0x68); // special mask mode
+        }, (p, rig, reads) =>
+        {
+            void Ack()
+            {
+                reads.Add($"int{(p.HasInterrupt ? 1 : 0)} ack {p.Acknowledge():x2}");
+                Master(p, 0, 0x20);
+            }
+            foreach (int irq in (ReadOnlySpan<int>)[8, 9, 10])
+            {
+                p.Input(irq).SetLevel(true);
+                p.Input(irq).SetLevel(false);
+            }
+            Ack();
+            p.Input(8).SetLevel(true);
+            Ack();
+            Ack();
+            Ack();
+            // Special mask mode: IR1 in service and masked no longer blocks IR3.
+            p.Input(1).SetLevel(true);
+            reads.Add($"ack {p.Acknowledge():x2}");
+            Master(p, 1, 0x02);
+            p.Input(3).SetLevel(true);
+            reads.Add($"int with IR1 in service and masked: {(p.HasInterrupt ? 1 : 0)}");
         });
 
     [Fact]

@@ -69,6 +69,14 @@ public class UartStateTests
         }, ReadAll);
 
     [Fact]
+    public void RestoredUartRereadsTheLastByteFromAnEmptyRbr()
+        => Check<Uart16550, Uart16550.State>(Build, (u, rig) =>
+        {
+            u.Receive("z"u8);
+            u.PortRead(0, 1);
+        }, ReadAll);
+
+    [Fact]
     public void OutOfRangeFieldsAreRefusedAndChangeNothing()
     {
         var rig = new Rig();
