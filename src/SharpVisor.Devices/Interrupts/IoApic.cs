@@ -124,7 +124,10 @@ public sealed class IoApic : IMmioDevice, IApicEoiListener, IPersistent<IoApic.S
         {
             return new State
             {
-                Id = _id, Select = _select, Redirection = (ulong[])_rte.Clone(), PinAsserted = (bool[])_asserted.Clone(),
+                Id = _id,
+                Select = _select,
+                Redirection = (ulong[])_rte.Clone(),
+                PinAsserted = (bool[])_asserted.Clone(),
             };
         }
     }

@@ -310,12 +310,28 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource, IPersistent<L
         {
             return new State
             {
-                ApicId = Id, ApicBase = _apicBase, XApicId = _xApicId, Tpr = _tpr, Svr = _svr, Ldr = _ldr, Dfr = _dfr,
-                Esr = _esr, EsrPending = _esrPending, IcrLow = _icrLow, IcrHigh = _icrHigh,
-                Irr = (uint[])_irr.Clone(), Isr = (uint[])_isr.Clone(), Tmr = (uint[])_tmr.Clone(), Lvt = (uint[])_lvt.Clone(),
-                DivideConfig = _divideConfig, InitialCount = _initialCount, CountStartNs = _countStartNs,
-                TimerDeadlineNs = _timerDeadlineNs, TscDeadline = _tscDeadline,
-                ExtIntMessagePending = _extIntMessagePending, LintLevel = (bool[])_lintLevel.Clone(),
+                ApicId = Id,
+                ApicBase = _apicBase,
+                XApicId = _xApicId,
+                Tpr = _tpr,
+                Svr = _svr,
+                Ldr = _ldr,
+                Dfr = _dfr,
+                Esr = _esr,
+                EsrPending = _esrPending,
+                IcrLow = _icrLow,
+                IcrHigh = _icrHigh,
+                Irr = (uint[])_irr.Clone(),
+                Isr = (uint[])_isr.Clone(),
+                Tmr = (uint[])_tmr.Clone(),
+                Lvt = (uint[])_lvt.Clone(),
+                DivideConfig = _divideConfig,
+                InitialCount = _initialCount,
+                CountStartNs = _countStartNs,
+                TimerDeadlineNs = _timerDeadlineNs,
+                TscDeadline = _tscDeadline,
+                ExtIntMessagePending = _extIntMessagePending,
+                LintLevel = (bool[])_lintLevel.Clone(),
             };
         }
     }

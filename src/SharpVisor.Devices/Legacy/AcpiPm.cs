@@ -139,8 +139,13 @@ public sealed class AcpiPm : IPortDevice, IPersistent<AcpiPm.State>
         {
             return new State
             {
-                Pm1Status = _pm1Sts, Pm1Enable = _pm1En, Pm1Control = _pm1Cnt, TimerEpoch = _tmrEpoch,
-                Gpe0Enable = (byte[])_gpe0En.Clone(), SciAsserted = _sciLevel, OverflowTimerDeadlineNs = _tmrOverflow.DeadlineNs,
+                Pm1Status = _pm1Sts,
+                Pm1Enable = _pm1En,
+                Pm1Control = _pm1Cnt,
+                TimerEpoch = _tmrEpoch,
+                Gpe0Enable = (byte[])_gpe0En.Clone(),
+                SciAsserted = _sciLevel,
+                OverflowTimerDeadlineNs = _tmrOverflow.DeadlineNs,
             };
         }
     }

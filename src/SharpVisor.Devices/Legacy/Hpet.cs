@@ -189,14 +189,22 @@ public sealed class Hpet : IMmioDevice, IPersistent<Hpet.State>
                 var t = _timers[i];
                 timers[i] = new TimerState
                 {
-                    Config = t.Config, Comparator = t.Comparator, Period = t.Period, FsbRoute = t.FsbRoute,
-                    FireTick = t.FireTick, LastFireNs = t.LastFireNs, TimerDeadlineNs = t.QueueTimer.DeadlineNs,
+                    Config = t.Config,
+                    Comparator = t.Comparator,
+                    Period = t.Period,
+                    FsbRoute = t.FsbRoute,
+                    FireTick = t.FireTick,
+                    LastFireNs = t.LastFireNs,
+                    TimerDeadlineNs = t.QueueTimer.DeadlineNs,
                 };
             }
             return new State
             {
-                Config = _config, InterruptStatus = _interruptStatus, CounterAtEnable = _counterAtEnable,
-                EnableTick = _enableTick, Timers = timers,
+                Config = _config,
+                InterruptStatus = _interruptStatus,
+                CounterAtEnable = _counterAtEnable,
+                EnableTick = _enableTick,
+                Timers = timers,
             };
         }
     }

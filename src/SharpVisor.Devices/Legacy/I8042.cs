@@ -134,8 +134,12 @@ public sealed class I8042 : IPersistent<I8042.State>
             }
             return new State
             {
-                CommandByte = _ctr, OutputPort = _outputPort, PendingCommand = _pendingCommand,
-                LastWriteWasCommand = _lastWriteWasCommand, OutputQueue = data, OutputQueueFlags = flags,
+                CommandByte = _ctr,
+                OutputPort = _outputPort,
+                PendingCommand = _pendingCommand,
+                LastWriteWasCommand = _lastWriteWasCommand,
+                OutputQueue = data,
+                OutputQueueFlags = flags,
             };
         }
     }

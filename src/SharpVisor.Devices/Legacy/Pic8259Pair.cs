@@ -158,10 +158,21 @@ public sealed class Pic8259Pair : IExtIntController, IPersistent<Pic8259Pair.Sta
 
     static ChipState Save(Chip c) => new()
     {
-        IrrEdge = c.IrrEdge, Lines = c.Lines, Elcr = c.Elcr, Imr = c.Imr, Isr = c.Isr,
-        PriorityAdd = c.PriorityAdd, VectorBase = c.VectorBase, InitStep = c.InitStep,
-        Icw4Needed = c.Icw4Needed, AutoEoi = c.AutoEoi, RotateOnAutoEoi = c.RotateOnAutoEoi,
-        SpecialMask = c.SpecialMask, SpecialFullyNested = c.SpecialFullyNested, ReadIsr = c.ReadIsr, Poll = c.Poll,
+        IrrEdge = c.IrrEdge,
+        Lines = c.Lines,
+        Elcr = c.Elcr,
+        Imr = c.Imr,
+        Isr = c.Isr,
+        PriorityAdd = c.PriorityAdd,
+        VectorBase = c.VectorBase,
+        InitStep = c.InitStep,
+        Icw4Needed = c.Icw4Needed,
+        AutoEoi = c.AutoEoi,
+        RotateOnAutoEoi = c.RotateOnAutoEoi,
+        SpecialMask = c.SpecialMask,
+        SpecialFullyNested = c.SpecialFullyNested,
+        ReadIsr = c.ReadIsr,
+        Poll = c.Poll,
     };
 
     /// <inheritdoc/>

@@ -189,18 +189,35 @@ public sealed class Pit8254 : IPortDevice, IPersistent<Pit8254.State>
                 var c = _channels[i];
                 channels[i] = new ChannelState
                 {
-                    Mode = c.Mode, Bcd = c.Bcd, Access = c.Access, CountRegister = c.CountRegister,
-                    HasCount = c.HasCount, Running = c.Running, LoadTick = c.LoadTick, FrozenElapsed = c.FrozenElapsed,
-                    Gate = c.Gate, NullCount = c.NullCount, WriteMsbNext = c.WriteMsbNext, WriteLsb = c.WriteLsb,
-                    ReadMsbNext = c.ReadMsbNext, CountLatched = c.CountLatched, LatchedCount = c.LatchedCount,
-                    LatchedMsbNext = c.LatchedMsbNext, StatusLatched = c.StatusLatched, LatchedStatus = c.LatchedStatus,
+                    Mode = c.Mode,
+                    Bcd = c.Bcd,
+                    Access = c.Access,
+                    CountRegister = c.CountRegister,
+                    HasCount = c.HasCount,
+                    Running = c.Running,
+                    LoadTick = c.LoadTick,
+                    FrozenElapsed = c.FrozenElapsed,
+                    Gate = c.Gate,
+                    NullCount = c.NullCount,
+                    WriteMsbNext = c.WriteMsbNext,
+                    WriteLsb = c.WriteLsb,
+                    ReadMsbNext = c.ReadMsbNext,
+                    CountLatched = c.CountLatched,
+                    LatchedCount = c.LatchedCount,
+                    LatchedMsbNext = c.LatchedMsbNext,
+                    StatusLatched = c.StatusLatched,
+                    LatchedStatus = c.LatchedStatus,
                 };
             }
             return new State
             {
-                Channels = channels, Irq0Connected = _irq0Connected, PendingIrqEdgeTick = _irqEdgeTick,
-                LastPulseNs = _lastPulseNs, IrqTimerDeadlineNs = _irqTimer.DeadlineNs,
-                SpeakerData = _speakerData, Port61Upper = _port61Upper,
+                Channels = channels,
+                Irq0Connected = _irq0Connected,
+                PendingIrqEdgeTick = _irqEdgeTick,
+                LastPulseNs = _lastPulseNs,
+                IrqTimerDeadlineNs = _irqTimer.DeadlineNs,
+                SpeakerData = _speakerData,
+                Port61Upper = _port61Upper,
             };
         }
     }

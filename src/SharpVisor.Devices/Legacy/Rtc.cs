@@ -191,11 +191,23 @@ public sealed class Rtc : IPortDevice, IPersistent<Rtc.State>
         {
             return new State
             {
-                Cmos = (byte[])_cmos.Clone(), Index = _index, UpperIndex = _upperIndex, NmiMasked = _nmiMasked,
-                RegisterA = _regA, RegisterB = _regB, Flags = _flags, BaseTimeTicks = _baseTime.Ticks, BaseNs = _baseNs,
-                Updating = _updating, DividerRunning = _dividerRunning, DividerStartNs = _dividerStartNs,
-                FlagsUpToNs = _flagsUpToNs, IrqAsserted = _irqLevel, IrqConnected = _irqConnected,
-                PowerOnTimeTicks = _powerOnTime.Ticks, TimerDeadlineNs = _timer.DeadlineNs,
+                Cmos = (byte[])_cmos.Clone(),
+                Index = _index,
+                UpperIndex = _upperIndex,
+                NmiMasked = _nmiMasked,
+                RegisterA = _regA,
+                RegisterB = _regB,
+                Flags = _flags,
+                BaseTimeTicks = _baseTime.Ticks,
+                BaseNs = _baseNs,
+                Updating = _updating,
+                DividerRunning = _dividerRunning,
+                DividerStartNs = _dividerStartNs,
+                FlagsUpToNs = _flagsUpToNs,
+                IrqAsserted = _irqLevel,
+                IrqConnected = _irqConnected,
+                PowerOnTimeTicks = _powerOnTime.Ticks,
+                TimerDeadlineNs = _timer.DeadlineNs,
             };
         }
     }

@@ -224,10 +224,19 @@ public sealed class Uart16550 : IPortDevice, IPersistent<Uart16550.State>
             }
             return new State
             {
-                Ier = _ier, Lcr = _lcr, Mcr = _mcr, Fcr = _fcr, LsrErrors = _lsrErrors,
-                MsrDeltas = _msrDeltas, Scr = _scr, Dll = _dll, Dlm = _dlm,
-                LastRbr = _lastRbr, ThrInterruptPending = _thrInterruptPending,
-                RxFifo = fifo, PendingInput = pending,
+                Ier = _ier,
+                Lcr = _lcr,
+                Mcr = _mcr,
+                Fcr = _fcr,
+                LsrErrors = _lsrErrors,
+                MsrDeltas = _msrDeltas,
+                Scr = _scr,
+                Dll = _dll,
+                Dlm = _dlm,
+                LastRbr = _lastRbr,
+                ThrInterruptPending = _thrInterruptPending,
+                RxFifo = fifo,
+                PendingInput = pending,
             };
         }
     }

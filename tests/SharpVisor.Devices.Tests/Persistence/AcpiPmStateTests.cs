@@ -48,6 +48,9 @@ public class AcpiPmStateTests
         => Check<AcpiPm, AcpiPm.State>(Build, (pm, rig) =>
         {
             pm.PortWrite(0x02, 2, 0x0100);
+            rig.Advance(2_400_000_000);
+            pm.PortWrite(0x00, 2, 0x0001); // TMR_STS cleared: it reads 0 until bit 23 toggles again
+            rig.Advance(1_000_000_000);
             pm.PressPowerButton();
         }, After);
 
