@@ -5,7 +5,7 @@ namespace SharpVisor.Devices.Legacy;
 /// <summary>
 /// A <see cref="TimerQueue.Timer"/> used as "call me back no later than": a device asks for a
 /// callback by a deadline and re-plans inside the callback. A pending earlier deadline is kept and
-/// nothing is ever cancelled, because every re-arm or cancel leaves a stale entry in the queue
+/// nothing is cancelled (except by <see cref="Restore"/>), because every re-arm or cancel leaves a stale entry in the queue
 /// until its deadline passes; a guest re-programming a timer in a loop could otherwise fill the
 /// queue. Callbacks must therefore tolerate running early or with nothing to do.
 /// </summary>
