@@ -13,7 +13,7 @@ namespace SharpVisor.Devices.Interrupts;
 /// priority, rotating among equals (SDM 11.6.2.4 leaves the choice to the chipset). The bus holds no
 /// lock while delivering; the APIC set is an immutable array replaced on attach.
 /// </remarks>
-public sealed class ApicBus : IApicIpiBus
+public sealed class ApicBus : IApicIpiBus, IPersistent<ApicBus.State>
 {
     LocalApic[] _apics = [];
     readonly Lock _attachGate = new();
@@ -25,6 +25,28 @@ public sealed class ApicBus : IApicIpiBus
     public IEnumerable<Counter> Counters => [Delivered, NoTarget];
 
     public IReadOnlyList<LocalApic> Apics => Volatile.Read(ref _apics);
+
+    /// <summary>
+    /// Where lowest-priority arbitration starts its next scan (it decides which of equal-priority
+    /// APICs gets the next interrupt). The attached APICs are wiring; each saves its own state.
+    /// </summary>
+    public sealed record State
+    {
+        public const int CurrentVersion = 1;
+        public int Version { get; init; } = CurrentVersion;
+        public int LowestPriorityRotation { get; init; }
+    }
+
+    /// <inheritdoc/>
+    public State SaveState() => new() { LowestPriorityRotation = Volatile.Read(ref _roundRobin) };
+
+    /// <inheritdoc/>
+    public void RestoreState(State state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        InvalidStateException.CheckVersion(state.Version, State.CurrentVersion, "apicbus");
+        Volatile.Write(ref _roundRobin, state.LowestPriorityRotation); // any value is a valid rotation
+    }
 
     public void Attach(LocalApic apic)
     {

@@ -16,7 +16,7 @@ namespace SharpVisor.Devices.Interrupts;
 /// (82093AA datasheet 3.2.4); the EOI comes from the local APIC broadcast or the version-0x20 EOI
 /// register at offset 0x40 (which Linux uses with interrupt remapping, io_apic.c eoi_ioapic_pin).
 /// </remarks>
-public sealed class IoApic : IMmioDevice, IApicEoiListener
+public sealed class IoApic : IMmioDevice, IApicEoiListener, IPersistent<IoApic.State>
 {
     /// <summary>The log of the VM this device belongs to.</summary>
     readonly Log Log;
@@ -102,6 +102,72 @@ public sealed class IoApic : IMmioDevice, IApicEoiListener
             _id = _resetId;
         }
     }
+
+    /// <summary>
+    /// The IOAPIC's registers and the level of each input pin. Remote IRR lives in the entries
+    /// (bit 14), so a level interrupt the local APIC has not yet EOIed stays blocked after restore.
+    /// </summary>
+    public sealed record State
+    {
+        public const int CurrentVersion = 1;
+        public int Version { get; init; } = CurrentVersion;
+        /// <summary>IOAPIC ID (bits 27:24 of the ID register), 0-15.</summary>
+        public uint Id { get; init; }
+        /// <summary>IOREGSEL.</summary>
+        public uint Select { get; init; }
+        /// <summary>The 24 redirection table entries, Remote IRR included.</summary>
+        public ulong[] Redirection { get; init; } = [];
+        /// <summary>Whether each input pin is asserted now.</summary>
+        public bool[] PinAsserted { get; init; } = [];
+    }
+
+    /// <inheritdoc/>
+    public State SaveState()
+    {
+        lock (_gate)
+        {
+            return new State
+            {
+                Id = _id,
+                Select = _select,
+                Redirection = (ulong[])_rte.Clone(),
+                PinAsserted = (bool[])_asserted.Clone(),
+            };
+        }
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>
+    /// Sends nothing: a level pin that is asserted and deliverable has Remote IRR set already (it
+    /// was delivered when it became so). Restore the IOAPIC before the devices that drive its pins:
+    /// their re-driven levels then arrive at pins already at that level, which changes nothing.
+    /// </remarks>
+    public void RestoreState(State state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        InvalidStateException.CheckVersion(state.Version, State.CurrentVersion, Name);
+        Check(state.Id <= 0xF, $"Id {state.Id} is not 0-15");
+        Check(state.Select <= 0xFF, $"Select 0x{state.Select:x} is wider than IOREGSEL's 8 bits");
+        Check(state.Redirection is { Length: PinCount }, $"Redirection has {state.Redirection?.Length ?? 0} entries, the IOAPIC has {PinCount}");
+        Check(state.PinAsserted is { Length: PinCount }, $"PinAsserted has {state.PinAsserted?.Length ?? 0} entries, the IOAPIC has {PinCount} pins");
+        for (int pin = 0; pin < PinCount; pin++)
+        {
+            ulong rte = state.Redirection![pin];
+            Check((rte & 0xFFFF_FFFF & ~(RteLowWritable | RteRemoteIrr)) == 0,
+                $"Redirection[{pin}] 0x{rte:x16} has read-only or reserved bits set in its low half (delivery status is never set)");
+            Check((rte & RteRemoteIrr) == 0 || (rte & RteLevel) != 0, $"Redirection[{pin}] has Remote IRR set on an edge-triggered entry");
+        }
+
+        lock (_gate)
+        {
+            _id = state.Id;
+            _select = state.Select;
+            state.Redirection!.CopyTo(_rte, 0);
+            state.PinAsserted!.CopyTo(_asserted, 0);
+        }
+    }
+
+    void Check(bool condition, string problem) => InvalidStateException.Check(condition, Name, problem);
 
     /// <summary>Reads the raw redirection entry of <paramref name="pin"/> (tests, debugging).</summary>
     public ulong ReadRedirectionEntry(int pin)

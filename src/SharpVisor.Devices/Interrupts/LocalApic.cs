@@ -23,7 +23,7 @@ namespace SharpVisor.Devices.Interrupts;
 /// Threading: every register access and <see cref="Accept"/> take this APIC's own lock; IPIs,
 /// EOI broadcasts and vCPU signals are sent after it is released.
 /// </remarks>
-public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
+public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource, IPersistent<LocalApic.State>
 {
     /// <summary>The log of the VM this device belongs to.</summary>
     readonly Log Log;
@@ -259,6 +259,190 @@ public sealed class LocalApic : IMmioDevice, IVcpuInterruptSource
         _pendingHint = 0;
         StopTimer();
     }
+
+    // ---------------------------------------------------------------- state as data
+
+    /// <summary>
+    /// The whole register page and the MSR-visible state. Mode (xAPIC, x2APIC, disabled) is in
+    /// <see cref="ApicBase"/> (EN, EXTD). APR and PPR are computed from TPR, ISR and IRR; the
+    /// timer's current count from <see cref="CountStartNs"/> and the clock.
+    /// </summary>
+    public sealed record State
+    {
+        public const int CurrentVersion = 1;
+        public int Version { get; init; } = CurrentVersion;
+        /// <summary>The x2APIC ID (the vCPU index): a state restores only into the APIC of the same vCPU.</summary>
+        public uint ApicId { get; init; }
+        /// <summary>IA32_APIC_BASE.</summary>
+        public ulong ApicBase { get; init; }
+        /// <summary>The xAPIC ID register's 8-bit ID (writable in xAPIC mode).</summary>
+        public uint XApicId { get; init; }
+        public uint Tpr { get; init; }
+        public uint Svr { get; init; }
+        public uint Ldr { get; init; }
+        public uint Dfr { get; init; }
+        /// <summary>The ESR value software reads (latched by the last ESR write).</summary>
+        public uint Esr { get; init; }
+        /// <summary>Errors recorded since the last ESR write.</summary>
+        public uint EsrPending { get; init; }
+        public uint IcrLow { get; init; }
+        public uint IcrHigh { get; init; }
+        /// <summary>256 bits each, vector v in word v / 32, bit v % 32.</summary>
+        public uint[] Irr { get; init; } = [];
+        public uint[] Isr { get; init; } = [];
+        public uint[] Tmr { get; init; } = [];
+        /// <summary>LVT timer, thermal, performance, LINT0, LINT1, error.</summary>
+        public uint[] Lvt { get; init; } = [];
+        public uint DivideConfig { get; init; }
+        public uint InitialCount { get; init; }
+        /// <summary>Virtual time the current count started from the initial count.</summary>
+        public long CountStartNs { get; init; }
+        /// <summary>Virtual time the timer fires next, or <see cref="long.MaxValue"/> when stopped.</summary>
+        public long TimerDeadlineNs { get; init; }
+        /// <summary>IA32_TSC_DEADLINE.</summary>
+        public ulong TscDeadline { get; init; }
+        /// <summary>An ExtINT message waits for the 8259 acknowledge.</summary>
+        public bool ExtIntMessagePending { get; init; }
+        /// <summary>The level of the LINT0 and LINT1 input pins.</summary>
+        public bool[] LintLevel { get; init; } = [];
+    }
+
+    /// <inheritdoc/>
+    public State SaveState()
+    {
+        lock (_gate)
+        {
+            return new State
+            {
+                ApicId = Id,
+                ApicBase = _apicBase,
+                XApicId = _xApicId,
+                Tpr = _tpr,
+                Svr = _svr,
+                Ldr = _ldr,
+                Dfr = _dfr,
+                Esr = _esr,
+                EsrPending = _esrPending,
+                IcrLow = _icrLow,
+                IcrHigh = _icrHigh,
+                Irr = (uint[])_irr.Clone(),
+                Isr = (uint[])_isr.Clone(),
+                Tmr = (uint[])_tmr.Clone(),
+                Lvt = (uint[])_lvt.Clone(),
+                DivideConfig = _divideConfig,
+                InitialCount = _initialCount,
+                CountStartNs = _countStartNs,
+                TimerDeadlineNs = _timerDeadlineNs,
+                TscDeadline = _tscDeadline,
+                ExtIntMessagePending = _extIntMessagePending,
+                LintLevel = (bool[])_lintLevel.Clone(),
+            };
+        }
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>Restore the local APICs before the IOAPIC and the 8259 that deliver into them (Legacy/README.md).</remarks>
+    public void RestoreState(State state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        InvalidStateException.CheckVersion(state.Version, State.CurrentVersion, Name);
+        long now = _timers.Clock.NowNs;
+        Check(state.ApicId == Id, $"ApicId {state.ApicId} is not this APIC's ({Id})");
+        const ulong baseMask = 0x000F_FFFF_FFFF_F000;
+        ulong apicBase = state.ApicBase;
+        Check((apicBase & ~(baseMask | BaseBsp | BaseExtd | BaseEnable)) == 0, $"ApicBase 0x{apicBase:x} has reserved bits set");
+        Check(((apicBase & BaseBsp) != 0) == IsBootstrapProcessor, $"ApicBase 0x{apicBase:x}: the BSP bit does not match vCPU {Id}");
+        Check((apicBase & BaseExtd) == 0 || (apicBase & BaseEnable) != 0, $"ApicBase 0x{apicBase:x} has EXTD without EN (an invalid mode)");
+        bool enabled = (apicBase & BaseEnable) != 0;
+        bool x2Apic = (apicBase & BaseExtd) != 0;
+        Check(state.XApicId <= 0xFF, $"XApicId {state.XApicId} is wider than 8 bits");
+        Check(state.Tpr <= 0xFF, $"Tpr 0x{state.Tpr:x} is wider than 8 bits");
+        Check((state.Svr & ~SvrWritable) == 0, $"Svr 0x{state.Svr:x} has bits above 9 set");
+        Check((state.Ldr & 0x00FF_FFFF) == 0, $"Ldr 0x{state.Ldr:x8} has bits 23:0 set");
+        Check((state.Dfr & 0x0FFF_FFFF) == 0x0FFF_FFFF, $"Dfr 0x{state.Dfr:x8}: bits 27:0 always read 1");
+        const uint esrBits = EsrSendIllegalVector | EsrReceiveIllegalVector | EsrIllegalRegister;
+        Check((state.Esr & ~esrBits) == 0, $"Esr 0x{state.Esr:x} has error bits this APIC never records");
+        Check((state.EsrPending & ~esrBits) == 0, $"EsrPending 0x{state.EsrPending:x} has error bits this APIC never records");
+        Check((state.IcrLow & ~0x000C_CFFFu) == 0, $"IcrLow 0x{state.IcrLow:x8} has read-only or reserved bits set");
+        Check(x2Apic || (state.IcrHigh & 0x00FF_FFFF) == 0, $"IcrHigh 0x{state.IcrHigh:x8} has bits 23:0 set in xAPIC mode");
+        CheckVectorBits(state.Irr, "Irr");
+        CheckVectorBits(state.Isr, "Isr");
+        CheckVectorBits(state.Tmr, "Tmr");
+        Check(state.Lvt is { Length: LvtCount }, $"Lvt has {state.Lvt?.Length ?? 0} entries, this APIC has {LvtCount}");
+        for (int i = 0; i < LvtCount; i++)
+        {
+            uint lvt = state.Lvt![i];
+            Check((lvt & ~LvtWritable[i]) == 0, $"Lvt[{i}] 0x{lvt:x8} has read-only or reserved bits set");
+            // No "masked while software-disabled" rule: the BSP's LINT0 starts unmasked in ExtINT mode (see Reset).
+        }
+        Check((state.DivideConfig & ~0xBu) == 0, $"DivideConfig 0x{state.DivideConfig:x} has bits outside 3 and 1:0");
+        int timerMode = (int)(state.Lvt![LvtTimer] >> 17) & 3;
+        long maxCountNs = TimeStampCounter.NsFromTicks((ulong)uint.MaxValue * 128, TimerFrequencyHz);
+        Check(state.CountStartNs <= now && state.CountStartNs >= -maxCountNs, $"CountStartNs {state.CountStartNs} is not between power-on and now ({now} ns)");
+        Check(timerMode != 2 || state.InitialCount == 0, "InitialCount is not 0 in TSC-deadline mode (writes to it are ignored there)");
+        Check(timerMode == 2 || state.TscDeadline == 0, "TscDeadline is not 0 outside TSC-deadline mode (writes to it are ignored there)");
+        long deadline = state.TimerDeadlineNs;
+        if (deadline != long.MaxValue)
+        {
+            Check(enabled, "TimerDeadlineNs is set while the APIC is globally disabled (disabling stops the timer)");
+            Check(deadline >= 0, $"TimerDeadlineNs {deadline} is before power-on");
+            Check(timerMode == 2 ? state.TscDeadline != 0 : state.InitialCount != 0,
+                "TimerDeadlineNs is set with no count or TSC deadline programmed");
+            // A TSC deadline can be any 64-bit value, hence any time; a count is at most 2^32 * 128 ticks.
+            Check(timerMode == 2 || deadline - now <= Math.Max(maxCountNs, MinPeriodicNs),
+                $"TimerDeadlineNs {deadline} is further ahead than any count the guest can program");
+        }
+        Check(state.LintLevel is { Length: 2 }, $"LintLevel has {state.LintLevel?.Length ?? 0} entries, there are 2 LINT pins");
+
+        bool pending;
+        lock (_gate)
+        {
+            _apicBase = apicBase;
+            _enabled = enabled;
+            _x2Apic = x2Apic;
+            Volatile.Write(ref _xApicId, state.XApicId);
+            _tpr = state.Tpr;
+            _svr = state.Svr;
+            _ldr = state.Ldr;
+            _dfr = state.Dfr;
+            _esr = state.Esr;
+            _esrPending = state.EsrPending;
+            _icrLow = state.IcrLow;
+            _icrHigh = state.IcrHigh;
+            state.Irr!.CopyTo(_irr, 0);
+            state.Isr!.CopyTo(_isr, 0);
+            state.Tmr!.CopyTo(_tmr, 0);
+            state.Lvt.CopyTo(_lvt, 0);
+            _divideConfig = state.DivideConfig;
+            _initialCount = state.InitialCount;
+            _countStartNs = state.CountStartNs;
+            _tscDeadline = state.TscDeadline;
+            _extIntMessagePending = state.ExtIntMessagePending;
+            state.LintLevel!.CopyTo(_lintLevel, 0);
+            pending = HighestBit(_irr) >= 0;
+            Volatile.Write(ref _pendingHint, pending ? 1 : 0);
+            if (deadline == long.MaxValue)
+            {
+                StopTimer();
+            }
+            else
+            {
+                ArmTimer(deadline);
+            }
+        }
+        if (pending || state.ExtIntMessagePending)
+        {
+            _signals.NotifyInterrupt(); // the vCPU re-checks what is pending
+        }
+    }
+
+    void CheckVectorBits(uint[]? bits, string name)
+    {
+        Check(bits is { Length: 8 }, $"{name} has {bits?.Length ?? 0} words, 256 vectors take 8");
+        Check((bits![0] & 0xFFFF) == 0, $"{name} has vectors 0-15 set (illegal for fixed delivery, never accepted)");
+    }
+
+    void Check(bool condition, string problem) => InvalidStateException.Check(condition, Name, problem);
 
     // ---------------------------------------------------------------- interrupt acceptance
 

@@ -18,7 +18,7 @@ namespace SharpVisor.Devices.Legacy;
 /// DSDT's \_S5 package must carry that value. Other sleep types are not implemented: the guest
 /// is woken at once (WAK_STS set) so its wait loop ends, and the attempt is counted and logged.
 /// </summary>
-public sealed class AcpiPm : IPortDevice
+public sealed class AcpiPm : IPortDevice, IPersistent<AcpiPm.State>
 {
     /// <summary>The log of the VM this device belongs to.</summary>
     readonly Log Log;
@@ -114,6 +114,78 @@ public sealed class AcpiPm : IPortDevice
             UpdateSci();
         }
     }
+
+    /// <summary>
+    /// The PM1 and GPE0 registers, the PM timer's overflow epoch and the SCI. The SCI level is
+    /// kept because TMR_STS rises with the clock and reaches the SCI only when the overflow timer
+    /// runs; a level recomputed on restore could come early.
+    /// </summary>
+    public sealed record State
+    {
+        public const int CurrentVersion = 1;
+        public int Version { get; init; } = CurrentVersion;
+        /// <summary>PM1_STS bits other than TMR_STS (which derives from <see cref="TimerEpoch"/>).</summary>
+        public ushort Pm1Status { get; init; }
+        public ushort Pm1Enable { get; init; }
+        public ushort Pm1Control { get; init; }
+        /// <summary>PM timer ticks &gt;&gt; 23 when TMR_STS was last cleared.</summary>
+        public long TimerEpoch { get; init; }
+        public byte[] Gpe0Enable { get; init; } = [];
+        public bool SciAsserted { get; init; }
+        /// <summary>Virtual time of the pending overflow timer callback, or -1.</summary>
+        public long OverflowTimerDeadlineNs { get; init; }
+    }
+
+    /// <inheritdoc/>
+    public State SaveState()
+    {
+        lock (_lock)
+        {
+            return new State
+            {
+                Pm1Status = _pm1Sts,
+                Pm1Enable = _pm1En,
+                Pm1Control = _pm1Cnt,
+                TimerEpoch = _tmrEpoch,
+                Gpe0Enable = (byte[])_gpe0En.Clone(),
+                SciAsserted = _sciLevel,
+                OverflowTimerDeadlineNs = _tmrOverflow.DeadlineNs,
+            };
+        }
+    }
+
+    /// <inheritdoc/>
+    public void RestoreState(State state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        InvalidStateException.CheckVersion(state.Version, State.CurrentVersion, Name);
+        long ticks = Ticks();
+        Check((state.Pm1Status & ~(BmSts | GblSts | PwrBtnSts | RtcSts | WakSts)) == 0,
+            $"Pm1Status 0x{state.Pm1Status:x4} has bits no event sets (TMR_STS derives from TimerEpoch)");
+        Check((state.Pm1Enable & ~(TmrSts | GblSts | PwrBtnSts | RtcSts)) == 0, $"Pm1Enable 0x{state.Pm1Enable:x4} has bits that are not writable");
+        Check((state.Pm1Control & ~Pm1CntWritable) == 0, $"Pm1Control 0x{state.Pm1Control:x4} has bits that are not writable (SLP_EN is write-only)");
+        Check(state.TimerEpoch >= 0 && state.TimerEpoch <= ticks >> 23, $"TimerEpoch {state.TimerEpoch} is not between power-on and now ({ticks >> 23})");
+        Check(state.Gpe0Enable is { Length: 8 }, $"Gpe0Enable has {state.Gpe0Enable?.Length ?? 0} bytes, GPE0_EN has 8");
+        Check(!state.SciAsserted || (state.Pm1Control & SciEn) != 0, "SciAsserted while SCI_EN is clear");
+        Check(DeviceTimer.IsValidDeadline(state.OverflowTimerDeadlineNs), $"OverflowTimerDeadlineNs {state.OverflowTimerDeadlineNs} is before power-on");
+
+        lock (_lock)
+        {
+            _pm1Sts = state.Pm1Status;
+            _pm1En = state.Pm1Enable;
+            _pm1Cnt = state.Pm1Control;
+            _tmrEpoch = state.TimerEpoch;
+            state.Gpe0Enable!.CopyTo(_gpe0En, 0);
+            if (state.SciAsserted != _sciLevel)
+            {
+                _sciLevel = state.SciAsserted;
+                _sci.SetLevel(_sciLevel);
+            }
+            _tmrOverflow.Restore(state.OverflowTimerDeadlineNs);
+        }
+    }
+
+    void Check(bool condition, string problem) => InvalidStateException.Check(condition, Name, problem);
 
     /// <summary>The PM timer value now: 3.579545 MHz ticks of the virtual clock, 24 bits.</summary>
     public uint TimerValue => (uint)(Ticks() & 0xFF_FFFF);

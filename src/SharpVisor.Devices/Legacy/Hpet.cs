@@ -18,7 +18,7 @@ namespace SharpVisor.Devices.Legacy;
 /// A one-shot timer fires whenever the counter passes its comparator, i.e. again after each wrap
 /// (every 2^32 ticks, 43 s, in 32-bit mode).</para>
 /// </summary>
-public sealed class Hpet : IMmioDevice
+public sealed class Hpet : IMmioDevice, IPersistent<Hpet.State>
 {
     /// <summary>The log of the VM this device belongs to.</summary>
     readonly Log Log;
@@ -145,6 +145,125 @@ public sealed class Hpet : IMmioDevice
             _legacyReplacementChanged?.Invoke(false);
         }
     }
+
+    /// <summary>One timer's registers and its place in the schedule.</summary>
+    public sealed record TimerState
+    {
+        /// <summary>Tn_CONF writable bits (capability bits are not stored).</summary>
+        public ulong Config { get; init; }
+        public ulong Comparator { get; init; }
+        /// <summary>The periodic accumulator's increment.</summary>
+        public ulong Period { get; init; }
+        public ulong FsbRoute { get; init; }
+        /// <summary>Main counter tick (100 MHz of virtual time) of the next comparator match, or -1.</summary>
+        public long FireTick { get; init; }
+        /// <summary>Virtual time of the last match (periodic interrupts are at least <see cref="MinPeriodNs"/> apart).</summary>
+        public long LastFireNs { get; init; }
+        /// <summary>Virtual time of the pending timer callback, or -1.</summary>
+        public long TimerDeadlineNs { get; init; }
+    }
+
+    /// <summary>
+    /// The general registers, the main counter's time base and the three timers. Level-triggered
+    /// lines are not in it: they follow from the status and configuration and are driven again on
+    /// restore. The legacy replacement route is not signalled again: the PIT and the RTC keep
+    /// their own "connected" flag in their states.
+    /// </summary>
+    public sealed record State
+    {
+        public const int CurrentVersion = 1;
+        public int Version { get; init; } = CurrentVersion;
+        public ulong Config { get; init; }
+        public ulong InterruptStatus { get; init; }
+        /// <summary>The main counter when last enabled or written, or its frozen value while halted.</summary>
+        public ulong CounterAtEnable { get; init; }
+        /// <summary>The 100 MHz tick of virtual time at which <see cref="CounterAtEnable"/> was taken.</summary>
+        public long EnableTick { get; init; }
+        public TimerState[] Timers { get; init; } = [];
+    }
+
+    /// <inheritdoc/>
+    public State SaveState()
+    {
+        lock (_lock)
+        {
+            var timers = new TimerState[TimerCount];
+            for (int i = 0; i < TimerCount; i++)
+            {
+                var t = _timers[i];
+                timers[i] = new TimerState
+                {
+                    Config = t.Config,
+                    Comparator = t.Comparator,
+                    Period = t.Period,
+                    FsbRoute = t.FsbRoute,
+                    FireTick = t.FireTick,
+                    LastFireNs = t.LastFireNs,
+                    TimerDeadlineNs = t.QueueTimer.DeadlineNs,
+                };
+            }
+            return new State
+            {
+                Config = _config,
+                InterruptStatus = _interruptStatus,
+                CounterAtEnable = _counterAtEnable,
+                EnableTick = _enableTick,
+                Timers = timers,
+            };
+        }
+    }
+
+    /// <inheritdoc/>
+    public void RestoreState(State state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        InvalidStateException.CheckVersion(state.Version, State.CurrentVersion, Name);
+        long nowNs = _clock.NowNs;
+        long now = NowTick();
+        Check((state.Config & ~(CfgEnable | CfgLegacyRoute)) == 0, $"Config 0x{state.Config:x} has bits other than ENABLE_CNF and LEG_RT_CNF");
+        Check((state.InterruptStatus & ~((1UL << TimerCount) - 1)) == 0, $"InterruptStatus 0x{state.InterruptStatus:x} has bits beyond timer {TimerCount - 1}");
+        Check(state.EnableTick >= 0 && state.EnableTick <= now, $"EnableTick {state.EnableTick} is not between power-on and now (tick {now})");
+        Check(state.Timers is { Length: TimerCount }, $"Timers has {state.Timers?.Length ?? 0} entries, the block has {TimerCount}");
+        for (int i = 0; i < TimerCount; i++)
+        {
+            var t = state.Timers![i];
+            string n = $"Timers[{i}]";
+            Check(t is not null, $"{n} is missing");
+            Check((t!.Config & ~TnWritable) == 0, $"{n}.Config 0x{t.Config:x} has bits that are not writable");
+            bool is32 = (t.Config & Tn32Bit) != 0;
+            Check(!is32 || t.Comparator <= 0xFFFF_FFFF, $"{n}.Comparator 0x{t.Comparator:x} does not fit the timer's 32-bit mode");
+            Check(!is32 || t.Period <= 0xFFFF_FFFF, $"{n}.Period 0x{t.Period:x} does not fit the timer's 32-bit mode");
+            Check(t.FireTick >= -1, $"{n}.FireTick {t.FireTick} is neither -1 nor a tick");
+            Check(t.LastFireNs <= nowNs && t.LastFireNs >= long.MinValue / 2, $"{n}.LastFireNs {t.LastFireNs} is not before now ({nowNs} ns)");
+            Check(DeviceTimer.IsValidDeadline(t.TimerDeadlineNs), $"{n}.TimerDeadlineNs {t.TimerDeadlineNs} is before power-on");
+        }
+
+        lock (_lock)
+        {
+            _config = state.Config;
+            _interruptStatus = state.InterruptStatus;
+            _counterAtEnable = state.CounterAtEnable;
+            _enableTick = state.EnableTick;
+            for (int i = 0; i < TimerCount; i++)
+            {
+                var s = state.Timers![i];
+                var t = _timers[i];
+                t.Config = s.Config;
+                t.Comparator = s.Comparator;
+                t.Period = s.Period;
+                t.FsbRoute = s.FsbRoute;
+                t.FireTick = s.FireTick;
+                t.LastFireNs = s.LastFireNs;
+                t.QueueTimer.Restore(s.TimerDeadlineNs);
+            }
+            for (int i = 0; i < TimerCount; i++)
+            {
+                UpdateLevel(i); // a level-triggered timer with its status set holds its line again
+            }
+        }
+    }
+
+    void Check(bool condition, string problem) => InvalidStateException.Check(condition, Name, problem);
 
     bool Enabled => (_config & CfgEnable) != 0;
 

@@ -12,7 +12,7 @@ namespace SharpVisor.Devices.Legacy;
 /// (status bit 6 and 0xFE in the output buffer), which libps2 treats as a NAK, so atkbd and
 /// psmouse give up at once instead of waiting for their own time-outs.
 /// </summary>
-public sealed class I8042
+public sealed class I8042 : IPersistent<I8042.State>
 {
     /// <summary>The log of the VM this device belongs to.</summary>
     readonly Log Log;
@@ -101,6 +101,86 @@ public sealed class I8042
             UpdateIrqs();
         }
     }
+
+    /// <summary>
+    /// The controller's registers and its output queue. IRQ 1 and IRQ 12 are not in it: they
+    /// follow from the queue and the command byte and are driven again on restore.
+    /// </summary>
+    public sealed record State
+    {
+        public const int CurrentVersion = 1;
+        public int Version { get; init; } = CurrentVersion;
+        /// <summary>The command byte (CTR).</summary>
+        public byte CommandByte { get; init; }
+        /// <summary>The output port (bit 0 reset line, inactive high; bit 1 A20).</summary>
+        public byte OutputPort { get; init; }
+        /// <summary>A command waiting for its data byte on port 0x60, or 0.</summary>
+        public byte PendingCommand { get; init; }
+        /// <summary>Status bit 3: the last write went to port 0x64.</summary>
+        public bool LastWriteWasCommand { get; init; }
+        /// <summary>Bytes waiting in the output buffer, oldest first.</summary>
+        public byte[] OutputQueue { get; init; } = [];
+        /// <summary>Per queued byte, its status bits (5 AUX data, 6 time-out).</summary>
+        public byte[] OutputQueueFlags { get; init; } = [];
+    }
+
+    /// <inheritdoc/>
+    public State SaveState()
+    {
+        lock (_lock)
+        {
+            var data = new byte[_queueCount];
+            var flags = new byte[_queueCount];
+            for (int i = 0; i < _queueCount; i++)
+            {
+                data[i] = _queueData[(_queueHead + i) % QueueSize];
+                flags[i] = _queueFlags[(_queueHead + i) % QueueSize];
+            }
+            return new State
+            {
+                CommandByte = _ctr,
+                OutputPort = _outputPort,
+                PendingCommand = _pendingCommand,
+                LastWriteWasCommand = _lastWriteWasCommand,
+                OutputQueue = data,
+                OutputQueueFlags = flags,
+            };
+        }
+    }
+
+    /// <inheritdoc/>
+    public void RestoreState(State state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        InvalidStateException.CheckVersion(state.Version, State.CurrentVersion, "i8042");
+        Check((state.OutputPort & (OutSystemReset | OutA20)) == (OutSystemReset | OutA20),
+            $"OutputPort 0x{state.OutputPort:x2} has the reset line active or A20 off (both are kept high)");
+        Check(state.PendingCommand is 0 or (>= 0x60 and <= 0x7F) or (>= 0xD1 and <= 0xD4),
+            $"PendingCommand 0x{state.PendingCommand:x2} is not a command that takes a data byte");
+        Check(state.OutputQueue is not null && state.OutputQueueFlags is not null, "OutputQueue or OutputQueueFlags is missing");
+        Check(state.OutputQueue!.Length <= QueueSize, $"OutputQueue holds {state.OutputQueue.Length} bytes, at most {QueueSize}");
+        Check(state.OutputQueueFlags!.Length == state.OutputQueue.Length,
+            $"OutputQueueFlags has {state.OutputQueueFlags.Length} entries for {state.OutputQueue.Length} bytes");
+        foreach (byte f in state.OutputQueueFlags)
+        {
+            Check((f & ~(StatusAuxData | StatusTimeout)) == 0, $"OutputQueueFlags entry 0x{f:x2} has bits outside AUX data and time-out");
+        }
+
+        lock (_lock)
+        {
+            _ctr = state.CommandByte;
+            _outputPort = state.OutputPort;
+            _pendingCommand = state.PendingCommand;
+            _lastWriteWasCommand = state.LastWriteWasCommand;
+            _queueHead = 0;
+            _queueCount = state.OutputQueue.Length;
+            state.OutputQueue.CopyTo(_queueData, 0);
+            state.OutputQueueFlags.CopyTo(_queueFlags, 0);
+            UpdateIrqs();
+        }
+    }
+
+    static void Check(bool condition, string problem) => InvalidStateException.Check(condition, "i8042", problem);
 
     sealed class Port(I8042 owner, bool isCommand) : IPortDevice
     {

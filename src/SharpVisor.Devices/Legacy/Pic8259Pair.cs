@@ -14,7 +14,7 @@ namespace SharpVisor.Devices.Legacy;
 /// <para>Not modelled: 8080/8085 mode (ICW4 bit 0 = 0), buffered mode, single (non-cascaded)
 /// mode and ICW1.LTIM (ignored on ICH9, which uses ELCR instead); each is counted and logged.</para>
 /// </summary>
-public sealed class Pic8259Pair : IExtIntController
+public sealed class Pic8259Pair : IExtIntController, IPersistent<Pic8259Pair.State>
 {
     /// <summary>The log of the VM this device belongs to.</summary>
     readonly Log Log;
@@ -111,6 +111,122 @@ public sealed class Pic8259Pair : IExtIntController
             changed = UpdateOutput();
         }
         Notify(changed);
+    }
+
+    /// <summary>One 8259A's registers and initialisation progress.</summary>
+    public sealed record ChipState
+    {
+        /// <summary>Requests latched by rising edges of edge-triggered inputs.</summary>
+        public byte IrrEdge { get; init; }
+        /// <summary>The current level of each input line.</summary>
+        public byte Lines { get; init; }
+        public byte Elcr { get; init; }
+        public byte Imr { get; init; }
+        public byte Isr { get; init; }
+        /// <summary>The input with the highest priority (rotation), 0-7.</summary>
+        public byte PriorityAdd { get; init; }
+        public byte VectorBase { get; init; }
+        /// <summary>0 = operational, 2/3/4 = waiting for ICW2/ICW3/ICW4.</summary>
+        public int InitStep { get; init; }
+        public bool Icw4Needed { get; init; }
+        public bool AutoEoi { get; init; }
+        public bool RotateOnAutoEoi { get; init; }
+        public bool SpecialMask { get; init; }
+        public bool SpecialFullyNested { get; init; }
+        /// <summary>OCW3 read register select: ISR rather than IRR.</summary>
+        public bool ReadIsr { get; init; }
+        /// <summary>A poll command waits for its read.</summary>
+        public bool Poll { get; init; }
+    }
+
+    /// <summary>
+    /// Both chips. The INT output is not in it: it follows from the chips and is driven again on
+    /// restore (through <c>intChanged</c>).
+    /// </summary>
+    public sealed record State
+    {
+        public const int CurrentVersion = 1;
+        public int Version { get; init; } = CurrentVersion;
+        public ChipState Master { get; init; } = new();
+        public ChipState Slave { get; init; } = new();
+    }
+
+    /// <inheritdoc/>
+    public State SaveState()
+    {
+        lock (_lock)
+        {
+            return new State { Master = Save(_master), Slave = Save(_slave) };
+        }
+    }
+
+    static ChipState Save(Chip c) => new()
+    {
+        IrrEdge = c.IrrEdge,
+        Lines = c.Lines,
+        Elcr = c.Elcr,
+        Imr = c.Imr,
+        Isr = c.Isr,
+        PriorityAdd = c.PriorityAdd,
+        VectorBase = c.VectorBase,
+        InitStep = c.InitStep,
+        Icw4Needed = c.Icw4Needed,
+        AutoEoi = c.AutoEoi,
+        RotateOnAutoEoi = c.RotateOnAutoEoi,
+        SpecialMask = c.SpecialMask,
+        SpecialFullyNested = c.SpecialFullyNested,
+        ReadIsr = c.ReadIsr,
+        Poll = c.Poll,
+    };
+
+    /// <inheritdoc/>
+    public void RestoreState(State state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        InvalidStateException.CheckVersion(state.Version, State.CurrentVersion, "pic");
+        InvalidStateException.Check(state.Master is not null && state.Slave is not null, "pic", "Master or Slave is missing");
+        Validate(state.Master!, "Master", ElcrPorts.MasterMask);
+        Validate(state.Slave!, "Slave", ElcrPorts.SlaveMask);
+        const byte cascadeBit = 1 << CascadeInput;
+        InvalidStateException.Check(((state.Master!.Lines | state.Master.IrrEdge) & cascadeBit) == 0, "pic",
+            "Master.Lines/IrrEdge: IR2 carries the slave's INT, it has no input line");
+
+        bool changed;
+        lock (_lock)
+        {
+            Apply(_master, state.Master);
+            Apply(_slave, state.Slave!);
+            changed = UpdateOutput();
+        }
+        Notify(changed);
+    }
+
+    static void Validate(ChipState c, string name, byte elcrMask)
+    {
+        InvalidStateException.Check((c.Elcr & ~elcrMask) == 0, "pic", $"{name}.Elcr 0x{c.Elcr:x2} makes an always-edge-triggered input (IRQ 0, 1, 2, 8, 13) level-triggered");
+        InvalidStateException.Check(c.PriorityAdd < 8, "pic", $"{name}.PriorityAdd {c.PriorityAdd} is not an input (0-7)");
+        InvalidStateException.Check((c.VectorBase & 7) == 0, "pic", $"{name}.VectorBase 0x{c.VectorBase:x2} has bits 2:0 set (ICW2 sets bits 7:3)");
+        InvalidStateException.Check(c.InitStep is 0 or 2 or 3 or 4, "pic", $"{name}.InitStep {c.InitStep} is not 0 (operational) or 2-4 (waiting for ICW2-ICW4)");
+    }
+
+    static void Apply(Chip chip, ChipState c)
+    {
+        chip.IrrEdge = c.IrrEdge;
+        chip.Lines = c.Lines;
+        chip.Elcr = c.Elcr;
+        chip.Imr = c.Imr;
+        chip.Isr = c.Isr;
+        chip.PriorityAdd = c.PriorityAdd;
+        chip.VectorBase = c.VectorBase;
+        chip.InitStep = c.InitStep;
+        chip.Icw4Needed = c.Icw4Needed;
+        chip.Single = false; // never kept set: single mode is not modelled (see WriteChip)
+        chip.AutoEoi = c.AutoEoi;
+        chip.RotateOnAutoEoi = c.RotateOnAutoEoi;
+        chip.SpecialMask = c.SpecialMask;
+        chip.SpecialFullyNested = c.SpecialFullyNested;
+        chip.ReadIsr = c.ReadIsr;
+        chip.Poll = c.Poll;
     }
 
     /// <summary>The INTA cycle: accepts the highest-priority request and returns its vector.</summary>
@@ -462,8 +578,8 @@ public sealed class Pic8259Pair : IExtIntController
     sealed class ElcrPorts(Pic8259Pair pic) : IPortDevice
     {
         // IRQ 0, 1, 2, 8 and 13 are always edge-triggered (ICH9 datasheet 13.4.2, ELCR1/ELCR2).
-        const byte MasterMask = 0xF8;
-        const byte SlaveMask = 0xDE;
+        public const byte MasterMask = 0xF8;
+        public const byte SlaveMask = 0xDE;
 
         public string Name => "pic-elcr";
 

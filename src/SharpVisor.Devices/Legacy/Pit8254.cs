@@ -19,7 +19,7 @@ namespace SharpVisor.Devices.Legacy;
 /// and a new count written to a running mode 2/3 counter restarts it at once instead of at the
 /// end of the current period.</para>
 /// </summary>
-public sealed class Pit8254 : IPortDevice
+public sealed class Pit8254 : IPortDevice, IPersistent<Pit8254.State>
 {
     public const long FrequencyHz = 1_193_182;
     /// <summary>Shortest spacing of IRQ 0 pulses (100 kHz), whatever the guest programs.</summary>
@@ -128,6 +128,163 @@ public sealed class Pit8254 : IPortDevice
             ScheduleIrq(now);
         }
     }
+
+    /// <summary>One counter: mode, count register, where counting started, and the byte-pointer flip-flops of its latches.</summary>
+    public sealed record ChannelState
+    {
+        public int Mode { get; init; }
+        public bool Bcd { get; init; }
+        /// <summary>Read/write access: 1 LSB only, 2 MSB only, 3 LSB then MSB.</summary>
+        public int Access { get; init; }
+        /// <summary>The count written, as binary (0 = maximum).</summary>
+        public int CountRegister { get; init; }
+        /// <summary>A count was written since the control word.</summary>
+        public bool HasCount { get; init; }
+        public bool Running { get; init; }
+        /// <summary>PIT tick (1.193182 MHz of virtual time) at which the current count started.</summary>
+        public long LoadTick { get; init; }
+        /// <summary>Ticks counted before counting was paused (while not running).</summary>
+        public long FrozenElapsed { get; init; }
+        public bool Gate { get; init; }
+        public bool NullCount { get; init; }
+        /// <summary>LSB/MSB access: the next write is the MSB, and the LSB already written.</summary>
+        public bool WriteMsbNext { get; init; }
+        public byte WriteLsb { get; init; }
+        /// <summary>LSB/MSB access: the next unlatched read returns the MSB.</summary>
+        public bool ReadMsbNext { get; init; }
+        public bool CountLatched { get; init; }
+        public int LatchedCount { get; init; }
+        public bool LatchedMsbNext { get; init; }
+        public bool StatusLatched { get; init; }
+        public byte LatchedStatus { get; init; }
+    }
+
+    /// <summary>The three counters, port 0x61 and the IRQ 0 pulse schedule.</summary>
+    public sealed record State
+    {
+        public const int CurrentVersion = 1;
+        public int Version { get; init; } = CurrentVersion;
+        public ChannelState[] Channels { get; init; } = [];
+        /// <summary>False while the HPET's legacy replacement route owns IRQ 0.</summary>
+        public bool Irq0Connected { get; init; }
+        /// <summary>The OUT0 rising edge (PIT tick) the next IRQ 0 pulse is for, or -1.</summary>
+        public long PendingIrqEdgeTick { get; init; }
+        /// <summary>Virtual time of the last IRQ 0 pulse (pulses are at least <see cref="MinIrqIntervalNs"/> apart).</summary>
+        public long LastPulseNs { get; init; }
+        /// <summary>Virtual time of the pending IRQ 0 timer callback, or -1.</summary>
+        public long IrqTimerDeadlineNs { get; init; }
+        public bool SpeakerData { get; init; }
+        /// <summary>Port 0x61 bits 3:2 as written.</summary>
+        public byte Port61Upper { get; init; }
+    }
+
+    /// <inheritdoc/>
+    public State SaveState()
+    {
+        lock (_lock)
+        {
+            var channels = new ChannelState[3];
+            for (int i = 0; i < 3; i++)
+            {
+                var c = _channels[i];
+                channels[i] = new ChannelState
+                {
+                    Mode = c.Mode,
+                    Bcd = c.Bcd,
+                    Access = c.Access,
+                    CountRegister = c.CountRegister,
+                    HasCount = c.HasCount,
+                    Running = c.Running,
+                    LoadTick = c.LoadTick,
+                    FrozenElapsed = c.FrozenElapsed,
+                    Gate = c.Gate,
+                    NullCount = c.NullCount,
+                    WriteMsbNext = c.WriteMsbNext,
+                    WriteLsb = c.WriteLsb,
+                    ReadMsbNext = c.ReadMsbNext,
+                    CountLatched = c.CountLatched,
+                    LatchedCount = c.LatchedCount,
+                    LatchedMsbNext = c.LatchedMsbNext,
+                    StatusLatched = c.StatusLatched,
+                    LatchedStatus = c.LatchedStatus,
+                };
+            }
+            return new State
+            {
+                Channels = channels,
+                Irq0Connected = _irq0Connected,
+                PendingIrqEdgeTick = _irqEdgeTick,
+                LastPulseNs = _lastPulseNs,
+                IrqTimerDeadlineNs = _irqTimer.DeadlineNs,
+                SpeakerData = _speakerData,
+                Port61Upper = _port61Upper,
+            };
+        }
+    }
+
+    /// <inheritdoc/>
+    public void RestoreState(State state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        InvalidStateException.CheckVersion(state.Version, State.CurrentVersion, Name);
+        long nowNs = _clock.NowNs;
+        long now = ClockMath.NsToTicks(nowNs, FrequencyHz);
+        Check(state.Channels is { Length: 3 }, $"Channels has {state.Channels?.Length ?? 0} entries, the 8254 has 3 counters");
+        for (int i = 0; i < 3; i++)
+        {
+            var c = state.Channels![i];
+            string n = $"Channels[{i}]";
+            Check(c is not null, $"{n} is missing");
+            Check(c!.Mode is >= 0 and <= 5, $"{n}.Mode {c.Mode} is not 0-5");
+            Check(c.Access is AccessLow or AccessHigh or AccessLowHigh, $"{n}.Access {c.Access} is not 1 (LSB), 2 (MSB) or 3 (LSB, MSB)");
+            Check(c.CountRegister >= 0 && c.CountRegister <= (c.Bcd ? 9999 : 0xFFFF), $"{n}.CountRegister {c.CountRegister} is out of range for a {(c.Bcd ? "BCD" : "binary")} counter");
+            Check(c.LoadTick >= 0 && c.LoadTick <= now, $"{n}.LoadTick {c.LoadTick} is not between power-on and now (tick {now})");
+            Check(c.FrozenElapsed >= 0 && c.FrozenElapsed <= now, $"{n}.FrozenElapsed {c.FrozenElapsed} is not between 0 and the ticks since power-on ({now})");
+            Check(c.LatchedCount is >= 0 and <= 0xFFFF, $"{n}.LatchedCount {c.LatchedCount} is not a 16-bit value");
+            Check(i == 2 || c.Gate, $"{n}.Gate is low; only counter 2's gate is wired (to port 0x61)");
+            Check(!c.Running || c.HasCount, $"{n}.Running without a count");
+        }
+        Check(state.PendingIrqEdgeTick >= -1, $"PendingIrqEdgeTick {state.PendingIrqEdgeTick} is neither -1 nor a tick");
+        Check(state.LastPulseNs <= nowNs && state.LastPulseNs >= long.MinValue / 2, $"LastPulseNs {state.LastPulseNs} is not before now ({nowNs} ns)");
+        Check(DeviceTimer.IsValidDeadline(state.IrqTimerDeadlineNs), $"IrqTimerDeadlineNs {state.IrqTimerDeadlineNs} is before power-on");
+        Check((state.Port61Upper & ~0x0C) == 0, $"Port61Upper 0x{state.Port61Upper:x2} has bits outside 3:2");
+
+        lock (_lock)
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                var s = state.Channels![i];
+                var c = _channels[i];
+                c.Mode = s.Mode;
+                c.Bcd = s.Bcd;
+                c.Access = s.Access;
+                c.CountRegister = s.CountRegister;
+                c.HasCount = s.HasCount;
+                c.Running = s.Running;
+                c.LoadTick = s.LoadTick;
+                c.FrozenElapsed = s.FrozenElapsed;
+                c.Gate = s.Gate;
+                c.NullCount = s.NullCount;
+                c.WriteMsbNext = s.WriteMsbNext;
+                c.WriteLsb = s.WriteLsb;
+                c.ReadMsbNext = s.ReadMsbNext;
+                c.CountLatched = s.CountLatched;
+                c.LatchedCount = s.LatchedCount;
+                c.LatchedMsbNext = s.LatchedMsbNext;
+                c.StatusLatched = s.StatusLatched;
+                c.LatchedStatus = s.LatchedStatus;
+            }
+            _irq0Connected = state.Irq0Connected;
+            _irqEdgeTick = state.PendingIrqEdgeTick;
+            _lastPulseNs = state.LastPulseNs;
+            _speakerData = state.SpeakerData;
+            _port61Upper = state.Port61Upper;
+            // IRQ 0 is pulsed, never held: there is no level to drive again.
+            _irqTimer.Restore(state.IrqTimerDeadlineNs);
+        }
+    }
+
+    void Check(bool condition, string problem) => InvalidStateException.Check(condition, Name, problem);
 
     long NowTick() => ClockMath.NsToTicks(_clock.NowNs, FrequencyHz);
 

@@ -18,7 +18,7 @@ namespace SharpVisor.Devices.Legacy;
 /// <para>Not modelled: daylight-saving (register B bit 0), square-wave output, the divider's
 /// test modes. Day of week (register 6) is computed from the date; writes to it are ignored.</para>
 /// </summary>
-public sealed class Rtc : IPortDevice
+public sealed class Rtc : IPortDevice, IPersistent<Rtc.State>
 {
     /// <summary>The log of the VM this device belongs to.</summary>
     readonly Log Log;
@@ -68,7 +68,7 @@ public sealed class Rtc : IPortDevice
     readonly IIrqLine _irq;
     readonly DeviceTimer _timer;
     readonly byte[] _cmos = new byte[256];
-    readonly DateTime _powerOnTime;
+    DateTime _powerOnTime;
 
     int _index;
     int _upperIndex;
@@ -147,6 +147,129 @@ public sealed class Rtc : IPortDevice
             UpdateIrq(now);
         }
     }
+
+    /// <summary>
+    /// The CMOS RAM, the clock registers, the time base and the interrupt flags. Calendar times are
+    /// <see cref="DateTime.Ticks"/> (100 ns units) of whole seconds; virtual times are ns.
+    /// </summary>
+    public sealed record State
+    {
+        public const int CurrentVersion = 1;
+        public int Version { get; init; } = CurrentVersion;
+        /// <summary>All 256 bytes (0x00-0x0D are clock registers and only the alarm bytes 1, 3, 5 are kept there).</summary>
+        public byte[] Cmos { get; init; } = [];
+        /// <summary>Port 0x70 index (bits 6:0).</summary>
+        public int Index { get; init; }
+        /// <summary>Port 0x72 index into the upper bank (bits 6:0).</summary>
+        public int UpperIndex { get; init; }
+        public bool NmiMasked { get; init; }
+        /// <summary>Register A without UIP (bits 6:0).</summary>
+        public byte RegisterA { get; init; }
+        public byte RegisterB { get; init; }
+        /// <summary>Register C flags PF, AF, UF raised and not yet read.</summary>
+        public byte Flags { get; init; }
+        /// <summary>The calendar time at <see cref="BaseNs"/> (or the frozen time while not updating).</summary>
+        public long BaseTimeTicks { get; init; }
+        public long BaseNs { get; init; }
+        /// <summary>The time advances (divider running and SET clear).</summary>
+        public bool Updating { get; init; }
+        public bool DividerRunning { get; init; }
+        /// <summary>Virtual time the divider last started; periodic interrupts are phased from it.</summary>
+        public long DividerStartNs { get; init; }
+        /// <summary>Virtual time up to which the flags have been brought.</summary>
+        public long FlagsUpToNs { get; init; }
+        /// <summary>IRQ 8 is held asserted (until register C is read).</summary>
+        public bool IrqAsserted { get; init; }
+        /// <summary>False while the HPET's legacy replacement route owns IRQ 8.</summary>
+        public bool IrqConnected { get; init; }
+        /// <summary>The time a machine reset sets (the power-on time given to the constructor).</summary>
+        public long PowerOnTimeTicks { get; init; }
+        /// <summary>Virtual time of the pending interrupt timer callback, or -1.</summary>
+        public long TimerDeadlineNs { get; init; }
+    }
+
+    /// <inheritdoc/>
+    public State SaveState()
+    {
+        lock (_lock)
+        {
+            return new State
+            {
+                Cmos = (byte[])_cmos.Clone(),
+                Index = _index,
+                UpperIndex = _upperIndex,
+                NmiMasked = _nmiMasked,
+                RegisterA = _regA,
+                RegisterB = _regB,
+                Flags = _flags,
+                BaseTimeTicks = _baseTime.Ticks,
+                BaseNs = _baseNs,
+                Updating = _updating,
+                DividerRunning = _dividerRunning,
+                DividerStartNs = _dividerStartNs,
+                FlagsUpToNs = _flagsUpToNs,
+                IrqAsserted = _irqLevel,
+                IrqConnected = _irqConnected,
+                PowerOnTimeTicks = _powerOnTime.Ticks,
+                TimerDeadlineNs = _timer.DeadlineNs,
+            };
+        }
+    }
+
+    /// <inheritdoc/>
+    public void RestoreState(State state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        InvalidStateException.CheckVersion(state.Version, State.CurrentVersion, Name);
+        long now = _clock.NowNs;
+        Check(state.Cmos is { Length: 256 }, $"Cmos has {state.Cmos?.Length ?? 0} bytes, the RTC has 256");
+        Check(state.Index is >= 0 and <= 0x7F, $"Index {state.Index} is not 0-127");
+        Check(state.UpperIndex is >= 0 and <= 0x7F, $"UpperIndex {state.UpperIndex} is not 0-127");
+        Check((state.RegisterA & AUip) == 0, $"RegisterA 0x{state.RegisterA:x2} has UIP set (it is derived from the clock)");
+        Check(state.DividerRunning == ((state.RegisterA & 0x70) == ADividerNormal),
+            $"DividerRunning {state.DividerRunning} disagrees with the divider bits of RegisterA 0x{state.RegisterA:x2}");
+        Check((state.RegisterB & BSet) == 0 || (state.RegisterB & BUie) == 0, $"RegisterB 0x{state.RegisterB:x2} has SET and UIE (SET clears UIE)");
+        Check(state.Updating == (state.DividerRunning && (state.RegisterB & BSet) == 0),
+            $"Updating {state.Updating} disagrees with the divider and SET");
+        Check((state.Flags & ~(CPf | CAf | CUf)) == 0, $"Flags 0x{state.Flags:x2} has bits outside PF, AF, UF");
+        Check(IsWholeSecondTime(state.BaseTimeTicks), $"BaseTimeTicks {state.BaseTimeTicks} is not a whole second between years 1 and 9999");
+        Check(IsWholeSecondTime(state.PowerOnTimeTicks), $"PowerOnTimeTicks {state.PowerOnTimeTicks} is not a whole second between years 1 and 9999");
+        Check(state.BaseNs >= -NsPerSecond && state.BaseNs <= now, $"BaseNs {state.BaseNs} is not between power-on and now ({now} ns)");
+        Check(state.DividerStartNs >= 0 && state.DividerStartNs <= now, $"DividerStartNs {state.DividerStartNs} is not between power-on and now ({now} ns)");
+        Check(state.FlagsUpToNs >= 0 && state.FlagsUpToNs <= now, $"FlagsUpToNs {state.FlagsUpToNs} is not between power-on and now ({now} ns)");
+        Check(!state.IrqAsserted || state.IrqConnected, "IrqAsserted while IrqConnected is false");
+        Check(DeviceTimer.IsValidDeadline(state.TimerDeadlineNs), $"TimerDeadlineNs {state.TimerDeadlineNs} is before power-on");
+
+        lock (_lock)
+        {
+            state.Cmos!.CopyTo(_cmos, 0);
+            _index = state.Index;
+            _upperIndex = state.UpperIndex;
+            _nmiMasked = state.NmiMasked;
+            _regA = state.RegisterA;
+            _regB = state.RegisterB;
+            _flags = state.Flags;
+            _baseTime = new DateTime(state.BaseTimeTicks, DateTimeKind.Unspecified);
+            _baseNs = state.BaseNs;
+            _updating = state.Updating;
+            _dividerRunning = state.DividerRunning;
+            _dividerStartNs = state.DividerStartNs;
+            _flagsUpToNs = state.FlagsUpToNs;
+            _irqConnected = state.IrqConnected;
+            _powerOnTime = new DateTime(state.PowerOnTimeTicks, DateTimeKind.Unspecified);
+            if (state.IrqAsserted != _irqLevel)
+            {
+                _irqLevel = state.IrqAsserted;
+                _irq.SetLevel(_irqLevel);
+            }
+            _timer.Restore(state.TimerDeadlineNs);
+        }
+    }
+
+    static bool IsWholeSecondTime(long ticks)
+        => ticks >= 0 && ticks <= DateTime.MaxValue.Ticks && ticks % TimeSpan.TicksPerSecond == 0;
+
+    void Check(bool condition, string problem) => InvalidStateException.Check(condition, Name, problem);
 
     /// <summary>Writes a CMOS RAM byte (firmware-style set-up by the machine). Clock registers 0x00-0x0D are not RAM.</summary>
     public void SetCmosByte(int index, byte value)

@@ -12,7 +12,7 @@ namespace SharpVisor.Devices.Legacy;
 /// As on a PC, the interrupt output only reaches the IRQ line while MCR.OUT2 is set and loopback
 /// is off (in loopback the OUT2 pin is forced inactive, datasheet section 8.6 "MCR bit 4").
 /// </summary>
-public sealed class Uart16550 : IPortDevice
+public sealed class Uart16550 : IPortDevice, IPersistent<Uart16550.State>
 {
     public const int RegisterCount = 8;
     const int FifoSize = 16;
@@ -178,6 +178,113 @@ public sealed class Uart16550 : IPortDevice
             return accepted;
         }
     }
+
+    /// <summary>
+    /// Everything the guest can observe of the UART. The IRQ level is not in it: it follows from
+    /// the registers and is driven again on restore.
+    /// </summary>
+    public sealed record State
+    {
+        public const int CurrentVersion = 1;
+        public int Version { get; init; } = CurrentVersion;
+        public byte Ier { get; init; }
+        public byte Lcr { get; init; }
+        public byte Mcr { get; init; }
+        public byte Fcr { get; init; }
+        /// <summary>LSR error bits (OE, PE, FE, BI) not yet read.</summary>
+        public byte LsrErrors { get; init; }
+        /// <summary>MSR bits 3:0, the deltas not yet read.</summary>
+        public byte MsrDeltas { get; init; }
+        public byte Scr { get; init; }
+        public byte Dll { get; init; }
+        public byte Dlm { get; init; }
+        /// <summary>The byte an empty RBR reads again.</summary>
+        public byte LastRbr { get; init; }
+        public bool ThrInterruptPending { get; init; }
+        /// <summary>The receive FIFO (the RBR when FIFOs are off), oldest byte first.</summary>
+        public byte[] RxFifo { get; init; } = [];
+        /// <summary>Terminal input not yet in the FIFO, oldest byte first.</summary>
+        public byte[] PendingInput { get; init; } = [];
+    }
+
+    /// <inheritdoc/>
+    public State SaveState()
+    {
+        lock (_lock)
+        {
+            var fifo = new byte[_rxCount];
+            for (int i = 0; i < _rxCount; i++)
+            {
+                fifo[i] = _rxFifo[(_rxHead + i) % FifoSize];
+            }
+            var pending = new byte[_backlogCount];
+            for (int i = 0; i < _backlogCount; i++)
+            {
+                pending[i] = _backlog[(_backlogHead + i) % BacklogSize];
+            }
+            return new State
+            {
+                Ier = _ier,
+                Lcr = _lcr,
+                Mcr = _mcr,
+                Fcr = _fcr,
+                LsrErrors = _lsrErrors,
+                MsrDeltas = _msrDeltas,
+                Scr = _scr,
+                Dll = _dll,
+                Dlm = _dlm,
+                LastRbr = _lastRbr,
+                ThrInterruptPending = _thrInterruptPending,
+                RxFifo = fifo,
+                PendingInput = pending,
+            };
+        }
+    }
+
+    /// <inheritdoc/>
+    public void RestoreState(State state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        InvalidStateException.CheckVersion(state.Version, State.CurrentVersion, _name);
+        Check((state.Ier & 0xF0) == 0, $"Ier 0x{state.Ier:x2} has bits 7:4 set (always 0 on a 16550A)");
+        Check((state.Mcr & ~McrMask) == 0, $"Mcr 0x{state.Mcr:x2} has bits 7:5 set (always 0)");
+        Check((state.Fcr & ~FcrKept) == 0 && (state.Fcr == 0 || (state.Fcr & FcrEnable) != 0),
+            $"Fcr 0x{state.Fcr:x2} is not a value FCR can hold (bits 7:6, 3 and 0, the others only with bit 0)");
+        Check((state.LsrErrors & ~LsrErrorBits) == 0, $"LsrErrors 0x{state.LsrErrors:x2} has bits outside OE, PE, FE, BI");
+        Check((state.MsrDeltas & 0xF0) == 0, $"MsrDeltas 0x{state.MsrDeltas:x2} has line bits 7:4 set");
+        Check(state.RxFifo is not null, "RxFifo is missing");
+        Check(state.PendingInput is not null, "PendingInput is missing");
+        int capacity = (state.Fcr & FcrEnable) != 0 ? FifoSize : 1;
+        Check(state.RxFifo!.Length <= capacity, $"RxFifo holds {state.RxFifo.Length} bytes, the receiver holds at most {capacity}");
+        Check(state.PendingInput!.Length <= BacklogSize, $"PendingInput holds {state.PendingInput.Length} bytes, at most {BacklogSize} are kept");
+        Check((state.Mcr & McrLoop) != 0 || state.PendingInput.Length == 0 || state.RxFifo.Length == capacity,
+            "PendingInput is not empty while the receiver has room (outside loopback input moves in at once)");
+
+        lock (_lock)
+        {
+            _ier = state.Ier;
+            _lcr = state.Lcr;
+            _mcr = state.Mcr;
+            _fcr = state.Fcr;
+            _lsrErrors = state.LsrErrors;
+            _msrLines = ModemLines(state.Mcr);
+            _msrDeltas = state.MsrDeltas;
+            _scr = state.Scr;
+            _dll = state.Dll;
+            _dlm = state.Dlm;
+            _lastRbr = state.LastRbr;
+            _thrInterruptPending = state.ThrInterruptPending;
+            _rxHead = 0;
+            _rxCount = state.RxFifo.Length;
+            state.RxFifo.CopyTo(_rxFifo, 0);
+            _backlogHead = 0;
+            _backlogCount = state.PendingInput.Length;
+            state.PendingInput.CopyTo(_backlog, 0);
+            UpdateIrq();
+        }
+    }
+
+    void Check(bool condition, string problem) => InvalidStateException.Check(condition, _name, problem);
 
     bool FifoEnabled => (_fcr & FcrEnable) != 0;
     int RxCapacity => FifoEnabled ? FifoSize : 1;
@@ -395,12 +502,7 @@ public sealed class Uart16550 : IPortDevice
     {
         bool wasLoopback = Loopback;
         _mcr = mcr;
-        byte lines = Loopback
-            ? (byte)(((mcr & McrRts) != 0 ? MsrCts : 0)
-                | ((mcr & McrDtr) != 0 ? MsrDsr : 0)
-                | ((mcr & McrOut1) != 0 ? MsrRi : 0)
-                | ((mcr & McrOut2) != 0 ? MsrDcd : 0))
-            : MsrConnected;
+        byte lines = ModemLines(mcr);
         byte changed = (byte)(lines ^ _msrLines);
         if ((changed & MsrCts) != 0)
         {
@@ -424,6 +526,14 @@ public sealed class Uart16550 : IPortDevice
             FillFromBacklog();
         }
     }
+
+    /// <summary>MSR bits 7:4 for an MCR value: in loopback the modem outputs feed them (datasheet MCR bit 4).</summary>
+    static byte ModemLines(byte mcr) => (mcr & McrLoop) != 0
+        ? (byte)(((mcr & McrRts) != 0 ? MsrCts : 0)
+            | ((mcr & McrDtr) != 0 ? MsrDsr : 0)
+            | ((mcr & McrOut1) != 0 ? MsrRi : 0)
+            | ((mcr & McrOut2) != 0 ? MsrDcd : 0))
+        : MsrConnected;
 
     byte CurrentInterrupt()
     {
