@@ -1,3 +1,5 @@
+using System.Diagnostics.CodeAnalysis;
+
 namespace SharpVisor.Core;
 
 /// <summary>
@@ -37,7 +39,7 @@ public sealed class InvalidStateException(string component, string problem)
     public string Component { get; } = component;
 
     /// <summary>Throws unless <paramref name="condition"/> holds; <paramref name="problem"/> says which field and why.</summary>
-    public static void Check(bool condition, string component, string problem)
+    public static void Check([DoesNotReturnIf(false)] bool condition, string component, string problem)
     {
         if (!condition)
         {
