@@ -8,7 +8,7 @@ namespace SharpVisor.Integration.Tests;
 
 /// <summary>
 /// A machine's state is complete (issue 9): Debian's kernel running a busybox workload in
-/// deterministic mode is paused at arbitrary moments, its state taken, the machine thrown away and a
+/// deterministic mode is paused at moments spread over boot and workload, its state taken, the machine thrown away and a
 /// fresh one built from the state in the same process — with two vCPUs, VT-d on, a virtio disk
 /// and a virtio NIC (link down: no peer) — and the console output must be byte for byte what an uninterrupted run prints.
 /// Anything the state forgot (a latched register, a pending interrupt, a timer deadline, a queue
@@ -51,6 +51,7 @@ public class MachineStateTests
         {
             int port = FreePort();
             double timeout = 600;
+            long referenceNs = 0;
             MachineConfig Config() => new()
             {
                 Kernel = image.Kernel,
@@ -71,7 +72,8 @@ public class MachineStateTests
             {
                 referenceExit = vm.Run();
                 // A rebuilt machine that lost some state may hang the guest: give it twice the guest time the workload needs.
-                timeout = Math.Max(2 * vm.Clock.NowNs / 1e9, 10);
+                referenceNs = vm.Clock.NowNs;
+                timeout = Math.Max(2 * referenceNs / 1e9, 10);
             }
             string expected = Encoding.UTF8.GetString(reference.ToArray());
             Assert.True(referenceExit.Kind == VmExitKind.PowerOff && expected.Contains("==end=="),
@@ -79,8 +81,10 @@ public class MachineStateTests
 
             File.WriteAllBytes(disk, new byte[16 << 20]); // the same disk contents as the reference run began with
 
-            // The same run, handed over to a fresh machine at arbitrary moments (a wall-clock rhythm,
-            // so where the pauses fall differs from run to run; each one's guest time is reported).
+            // The same run, handed over to a fresh machine at moments spread over boot and workload
+            // (fractions of the reference run's guest time; the pause lands at the next round of
+            // slices after it, wherever the polling thread notices — each one's guest time is reported).
+            double[] handovers = [0.2, 0.5, 0.8, 0.88, 0.92, 0.95, 0.97, 0.985];
             var output = new MemoryStream();
             var pausedAt = new List<long>();
             var current = new VirtualMachine(Config(), output.WriteByte, new Log(TextWriter.Null));
@@ -93,16 +97,24 @@ public class MachineStateTests
                     var vm = current;
                     var runner = new Thread(() => ended = vm.Run());
                     runner.Start();
-                    if (pausedAt.Count < 4 && !runner.Join(TimeSpan.FromMilliseconds(1500 + 700 * pausedAt.Count)))
+                    if (pausedAt.Count < handovers.Length)
                     {
-                        vm.Pause();
-                        var state = vm.SaveState();
-                        pausedAt.Add(state.Clock.NowNs);
-                        vm.RequestExit(new VmExit(VmExitKind.Stopped, "handed over"));
-                        runner.Join();
-                        vm.Dispose(); // releases the disk image and the listening socket for its successor
-                        current = VirtualMachine.FromState(Config(), state, output.WriteByte, new Log(TextWriter.Null));
-                        continue;
+                        long target = (long)(handovers[pausedAt.Count] * referenceNs);
+                        while (vm.Clock.NowNs < target && runner.IsAlive)
+                        {
+                            Thread.Sleep(1);
+                        }
+                        if (runner.IsAlive)
+                        {
+                            vm.Pause();
+                            var state = vm.SaveState();
+                            pausedAt.Add(state.Clock.NowNs);
+                            vm.RequestExit(new VmExit(VmExitKind.Stopped, "handed over"));
+                            runner.Join();
+                            vm.Dispose(); // releases the disk image and the listening socket for its successor
+                            current = VirtualMachine.FromState(Config(), state, output.WriteByte, new Log(TextWriter.Null));
+                            continue;
+                        }
                     }
                     runner.Join();
                     exit = ended!.Value;
@@ -115,7 +127,7 @@ public class MachineStateTests
             }
             string actual = Encoding.UTF8.GetString(output.ToArray());
             string where = $"handed over at guest times {string.Join(", ", pausedAt.Select(ns => $"{ns / 1e9:F6} s"))}";
-            Assert.True(pausedAt.Count >= 2, $"the run ended before it could be handed over more than {pausedAt.Count} times; the test proves too little");
+            Assert.True(pausedAt.Count == handovers.Length, $"{where}: the run ended before all {handovers.Length} handovers; the test proves too little");
             Assert.True(exit.Kind == VmExitKind.PowerOff, $"{where}: the rebuilt machine did not power off: {exit.Message}\n{Tail(actual)}");
             Assert.True(expected == actual, $"{where}: the output differs from the uninterrupted run's at byte {FirstDifference(expected, actual)}\n--- expected\n{Tail(expected)}\n--- actual\n{Tail(actual)}");
         }

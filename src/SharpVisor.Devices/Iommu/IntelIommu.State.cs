@@ -89,7 +89,7 @@ public sealed partial class IntelIommu : IPersistent<VtdState>
                 NextFaultIndex = _nextFaultIndex,
                 LastFaultIndex = _lastFaultIndex,
                 QueueStalled = _queueStalled,
-                StalledOnWait = _stalledOnWait,
+                StalledOnWait = _queueStalled && _stalledOnWait, // the latch keeps its last value after a stall ends; it means nothing then
                 InvalidationDeadlineNs = _queueStalled && _invalidationTimer is { IsArmed: true } ? _invalidationDeadlineNs : 0,
                 OutstandingInvalidations = [.. outstanding],
             };
