@@ -20,7 +20,7 @@ public class MachineStateTests
     /// <summary>
     /// CPU-bound programs between uses of each device, so that handovers fall between device uses and
     /// the rebuilt machine's disk and timers must carry on from the saved state. (No virtio entropy
-/// source: it hands the guest host randomness, so even two uninterrupted runs differ.)
+    /// source: it hands the guest host randomness, so even two uninterrupted runs differ.)
     /// </summary>
     const string Workload = """
         #!/bin/sh
