@@ -64,10 +64,15 @@ public sealed partial class VirtualMachine
                 ThrowHelper.InvalidOperation("the machine's state can only be taken while it is paused or not running");
             }
         }
+        if (Ram.Size > (ulong)Array.MaxLength)
+        {
+            // MachineState keeps RAM in one array; a larger guest needs RAM saved in pieces (issue 12's stream).
+            throw new UserErrorException($"saving the state of a machine with {Ram.Size >> 20} MiB of RAM is not supported yet (at most {Array.MaxLength >> 20} MiB)");
+        }
         var ram = new byte[Ram.Size];
         unsafe
         {
-            new ReadOnlySpan<byte>(Ram.HostBase, checked((int)Math.Min(Ram.Size, int.MaxValue))).CopyTo(ram);
+            new ReadOnlySpan<byte>(Ram.HostBase, ram.Length).CopyTo(ram);
         }
         return new MachineState
         {
