@@ -43,12 +43,12 @@ public class BusyboxTests
         try
         {
             var (exit, console) = Boot(image.Kernel, initrd, "console=ttyS0 quiet", timeoutSeconds: 300);
-            Assert.True(exit.Kind == VmExitKind.PowerOff, $"the VM did not power off: {exit.Message}\n{Tail(console)}");
+            Assert.True(exit.Kind == VmExitKind.PowerOff, $"the VM did not power off: {exit.Message}\n{TestHelpers.Tail(console)}");
             var guest = Split(console);
             for (int i = 0; i < s_commands.Length; i++)
             {
                 string host = RunOnHost(image.Busybox, s_commands[i]);
-                Assert.True(guest.TryGetValue(i, out string? got), $"no output for '{s_commands[i]}'\n{Tail(console)}");
+                Assert.True(guest.TryGetValue(i, out string? got), $"no output for '{s_commands[i]}'\n{TestHelpers.Tail(console)}");
                 Assert.Equal(host, got);
             }
         }
@@ -117,8 +117,6 @@ public class BusyboxTests
         p.WaitForExit();
         return output;
     }
-
-    static string Tail(string s) => s.Length <= 3000 ? s : s[^3000..];
 }
 
 /// <summary>Tests that boot whole VMs run one at a time: each keeps the host's two cores busy.</summary>

@@ -100,7 +100,7 @@ public partial class HostileGuestTests(ITestOutputHelper output)
             var (exit, console, elapsed) = RunWithWatchdog(config, seed, mode);
             string progress = LastProgress(console);
             output.WriteLine($"seed {seed} ({mode.Name}): {exit.Kind} after {elapsed.TotalSeconds:F0} s: {exit.Message}; {progress}");
-            Assert.True(exit.Kind != VmExitKind.Error, $"seed {seed} ({mode.Name}): the VMM failed: {exit.Message}; {progress}\n{Tail(console)}");
+            Assert.True(exit.Kind != VmExitKind.Error, $"seed {seed} ({mode.Name}): the VMM failed: {exit.Message}; {progress}\n{TestHelpers.Tail(console)}");
             Assert.True(exit.Kind is VmExitKind.PowerOff or VmExitKind.Reset or VmExitKind.Shutdown or VmExitKind.Timeout,
                 $"seed {seed} ({mode.Name}): unexpected end {exit.Kind}: {exit.Message}");
             Assert.Contains("hostile: seed", console); // the program ran: the guest booted
@@ -157,8 +157,8 @@ public partial class HostileGuestTests(ITestOutputHelper output)
         {
             text = console.ToString();
         }
-        Assert.True(returned, $"seed {seed} ({mode.Name}): the VMM hung: no exit {HangMargin.TotalSeconds:F0} s after the {config.TimeoutSeconds} s timeout; {LastProgress(text)}\n{Tail(text)}");
-        Assert.True(failure is null, $"seed {seed} ({mode.Name}): the VMM threw {failure}\n{Tail(text)}");
+        Assert.True(returned, $"seed {seed} ({mode.Name}): the VMM hung: no exit {HangMargin.TotalSeconds:F0} s after the {config.TimeoutSeconds} s timeout; {LastProgress(text)}\n{TestHelpers.Tail(text)}");
+        Assert.True(failure is null, $"seed {seed} ({mode.Name}): the VMM threw {failure}\n{TestHelpers.Tail(text)}");
         return (exit!.Value, text, clock.Elapsed);
     }
 
@@ -170,6 +170,4 @@ public partial class HostileGuestTests(ITestOutputHelper output)
 
     [GeneratedRegex(@"hostile: [^\r\n]*")]
     private static partial Regex ProgressLine();
-
-    static string Tail(string s) => s.Length <= 3000 ? s : s[^3000..];
 }

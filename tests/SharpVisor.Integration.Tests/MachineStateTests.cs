@@ -1,5 +1,4 @@
 using System.Net;
-using System.Net.Sockets;
 using System.Text;
 using SharpVisor.Core;
 using SharpVisor.Machine;
@@ -49,7 +48,7 @@ public class MachineStateTests
         File.WriteAllBytes(disk, new byte[16 << 20]);
         try
         {
-            int port = FreePort();
+            int port = TestHelpers.FreePort();
             double timeout = 600;
             long referenceNs = 0;
             MachineConfig Config() => new()
@@ -77,7 +76,7 @@ public class MachineStateTests
             }
             string expected = Encoding.UTF8.GetString(reference.ToArray());
             Assert.True(referenceExit.Kind == VmExitKind.PowerOff && expected.Contains("==end=="),
-                $"the uninterrupted run did not finish the workload: {referenceExit.Message}\n{Tail(expected)}");
+                $"the uninterrupted run did not finish the workload: {referenceExit.Message}\n{TestHelpers.Tail(expected)}");
 
             File.WriteAllBytes(disk, new byte[16 << 20]); // the same disk contents as the reference run began with
 
@@ -128,14 +127,24 @@ public class MachineStateTests
             string actual = Encoding.UTF8.GetString(output.ToArray());
             string where = $"handed over at guest times {string.Join(", ", pausedAt.Select(ns => $"{ns / 1e9:F6} s"))}";
             Assert.True(pausedAt.Count == handovers.Length, $"{where}: the run ended before all {handovers.Length} handovers; the test proves too little");
-            Assert.True(exit.Kind == VmExitKind.PowerOff, $"{where}: the rebuilt machine did not power off: {exit.Message}\n{Tail(actual)}");
-            Assert.True(expected == actual, $"{where}: the output differs from the uninterrupted run's at byte {FirstDifference(expected, actual)}\n--- expected\n{Tail(expected)}\n--- actual\n{Tail(actual)}");
+            Assert.True(exit.Kind == VmExitKind.PowerOff, $"{where}: the rebuilt machine did not power off: {exit.Message}\n{TestHelpers.Tail(actual)}");
+            Assert.True(expected == actual, $"{where}: the output differs from the uninterrupted run's at byte {FirstDifference(expected, actual)}\n--- expected\n{TestHelpers.Tail(expected)}\n--- actual\n{TestHelpers.Tail(actual)}");
         }
         finally
         {
             File.Delete(initrd);
             File.Delete(disk);
         }
+    }
+
+    /// <summary>MachineState keeps RAM in one array: a larger guest's state is refused with one line, never cut short.</summary>
+    [Fact]
+    public void SavingAMachineWithMoreRamThanOneArrayHoldsIsRefused()
+    {
+        using var kernel = new MultibootKernel([0xF4]); // hlt
+        using var vm = new VirtualMachine(new MachineConfig { Kernel = kernel.Path, MemoryMiB = 3072, TimeoutSeconds = 30 }, _ => { });
+        var e = Assert.Throws<UserErrorException>(() => vm.SaveState());
+        Assert.Contains("3072 MiB of RAM is not supported yet", e.Message);
     }
 
     /// <summary>A state that does not fit the machine, or has a field out of range, is refused with one line and no machine.</summary>
@@ -171,13 +180,6 @@ public class MachineStateTests
         }
     }
 
-    static int FreePort()
-    {
-        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        s.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        return ((IPEndPoint)s.LocalEndPoint!).Port;
-    }
-
     static int FirstDifference(string a, string b)
     {
         int n = Math.Min(a.Length, b.Length);
@@ -190,6 +192,4 @@ public class MachineStateTests
         }
         return n;
     }
-
-    static string Tail(string s) => s.Length <= 2000 ? s : s[^2000..];
 }

@@ -48,10 +48,10 @@ public class Ring3InstructionTests(ITestOutputHelper output)
         {
             var host = Parse(RunOnHost(hostProgram, file));
             var (exit, console) = BusyboxTests.Boot(GuestImage.Default.Kernel, initrd, "console=ttyS0 quiet", timeoutSeconds: 900);
-            Assert.True(exit.Kind == VmExitKind.PowerOff, $"the VM did not power off: {exit.Message}\n{Tail(console)}");
+            Assert.True(exit.Kind == VmExitKind.PowerOff, $"the VM did not power off: {exit.Message}\n{TestHelpers.Tail(console)}");
             string text = console.Replace("\r\n", "\n");
             int begin = text.IndexOf("==begin==\n", StringComparison.Ordinal), end = text.IndexOf("==end==", StringComparison.Ordinal);
-            Assert.True(begin >= 0 && end > begin, Tail(console));
+            Assert.True(begin >= 0 && end > begin, TestHelpers.Tail(console));
             var guest = Parse(text[(begin + 10)..end]);
 
             var mismatches = new List<string>();
@@ -60,7 +60,7 @@ public class Ring3InstructionTests(ITestOutputHelper output)
             for (int i = 0; i < cases.Count; i++)
             {
                 Assert.True(host.TryGetValue(i, out var h), $"the host reported nothing for case {i}");
-                Assert.True(guest.TryGetValue(i, out var g), $"the guest reported nothing for case {i}\n{Tail(console)}");
+                Assert.True(guest.TryGetValue(i, out var g), $"the guest reported nothing for case {i}\n{TestHelpers.Tail(console)}");
                 if (h.Timeout || g.Timeout)
                 {
                     timeouts++;
@@ -304,6 +304,4 @@ public class Ring3InstructionTests(ITestOutputHelper output)
         ((bits & RflagsBits.CF) != 0 ? 0x1UL : 0) | ((bits & RflagsBits.PF) != 0 ? 0x4UL : 0) | ((bits & RflagsBits.AF) != 0 ? 0x10UL : 0)
         | ((bits & RflagsBits.ZF) != 0 ? 0x40UL : 0) | ((bits & RflagsBits.SF) != 0 ? 0x80UL : 0) | ((bits & RflagsBits.DF) != 0 ? 0x400UL : 0)
         | ((bits & RflagsBits.OF) != 0 ? 0x800UL : 0) | ((bits & RflagsBits.AC) != 0 ? 0x4_0000UL : 0);
-
-    static string Tail(string s) => s.Length <= 3000 ? s : s[^3000..];
 }

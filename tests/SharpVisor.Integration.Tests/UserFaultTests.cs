@@ -29,11 +29,11 @@ public class UserFaultTests
         try
         {
             var (exit, console) = BusyboxTests.Boot(image.Kernel, initrd, "console=ttyS0 quiet", timeoutSeconds: 300);
-            Assert.True(exit.Kind == VmExitKind.PowerOff, $"the VM did not power off: {exit.Message}\n{Tail(console)}");
+            Assert.True(exit.Kind == VmExitKind.PowerOff, $"the VM did not power off: {exit.Message}\n{TestHelpers.Tail(console)}");
             string text = console.Replace("\r\n", "\n");
             int begin = text.IndexOf("==begin==\n", StringComparison.Ordinal);
             int end = text.IndexOf("==end==", StringComparison.Ordinal);
-            Assert.True(begin >= 0 && end > begin, Tail(console));
+            Assert.True(begin >= 0 && end > begin, TestHelpers.Tail(console));
             var lines = text[(begin + 10)..end].Split('\n', StringSplitOptions.RemoveEmptyEntries);
 
             var expected = new List<string>();
@@ -53,6 +53,4 @@ public class UserFaultTests
             File.Delete(initrd);
         }
     }
-
-    static string Tail(string s) => s.Length <= 3000 ? s : s[^3000..];
 }

@@ -1,6 +1,5 @@
 using System.Collections;
 using System.Net;
-using System.Net.Sockets;
 using System.Reflection;
 using SharpVisor.Core;
 using SharpVisor.Machine;
@@ -88,7 +87,7 @@ public class VmContextTests
                 Rng = true,
                 Console = ConsoleDevice.Virtio,
                 Disks = [new DiskSpec(disk)],
-                Net = NetSpec.StreamListen(new IPEndPoint(IPAddress.Loopback, FreePort())),
+                Net = NetSpec.StreamListen(new IPEndPoint(IPAddress.Loopback, TestHelpers.FreePort())),
             };
             var log = new Log(TextWriter.Null);
             using var vm = new VirtualMachine(config, _ => { }, log);
@@ -103,13 +102,6 @@ public class VmContextTests
         {
             File.Delete(disk);
         }
-    }
-
-    static int FreePort()
-    {
-        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        s.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        return ((IPEndPoint)s.LocalEndPoint!).Port;
     }
 
     /// <summary>Every Counter and Log reachable from <paramref name="root"/> through fields, collections and delegate targets.</summary>
