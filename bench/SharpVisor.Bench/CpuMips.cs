@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Iced.Intel;
 using SharpVisor.Core;
 using SharpVisor.Cpu.X86;
+using SharpVisor.Cpu.X86.Model;
 using static Iced.Intel.AssemblerRegisters;
 using Vcpu = SharpVisor.Cpu.X86.Cpu;
 

@@ -1,5 +1,7 @@
 using System.Runtime.CompilerServices;
 using SharpVisor.Core;
+using SharpVisor.Cpu.X86.Fpu;
+using SharpVisor.Cpu.X86.Model;
 
 namespace SharpVisor.Cpu.X86;
 
@@ -7,7 +9,7 @@ namespace SharpVisor.Cpu.X86;
 /// One virtual x86-64 processor executed by the interpreter. State lives in public fields so that
 /// instruction handlers (static methods in Semantics/) reach it without indirection; everything
 /// that must stay consistent with it (mode, TLB, segment bases) changes only through the methods
-/// here and in System/.
+/// of this partial class (the Cpu.*.cs files).
 /// </summary>
 public sealed unsafe partial class Cpu : IVcpuSignals
 {

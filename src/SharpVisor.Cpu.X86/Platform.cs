@@ -1,4 +1,5 @@
 using SharpVisor.Core;
+using SharpVisor.Cpu.X86.Model;
 
 namespace SharpVisor.Cpu.X86;
 

@@ -38,7 +38,7 @@ public unsafe struct RegisterFile
     /// <summary>Mask applied to linear addresses: 2^32-1 outside long mode.</summary>
     public ulong LinearMask;
 
-    // ---- lazy arithmetic flags (see Flags.cs) ----
+    // ---- lazy arithmetic flags (see Cpu.Flags.cs) ----
     /// <summary>Result of the last flag-setting operation, sign-extended to 64 bits (gives ZF, SF, PF).</summary>
     public ulong FlagRes;
     /// <summary>CF (bit 0), AF (bit 4) and OF (bit 11) as computed; PF (bit 2) and SF (bit 7) inverters.</summary>

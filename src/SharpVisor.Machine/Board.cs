@@ -1,5 +1,6 @@
 using SharpVisor.Core;
 using SharpVisor.Cpu.X86;
+using SharpVisor.Cpu.X86.Semantics;
 using SharpVisor.Devices.Interrupts;
 using SharpVisor.Devices.Iommu;
 using SharpVisor.Devices.Legacy;

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using SharpVisor.Core;
 using SharpVisor.Cpu.X86;
+using SharpVisor.Cpu.X86.Model;
 using Vcpu = SharpVisor.Cpu.X86.Cpu;
 
 namespace SharpVisor.Machine;

@@ -150,7 +150,7 @@ public class Ring3InstructionTests(ITestOutputHelper output)
 
     // ------------------------------------------------------------------ generation
 
-    /// <summary>What SharpVisor's CPUID offers to user code (System/CpuIdModel.cs), minus x87 and
+    /// <summary>What SharpVisor's CPUID offers to user code (Model/CpuIdModel.cs), minus x87 and
     /// FXSAVE, whose saved images hold implementation-specific fields.</summary>
     static readonly HashSet<CpuidFeature> s_allowedFeatures =
     [

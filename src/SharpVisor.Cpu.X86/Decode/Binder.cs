@@ -1,7 +1,7 @@
 using Iced.Intel;
 using SharpVisor.Core;
 
-namespace SharpVisor.Cpu.X86;
+namespace SharpVisor.Cpu.X86.Decode;
 
 
 /// <summary>

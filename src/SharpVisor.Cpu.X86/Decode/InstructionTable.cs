@@ -2,7 +2,7 @@ using Iced.Intel;
 using SharpVisor.Core;
 using SharpVisor.Cpu.X86.Semantics;
 
-namespace SharpVisor.Cpu.X86;
+namespace SharpVisor.Cpu.X86.Decode;
 
 /// <summary>
 /// The instruction table: one <see cref="InstructionForm"/> per Iced <see cref="Code"/>, the one

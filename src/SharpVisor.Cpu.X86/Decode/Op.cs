@@ -1,7 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
-namespace SharpVisor.Cpu.X86;
+namespace SharpVisor.Cpu.X86.Decode;
 
 /// <summary>
 /// One decoded instruction in the form the interpreter executes (and a translator will consume):
@@ -54,7 +54,7 @@ public unsafe struct Op
     /// Linear address of the memory operand: segment base + effective address. Outside 64-bit mode,
     /// through a segment that is not flat writable data, the access is first checked against the
     /// segment's limit and type (one predictable branch otherwise); in 64-bit mode every byte of it
-    /// must be canonical, else #SS(0) for an RSP/RBP base and #GP(0) otherwise (Mmu/Canonical.cs).
+    /// must be canonical, else #SS(0) for an RSP/RBP base and #GP(0) otherwise (Cpu.Canonical.cs).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public readonly ulong Linear(Cpu c)

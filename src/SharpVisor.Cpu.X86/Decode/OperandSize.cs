@@ -1,6 +1,6 @@
 using System.Runtime.CompilerServices;
 
-namespace SharpVisor.Cpu.X86;
+namespace SharpVisor.Cpu.X86.Decode;
 
 /// <summary>
 /// An operand width as a type, so one generic handler source compiles (the JIT specialises

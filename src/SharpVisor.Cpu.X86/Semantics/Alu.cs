@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using Iced.Intel;
+using SharpVisor.Cpu.X86.Decode;
 
 namespace SharpVisor.Cpu.X86.Semantics;
 

@@ -1,6 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using Iced.Intel;
+using SharpVisor.Cpu.X86.Decode;
 
 namespace SharpVisor.Cpu.X86.Semantics;
 

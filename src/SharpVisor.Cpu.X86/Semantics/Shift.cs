@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using Iced.Intel;
+using SharpVisor.Cpu.X86.Decode;
 
 namespace SharpVisor.Cpu.X86.Semantics;
 
@@ -79,7 +80,7 @@ public static unsafe class Shift
         }
     }
 
-    /// <summary>Rotates change only CF and OF: update those bits of the lazy state in place (see Flags.cs:
+    /// <summary>Rotates change only CF and OF: update those bits of the lazy state in place (see Cpu.Flags.cs:
     /// CF and OF are stored directly in FlagAux; SF/ZF/PF come from FlagRes and the inverter bits).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void SetCfOf(Cpu c, ulong cf, ulong of) =>

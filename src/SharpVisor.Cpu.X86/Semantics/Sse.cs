@@ -2,6 +2,8 @@ using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using Iced.Intel;
+using SharpVisor.Cpu.X86.Decode;
+using SharpVisor.Cpu.X86.Simd;
 using IcedReg = Iced.Intel.Register;
 
 namespace SharpVisor.Cpu.X86.Semantics;
@@ -9,7 +11,7 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// <summary>
 /// SSE and SSE2 (SDM Vol. 1 ch. 10-11, Vol. 2 instruction pages): XMM moves, packed integer,
 /// packed/scalar single and double floating point, conversions, MXCSR, FXSAVE/FXRSTOR.
-/// MMX and the MMX-register forms live in Sse/Mmx.cs.
+/// MMX and the MMX-register forms live in Sse.Mmx.cs.
 /// </summary>
 /// <remarks>
 /// Op fields for this family: <see cref="Op.R1"/> = XMM index (0-15) of operand 0 when it is an
@@ -131,10 +133,6 @@ public static unsafe partial class Sse
         op.Imm &= 0xFF;
         return true;
     }
-
-    public static UInt128 ToUInt128(Vector128<byte> v) => new(v.AsUInt64().GetElement(1), v.AsUInt64().GetElement(0));
-
-    public static Vector128<byte> ToVector(UInt128 v) => Vector128.Create((ulong)v, (ulong)(v >> 64)).AsByte();
 
     /// <summary>
     /// Reads <paramref name="size"/> bytes (2, 4, 8, 16) into the low part of a vector (rest zero). A

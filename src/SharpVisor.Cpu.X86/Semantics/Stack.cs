@@ -1,4 +1,5 @@
 using Iced.Intel;
+using SharpVisor.Cpu.X86.Decode;
 using IcedReg = Iced.Intel.Register;
 
 namespace SharpVisor.Cpu.X86.Semantics;

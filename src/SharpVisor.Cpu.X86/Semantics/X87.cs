@@ -1,5 +1,6 @@
 using Iced.Intel;
 using SharpVisor.Core;
+using SharpVisor.Cpu.X86.Decode;
 using SharpVisor.Cpu.X86.Fpu;
 using static SharpVisor.Cpu.X86.Fpu.X87Stack;
 

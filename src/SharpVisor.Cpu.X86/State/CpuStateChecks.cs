@@ -1,4 +1,5 @@
 using SharpVisor.Cpu.X86.Fpu;
+using SharpVisor.Cpu.X86.Model;
 using SharpVisor.Cpu.X86.Semantics;
 
 namespace SharpVisor.Cpu.X86.State;

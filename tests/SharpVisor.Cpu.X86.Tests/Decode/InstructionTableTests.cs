@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using Iced.Intel;
+using SharpVisor.Cpu.X86.Decode;
 using SharpVisor.Cpu.X86.Tests.Harness;
 
 namespace SharpVisor.Cpu.X86.Tests.Decode;

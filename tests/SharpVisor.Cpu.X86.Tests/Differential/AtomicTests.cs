@@ -1,4 +1,5 @@
 using Iced.Intel;
+using SharpVisor.Cpu.X86.Model;
 using SharpVisor.Cpu.X86.Tests.Harness;
 using static SharpVisor.Cpu.X86.Tests.Differential.AluTests;
 

@@ -1,3 +1,4 @@
+using SharpVisor.Cpu.X86.Model;
 using SharpVisor.Cpu.X86.Tests.Harness;
 
 namespace SharpVisor.Cpu.X86.Tests.Differential;

@@ -1,6 +1,8 @@
 using System.Runtime.Intrinsics;
 using Iced.Intel;
 using SharpVisor.Core;
+using SharpVisor.Cpu.X86.Fpu;
+using SharpVisor.Cpu.X86.Model;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace SharpVisor.Cpu.X86.Tests.Harness;

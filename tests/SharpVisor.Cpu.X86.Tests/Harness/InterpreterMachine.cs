@@ -1,5 +1,6 @@
 using Iced.Intel;
 using SharpVisor.Core;
+using SharpVisor.Cpu.X86.Model;
 
 namespace SharpVisor.Cpu.X86.Tests.Harness;
 

@@ -1,4 +1,5 @@
 using SharpVisor.Core;
+using SharpVisor.Cpu.X86.Model;
 using SharpVisor.Cpu.X86.State;
 using SharpVisor.Cpu.X86.Tests.SystemInstructions;
 

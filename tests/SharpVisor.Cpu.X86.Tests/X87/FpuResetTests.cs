@@ -1,4 +1,5 @@
 using System.Runtime.Intrinsics;
+using SharpVisor.Cpu.X86.Fpu;
 using SharpVisor.Cpu.X86.Tests.SystemInstructions;
 using static Iced.Intel.AssemblerRegisters;
 
