@@ -3,24 +3,28 @@ using Iced.Intel;
 using SharpVisor.Core;
 using SharpVisor.Cpu.X86;
 using SharpVisor.Cpu.X86.Model;
+using SharpVisor.Cpu.X86.Translation;
 using static Iced.Intel.AssemblerRegisters;
 using Vcpu = SharpVisor.Cpu.X86.Cpu;
 
 namespace SharpVisor.Bench;
 
 /// <summary>
-/// Interpreter throughput on guest loops in 64-bit mode: an integer-heavy hash loop and a
-/// memory-heavy loop (loads/stores over a 64 KiB buffer). Prints millions of guest instructions
-/// per second. Run: dotnet run -c Release --project bench/SharpVisor.Bench -- mips
+/// CPU throughput on guest loops in 64-bit mode: an integer-heavy hash loop and a memory-heavy
+/// loop (loads/stores over a 64 KiB buffer), interpreted and translated. Prints millions of guest
+/// instructions per second. Run: dotnet run -c Release --project bench/SharpVisor.Bench -- mips [seconds] [interp|jit]
 /// </summary>
 public static class CpuMips
 {
     const ulong CodePa = 0x10_0000, DataPa = 0x20_0000, TablesPa = 0x80_0000;
 
-    public static void Run(double seconds)
+    public static void Run(double seconds, string? tier)
     {
-        Measure("integer (xor/shift-free hash: add, imul-free, lea, cmp, jcc)", IntegerLoop, seconds);
-        Measure("memory (load/add/store over 64 KiB, stride 8)", MemoryLoop, seconds);
+        foreach (bool jit in tier switch { "interp" => [false], "jit" => [true], _ => new[] { false, true } })
+        {
+            Measure("integer (xor/shift-free hash: add, imul-free, lea, cmp, jcc)", IntegerLoop, seconds, jit);
+            Measure("memory (load/add/store over 64 KiB, stride 8)", MemoryLoop, seconds, jit);
+        }
     }
 
     static void IntegerLoop(Assembler a)
@@ -58,10 +62,12 @@ public static class CpuMips
         a.jnz(outer);
     }
 
-    static void Measure(string name, Action<Assembler> program, double seconds)
+    static void Measure(string name, Action<Assembler> program, double seconds, bool jit)
     {
         using var ram = new GuestMemory(16 << 20);
-        var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(ram), Ports = new PortBus(), Clock = new VirtualClock() };
+        var log = new Log();
+        using var translator = jit ? new Translator(log) : null;
+        var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(ram), Ports = new PortBus(), Clock = new VirtualClock(), Log = log, Translator = translator };
         var cpu = new Vcpu(0, platform);
         IdentityMap(ram, 16 << 20);
         CpuSetup.EnterLongMode(cpu, TablesPa);
@@ -87,7 +93,7 @@ public static class CpuMips
             cpu.Run(10_000_000);
         }
         double mips = (cpu.InstructionsRetired - start) / sw.Elapsed.TotalSeconds / 1e6;
-        Console.WriteLine($"{name}: {mips:F1} MIPS");
+        Console.WriteLine($"{(jit ? "jit   " : "interp")} {name}: {mips:F1} MIPS");
     }
 
     /// <summary>Identity-maps the first <paramref name="size"/> bytes with 2 MiB pages (4-level paging).</summary>

@@ -9,13 +9,13 @@ public static class Program
         switch (what)
         {
             case "mips":
-                CpuMips.Run(seconds);
+                CpuMips.Run(seconds, args.Length > 2 ? args[2] : null);
                 return 0;
             case "iommu":
                 IommuBench.Run(seconds);
                 return 0;
             default:
-                Console.Error.WriteLine("usage: SharpVisor.Bench mips|iommu [seconds]");
+                Console.Error.WriteLine("usage: SharpVisor.Bench mips|iommu [seconds] [interp|jit]");
                 return 2;
         }
     }

@@ -72,6 +72,7 @@ public static class Options
                 "--console" => cfg with { Console = ParseConsole(Value()) },
                 "--iommu" => cfg with { Iommu = ParseOnOff(a, Value()) },
                 "--clock" => cfg with { Clock = ParseClock(Value()) },
+                "--cpu" => cfg with { Tier = ParseTier(Value()) },
                 "--timeout" => cfg with { TimeoutSeconds = ParseSeconds(a, Value()) },
                 "--stats" => cfg with { PrintStats = true },
                 "--console-limit" => cfg with { ConsoleLimitBytes = ParseSizeOrNone(a, Value()) },
@@ -125,6 +126,13 @@ public static class Options
         "serial" => ConsoleDevice.Serial,
         "virtio" => ConsoleDevice.Virtio,
         _ => throw new UserErrorException($"option --console takes 'serial' or 'virtio' (got '{v}')"),
+    };
+
+    static CpuTier ParseTier(string v) => v switch
+    {
+        "interp" => CpuTier.Interpreter,
+        "jit" => CpuTier.Jit,
+        _ => throw new UserErrorException($"option --cpu takes 'interp' or 'jit' (got '{v}')"),
     };
 
     static ClockMode ParseClock(string v) => v switch

@@ -116,8 +116,17 @@ public sealed unsafe partial class Cpu
                     _interruptShadow = false;
                     InstructionsRetired += Execute(b, 1);
                 }
+                else if (b.Compiled is { } compiled)
+                {
+                    Counters.TranslatedBlockRuns.IncrementUnsynchronized();
+                    InstructionsRetired += compiled(this, ref b.Ops[0]);
+                }
                 else
                 {
+                    if (_translator is { } t && ++b.Heat == t.Threshold)
+                    {
+                        t.Request(b);
+                    }
                     InstructionsRetired += Execute(b, b.Count);
                 }
             }
@@ -330,6 +339,33 @@ public sealed unsafe partial class Cpu
     /// Executes exactly one instruction at CS:RIP. A guest exception is returned as its vector and
     /// not delivered (RIP stays at the faulting instruction) — for tests and tracing.
     /// </summary>
+    /// <summary>
+    /// Runs the whole block at RIP once, translated (compiled on first use, on this thread) or
+    /// interpreted: what the tests compare the tiers with. Returns the exception vector it raised, if any.
+    /// </summary>
+    public int? RunBlockForTest(bool translated)
+    {
+        try
+        {
+            Block b = FetchBlock();
+            if (translated)
+            {
+                b.Compiled ??= Translation.BlockCompiler.Compile(b).Code;
+                InstructionsRetired += b.Compiled(this, ref b.Ops[0]);
+            }
+            else
+            {
+                InstructionsRetired += Execute(b, b.Count);
+            }
+            return null;
+        }
+        catch (GuestFault f)
+        {
+            ExitBlock = false;
+            return f.Vector;
+        }
+    }
+
     public int? StepForTest()
     {
         try

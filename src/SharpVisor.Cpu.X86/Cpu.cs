@@ -56,6 +56,7 @@ public sealed unsafe partial class Cpu : IVcpuSignals
     {
         Index = index;
         Platform = platform;
+        _translator = platform.Translator;
         Ram = platform.Memory.Ram;
         Tsc = new TimeStampCounter(platform.Clock, platform.TscHz);
         Counters = new CpuCounters(index);
@@ -64,6 +65,9 @@ public sealed unsafe partial class Cpu : IVcpuSignals
     }
 
     public CpuCounters Counters { get; }
+
+    /// <summary>The VM's second tier, or null when this vCPU only interprets (<c>--cpu interp</c>).</summary>
+    readonly Translation.Translator? _translator;
 
     /// <summary>Power-on / RESET state (SDM Vol. 3A 9.1.1, Table 9-1).</summary>
     public void Reset() => Reset(init: false);
@@ -270,6 +274,9 @@ public sealed class CpuCounters(int index)
     /// <summary>Instruction fetches from outside RAM (MMIO or unclaimed addresses), answered with #UD.</summary>
     public readonly Counter FetchesOutsideRam = new($"cpu{index}.fetches_outside_ram");
 
+    /// <summary>Blocks run as translated code rather than interpreted.</summary>
+    public readonly Counter TranslatedBlockRuns = new($"cpu{index}.translated_block_runs");
+
     public IEnumerable<Counter> All => [Instructions, BlocksDecoded, BlockCacheMisses, StraddlingDecodes, CodeInvalidations, TlbMisses, PageFaults, Exceptions, Interrupts, Unimplemented,
-        UnknownMsrAccesses, RefusedMsrWrites, CrWriteFaults, IoPermissionFaults, TaskSwitches, TaskSwitchFaultsAfterCommit, FetchesOutsideRam];
+        UnknownMsrAccesses, RefusedMsrWrites, CrWriteFaults, IoPermissionFaults, TaskSwitches, TaskSwitchFaultsAfterCommit, FetchesOutsideRam, TranslatedBlockRuns];
 }

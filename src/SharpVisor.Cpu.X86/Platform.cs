@@ -38,6 +38,8 @@ public sealed class CpuPlatform
     /// CMPXCHG16B) among the vCPUs of this VM; another VM's vCPUs cannot see this VM's RAM.
     /// </summary>
     public Lock SplitLock { get; } = new();
+    /// <summary>The second execution tier shared by this VM's vCPUs, or null to interpret only.</summary>
+    public Translation.Translator? Translator { get; init; }
     /// <summary>Far transfers through gates or to descriptor types this CPU does not implement (#GP instead).</summary>
     public Counter UnsupportedFarTransfers { get; } = new("cpu.unsupported_far_transfers");
     /// <summary>Unknown MSR numbers (and whether written) some vCPU of this VM accessed: each is logged once.</summary>

@@ -20,6 +20,8 @@ public sealed record MachineConfig
     public NetSpec? Net { get; init; }
     public bool Iommu { get; init; }
     public ClockMode Clock { get; init; } = ClockMode.Host;
+    /// <summary>How guest code runs (--cpu): interpreted only, or hot blocks translated to .NET code.</summary>
+    public CpuTier Tier { get; init; } = CpuTier.Interpreter;
     /// <summary>
     /// Seconds after which the run stops with an error (0 = none): the whole run, every boot after a
     /// guest reset included, in wall-clock time with the host clock and guest time with the
@@ -337,4 +339,13 @@ public sealed record NetSpec
         }
         return mac;
     }
+}
+
+/// <summary>The execution tiers a vCPU may use (--cpu).</summary>
+public enum CpuTier
+{
+    /// <summary>Every instruction interpreted: the reference tier.</summary>
+    Interpreter,
+    /// <summary>The interpreter first, and blocks that run often translated to .NET code (Cpu.X86/Translation).</summary>
+    Jit,
 }

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using SharpVisor.Core;
 using SharpVisor.Cpu.X86;
 using SharpVisor.Cpu.X86.Model;
+using SharpVisor.Cpu.X86.Translation;
 using Vcpu = SharpVisor.Cpu.X86.Cpu;
 
 namespace SharpVisor.Machine;
@@ -45,6 +46,16 @@ public sealed partial class VirtualMachine : IDisposable
         Timers = new TimerQueue(Clock, Log);
         Timers.Armed += () => _timerWake.Set();
         Counters.Add(Timers.DeferredRearms);
+        Translator? translator = null;
+        if (config.Tier == CpuTier.Jit)
+        {
+            translator = new Translator(Log);
+            _disposables.Add(translator);
+            foreach (var c in translator.Counters.All)
+            {
+                Counters.Add(c);
+            }
+        }
         var platform = new CpuPlatform
         {
             Memory = Memory,
@@ -53,6 +64,7 @@ public sealed partial class VirtualMachine : IDisposable
             TscHz = TscHz,
             Log = Log,
             CpuId = new CpuIdModel { LogicalProcessors = config.Cpus },
+            Translator = translator,
         };
         Cpus = new Vcpu[config.Cpus];
         for (int i = 0; i < Cpus.Length; i++)

@@ -68,6 +68,7 @@ public static unsafe class Binder
                     break;
                 case OpKind.Memory:
                     FillMemory(ins, ref op, memoryAccess);
+                    op.Flags |= OpFlags.AnyMemoryOperand;
                     if (i == 0)
                     {
                         op.Flags |= OpFlags.MemoryOperand;

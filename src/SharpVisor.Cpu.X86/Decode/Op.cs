@@ -98,6 +98,8 @@ public enum OpFlags : byte
     /// <summary>A legacy-SSE 128-bit memory operand that must be 16-byte aligned: its #GP for
     /// misalignment comes before the canonical-address fault (#SS or #GP), as on the host.</summary>
     Aligned16 = 32,
+    /// <summary>Some operand is in memory (not only the first): the form can fault through it.</summary>
+    AnyMemoryOperand = 64,
 }
 
 /// <summary>
@@ -125,4 +127,9 @@ public sealed class Block(Op[] ops)
     /// </summary>
     public ulong SecondPage = NoSecondPage;
     public uint SecondGeneration;
+
+    /// <summary>Interpreted runs so far (counted by the owning vCPU while translation is on).</summary>
+    public int Heat;
+    /// <summary>The block's translation, once the translator has made one (set from its thread).</summary>
+    public Translation.CompiledBlock? Compiled;
 }

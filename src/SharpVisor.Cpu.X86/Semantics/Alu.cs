@@ -192,18 +192,21 @@ public static unsafe class Alu
 
     static void Ud(Cpu c, ref Op op) => throw c.InvalidOpcode();
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void RR<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
     {
         ulong r = T.Apply<S>(c, S.GetReg(c, op.R1), S.GetReg(c, op.R2));
         if (T.WritesResult) S.SetReg(c, op.R1, r);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void RI<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
     {
         ulong r = T.Apply<S>(c, S.GetReg(c, op.R1), op.Imm & S.Mask);
         if (T.WritesResult) S.SetReg(c, op.R1, r);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void RM<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
     {
         ulong b = S.Load(c, op.Linear(c));
@@ -211,6 +214,7 @@ public static unsafe class Alu
         if (T.WritesResult) S.SetReg(c, op.R1, r);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void MR<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
     {
         ulong la = op.Linear(c);
@@ -218,6 +222,7 @@ public static unsafe class Alu
         if (T.WritesResult) S.Store(c, la, r);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void MI<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
     {
         ulong la = op.Linear(c);

@@ -99,6 +99,7 @@ public static unsafe class BitOps
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void BtR<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IBitOp
     {
         ulong offset = op.Sub != 0 ? S.GetReg(c, op.R2) : op.Imm;

@@ -66,7 +66,9 @@ public static unsafe class Control
 
     // Relative branches keep the IP mask in AddrMask (no memory operand uses it).
     // Every near branch checks its target against the CS limit (a no-op in 64-bit mode and with a 4 GiB CS).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void JmpRel(Cpu c, ref Op op) => Branch(c, (c.NextRip + op.Imm) & op.AddrMask);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void JmpR<S>(Cpu c, ref Op op) where S : IOpSize => Branch(c, S.GetReg(c, op.R1));
     static void JmpM<S>(Cpu c, ref Op op) where S : IOpSize => Branch(c, S.Load(c, op.Linear(c)));
 
@@ -86,6 +88,7 @@ public static unsafe class Control
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Jcc(Cpu c, ref Op op)
     {
         if (c.Condition(op.Sub))
@@ -113,6 +116,7 @@ public static unsafe class Control
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void CallRel<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong ret = c.NextRip;
@@ -150,6 +154,7 @@ public static unsafe class Control
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Ret<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong target = c.PeekStack<S>();

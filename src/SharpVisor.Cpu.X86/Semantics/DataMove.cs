@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Iced.Intel;
 using SharpVisor.Cpu.X86.Decode;
 using IcedReg = Iced.Intel.Register;
@@ -106,10 +107,15 @@ public static unsafe class DataMove
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void MovRR<S>(Cpu c, ref Op op) where S : IOpSize => S.SetReg(c, op.R1, S.GetReg(c, op.R2));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void MovRM<S>(Cpu c, ref Op op) where S : IOpSize => S.SetReg(c, op.R1, S.Load(c, op.Linear(c)));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void MovMR<S>(Cpu c, ref Op op) where S : IOpSize => S.Store(c, op.Linear(c), S.GetReg(c, op.R2));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void MovRI<S>(Cpu c, ref Op op) where S : IOpSize => S.SetReg(c, op.R1, op.Imm);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void MovMI<S>(Cpu c, ref Op op) where S : IOpSize => S.Store(c, op.Linear(c), op.Imm);
 
     static void MovSregReg(Cpu c, ref Op op) => LoadSreg(c, op.Sub, (ushort)c.Regs.Gpr[op.R2]);
@@ -142,12 +148,14 @@ public static unsafe class DataMove
 
     static ulong Extend(ulong v, ref Op op) => op.Sub == 0 ? v : Cpu.SignExtend(v, op.Aux * 8);
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void ExtendR<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong v = op.Aux switch { 1 => c.GetReg8(op.R2), 2 => (ushort)c.Regs.Gpr[op.R2], 4 => (uint)c.Regs.Gpr[op.R2], _ => c.Regs.Gpr[op.R2] };
         S.SetReg(c, op.R1, Extend(v, ref op));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void ExtendM<S>(Cpu c, ref Op op) where S : IOpSize =>
         S.SetReg(c, op.R1, Extend(c.ReadSized(op.Linear(c), op.Aux), ref op));
 
@@ -161,6 +169,7 @@ public static unsafe class DataMove
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Lea<S>(Cpu c, ref Op op) where S : IOpSize => S.SetReg(c, op.R1, op.Offset(c));
 
     static bool BindXchg(in Instruction ins, ref Op op)
@@ -178,6 +187,7 @@ public static unsafe class DataMove
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void XchgRR<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong a = S.GetReg(c, op.R1), b = S.GetReg(c, op.R2);
@@ -270,9 +280,11 @@ public static unsafe class DataMove
     }
 
     // A false condition still writes the destination with its own value: a 32-bit CMOV zero-extends.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void CmovR<S>(Cpu c, ref Op op) where S : IOpSize =>
         S.SetReg(c, op.R1, c.Condition(op.Sub) ? S.GetReg(c, op.R2) : S.GetReg(c, op.R1));
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void CmovM<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong v = S.Load(c, op.Linear(c)); // the source is read (and may fault) whatever the condition
@@ -286,6 +298,7 @@ public static unsafe class DataMove
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void SetccR(Cpu c, ref Op op) => c.SetReg8(op.R1, c.Condition(op.Sub) ? (byte)1 : (byte)0);
     static void SetccM(Cpu c, ref Op op) => c.Write8(op.Linear(c), c.Condition(op.Sub) ? (byte)1 : (byte)0);
 }

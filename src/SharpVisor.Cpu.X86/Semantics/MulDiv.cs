@@ -157,6 +157,7 @@ public static unsafe class MulDiv
         return r;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Imul2R<S>(Cpu c, ref Op op) where S : IOpSize =>
         S.SetReg(c, op.R1, ImulTruncate<S>(c, S.GetReg(c, op.R1), S.GetReg(c, op.R2)));
 
@@ -166,6 +167,7 @@ public static unsafe class MulDiv
         S.SetReg(c, op.R1, ImulTruncate<S>(c, S.GetReg(c, op.R1), src));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Imul3R<S>(Cpu c, ref Op op) where S : IOpSize =>
         S.SetReg(c, op.R1, ImulTruncate<S>(c, S.GetReg(c, op.R2), op.Imm & S.Mask));
 

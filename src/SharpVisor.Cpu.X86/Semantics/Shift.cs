@@ -53,6 +53,7 @@ public static unsafe class Shift
     static int Count<S>(Cpu c, ref Op op) where S : IOpSize =>
         (int)(op.Sub != 0 ? c.Regs.Gpr[1] : op.Imm) & (S.Bits == 64 ? 63 : 31);
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void ShiftR<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IShiftOp
     {
         int n = Count<S>(c, ref op);

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Iced.Intel;
 using SharpVisor.Cpu.X86.Decode;
 using IcedReg = Iced.Intel.Register;
@@ -64,8 +65,10 @@ public static unsafe class Stack
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void PushR<S>(Cpu c, ref Op op) where S : IOpSize => c.Push<S>(S.GetReg(c, op.R1));
     static void PushM<S>(Cpu c, ref Op op) where S : IOpSize => c.Push<S>(S.Load(c, op.Linear(c)));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void PushI<S>(Cpu c, ref Op op) where S : IOpSize => c.Push<S>(op.Imm);
 
     /// <summary>PUSH Sreg: the selector, zero-extended (a 32-bit push may write only 16 bits on some CPUs; we write all).</summary>
@@ -89,6 +92,7 @@ public static unsafe class Stack
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void PopR<S>(Cpu c, ref Op op) where S : IOpSize
     {
         ulong v = c.PeekStack<S>();

@@ -167,16 +167,131 @@ public sealed unsafe partial class DifferentialRunner : IDisposable
         }
         _cpu.Fpu.Mxcsr = input.Mxcsr == 0 ? 0x1F80u : input.Mxcsr; // unmasked exceptions are allowed here
         _cpu.Rip = CodeAddress;
-        int? exception = null;
         ulong end = CodeAddress + (ulong)instruction.Length;
+        var start = _cpu.SaveState();
+        byte[] memoryBefore = GuestWindows();
+        // A test may poke the vCPU into a state no CPU reaches (an x87 register whose tag contradicts its
+        // value); such a state cannot be restored, so that case runs interpreted only.
+        bool restorable = CheckTranslation && Restorable(start);
+        var interpreted = RunTier(end, dataPa, translated: false);
+        if (restorable)
+        {
+            // The same case again from the same state, translated: it must end exactly as interpreted.
+            RestoreGuestWindows(memoryBefore);
+            _cpu.RestoreState(start);
+            var translatedRun = RunTier(end, dataPa, translated: true);
+            string? difference = TierDifference(interpreted, translatedRun);
+            if (difference != null)
+            {
+                throw new TierMismatchException($"translated code differs from the interpreter on {Convert.ToHexString(instruction)}: {difference}");
+            }
+        }
+        return (interpreted.State, interpreted.Data, interpreted.Rip, interpreted.Exception);
+    }
+
+    /// <summary>
+    /// Also run every case translated (<see cref="Translation.BlockCompiler"/>) and require the outcome the
+    /// interpreter had — registers, flags, SSE/MMX state, the data and stack windows, RIP and exception —
+    /// so each differential test checks the interpreter against the host and the translator against the
+    /// interpreter. On unless a test turns it off.
+    /// </summary>
+    public bool CheckTranslation { get; set; } = true;
+
+    bool Restorable(X86.State.CpuState state)
+    {
+        try
+        {
+            _cpu.RestoreState(state);
+            return true;
+        }
+        catch (InvalidStateException)
+        {
+            return false;
+        }
+    }
+
+    readonly record struct TierOutcome(X86Context State, byte[] Data, byte[] Windows, ulong Rip, int? Exception);
+
+    /// <summary>Interpreted: one instruction at a time. Translated: whole blocks, up to the UD2 fence
+    /// after the case (its #UD exactly at the end is the fence, not an exception of the case).</summary>
+    TierOutcome RunTier(ulong end, ulong dataPa, bool translated)
+    {
+        int? exception = null;
         for (int steps = 0; steps < 1000 && _cpu.Rip != end; steps++)
         {
-            exception = _cpu.StepForTest();
+            exception = translated ? _cpu.RunBlockForTest(translated: true) : _cpu.StepForTest();
             if (exception != null)
             {
+                if (translated && exception == Vector.UD && _cpu.Rip == end)
+                {
+                    exception = null;
+                }
                 break;
             }
         }
+        return new TierOutcome(Capture(), _ram.GetSpan(dataPa, DataSize).ToArray(), GuestWindows(), _cpu.Rip, exception);
+    }
+
+    /// <summary>The guest pages a case can write: both data windows and the stack.</summary>
+    byte[] GuestWindows() =>
+        [.. _ram.GetSpan(GuestDataPa, DataSize), .. _ram.GetSpan(GuestLowDataPa, DataSize), .. _ram.GetSpan(GuestStackPa, 2 * DataSize)];
+
+    void RestoreGuestWindows(byte[] saved)
+    {
+        _ram.TryWrite(GuestDataPa, saved.AsSpan(0, DataSize));
+        _ram.TryWrite(GuestLowDataPa, saved.AsSpan(DataSize, DataSize));
+        _ram.TryWrite(GuestStackPa, saved.AsSpan(2 * DataSize, 2 * DataSize));
+    }
+
+    static string? TierDifference(TierOutcome interpretedRun, TierOutcome translatedRun)
+    {
+        var interpreted = interpretedRun;
+        var translated = translatedRun;
+        X86Context a = interpreted.State, b = translated.State; // locals: fixed buffers are read through them
+        if (interpreted.Exception != translated.Exception)
+        {
+            return $"exception {Show(interpreted.Exception)} interpreted, {Show(translated.Exception)} translated";
+        }
+        if (interpreted.Rip != translated.Rip)
+        {
+            return $"RIP 0x{interpreted.Rip:x} interpreted, 0x{translated.Rip:x} translated";
+        }
+        for (int i = 0; i < 16; i++)
+        {
+            if (a.Gpr[i] != b.Gpr[i])
+            {
+                return $"GPR {i}: 0x{a.Gpr[i]:x} interpreted, 0x{b.Gpr[i]:x} translated";
+            }
+        }
+        if (a.Rflags != b.Rflags)
+        {
+            return $"RFLAGS 0x{a.Rflags:x} interpreted, 0x{b.Rflags:x} translated";
+        }
+        if (!interpreted.Windows.AsSpan().SequenceEqual(translated.Windows))
+        {
+            return "guest memory (data or stack windows) differs";
+        }
+        for (int i = 0; i < 16; i++)
+        {
+            if (a.XmmLow(i) != b.XmmLow(i) || a.XmmHigh(i) != b.XmmHigh(i))
+            {
+                return $"XMM{i} differs";
+            }
+        }
+        for (int i = 0; i < 8; i++)
+        {
+            if (a.Mm[i] != b.Mm[i])
+            {
+                return $"MM{i} differs";
+            }
+        }
+        return a.Mxcsr != b.Mxcsr ? "MXCSR differs" : null;
+
+        static string Show(int? vector) => vector is { } v ? v.ToString() : "none";
+    }
+
+    X86Context Capture()
+    {
         var emulated = default(X86Context);
         for (int i = 0; i < 16; i++)
         {
@@ -193,7 +308,7 @@ public sealed unsafe partial class DifferentialRunner : IDisposable
         {
             emulated.Mm[i] = _cpu.Fpu.Mantissa[i];
         }
-        return (emulated, _ram.GetSpan(dataPa, DataSize).ToArray(), _cpu.Rip, exception);
+        return emulated;
     }
 
     /// <summary>
@@ -306,3 +421,6 @@ public sealed unsafe partial class DifferentialRunner : IDisposable
         _ram.Dispose();
     }
 }
+
+/// <summary>The translated tier ended a differential case differently from the interpreter.</summary>
+public sealed class TierMismatchException(string message) : Exception(message);

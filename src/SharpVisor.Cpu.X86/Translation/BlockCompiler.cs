@@ -1,0 +1,253 @@
+using System.Reflection;
+using System.Reflection.Emit;
+using System.Runtime.CompilerServices;
+using SharpVisor.Cpu.X86.Decode;
+using Code = Iced.Intel.Code;
+
+namespace SharpVisor.Cpu.X86.Translation;
+
+/// <summary>
+/// A translated block: runs the block's instructions from the first and returns how many retired,
+/// with exactly the interpreter's contract (<c>Cpu.Execute</c>): RIP committed as the interpreter
+/// commits it, a guest exception thrown with RIP at the faulting instruction, an early return after
+/// an instruction that sets <see cref="Cpu.ExitBlock"/>.
+/// </summary>
+public delegate int CompiledBlock(Cpu cpu, ref Op first);
+
+/// <summary>
+/// Translates a decoded <see cref="Block"/> into a .NET method (a <see cref="DynamicMethod"/>, which
+/// the runtime collects once nothing refers to it).
+/// </summary>
+/// <remarks>
+/// The semantics are the interpreter's own handlers, so both tiers compute the same bits by
+/// construction. What translation removes is the interpreter's per-instruction work: the dispatch
+/// through <see cref="Op.Exec"/>, the loop, and the reads of the <see cref="Op"/>'s fields. Each
+/// instruction becomes a direct <c>call</c> of its handler on a local copy of its <see cref="Op"/>
+/// whose fields are IL constants; the JIT inlines the handler and folds those constants (register
+/// slots become fixed offsets, immediates and displacements become instruction operands). That is
+/// done for the handlers marked <see cref="MethodImplOptions.AggressiveInlining"/> — the common
+/// forms; the mark changes nothing for the interpreter, which calls handlers through pointers.
+/// Any other handler is called through its pointer on the block's own op, which costs the JIT
+/// little time.
+/// <para>RIP and the next-RIP slot are kept only where something can observe them: before an
+/// instruction that can fault, reads RIP (a branch, a RIP-relative operand) or touches memory, and
+/// at the block's end. A register-only instruction that cannot fault (per its
+/// <see cref="InstructionTable"/> row) just adds its length to a compile-time running offset.</para>
+/// </remarks>
+public static class BlockCompiler
+{
+    static readonly MethodInfo s_enter = typeof(BlockRuntime).GetMethod(nameof(BlockRuntime.Enter))!;
+    static readonly MethodInfo s_leave = typeof(BlockRuntime).GetMethod(nameof(BlockRuntime.Leave))!;
+    static readonly MethodInfo s_advance = typeof(BlockRuntime).GetMethod(nameof(BlockRuntime.Advance))!;
+    static readonly FieldInfo[] s_opFields = typeof(Op).GetFields(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic);
+    static readonly FieldInfo s_execField = typeof(Op).GetField(nameof(Op.Exec))!;
+
+    /// <summary>What compiling one block produced, for the translator's counters.</summary>
+    public readonly record struct Result(CompiledBlock Code, int IlBytes, int CalledThroughPointer);
+
+    public static Result Compile(Block block)
+    {
+        var method = new DynamicMethod("block", typeof(int), [typeof(Cpu), typeof(Op).MakeByRefType()], typeof(BlockCompiler).Module, skipVisibility: true);
+        var il = method.GetILGenerator();
+        // A call with no vCPU only makes the JIT compile the method (see Prepare) and returns at once.
+        var body = il.DefineLabel();
+        il.Emit(OpCodes.Ldarg_0);
+        il.Emit(OpCodes.Brtrue, body);
+        il.Emit(OpCodes.Ldc_I4_M1);
+        il.Emit(OpCodes.Ret);
+        il.MarkLabel(body);
+        var exits = new Label?[block.Count + 1];
+        ulong pendingRip = 0; // bytes of pure instructions since RIP was last committed
+        int throughPointer = 0;
+        for (int i = 0; i < block.Count; i++)
+        {
+            ref Op op = ref block.Ops[i];
+            bool pure = IsPure(in op);
+            if (!pure)
+            {
+                // BlockRuntime.Enter(cpu, pendingRip, len): RIP and the next-RIP slot as the interpreter has them.
+                il.Emit(OpCodes.Ldarg_0);
+                il.Emit(OpCodes.Ldc_I8, (long)pendingRip);
+                il.Emit(OpCodes.Ldc_I4, (int)op.Len);
+                il.Emit(OpCodes.Call, s_enter);
+                pendingRip = 0;
+            }
+            if (!EmitDirectCall(il, in op))
+            {
+                EmitPointerCall(il, in op, i);
+                throughPointer++;
+            }
+            if (pure)
+            {
+                pendingRip += op.Len;
+                continue;
+            }
+            // BlockRuntime.Leave(cpu): commit RIP; true when the handler ended the block.
+            il.Emit(OpCodes.Ldarg_0);
+            il.Emit(OpCodes.Call, s_leave);
+            if (i == block.Count - 1)
+            {
+                il.Emit(OpCodes.Pop);
+            }
+            else
+            {
+                exits[i + 1] ??= il.DefineLabel();
+                il.Emit(OpCodes.Brtrue, exits[i + 1]!.Value);
+            }
+        }
+        if (pendingRip != 0)
+        {
+            il.Emit(OpCodes.Ldarg_0);
+            il.Emit(OpCodes.Ldc_I8, (long)pendingRip);
+            il.Emit(OpCodes.Call, s_advance);
+        }
+        il.Emit(OpCodes.Ldc_I4, block.Count);
+        il.Emit(OpCodes.Ret);
+        for (int n = 0; n < exits.Length; n++)
+        {
+            if (exits[n] is { } label)
+            {
+                il.MarkLabel(label);
+                il.Emit(OpCodes.Ldc_I4, n);
+                il.Emit(OpCodes.Ret);
+            }
+        }
+        var code = method.CreateDelegate<CompiledBlock>();
+        Prepare(code);
+        return new Result(code, il.ILOffset, throughPointer);
+    }
+
+    /// <summary>
+    /// Has the JIT compile <paramref name="code"/> now, on this thread. A dynamic method is compiled on
+    /// its first call and <see cref="RuntimeHelpers.PrepareMethod"/> does not accept one, so the method
+    /// starts with a check that returns at once when called without a vCPU, and this makes that call.
+    /// </summary>
+    static void Prepare(CompiledBlock code) => code(null!, ref Unsafe.NullRef<Op>());
+
+    /// <summary>
+    /// An instruction nothing can observe the RIP of: it cannot fault, touches no memory, does not
+    /// end the block (so cannot branch or set <see cref="Cpu.ExitBlock"/>) and has no RIP-relative
+    /// operand (LEA reads the next-RIP slot). Its handler cannot read or write RIP.
+    /// </summary>
+    static bool IsPure(in Op op)
+    {
+        ref readonly var form = ref InstructionTable.Form((Code)op.Code);
+        // A Code covers the register and the memory form of an r/m operand; this op is one of them.
+        bool memoryOperand = (op.Flags & OpFlags.AnyMemoryOperand) != 0;
+        bool canFault = form.Faults == FaultKind.May || (form.Faults == FaultKind.ThroughMemoryOperand && memoryOperand);
+        bool touchesMemory = form.ImplicitMemory || (memoryOperand && form.MemoryOperand != SegmentAccess.None);
+        return form.Implemented && !canFault && !touchesMemory
+            && form.EndsBlock == BlockEnd.None && (op.Flags & OpFlags.EndsBlock) == 0
+            && op.Base != RegisterFile.NextRip && op.Index != RegisterFile.NextRip;
+    }
+
+    /// <summary>
+    /// <c>handler(cpu, ref local)</c> with the local a copy of <paramref name="op"/> built from constants,
+    /// so that the JIT, inlining the handler, sees every field as a constant. False when the handler is
+    /// not a method the map knows.
+    /// </summary>
+    static unsafe bool EmitDirectCall(ILGenerator il, in Op op)
+    {
+        var handler = HandlerMethods.Find((nint)op.Exec);
+        if (handler is null || (handler.MethodImplementationFlags & MethodImplAttributes.AggressiveInlining) == 0)
+        {
+            return false; // only handlers meant to be inlined are worth the constant copy (and the JIT's time)
+        }
+        var local = il.DeclareLocal(typeof(Op));
+        il.Emit(OpCodes.Ldloca, local);
+        il.Emit(OpCodes.Initobj, typeof(Op));
+        object boxed = op;
+        foreach (var field in s_opFields)
+        {
+            long value = field == s_execField ? (long)(nint)op.Exec : FieldBits(field, boxed);
+            if (value == 0)
+            {
+                continue;
+            }
+            il.Emit(OpCodes.Ldloca, local);
+            EmitConstant(il, field, value);
+            il.Emit(OpCodes.Stfld, field);
+        }
+        il.Emit(OpCodes.Ldarg_0);
+        il.Emit(OpCodes.Ldloca, local);
+        il.Emit(OpCodes.Call, handler);
+        return true;
+    }
+
+    /// <summary><c>calli op.Exec(cpu, ref first[index])</c>: the interpreter's call, on the block's own op.</summary>
+    static unsafe void EmitPointerCall(ILGenerator il, in Op op, int index)
+    {
+        il.Emit(OpCodes.Ldarg_0);
+        il.Emit(OpCodes.Ldarg_1);
+        if (index > 0)
+        {
+            il.Emit(OpCodes.Ldc_I4, index * sizeof(Op));
+            il.Emit(OpCodes.Add);
+        }
+        il.Emit(OpCodes.Ldc_I8, (long)(nint)op.Exec);
+        il.Emit(OpCodes.Conv_I);
+        il.EmitCalli(OpCodes.Calli, CallingConventions.Standard, typeof(void), [typeof(Cpu), typeof(Op).MakeByRefType()], null);
+    }
+
+    static long FieldBits(FieldInfo field, object op)
+    {
+        object value = field.GetValue(op)!;
+        return Type.GetTypeCode(field.FieldType) switch
+        {
+            TypeCode.Byte => (byte)value,
+            TypeCode.UInt16 => (ushort)value,
+            TypeCode.UInt32 => (uint)value,
+            TypeCode.Int64 => (long)value,
+            TypeCode.UInt64 => (long)(ulong)value,
+            _ => throw new InvalidOperationException($"Op field {field.Name} of type {field.FieldType} has no constant form"),
+        };
+    }
+
+    static void EmitConstant(ILGenerator il, FieldInfo field, long value)
+    {
+        if (field.FieldType == typeof(long) || field.FieldType == typeof(ulong))
+        {
+            il.Emit(OpCodes.Ldc_I8, value);
+        }
+        else if (field == s_execField)
+        {
+            il.Emit(OpCodes.Ldc_I8, value);
+            il.Emit(OpCodes.Conv_I);
+        }
+        else
+        {
+            il.Emit(OpCodes.Ldc_I4, unchecked((int)value));
+        }
+    }
+}
+
+/// <summary>The bookkeeping translated code inlines around an instruction (see <see cref="BlockCompiler"/>).</summary>
+public static class BlockRuntime
+{
+    /// <summary>Before an instruction whose RIP may be observed: RIP advanced past the pure
+    /// instructions before it, and the next-RIP slot set, as the interpreter does.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Enter(Cpu c, ulong pendingRip, int length)
+    {
+        ulong rip = c.Rip + pendingRip;
+        c.Rip = rip;
+        c.NextRip = rip + (ulong)length;
+    }
+
+    /// <summary>After it: RIP committed from the next-RIP slot (a branch changed it); true when the
+    /// handler asked to end the block.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool Leave(Cpu c)
+    {
+        c.Rip = c.NextRip;
+        if (c.ExitBlock)
+        {
+            c.ExitBlock = false;
+            return true;
+        }
+        return false;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Advance(Cpu c, ulong bytes) => c.Rip += bytes;
+}

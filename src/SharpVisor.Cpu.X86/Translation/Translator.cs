@@ -1,0 +1,138 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using SharpVisor.Core;
+using SharpVisor.Cpu.X86.Decode;
+
+namespace SharpVisor.Cpu.X86.Translation;
+
+/// <summary>
+/// The second execution tier of one VM: blocks the interpreter has run <see cref="Threshold"/> times
+/// are queued, translated on a background thread (<see cref="BlockCompiler"/>) so no vCPU waits
+/// for the JIT, and then run as .NET code. The interpreter stays the first tier and the reference.
+/// </summary>
+/// <remarks>
+/// Memory is bounded: at most <see cref="Capacity"/> blocks hold translated code; the oldest
+/// translation is dropped when a new one would exceed it (its block falls back to the interpreter
+/// and can become hot again). Translated code is only ever attached to a <see cref="Block"/>, which
+/// the page-generation check already discards when its code is written, so self-modifying code and
+/// DMA into code need nothing more here.
+/// </remarks>
+public sealed class Translator : IDisposable
+{
+    /// <summary>Interpreted runs of a block before it is queued for translation.</summary>
+    public int Threshold { get; }
+    /// <summary>Most blocks holding translated code at once.</summary>
+    public int Capacity { get; }
+    public TranslatorCounters Counters { get; } = new();
+
+    readonly BlockingCollection<Block> _queue;
+    readonly Queue<Block> _translated = new();
+    readonly Thread? _thread;
+    readonly Log _log;
+    volatile bool _disposed;
+
+    /// <param name="background">False for tests: <see cref="Request"/> translates at once on the caller's thread.</param>
+    public Translator(Log log, int threshold = 50, int capacity = 32_768, bool background = true)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(threshold, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1);
+        _log = log;
+        Threshold = threshold;
+        Capacity = capacity;
+        _queue = new BlockingCollection<Block>(new ConcurrentQueue<Block>(), boundedCapacity: 4096);
+        if (background)
+        {
+            _thread = new Thread(TranslateLoop) { IsBackground = true, Name = "translator", Priority = ThreadPriority.BelowNormal };
+            _thread.Start();
+        }
+    }
+
+    /// <summary>Called by a vCPU when <paramref name="block"/> became hot. Never blocks.</summary>
+    public void Request(Block block)
+    {
+        if (_thread is null)
+        {
+            Translate(block);
+            return;
+        }
+        if (!_queue.TryAdd(block))
+        {
+            Counters.QueueFull.IncrementUnsynchronized(); // it stays interpreted and is asked for again when hot again
+            block.Heat = 0;
+        }
+    }
+
+    void TranslateLoop()
+    {
+        try
+        {
+            foreach (var block in _queue.GetConsumingEnumerable())
+            {
+                if (_disposed)
+                {
+                    return;
+                }
+                Translate(block);
+            }
+        }
+        catch (ObjectDisposedException)
+        {
+            // the VM ended while this thread waited for work
+        }
+    }
+
+    void Translate(Block block)
+    {
+        long start = Stopwatch.GetTimestamp();
+        BlockCompiler.Result result;
+        try
+        {
+            result = BlockCompiler.Compile(block);
+        }
+        catch (Exception e) when (e is InvalidOperationException or InvalidProgramException or NotSupportedException)
+        {
+            // A translator bug must not stop the guest: the block stays with the interpreter.
+            Counters.Failures.Increment();
+            _log.Once("translator.failure", "translator", $"a block could not be translated and stays interpreted: {e.Message}");
+            return;
+        }
+        Counters.CompileMicroseconds.Add((long)Stopwatch.GetElapsedTime(start).TotalMicroseconds);
+        Counters.BlocksTranslated.Increment();
+        Counters.IlBytes.Add(result.IlBytes);
+        Counters.PointerCalls.Add(result.CalledThroughPointer);
+        lock (_translated)
+        {
+            if (_translated.Count >= Capacity)
+            {
+                Volatile.Write(ref _translated.Dequeue().Compiled, null);
+                Counters.Evictions.Increment();
+            }
+            _translated.Enqueue(block);
+        }
+        Volatile.Write(ref block.Compiled, result.Code);
+    }
+
+    public void Dispose()
+    {
+        _disposed = true;
+        _queue.CompleteAdding();
+    }
+}
+
+/// <summary>What the translator did, for <c>--stats</c>.</summary>
+public sealed class TranslatorCounters
+{
+    public readonly Counter BlocksTranslated = new("translator.blocks_translated");
+    /// <summary>Time spent translating (emitting IL and the JIT compiling it), in microseconds of the translator thread.</summary>
+    public readonly Counter CompileMicroseconds = new("translator.compile_us");
+    public readonly Counter IlBytes = new("translator.il_bytes");
+    /// <summary>Instructions whose handler translated code calls through its pointer (not inlinable).</summary>
+    public readonly Counter PointerCalls = new("translator.pointer_calls");
+    /// <summary>Translations dropped to stay within the capacity.</summary>
+    public readonly Counter Evictions = new("translator.evictions");
+    /// <summary>Hot blocks not queued because the queue was full.</summary>
+    public readonly Counter QueueFull = new("translator.queue_full");
+    public readonly Counter Failures = new("translator.failures");
+
+    public IEnumerable<Counter> All => [BlocksTranslated, CompileMicroseconds, IlBytes, PointerCalls, Evictions, QueueFull, Failures];
+}
