@@ -69,31 +69,47 @@ public sealed partial class VirtualMachine
             // MachineState keeps RAM in one array; a larger guest needs RAM saved in pieces (issue 12's stream).
             throw new UserErrorException($"saving the state of a machine with {Ram.Size >> 20} MiB of RAM is not supported yet (at most {Array.MaxLength >> 20} MiB)");
         }
-        var ram = new byte[Ram.Size];
-        unsafe
+        // Device threads hold their input while the state is read, even on a machine that is not
+        // running (a NIC keeps receiving): no frame is captured half delivered. (Pauses nest.)
+        foreach (var d in _deviceThreads)
         {
-            new ReadOnlySpan<byte>(Ram.HostBase, ram.Length).CopyTo(ram);
+            d.Pause();
         }
-        return new MachineState
+        try
         {
-            Clock = Clock.SaveState(),
-            Ram = ram,
-            Cpus = [.. Cpus.Select(c => c.SaveState())],
-            ApicBus = ApicBus.SaveState(),
-            LocalApics = [.. LocalApics.Select(a => a.SaveState())],
-            IoApic = IoApic.SaveState(),
-            Pic = Pic.SaveState(),
-            Com1 = Com1.SaveState(),
-            Pit = Pit.SaveState(),
-            Rtc = Rtc.SaveState(),
-            I8042 = I8042.SaveState(),
-            AcpiPm = AcpiPm.SaveState(),
-            Hpet = Hpet.SaveState(),
-            Iommu = Iommu?.SaveState(),
-            Pci = [.. Pci.Bus.Functions.Select(f => f is VirtioPciTransport t
-                ? new PciSlotState { Location = f.Location, Virtio = t.SaveState() }
-                : new PciSlotState { Location = f.Location, Function = ((IPersistent<PciFunctionState>)f).SaveState() })],
-        };
+            var ram = new byte[Ram.Size];
+            unsafe
+            {
+                new ReadOnlySpan<byte>(Ram.HostBase, ram.Length).CopyTo(ram);
+            }
+            return new MachineState
+            {
+                Clock = Clock.SaveState(),
+                Ram = ram,
+                Cpus = [.. Cpus.Select(c => c.SaveState())],
+                ApicBus = ApicBus.SaveState(),
+                LocalApics = [.. LocalApics.Select(a => a.SaveState())],
+                IoApic = IoApic.SaveState(),
+                Pic = Pic.SaveState(),
+                Com1 = Com1.SaveState(),
+                Pit = Pit.SaveState(),
+                Rtc = Rtc.SaveState(),
+                I8042 = I8042.SaveState(),
+                AcpiPm = AcpiPm.SaveState(),
+                Hpet = Hpet.SaveState(),
+                Iommu = Iommu?.SaveState(),
+                Pci = [.. Pci.Bus.Functions.Select(f => f is VirtioPciTransport t
+                    ? new PciSlotState { Location = f.Location, Virtio = t.SaveState() }
+                    : new PciSlotState { Location = f.Location, Function = ((IPersistent<PciFunctionState>)f).SaveState() })],
+            };
+        }
+        finally
+        {
+            foreach (var d in _deviceThreads)
+            {
+                d.Resume();
+            }
+        }
     }
 
     /// <summary>
@@ -123,6 +139,26 @@ public sealed partial class VirtualMachine
     /// CPU outwards, the devices that drive lines into them, then the vCPUs (Legacy/README.md).
     /// </summary>
     void RestoreState(MachineState state)
+    {
+        // A NIC's backend may already receive: hold it until the whole state is in place.
+        foreach (var d in _deviceThreads)
+        {
+            d.Pause();
+        }
+        try
+        {
+            RestoreStateWhileHeld(state);
+        }
+        finally
+        {
+            foreach (var d in _deviceThreads)
+            {
+                d.Resume();
+            }
+        }
+    }
+
+    void RestoreStateWhileHeld(MachineState state)
     {
         const string Component = "machine";
         InvalidStateException.CheckVersion(state.Version, MachineState.CurrentVersion, Component);
