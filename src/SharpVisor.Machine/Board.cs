@@ -104,7 +104,11 @@ public sealed partial class VirtualMachine
         }
         if (_config.Rng)
         {
-            AddPci(new VirtioEntropy(), slot++, route);
+            // Host randomness would make a deterministic run differ from the next one.
+            IEntropySource source = _config.Clock == ClockMode.Deterministic
+                ? new SeededEntropySource(_config.RngSeed ?? MachineConfig.DefaultRngSeed)
+                : new HostEntropySource();
+            AddPci(new VirtioEntropy(source), slot++, route);
         }
         if (_config.Console == ConsoleDevice.Virtio)
         {

@@ -222,7 +222,7 @@ public sealed class VirtioNet : VirtioDevice, IPausable, IDisposable
             $"device configuration has {config.Length} bytes, virtio-net's has {DeviceConfig.Length}");
         ushort status = BinaryPrimitives.ReadUInt16LittleEndian(config.AsSpan(StatusOffset));
         InvalidStateException.Check((status & ~StatusLinkUp) == 0, component, $"link status 0x{status:x4} has bits other than LINK_UP");
-        InvalidStateException.Check(state.Console is null, component, "state of a console, not of virtio-net");
+        InvalidStateException.Check(state.Console is null && state.Entropy is null, component, "state of another device type than virtio-net");
         var frames = state.Net?.ReceiveBacklog ?? throw new InvalidStateException(component, "the receive backlog is missing");
         InvalidStateException.Check(frames.Length <= ReceiveBacklog, component, $"{frames.Length} frames held, at most {ReceiveBacklog} are kept");
         foreach (var frame in frames)
