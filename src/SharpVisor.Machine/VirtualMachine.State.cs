@@ -38,15 +38,28 @@ public sealed record MachineState
     public required PciSlotState[] Pci { get; init; }
 }
 
-/// <summary>One PCI function's state: a virtio device's (transport, queues, device) or a plain function's.</summary>
+/// <summary>One PCI function's state: a virtio device's (transport, queues, device), the edu device's (function, registers, DMA buffer) or a plain function's; exactly one is set.</summary>
 public sealed record PciSlotState
 {
     /// <summary>bus:device.function, which must match the restoring machine's function there.</summary>
     public required string Location { get; init; }
-    /// <summary>Set for a plain function.</summary>
+    /// <summary>Set for a plain function (one with no state of its own beyond PCI's).</summary>
     public PciFunctionState? Function { get; init; }
     /// <summary>Set for a virtio device.</summary>
     public VirtioPciState? Virtio { get; init; }
+    /// <summary>Set for the edu device.</summary>
+    public EduDevice.State? Edu { get; init; }
+
+    /// <summary>What kind of function the state was saved from, for messages.</summary>
+    internal string Kind => Virtio is not null ? "virtio device" : Edu is not null ? "edu device" : "plain function";
+
+    /// <summary>Exactly the part for <paramref name="function"/>'s kind is set.</summary>
+    internal bool Fits(PciFunction function) => function switch
+    {
+        VirtioPciTransport => Virtio is not null && Function is null && Edu is null,
+        EduDevice => Edu is not null && Function is null && Virtio is null,
+        _ => Function is not null && Virtio is null && Edu is null,
+    };
 }
 
 public sealed partial class VirtualMachine
@@ -98,9 +111,12 @@ public sealed partial class VirtualMachine
                 AcpiPm = AcpiPm.SaveState(),
                 Hpet = Hpet.SaveState(),
                 Iommu = Iommu?.SaveState(),
-                Pci = [.. Pci.Bus.Functions.Select(f => f is VirtioPciTransport t
-                    ? new PciSlotState { Location = f.Location, Virtio = t.SaveState() }
-                    : new PciSlotState { Location = f.Location, Function = ((IPersistent<PciFunctionState>)f).SaveState() })],
+                Pci = [.. Pci.Bus.Functions.Select(f => f switch
+                {
+                    VirtioPciTransport t => new PciSlotState { Location = f.Location, Virtio = t.SaveState() },
+                    EduDevice e => new PciSlotState { Location = f.Location, Edu = e.SaveState() },
+                    _ => new PciSlotState { Location = f.Location, Function = ((IPersistent<PciFunctionState>)f).SaveState() },
+                })],
             };
         }
         finally
@@ -182,9 +198,8 @@ public sealed partial class VirtualMachine
             InvalidStateException.Check(slot is not null, Component, $"PCI function {i} is missing");
             InvalidStateException.Check(slot.Location == functions[i].Location, Component,
                 $"PCI function {i} was at {slot.Location}; this machine has {functions[i].Name} at {functions[i].Location}");
-            bool isVirtio = functions[i] is VirtioPciTransport;
-            InvalidStateException.Check(isVirtio ? slot.Virtio is not null && slot.Function is null : slot.Function is not null && slot.Virtio is null, Component,
-                $"PCI function {slot.Location} ({functions[i].Name}) was saved as a {(slot.Virtio is not null ? "virtio device" : "plain function")}");
+            InvalidStateException.Check(slot.Fits(functions[i]), Component,
+                $"PCI function {slot.Location} ({functions[i].Name}) was saved as a {slot.Kind}");
         }
 
         Clock.RestoreState(state.Clock);
@@ -209,13 +224,17 @@ public sealed partial class VirtualMachine
         Hpet.RestoreState(state.Hpet);
         for (int i = 0; i < functions.Length; i++)
         {
-            if (functions[i] is VirtioPciTransport transport)
+            switch (functions[i])
             {
-                transport.RestoreState(slots[i].Virtio!);
-            }
-            else
-            {
-                ((IPersistent<PciFunctionState>)functions[i]).RestoreState(slots[i].Function!);
+                case VirtioPciTransport transport:
+                    transport.RestoreState(slots[i].Virtio!);
+                    break;
+                case EduDevice edu:
+                    edu.RestoreState(slots[i].Edu!);
+                    break;
+                default:
+                    ((IPersistent<PciFunctionState>)functions[i]).RestoreState(slots[i].Function!);
+                    break;
             }
         }
         for (int i = 0; i < Cpus.Length; i++)
