@@ -19,6 +19,8 @@ public sealed record MachineState
     public const int CurrentVersion = 1;
     public int Version { get; init; } = CurrentVersion;
     public required VirtualClock.State Clock { get; init; }
+    /// <summary>When each device timer last fired (the queue's re-arm guard depends on it); deadlines are in the devices' states.</summary>
+    public required TimerQueue.State Timers { get; init; }
     /// <summary>All guest RAM in host-offset order: [0, LowRamEnd) then the RAM above 4 GiB.</summary>
     public required byte[] Ram { get; init; }
     public required CpuState[] Cpus { get; init; }
@@ -98,6 +100,7 @@ public sealed partial class VirtualMachine
             return new MachineState
             {
                 Clock = Clock.SaveState(),
+                Timers = Timers.SaveState(),
                 Ram = ram,
                 Cpus = [.. Cpus.Select(c => c.SaveState())],
                 ApicBus = ApicBus.SaveState(),
@@ -151,7 +154,7 @@ public sealed partial class VirtualMachine
 
     /// <summary>
     /// Applies a saved state to this machine, which must be freshly built and not yet run. Order:
-    /// guest time, RAM, the IOMMU (devices translate through it), the interrupt controllers from the
+    /// guest time, when each timer last fired, RAM, the IOMMU (devices translate through it), the interrupt controllers from the
     /// CPU outwards, the devices that drive lines into them, then the vCPUs (Legacy/README.md).
     /// </summary>
     void RestoreState(MachineState state)
@@ -203,6 +206,7 @@ public sealed partial class VirtualMachine
         }
 
         Clock.RestoreState(state.Clock);
+        Timers.RestoreState(state.Timers ?? throw new InvalidStateException(Component, "the timers' state is missing")); // before the devices re-arm theirs
         unsafe
         {
             ram.AsSpan().CopyTo(new Span<byte>(Ram.HostBase, ram.Length));

@@ -170,6 +170,7 @@ public class MachineStateTests
         {
             (WithEdu(edu with { Edu = null, Function = edu.Edu!.Function }), config, "was saved as a plain function"),
             (WithEdu(edu with { Edu = edu.Edu with { Factorial = 7 } }), config, "factorial register"),
+            (state with { Timers = state.Timers with { Timers = state.Timers.Timers[1..] } }, config, "timers state refused"),
             (state, config with { Cpus = 2 }, "1 vCPUs saved; this machine has 2"),
             (state, config with { MemoryMiB = config.MemoryMiB * 2 }, "RAM of"),
             (state, config with { Iommu = true }, "no IOMMU state saved"),
