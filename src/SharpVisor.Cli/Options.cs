@@ -18,7 +18,9 @@ public static class Options
           --disk PATH[,format=raw|qcow2][,readonly][,locking=off]
                                a virtio-blk disk on a raw or qcow2 image (repeatable;
                                the format is probed when not given; locked like QEMU locks it)
-          --rng                a virtio-rng device fed from the host's RNG
+          --rng                a virtio-rng device fed from the host's RNG (with --clock
+                               deterministic: from a seeded generator, so runs repeat)
+          --rng-seed N         the seed of that generator (default 24301)
           --net stream,listen=HOST:PORT | stream,connect=HOST:PORT[,mac=XX:..]
                                a virtio-net NIC on a stream socket (QEMU's socket framing); the
                                connecting side retries until the listener is up
@@ -68,6 +70,7 @@ public static class Options
                 "--cpus" => cfg with { Cpus = (int)Math.Min(int.MaxValue, ParseULong(a, Value())) },
                 "--disk" => AddDisk(cfg, disks, DiskSpec.Parse(Value())),
                 "--rng" => cfg with { Rng = true },
+                "--rng-seed" => cfg with { RngSeed = ParseULong(a, Value()) },
                 "--net" => cfg with { Net = NetSpec.Parse(Value()) },
                 "--console" => cfg with { Console = ParseConsole(Value()) },
                 "--iommu" => cfg with { Iommu = ParseOnOff(a, Value()) },

@@ -143,8 +143,11 @@ public enum ClockMode { Host, Deterministic }
 /// foresaw — would keep <see cref="RunExpired"/> looping forever on the timer thread and vCPU 0,
 /// and nothing, not even the run's timeout, could stop the VMM. With it a timer fires at most once
 /// per microsecond of guest time, far below any real device's resolution that matters.</para>
+/// <para>Because of that guard, when each timer last fired is guest-visible (it decides when a
+/// re-arm into the past fires), so it is the queue's saved state (<see cref="State"/>); deadlines
+/// are saved by the devices that own the timers, which re-arm them on restore.</para>
 /// </summary>
-public sealed class TimerQueue(VirtualClock clock, Log? log = null)
+public sealed class TimerQueue(VirtualClock clock, Log? log = null) : IPersistent<TimerQueue.State>
 {
     readonly Log Log = log ?? new Log();
 
@@ -153,6 +156,8 @@ public sealed class TimerQueue(VirtualClock clock, Log? log = null)
 
     readonly Lock _gate = new();
     readonly PriorityQueue<Timer, long> _queue = new();
+    /// <summary>Every timer created, in creation order (the same for every machine built from one configuration).</summary>
+    readonly List<Timer> _timers = [];
     long _nextDeadline = long.MaxValue;
 
     public VirtualClock Clock { get; } = clock;
@@ -166,7 +171,16 @@ public sealed class TimerQueue(VirtualClock clock, Log? log = null)
     /// <summary>Raised after a timer is armed, so a sleeping event loop can recompute its wait.</summary>
     public event Action? Armed;
 
-    public Timer Create(string name, Action callback) => new(this, name, callback);
+    /// <summary>A new timer (devices create theirs once, when they are built).</summary>
+    public Timer Create(string name, Action callback)
+    {
+        var t = new Timer(this, name, callback);
+        lock (_gate)
+        {
+            _timers.Add(t);
+        }
+        return t;
+    }
 
     /// <summary>Runs every timer whose deadline has passed. Returns how many fired.</summary>
     public int RunExpired()
@@ -257,6 +271,71 @@ public sealed class TimerQueue(VirtualClock clock, Log? log = null)
             lock (_gate)
             {
                 return _queue.Count;
+            }
+        }
+    }
+
+    // ---- saved state: when each timer last fired ----
+
+    /// <summary>The value of <see cref="TimerState.LastFiredNs"/> for a timer that never fired.</summary>
+    public const long NeverFired = -1;
+
+    public sealed record State
+    {
+        public const int CurrentVersion = 1;
+        public int Version { get; init; } = CurrentVersion;
+        /// <summary>Every timer of the queue, in creation order.</summary>
+        public required TimerState[] Timers { get; init; }
+    }
+
+    public sealed record TimerState
+    {
+        /// <summary>The timer's name, which must match the restoring queue's timer at the same position.</summary>
+        public required string Name { get; init; }
+        /// <summary>Guest time at which it last fired, or <see cref="NeverFired"/>.</summary>
+        public long LastFiredNs { get; init; } = NeverFired;
+    }
+
+    /// <inheritdoc/>
+    public State SaveState()
+    {
+        lock (_gate)
+        {
+            return new State
+            {
+                Timers = [.. _timers.Select(t => new TimerState { Name = t.Name, LastFiredNs = t.LastFiredNs == long.MinValue ? NeverFired : t.LastFiredNs })],
+            };
+        }
+    }
+
+    /// <summary>
+    /// Sets when each timer last fired. Restore the clock first (no timer can have fired after its
+    /// time) and then this, before the devices re-arm their timers: a restored deadline is then
+    /// guarded exactly as it was when it was armed.
+    /// </summary>
+    /// <exception cref="InvalidStateException">Another set of timers, or a time out of range; nothing was changed.</exception>
+    public void RestoreState(State state)
+    {
+        const string Component = "timers";
+        ArgumentNullException.ThrowIfNull(state);
+        InvalidStateException.CheckVersion(state.Version, State.CurrentVersion, Component);
+        var saved = state.Timers ?? throw new InvalidStateException(Component, "the list of timers is missing");
+        long now = Clock.NowNs;
+        lock (_gate)
+        {
+            InvalidStateException.Check(saved.Length == _timers.Count, Component,
+                $"{saved.Length} timers saved; this machine has {_timers.Count}");
+            for (int i = 0; i < saved.Length; i++)
+            {
+                var s = saved[i] ?? throw new InvalidStateException(Component, $"timer {i} is missing");
+                InvalidStateException.Check(s.Name == _timers[i].Name, Component,
+                    $"timer {i} was '{s.Name}'; this machine's is '{_timers[i].Name}'");
+                InvalidStateException.Check(s.LastFiredNs == NeverFired || s.LastFiredNs is >= 0 && s.LastFiredNs <= now, Component,
+                    $"timer '{s.Name}' last fired at {s.LastFiredNs} ns, not between 0 and the clock's {now} ns");
+            }
+            for (int i = 0; i < saved.Length; i++)
+            {
+                _timers[i].LastFiredNs = saved[i].LastFiredNs == NeverFired ? long.MinValue : saved[i].LastFiredNs;
             }
         }
     }

@@ -105,7 +105,11 @@ public sealed partial class VirtualMachine
         }
         if (_config.Rng)
         {
-            AddPci(new VirtioEntropy(), slot++, route);
+            // Host randomness would make a deterministic run differ from the next one.
+            IEntropySource source = _config.Clock == ClockMode.Deterministic
+                ? new SeededEntropySource(_config.RngSeed ?? MachineConfig.DefaultRngSeed)
+                : new HostEntropySource();
+            AddPci(new VirtioEntropy(source), slot++, route);
         }
         if (_config.Console == ConsoleDevice.Virtio)
         {
@@ -122,11 +126,15 @@ public sealed partial class VirtualMachine
         {
             var nic = new VirtioNet(CreateNetBackend(net), net.Mac);
             _disposables.Add(nic);
+            _deviceThreads.Add(nic); // its backend's receive thread
             AddPci(nic, slot++, route);
         }
+        // Typed input comes on the terminal's thread: held while the machine is paused.
+        _consoleInput = new HeldInput(DeliverConsoleInput, ConsoleInputHeldBytes, "console");
+        _deviceThreads.Add(_consoleInput);
         PciFirmware.AssignResources(Pci.Bus, interruptLine: PciIntxRouting.InterruptLine);
         Pci.RegisterCounters(Counters);
-        AddCounters([Ports.Counters, Memory.Counters, ApicBus.Counters, directMsi.Counters, IoApic.Counters, .. LocalApics.Select(a => a.Counters)]);
+        AddCounters([Ports.Counters, Memory.Counters, ApicBus.Counters, directMsi.Counters, IoApic.Counters, .. LocalApics.Select(a => a.Counters), _consoleInput.Counters]);
     }
 
     /// <summary>
@@ -263,16 +271,23 @@ public sealed partial class VirtualMachine
         cpu.UpdateMode();
     }
 
-    /// <summary>A byte typed on the terminal, for the console device it is connected to (--console).</summary>
-    public void SendConsoleInput(byte b)
+    /// <summary>Typed input held while the machine is paused: what a user types in a few seconds.</summary>
+    public const int ConsoleInputHeldBytes = 64 * 1024;
+
+    HeldInput _consoleInput = null!;
+
+    /// <summary>A byte typed on the terminal, for the console device it is connected to (--console); held while the machine is paused.</summary>
+    public void SendConsoleInput(byte b) => _consoleInput.Send([b]);
+
+    void DeliverConsoleInput(ReadOnlySpan<byte> data)
     {
         if (VirtioConsole is { } console)
         {
-            console.Input([b]);
+            console.Input(data);
         }
         else
         {
-            Com1.Receive([b]);
+            Com1.Receive(data);
         }
     }
 }

@@ -15,8 +15,10 @@ public sealed record MachineConfig
     public ulong MemoryMiB { get; init; } = 512;
     public int Cpus { get; init; } = 1;
     public IReadOnlyList<DiskSpec> Disks { get; init; } = [];
-    /// <summary>Attach a virtio-rng device fed from the host's random number generator.</summary>
+    /// <summary>Attach a virtio-rng device: fed from the host's random number generator, or with the deterministic clock from a generator seeded with <see cref="RngSeed"/>.</summary>
     public bool Rng { get; init; }
+    /// <summary>The virtio-rng generator's seed with the deterministic clock (--rng-seed); null for <see cref="DefaultRngSeed"/>.</summary>
+    public ulong? RngSeed { get; init; }
     public NetSpec? Net { get; init; }
     public bool Iommu { get; init; }
     public ClockMode Clock { get; init; } = ClockMode.Host;
@@ -36,6 +38,9 @@ public sealed record MachineConfig
     /// prints without pause cannot fill the host's disk with a log nobody reads.
     /// </summary>
     public long? ConsoleLimitBytes { get; init; } = DefaultConsoleLimitBytes;
+
+    /// <summary>The seed of virtio-rng's generator with the deterministic clock when none is given: any fixed value makes runs repeat.</summary>
+    public const ulong DefaultRngSeed = 0x5EED;
 
     /// <summary>64 MiB: a thousand Linux boot logs, reached in seconds by a guest printing in a loop.</summary>
     public const long DefaultConsoleLimitBytes = 64L << 20;
@@ -113,6 +118,11 @@ public sealed record MachineConfig
         if (Kernel is null)
         {
             throw new UserErrorException("no kernel given (use --kernel FILE, or run through ./sharpvisor for the default guest)");
+        }
+        if (RngSeed is not null && !(Rng && Clock == ClockMode.Deterministic))
+        {
+            // With the host clock the device gives host randomness: a seed there would be silently ignored.
+            throw new UserErrorException("--rng-seed needs --rng and --clock deterministic");
         }
         if (PciDeviceCount > MaxPciDevices)
         {

@@ -19,6 +19,8 @@ public sealed record MachineState
     public const int CurrentVersion = 1;
     public int Version { get; init; } = CurrentVersion;
     public required VirtualClock.State Clock { get; init; }
+    /// <summary>When each device timer last fired (the queue's re-arm guard depends on it); deadlines are in the devices' states.</summary>
+    public required TimerQueue.State Timers { get; init; }
     /// <summary>All guest RAM in host-offset order: [0, LowRamEnd) then the RAM above 4 GiB.</summary>
     public required byte[] Ram { get; init; }
     public required CpuState[] Cpus { get; init; }
@@ -38,15 +40,28 @@ public sealed record MachineState
     public required PciSlotState[] Pci { get; init; }
 }
 
-/// <summary>One PCI function's state: a virtio device's (transport, queues, device) or a plain function's.</summary>
+/// <summary>One PCI function's state: a virtio device's (transport, queues, device), the edu device's (function, registers, DMA buffer) or a plain function's; exactly one is set.</summary>
 public sealed record PciSlotState
 {
     /// <summary>bus:device.function, which must match the restoring machine's function there.</summary>
     public required string Location { get; init; }
-    /// <summary>Set for a plain function.</summary>
+    /// <summary>Set for a plain function (one with no state of its own beyond PCI's).</summary>
     public PciFunctionState? Function { get; init; }
     /// <summary>Set for a virtio device.</summary>
     public VirtioPciState? Virtio { get; init; }
+    /// <summary>Set for the edu device.</summary>
+    public EduDevice.State? Edu { get; init; }
+
+    /// <summary>What kind of function the state was saved from, for messages.</summary>
+    internal string Kind => Virtio is not null ? "virtio device" : Edu is not null ? "edu device" : "plain function";
+
+    /// <summary>Exactly the part for <paramref name="function"/>'s kind is set.</summary>
+    internal bool Fits(PciFunction function) => function switch
+    {
+        VirtioPciTransport => Virtio is not null && Function is null && Edu is null,
+        EduDevice => Edu is not null && Function is null && Virtio is null,
+        _ => Function is not null && Virtio is null && Edu is null,
+    };
 }
 
 public sealed partial class VirtualMachine
@@ -69,31 +84,51 @@ public sealed partial class VirtualMachine
             // MachineState keeps RAM in one array; a larger guest needs RAM saved in pieces (issue 12's stream).
             throw new UserErrorException($"saving the state of a machine with {Ram.Size >> 20} MiB of RAM is not supported yet (at most {Array.MaxLength >> 20} MiB)");
         }
-        var ram = new byte[Ram.Size];
-        unsafe
+        // Device threads hold their input while the state is read, even on a machine that is not
+        // running (a NIC keeps receiving): no frame is captured half delivered. (Pauses nest.)
+        foreach (var d in _deviceThreads)
         {
-            new ReadOnlySpan<byte>(Ram.HostBase, ram.Length).CopyTo(ram);
+            d.Pause();
         }
-        return new MachineState
+        try
         {
-            Clock = Clock.SaveState(),
-            Ram = ram,
-            Cpus = [.. Cpus.Select(c => c.SaveState())],
-            ApicBus = ApicBus.SaveState(),
-            LocalApics = [.. LocalApics.Select(a => a.SaveState())],
-            IoApic = IoApic.SaveState(),
-            Pic = Pic.SaveState(),
-            Com1 = Com1.SaveState(),
-            Pit = Pit.SaveState(),
-            Rtc = Rtc.SaveState(),
-            I8042 = I8042.SaveState(),
-            AcpiPm = AcpiPm.SaveState(),
-            Hpet = Hpet.SaveState(),
-            Iommu = Iommu?.SaveState(),
-            Pci = [.. Pci.Bus.Functions.Select(f => f is VirtioPciTransport t
-                ? new PciSlotState { Location = f.Location, Virtio = t.SaveState() }
-                : new PciSlotState { Location = f.Location, Function = ((IPersistent<PciFunctionState>)f).SaveState() })],
-        };
+            var ram = new byte[Ram.Size];
+            unsafe
+            {
+                new ReadOnlySpan<byte>(Ram.HostBase, ram.Length).CopyTo(ram);
+            }
+            return new MachineState
+            {
+                Clock = Clock.SaveState(),
+                Timers = Timers.SaveState(),
+                Ram = ram,
+                Cpus = [.. Cpus.Select(c => c.SaveState())],
+                ApicBus = ApicBus.SaveState(),
+                LocalApics = [.. LocalApics.Select(a => a.SaveState())],
+                IoApic = IoApic.SaveState(),
+                Pic = Pic.SaveState(),
+                Com1 = Com1.SaveState(),
+                Pit = Pit.SaveState(),
+                Rtc = Rtc.SaveState(),
+                I8042 = I8042.SaveState(),
+                AcpiPm = AcpiPm.SaveState(),
+                Hpet = Hpet.SaveState(),
+                Iommu = Iommu?.SaveState(),
+                Pci = [.. Pci.Bus.Functions.Select(f => f switch
+                {
+                    VirtioPciTransport t => new PciSlotState { Location = f.Location, Virtio = t.SaveState() },
+                    EduDevice e => new PciSlotState { Location = f.Location, Edu = e.SaveState() },
+                    _ => new PciSlotState { Location = f.Location, Function = ((IPersistent<PciFunctionState>)f).SaveState() },
+                })],
+            };
+        }
+        finally
+        {
+            foreach (var d in _deviceThreads)
+            {
+                d.Resume();
+            }
+        }
     }
 
     /// <summary>
@@ -119,10 +154,30 @@ public sealed partial class VirtualMachine
 
     /// <summary>
     /// Applies a saved state to this machine, which must be freshly built and not yet run. Order:
-    /// guest time, RAM, the IOMMU (devices translate through it), the interrupt controllers from the
+    /// guest time, when each timer last fired, RAM, the IOMMU (devices translate through it), the interrupt controllers from the
     /// CPU outwards, the devices that drive lines into them, then the vCPUs (Legacy/README.md).
     /// </summary>
     void RestoreState(MachineState state)
+    {
+        // A NIC's backend may already receive: hold it until the whole state is in place.
+        foreach (var d in _deviceThreads)
+        {
+            d.Pause();
+        }
+        try
+        {
+            RestoreStateWhileHeld(state);
+        }
+        finally
+        {
+            foreach (var d in _deviceThreads)
+            {
+                d.Resume();
+            }
+        }
+    }
+
+    void RestoreStateWhileHeld(MachineState state)
     {
         const string Component = "machine";
         InvalidStateException.CheckVersion(state.Version, MachineState.CurrentVersion, Component);
@@ -146,12 +201,12 @@ public sealed partial class VirtualMachine
             InvalidStateException.Check(slot is not null, Component, $"PCI function {i} is missing");
             InvalidStateException.Check(slot.Location == functions[i].Location, Component,
                 $"PCI function {i} was at {slot.Location}; this machine has {functions[i].Name} at {functions[i].Location}");
-            bool isVirtio = functions[i] is VirtioPciTransport;
-            InvalidStateException.Check(isVirtio ? slot.Virtio is not null && slot.Function is null : slot.Function is not null && slot.Virtio is null, Component,
-                $"PCI function {slot.Location} ({functions[i].Name}) was saved as a {(slot.Virtio is not null ? "virtio device" : "plain function")}");
+            InvalidStateException.Check(slot.Fits(functions[i]), Component,
+                $"PCI function {slot.Location} ({functions[i].Name}) was saved as a {slot.Kind}");
         }
 
         Clock.RestoreState(state.Clock);
+        Timers.RestoreState(state.Timers ?? throw new InvalidStateException(Component, "the timers' state is missing")); // before the devices re-arm theirs
         unsafe
         {
             ram.AsSpan().CopyTo(new Span<byte>(Ram.HostBase, ram.Length));
@@ -173,13 +228,17 @@ public sealed partial class VirtualMachine
         Hpet.RestoreState(state.Hpet);
         for (int i = 0; i < functions.Length; i++)
         {
-            if (functions[i] is VirtioPciTransport transport)
+            switch (functions[i])
             {
-                transport.RestoreState(slots[i].Virtio!);
-            }
-            else
-            {
-                ((IPersistent<PciFunctionState>)functions[i]).RestoreState(slots[i].Function!);
+                case VirtioPciTransport transport:
+                    transport.RestoreState(slots[i].Virtio!);
+                    break;
+                case EduDevice edu:
+                    edu.RestoreState(slots[i].Edu!);
+                    break;
+                default:
+                    ((IPersistent<PciFunctionState>)functions[i]).RestoreState(slots[i].Function!);
+                    break;
             }
         }
         for (int i = 0; i < Cpus.Length; i++)

@@ -297,6 +297,13 @@ public sealed partial class VirtualMachine : IDisposable
     // ---------------------------------------------------------------- pause and resume
 
     readonly object _pauseGate = new();
+    /// <summary>One <see cref="Pause"/> or <see cref="Resume"/> at a time (run threads never take it).</summary>
+    readonly Lock _pauseControl = new();
+    /// <summary>
+    /// The components whose host threads change guest-visible state (network receive, console
+    /// input), registered by the board as it builds them; Pause and Resume drive them.
+    /// </summary>
+    readonly List<IPausable> _deviceThreads = [];
     bool _pauseRequested;
     /// <summary>Threads of the current run that take part in pausing (vCPU and timer threads, or the one deterministic thread).</summary>
     int _participants;
@@ -317,59 +324,79 @@ public sealed partial class VirtualMachine : IDisposable
 
     /// <summary>
     /// Stops the machine and returns once it is still: every vCPU between two instructions, no timer
-    /// firing, guest time stopped. Then its state can be read and saved consistently. Safe from any
-    /// thread, before or during <see cref="Run"/>; a run that is paused still ends on
+    /// firing, guest time stopped, and no device thread (network receive, console input) changing
+    /// guest-visible state: what they receive meanwhile is held on the host side and delivered after
+    /// <see cref="Resume"/>, in order. Then the machine's state can be read and saved consistently.
+    /// Safe from any thread, before or during <see cref="Run"/>; a run that is paused still ends on
     /// <see cref="RequestExit"/>. Pausing a paused machine does nothing.
     /// </summary>
     public void Pause()
     {
-        lock (_pauseGate)
+        lock (_pauseControl)
         {
-            if (_pauseRequested)
+            lock (_pauseGate)
             {
-                return;
+                if (_pauseRequested)
+                {
+                    return;
+                }
+                _pauseRequested = true;
             }
-            _pauseRequested = true;
-        }
-        if (_config.Clock == ClockMode.Host)
-        {
-            foreach (var c in Cpus)
+            if (_config.Clock == ClockMode.Host)
             {
-                c.RequestStop(); // leave the instruction loop at the next instruction boundary
+                foreach (var c in Cpus)
+                {
+                    c.RequestStop(); // leave the instruction loop at the next instruction boundary
+                }
+                _timerWake.Set();
             }
-            _timerWake.Set();
-        }
-        // In deterministic mode the run thread parks after its current round of slices, so a paused
-        // and resumed run executes exactly the instructions an uninterrupted one does.
-        lock (_pauseGate)
-        {
-            while (_parked < _participants && _exit is null)
+            // In deterministic mode the run thread parks after its current round of slices, so a paused
+            // and resumed run executes exactly the instructions an uninterrupted one does.
+            lock (_pauseGate)
             {
-                Monitor.Wait(_pauseGate);
+                while (_parked < _participants && _exit is null)
+                {
+                    Monitor.Wait(_pauseGate);
+                }
+            }
+            Clock.Pause();
+            foreach (var d in _deviceThreads)
+            {
+                d.Pause(); // returns once a delivery in progress (a frame half copied) has finished
             }
         }
-        Clock.Pause();
     }
 
     /// <summary>Lets a paused machine run on from where it stopped (guest time continues without a gap).</summary>
     public void Resume()
     {
-        lock (_pauseGate)
+        lock (_pauseControl)
         {
-            if (!_pauseRequested)
+            lock (_pauseGate)
             {
-                return;
-            }
-            Clock.Resume();
-            if (_exit is null && _config.Clock == ClockMode.Host)
-            {
-                foreach (var c in Cpus)
+                if (!_pauseRequested)
                 {
-                    c.ClearStop();
+                    return;
                 }
             }
-            _pauseRequested = false;
-            Monitor.PulseAll(_pauseGate);
+            // Input held while paused reaches the devices first, in the order it came, then the vCPUs go on.
+            foreach (var d in _deviceThreads)
+            {
+                d.Resume();
+            }
+            lock (_pauseGate)
+            {
+                Clock.Resume();
+                if (_exit is null && _config.Clock == ClockMode.Host)
+                {
+                    foreach (var c in Cpus)
+                    {
+                        c.ClearStop();
+                    }
+                }
+                _pauseRequested = false;
+                Monitor.PulseAll(_pauseGate);
+            }
         }
     }
 

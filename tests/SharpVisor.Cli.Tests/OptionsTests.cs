@@ -12,7 +12,7 @@ public class OptionsTests
     {
         var cfg = Options.ParseRun(["--kernel", "k", "--initrd", "i", "--append", "console=ttyS0 quiet", "--memory", "1024",
             "--cpus", "2", "--disk", "a.img", "--disk", "b.img,readonly", "--iommu", "on", "--clock", "deterministic",
-            "--timeout", "2.5", "--stats", "--rng", "--net", "stream,connect=127.0.0.1:5555,mac=52:54:00:12:34:56"]);
+            "--timeout", "2.5", "--stats", "--rng", "--rng-seed", "42", "--net", "stream,connect=127.0.0.1:5555,mac=52:54:00:12:34:56"]);
         Assert.Equal("k", cfg.Kernel);
         Assert.Equal("i", cfg.Initrd);
         Assert.Equal("console=ttyS0 quiet", cfg.CommandLine);
@@ -24,6 +24,7 @@ public class OptionsTests
         Assert.Equal(2.5, cfg.TimeoutSeconds);
         Assert.True(cfg.PrintStats);
         Assert.True(cfg.Rng);
+        Assert.Equal(42UL, cfg.RngSeed);
         Assert.Equal(NetBackendKind.StreamConnect, cfg.Net!.Backend);
         Assert.Equal(5555, cfg.Net.EndPoint!.Port);
         Assert.Equal(new byte[] { 0x52, 0x54, 0, 0x12, 0x34, 0x56 }, cfg.Net.Mac);
@@ -157,5 +158,10 @@ public class OptionsTests
         Assert.Contains("--memory must be between", Assert.Throws<UserErrorException>(() => new MachineConfig { Kernel = "k", MemoryMiB = 4 }.Validate()).Message);
         Assert.Contains("--cpus must be between", Assert.Throws<UserErrorException>(() => new MachineConfig { Kernel = "k", Cpus = 0 }.Validate()).Message);
         Assert.Contains("no kernel given", Assert.Throws<UserErrorException>(() => new MachineConfig().Validate()).Message);
+        // A seed only means something for the deterministic clock's generator: elsewhere it would be ignored silently.
+        Assert.Contains("--rng-seed needs --rng and --clock deterministic",
+            Assert.Throws<UserErrorException>(() => Options.ParseRun(["--kernel", "k", "--rng", "--rng-seed", "1"]).Validate()).Message);
+        Assert.Contains("--rng-seed needs --rng and --clock deterministic",
+            Assert.Throws<UserErrorException>(() => Options.ParseRun(["--kernel", "k", "--clock", "deterministic", "--rng-seed", "1"]).Validate()).Message);
     }
 }

@@ -116,3 +116,85 @@ public class CounterRegistryTests
             registry.Entries.Select(e => (e.Name, e.Counter.Value)).ToList());
     }
 }
+
+/// <summary>
+/// The re-arm guard depends on when each timer last fired, so that moment is saved state (issue 9):
+/// a queue restored just after a firing must defer a re-arm into the past exactly as the original does.
+/// </summary>
+public class TimerQueueStateTests
+{
+    /// <summary>A queue with three timers, "b" having fired at 5 000 ns; the clock then stands at 5 400 ns.</summary>
+    static (VirtualClock Clock, TimerQueue Queue, TimerQueue.Timer[] Timers, List<string> Fired) Original()
+    {
+        var (clock, queue, timers, fired) = Fresh();
+        clock.SkipTo(5_000);
+        timers[1].ArmAt(4_000);
+        Assert.Equal(1, queue.RunExpired());
+        clock.SkipTo(5_400);
+        return (clock, queue, timers, fired);
+    }
+
+    static (VirtualClock Clock, TimerQueue Queue, TimerQueue.Timer[] Timers, List<string> Fired) Fresh()
+    {
+        var clock = new VirtualClock(ClockMode.Deterministic);
+        var queue = new TimerQueue(clock);
+        var fired = new List<string>();
+        var timers = new[] { "a", "b", "c" }.Select(n => queue.Create(n, () => fired.Add($"{n}@{clock.NowNs}"))).ToArray();
+        return (clock, queue, timers, fired);
+    }
+
+    /// <summary>Re-arms "b" into the past and runs the queue in 100 ns steps; returns what fired when.</summary>
+    static List<string> RunOn(VirtualClock clock, TimerQueue queue, TimerQueue.Timer[] timers, List<string> fired)
+    {
+        fired.Clear();
+        timers[1].ArmAt(4_500); // before its last firing: the guard moves it to 6 000
+        timers[2].ArmAt(5_500);
+        for (long t = 5_500; t <= 7_000; t += 100)
+        {
+            clock.SkipTo(t);
+            queue.RunExpired();
+        }
+        return fired;
+    }
+
+    [Fact]
+    public void ARestoredQueueDefersARearmIntoThePastAsTheOriginalDoes()
+    {
+        var original = Original();
+        var state = original.Queue.SaveState();
+        var restored = Fresh();
+        restored.Clock.RestoreState(original.Clock.SaveState());
+        restored.Queue.RestoreState(state);
+        Assert.Equal(state.Timers, restored.Queue.SaveState().Timers);
+        var expected = RunOn(original.Clock, original.Queue, original.Timers, original.Fired);
+        Assert.Equal(["c@5500", "b@6000"], expected);
+        Assert.Equal(expected, RunOn(restored.Clock, restored.Queue, restored.Timers, restored.Fired));
+    }
+
+    public static TheoryData<string> BadStates() => ["version", "missing timers", "fewer timers", "another timer", "fired in the future", "negative time"];
+
+    [Theory]
+    [MemberData(nameof(BadStates))]
+    public void ABadStateIsRefusedAndChangesNothing(string field)
+    {
+        var original = Original();
+        var good = original.Queue.SaveState();
+        var timers = good.Timers;
+        var bad = field switch
+        {
+            "version" => good with { Version = 2 },
+            "missing timers" => good with { Timers = null! },
+            "fewer timers" => good with { Timers = timers[..2] },
+            "another timer" => good with { Timers = [timers[0], timers[1] with { Name = "x" }, timers[2]] },
+            "fired in the future" => good with { Timers = [timers[0], timers[1] with { LastFiredNs = 5_401 }, timers[2]] },
+            "negative time" => good with { Timers = [timers[0], timers[1] with { LastFiredNs = -2 }, timers[2]] },
+            _ => throw new ArgumentException(field),
+        };
+        var target = Fresh();
+        target.Clock.RestoreState(original.Clock.SaveState());
+        var before = target.Queue.SaveState();
+        var e = Assert.Throws<InvalidStateException>(() => target.Queue.RestoreState(bad));
+        Assert.DoesNotContain('\n', e.Message);
+        Assert.Equal(before.Timers, target.Queue.SaveState().Timers);
+    }
+}

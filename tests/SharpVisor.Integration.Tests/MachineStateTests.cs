@@ -163,8 +163,14 @@ public class MachineStateTests
             Assert.Equal(state.Cpus[0].Rip, vm.SaveState().Cpus[0].Rip);
         }
         var cpu = state.Cpus[0];
+        int eduSlot = Array.FindIndex(state.Pci, s => s.Edu is not null);
+        var edu = state.Pci[eduSlot];
+        MachineState WithEdu(PciSlotState slot) => state with { Pci = [.. state.Pci.Select((s, i) => i == eduSlot ? slot : s)] };
         foreach (var (bad, config2, message) in new (MachineState, MachineConfig, string)[]
         {
+            (WithEdu(edu with { Edu = null, Function = edu.Edu!.Function }), config, "was saved as a plain function"),
+            (WithEdu(edu with { Edu = edu.Edu with { Factorial = 7 } }), config, "factorial register"),
+            (state with { Timers = state.Timers with { Timers = state.Timers.Timers[1..] } }, config, "timers state refused"),
             (state, config with { Cpus = 2 }, "1 vCPUs saved; this machine has 2"),
             (state, config with { MemoryMiB = config.MemoryMiB * 2 }, "RAM of"),
             (state, config with { Iommu = true }, "no IOMMU state saved"),

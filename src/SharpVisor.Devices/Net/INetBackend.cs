@@ -18,6 +18,11 @@ public interface INetBackend : IDisposable
     /// Sets the receiver of incoming frames and the link-state listener; called once, before any
     /// frame flows. The link is down until the backend reports it up (it may do so within Start).
     /// </summary>
+    /// <remarks>
+    /// Call both from the backend's own reading thread, holding no lock <see cref="Send"/> takes:
+    /// while the VM is paused they block until it resumes, and the backend then reads nothing more,
+    /// so the host kernel holds what arrives (a socket's receive buffer, a TAP interface's queue).
+    /// </remarks>
     void Start(NetFrameReceiver receiver, NetLinkChanged linkChanged);
 
     /// <summary>Sends one Ethernet frame (without FCS). Must not block for long: drop instead.</summary>

@@ -22,7 +22,7 @@ namespace SharpVisor.Devices.Pci;
 /// DMA uses only the function's <see cref="IDmaSpace"/>, which reaches guest RAM and never MMIO, so
 /// a transfer aimed at the device's own BAR fails as "not RAM" instead of re-entering the device.
 /// </remarks>
-public sealed class EduDevice : PciFunction
+public sealed class EduDevice : PciFunction, IPersistent<EduDevice.State>
 {
     public const ushort QemuVendorId = 0x1234;
     public const ushort EduDeviceId = 0x11E8;
@@ -273,5 +273,109 @@ public sealed class EduDevice : PciFunction
         {
             LowerInterrupt();
         }
+    }
+
+    // ---- saved state: the PCI function plus the device's own registers and DMA buffer ----
+
+    /// <summary>
+    /// Everything a driver can observe of the edu device: its PCI function (configuration space,
+    /// MSI, INTx) and the registers of edu.rst's MMIO area with the DMA buffer. Factorial and DMA
+    /// complete inside the register write that starts them, so nothing is ever in flight: no
+    /// computing bit, no DMA start bit, no timer.
+    /// </summary>
+    public sealed record State
+    {
+        public const int CurrentVersion = 1;
+        public int Version { get; init; } = CurrentVersion;
+        public required PciFunctionState Function { get; init; }
+        /// <summary>0x04: the complement of the last value written.</summary>
+        public uint Liveness { get; init; }
+        /// <summary>0x08: n! modulo 2^32 of the last n written (0 before any).</summary>
+        public uint Factorial { get; init; }
+        /// <summary>0x20: only bit 7 (raise an interrupt after factorial) can be set.</summary>
+        public uint Status { get; init; }
+        /// <summary>0x24: the interrupt status bits raised and not acknowledged.</summary>
+        public uint InterruptStatus { get; init; }
+        public ulong DmaSource { get; init; }
+        public ulong DmaDestination { get; init; }
+        public ulong DmaCount { get; init; }
+        /// <summary>0x98: direction, raise-interrupt and error bits of the last command (start is always clear).</summary>
+        public ulong DmaCommand { get; init; }
+        /// <summary>The 4 KiB DMA buffer at device address 0x40000.</summary>
+        public required byte[] DmaBuffer { get; init; }
+    }
+
+    /// <summary>The device's state (call with the VM paused).</summary>
+    public State SaveState()
+    {
+        var function = SaveFunctionState();
+        lock (_gate)
+        {
+            return new State
+            {
+                Function = function,
+                Liveness = _liveness,
+                Factorial = _factorial,
+                Status = _status,
+                InterruptStatus = _interruptStatus,
+                DmaSource = _dmaSource,
+                DmaDestination = _dmaDestination,
+                DmaCount = _dmaCount,
+                DmaCommand = _dmaCommand,
+                DmaBuffer = _dmaBuffer.ToArray(),
+            };
+        }
+    }
+
+    /// <summary>
+    /// Applies <paramref name="state"/> whole, or refuses it (<see cref="InvalidStateException"/>)
+    /// and changes nothing: the function's own checks, then a factorial register holding a value
+    /// n! mod 2^32 can have, only the writable status bit, no DMA start bit or unknown command bit,
+    /// a 4 KiB buffer, and INTx asserted only with an interrupt status bit set (the device lowers
+    /// INTx when the last bit is acknowledged).
+    /// </summary>
+    public void RestoreState(State state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        const string component = "pci edu";
+        InvalidStateException.CheckVersion(state.Version, State.CurrentVersion, component);
+        var function = state.Function ?? throw new InvalidStateException(component, "the PCI function's state is missing");
+        CheckFunctionState(function);
+        byte[] buffer = state.DmaBuffer ?? throw new InvalidStateException(component, "the DMA buffer is missing");
+        InvalidStateException.Check(buffer.Length == DmaBufferSize, component, $"DMA buffer has {buffer.Length} bytes, not {DmaBufferSize}");
+        InvalidStateException.Check(IsFactorialValue(state.Factorial), component,
+            $"factorial register 0x{state.Factorial:x8} is not n! mod 2^32 for any n");
+        InvalidStateException.Check((state.Status & ~StatusRaiseOnFactorial) == 0, component,
+            $"status 0x{state.Status:x8} has bits other than raise-on-factorial (computing finishes at once)");
+        InvalidStateException.Check((state.DmaCommand & ~(DmaCommandToRam | DmaCommandRaiseInterrupt | DmaCommandError)) == 0, component,
+            $"DMA command 0x{state.DmaCommand:x} has the start bit or an unknown bit set (a DMA finishes at once)");
+        InvalidStateException.Check(!function.IntxAsserted || state.InterruptStatus != 0, component,
+            "INTx asserted with no interrupt status bit set");
+        ApplyFunctionState(function);
+        lock (_gate)
+        {
+            _liveness = state.Liveness;
+            _factorial = state.Factorial;
+            _status = state.Status;
+            _interruptStatus = state.InterruptStatus;
+            _dmaSource = state.DmaSource;
+            _dmaDestination = state.DmaDestination;
+            _dmaCount = state.DmaCount;
+            _dmaCommand = state.DmaCommand;
+            buffer.CopyTo(_dmaBuffer, 0);
+        }
+    }
+
+    /// <summary>Whether the factorial register can hold <paramref name="value"/>: 0 (reset, or n ≥ 34) or n! mod 2^32 for some n &lt; 34.</summary>
+    static bool IsFactorialValue(uint value)
+    {
+        for (uint n = 0; n <= 34; n++)
+        {
+            if (Factorial(n) == value)
+            {
+                return true;
+            }
+        }
+        return false;
     }
 }

@@ -184,7 +184,7 @@ public abstract class VirtioDevice
             $"device configuration has {config.Length} bytes, the {Name} device has {DeviceConfig.Length}");
         InvalidStateException.Check(config.AsSpan().SequenceEqual(DeviceConfig), component,
             $"device configuration differs from this {Name} device's (not the device that was saved)");
-        InvalidStateException.Check(state.Net is null && state.Console is null, component, $"state of another device type than {Name}");
+        InvalidStateException.Check(state.Net is null && state.Console is null && state.Entropy is null, component, $"state of another device type than {Name}");
     }
 
     /// <summary>Applies a state <see cref="CheckDeviceState"/> accepted.</summary>

@@ -11,7 +11,14 @@ namespace SharpVisor.Devices.Virtio;
 /// re-reads the status and switches the carrier) and no offloads: every frame carries the 12-byte struct virtio_net_hdr of VERSION_1 (5.1.6), which
 /// the device ignores on transmit and writes as "no checksum, no GSO, one buffer" on receive.
 /// </summary>
-public sealed class VirtioNet : VirtioDevice, IDisposable
+/// <remarks>
+/// Frames and link changes come on the backend's thread. While the VM is paused (<see cref="Pause"/>)
+/// that thread waits at the device's <see cref="DeliveryGate"/> before it changes anything, so it
+/// stops reading and the host kernel holds what arrives (a socket's receive buffer, a TAP queue);
+/// after <see cref="Resume"/> it delivers in order. <see cref="Pause"/> returns only after a frame
+/// being delivered is complete: in the ring, the used index and the interrupt sent.
+/// </remarks>
+public sealed class VirtioNet : VirtioDevice, IPausable, IDisposable
 {
     public const int FeatureMac = 5;
     public const int FeatureStatus = 16;
@@ -28,6 +35,7 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
     public const int ReceiveBacklog = 128;
 
     readonly INetBackend _backend;
+    readonly DeliveryGate _delivery = new();
     readonly byte[] _txFrame = new byte[MaxFrameLength];
     readonly byte[][] _rxFrames = new byte[ReceiveBacklog][];
     readonly int[] _rxLengths = new int[ReceiveBacklog];
@@ -56,7 +64,7 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
         // 5.1.4 struct virtio_net_config: mac[6], le16 status; the link starts down (status 0).
         mac.CopyTo(DeviceConfig);
         _backend = backend;
-        _backend.Start(Receive, SetLink);
+        _backend.Start(Receive, BackendLinkChanged);
     }
 
     public override IEnumerable<Counter> Counters => [.. base.Counters, TxFrames, RxFrames, TxDropped, RxDropped, LinkChanges, .. _backend.Counters];
@@ -67,7 +75,29 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
         get { lock (Gate) { return (BinaryPrimitives.ReadUInt16LittleEndian(DeviceConfig.AsSpan(StatusOffset)) & StatusLinkUp) != 0; } }
     }
 
-    /// <summary>The backend's link came up or went down: update the status field and tell the driver.</summary>
+    /// <summary>Holds the backend's thread before it delivers a frame or a link change, until <see cref="Resume"/>.</summary>
+    public void Pause() => _delivery.Pause();
+
+    public void Resume() => _delivery.Resume();
+
+    /// <summary>The backend's link came up or went down (on its thread).</summary>
+    void BackendLinkChanged(bool up)
+    {
+        if (!_delivery.Enter())
+        {
+            return; // disposed
+        }
+        try
+        {
+            SetLink(up);
+        }
+        finally
+        {
+            _delivery.Exit();
+        }
+    }
+
+    /// <summary>Updates the status field and tells the driver.</summary>
     void SetLink(bool up)
     {
         lock (Gate)
@@ -85,21 +115,33 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
         FlushInterrupts();
     }
 
+    /// <summary>A frame from the backend (on its thread).</summary>
     void Receive(ReadOnlySpan<byte> frame)
     {
-        lock (Gate)
+        if (!_delivery.Enter())
         {
-            if (frame.Length > MaxFrameLength || _rxCount == ReceiveBacklog || !DriverOk)
-            {
-                RxDropped.Increment();
-                return;
-            }
-            int slot = (_rxHead + _rxCount) % ReceiveBacklog;
-            frame.CopyTo(_rxFrames[slot]);
-            _rxLengths[slot] = frame.Length;
-            _rxCount++;
+            return; // disposed: the frame is lost with the device
         }
-        Kick(ReceiveQueue);
+        try
+        {
+            lock (Gate)
+            {
+                if (frame.Length > MaxFrameLength || _rxCount == ReceiveBacklog || !DriverOk)
+                {
+                    RxDropped.Increment();
+                    return;
+                }
+                int slot = (_rxHead + _rxCount) % ReceiveBacklog;
+                frame.CopyTo(_rxFrames[slot]);
+                _rxLengths[slot] = frame.Length;
+                _rxCount++;
+            }
+            Kick(ReceiveQueue);
+        }
+        finally
+        {
+            _delivery.Exit();
+        }
     }
 
     protected internal override bool WantsBuffers(int queue) => queue != ReceiveQueue || _rxCount > 0;
@@ -180,7 +222,7 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
             $"device configuration has {config.Length} bytes, virtio-net's has {DeviceConfig.Length}");
         ushort status = BinaryPrimitives.ReadUInt16LittleEndian(config.AsSpan(StatusOffset));
         InvalidStateException.Check((status & ~StatusLinkUp) == 0, component, $"link status 0x{status:x4} has bits other than LINK_UP");
-        InvalidStateException.Check(state.Console is null, component, "state of a console, not of virtio-net");
+        InvalidStateException.Check(state.Console is null && state.Entropy is null, component, "state of another device type than virtio-net");
         var frames = state.Net?.ReceiveBacklog ?? throw new InvalidStateException(component, "the receive backlog is missing");
         InvalidStateException.Check(frames.Length <= ReceiveBacklog, component, $"{frames.Length} frames held, at most {ReceiveBacklog} are kept");
         foreach (var frame in frames)
@@ -217,5 +259,9 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
         SetLink(up);
     }
 
-    public void Dispose() => _backend.Dispose();
+    public void Dispose()
+    {
+        _delivery.Close(); // a backend thread held by a pause gives up its frame and sees its stop request
+        _backend.Dispose();
+    }
 }

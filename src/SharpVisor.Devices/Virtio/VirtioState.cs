@@ -42,6 +42,8 @@ public sealed record VirtioDeviceState
     public VirtioNetState? Net { get; init; }
     /// <summary>virtio-console only: input not yet given to the guest.</summary>
     public VirtioConsoleState? Console { get; init; }
+    /// <summary>virtio-rng only: where its entropy source stands.</summary>
+    public VirtioEntropyState? Entropy { get; init; }
 }
 
 public sealed record VirtioNetState
@@ -54,6 +56,17 @@ public sealed record VirtioConsoleState
 {
     /// <summary>Host input waiting for a receive buffer, oldest first (at most <see cref="VirtioConsole.InputCapacity"/> bytes).</summary>
     public required byte[] PendingInput { get; init; }
+}
+
+public sealed record VirtioEntropyState
+{
+    public const int CurrentVersion = 1;
+    public int Version { get; init; } = CurrentVersion;
+    /// <summary>
+    /// The seeded generator's state words (xoshiro256**, <see cref="SeededEntropySource"/>), so a
+    /// restored device goes on with the same bytes; null with host randomness, which has no position.
+    /// </summary>
+    public ulong[]? Generator { get; init; }
 }
 
 /// <summary>
