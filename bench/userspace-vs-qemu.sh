@@ -3,6 +3,7 @@
 # qemu-system-x86) in the same run: a shell loop, printf of floats, fork+exec, an awk floating-point
 # loop and md5sum over 4 MB. Each is timed in the guest with /proc/uptime; prints both times and
 # the ratio. The boot itself is not timed (bench/boot-vs-qemu.sh does that).
+# SharpVisor runs once per tier (SV_TIERS, default "interp jit": --cpu interp and --cpu jit).
 #   bench/userspace-vs-qemu.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +27,10 @@ dotnet build "$root/src/SharpVisor.Cli" -c Release -nologo -v quiet -clp:NoSumma
 times() { grep -aoE 'U [a-z0-9-]+ [0-9.]+ [0-9.]+' | awk '{printf "%s %.2f\n", $2, $4 - $3}'; }
 timeout 600 qemu-system-x86_64 -M q35 -accel tcg -m 512 -nographic -no-reboot -kernel "$kernel" -initrd "$work/initrd" \
     -append "console=ttyS0 quiet" 2>&1 | times >"$work/qemu" || true
-timeout 900 dotnet "$root/artifacts/bin/SharpVisor.Cli/release/sharpvisor.dll" run --kernel "$kernel" --initrd "$work/initrd" \
-    --append "console=ttyS0 quiet" --memory 512 </dev/null 2>&1 | times >"$work/sv" || true
-paste "$work/qemu" "$work/sv" | awk '{printf "%-16s QEMU TCG %6.2f s   SharpVisor %6.2f s   ratio %.1fx\n", $1, $2, $4, ($2 > 0 ? $4 / $2 : 0)}'
-[[ $(wc -l <"$work/sv") -eq 5 && $(wc -l <"$work/qemu") -eq 5 ]] || die "a guest did not report every workload"
+[[ $(wc -l <"$work/qemu") -eq 5 ]] || die "QEMU's guest did not report every workload"
+for tier in ${SV_TIERS:-interp jit}; do
+    timeout 900 dotnet "$root/artifacts/bin/SharpVisor.Cli/release/sharpvisor.dll" run --kernel "$kernel" --initrd "$work/initrd" \
+        --append "console=ttyS0 quiet" --memory 512 --cpu "$tier" </dev/null 2>&1 | times >"$work/sv" || true
+    paste "$work/qemu" "$work/sv" | awk -v tier="$tier" '{printf "%-16s QEMU TCG %6.2f s   SharpVisor (%s) %6.2f s   ratio %.1fx\n", $1, $2, tier, $4, ($2 > 0 ? $4 / $2 : 0)}'
+    [[ $(wc -l <"$work/sv") -eq 5 ]] || die "SharpVisor's guest (--cpu $tier) did not report every workload"
+done

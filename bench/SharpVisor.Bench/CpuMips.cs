@@ -43,6 +43,22 @@ public static class CpuMips
         a.jnz(top);
     }
 
+    static void MovLoop(Assembler a)
+    {
+        var top = a.CreateLabel();
+        a.Label(ref top);
+        for (int i = 0; i < 20; i++) a.mov(rax, rbx);
+        a.jmp(top);
+    }
+
+    static void AddLoop(Assembler a)
+    {
+        var top = a.CreateLabel();
+        a.Label(ref top);
+        for (int i = 0; i < 20; i++) a.add(rax, rbx);
+        a.jmp(top);
+    }
+
     static void MemoryLoop(Assembler a)
     {
         var outer = a.CreateLabel();
@@ -60,6 +76,40 @@ public static class CpuMips
         a.jnz(inner);
         a.dec(r8);
         a.jnz(outer);
+    }
+
+    /// <summary>Translation cost: compiles the hot blocks of both loops again and again (no cache), per block.</summary>
+    public static void TranslateCost(int rounds)
+    {
+        foreach (var (name, program) in new (string, Action<Assembler>)[] { ("integer", IntegerLoop), ("memory", MemoryLoop), ("mov", MovLoop), ("add", AddLoop) })
+        {
+            using var ram = new GuestMemory(16 << 20);
+            var log = new Log();
+            using var translator = new Translator(log, threshold: 1, background: false);
+            var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(ram), Ports = new PortBus(), Clock = new VirtualClock(), Log = log, Translator = translator };
+            var cpu = new Vcpu(0, platform);
+            IdentityMap(ram, 16 << 20);
+            CpuSetup.EnterLongMode(cpu, TablesPa);
+            var asm = new Assembler(64);
+            program(asm);
+            using var ms = new MemoryStream();
+            asm.Assemble(new StreamCodeWriter(ms), CodePa);
+            ram.TryWrite(CodePa, ms.ToArray());
+            cpu.Rip = CodePa;
+            cpu.Run(100_000); // decodes and translates the loop's blocks
+            var blocks = cpu.BlocksForTest().Where(b => b.Compiled != null).ToArray();
+            var sw = Stopwatch.StartNew();
+            int il = 0;
+            for (int r = 0; r < rounds; r++)
+            {
+                foreach (var b in blocks)
+                {
+                    il += BlockCompiler.Compile(b).IlBytes;
+                }
+            }
+            double us = sw.Elapsed.TotalMicroseconds / (rounds * blocks.Length);
+            Console.WriteLine($"translate {name}: {blocks.Length} blocks of {blocks.Average(b => b.Count):F1} instructions, {il / (rounds * blocks.Length)} IL bytes, {us:F0} us per block");
+        }
     }
 
     static void Measure(string name, Action<Assembler> program, double seconds, bool jit)

@@ -11,11 +11,14 @@ public static class Program
             case "mips":
                 CpuMips.Run(seconds, args.Length > 2 ? args[2] : null);
                 return 0;
+            case "translate":
+                CpuMips.TranslateCost((int)seconds * 100);
+                return 0;
             case "iommu":
                 IommuBench.Run(seconds);
                 return 0;
             default:
-                Console.Error.WriteLine("usage: SharpVisor.Bench mips|iommu [seconds] [interp|jit]");
+                Console.Error.WriteLine("usage: SharpVisor.Bench mips|iommu [seconds] [interp|jit] | translate [hundreds of rounds]");
                 return 2;
         }
     }

@@ -366,6 +366,9 @@ public sealed unsafe partial class Cpu
         }
     }
 
+    /// <summary>The blocks in this vCPU's block cache (for tests and benchmarks).</summary>
+    public IEnumerable<Block> BlocksForTest() => _blockCache.Where(s => s.Block != null).Select(s => s.Block!);
+
     public int? StepForTest()
     {
         try
