@@ -7,8 +7,9 @@ namespace SharpVisor.Cpu.X86.Semantics;
 /// <summary>A two-operand ALU operation as a type (so handlers specialise per operation and width).</summary>
 public interface IAluOp
 {
-    /// <summary>Computes the result and sets the flags; the result is masked to the operand width.</summary>
-    static abstract ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize;
+    /// <summary>Computes the result and, unless <typeparamref name="F"/> skips them, sets the flags; the
+    /// result is masked to the operand width.</summary>
+    static abstract ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate;
     /// <summary>False for CMP and TEST, which only set flags.</summary>
     static abstract bool WritesResult { get; }
 }
@@ -17,63 +18,63 @@ public readonly struct OpAdd : IAluOp
 {
     public static bool WritesResult => true;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a + b) & S.Mask; c.FlagsAdd(a, b, r, S.Bits); return r; }
+    public static ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate { ulong r = (a + b) & S.Mask; if (F.Update) c.FlagsAdd(a, b, r, S.Bits); return r; }
 }
 
 public readonly struct OpOr : IAluOp
 {
     public static bool WritesResult => true;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a | b) & S.Mask; c.FlagsLogic(r, S.Bits); return r; }
+    public static ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate { ulong r = (a | b) & S.Mask; if (F.Update) c.FlagsLogic(r, S.Bits); return r; }
 }
 
 public readonly struct OpAdc : IAluOp
 {
     public static bool WritesResult => true;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a + b + (c.CF() ? 1UL : 0)) & S.Mask; c.FlagsAdd(a, b, r, S.Bits); return r; }
+    public static ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate { ulong r = (a + b + (c.CF() ? 1UL : 0)) & S.Mask; if (F.Update) c.FlagsAdd(a, b, r, S.Bits); return r; }
 }
 
 public readonly struct OpSbb : IAluOp
 {
     public static bool WritesResult => true;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a - b - (c.CF() ? 1UL : 0)) & S.Mask; c.FlagsSub(a, b, r, S.Bits); return r; }
+    public static ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate { ulong r = (a - b - (c.CF() ? 1UL : 0)) & S.Mask; if (F.Update) c.FlagsSub(a, b, r, S.Bits); return r; }
 }
 
 public readonly struct OpAnd : IAluOp
 {
     public static bool WritesResult => true;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = a & b & S.Mask; c.FlagsLogic(r, S.Bits); return r; }
+    public static ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate { ulong r = a & b & S.Mask; if (F.Update) c.FlagsLogic(r, S.Bits); return r; }
 }
 
 public readonly struct OpSub : IAluOp
 {
     public static bool WritesResult => true;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a - b) & S.Mask; c.FlagsSub(a, b, r, S.Bits); return r; }
+    public static ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate { ulong r = (a - b) & S.Mask; if (F.Update) c.FlagsSub(a, b, r, S.Bits); return r; }
 }
 
 public readonly struct OpXor : IAluOp
 {
     public static bool WritesResult => true;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a ^ b) & S.Mask; c.FlagsLogic(r, S.Bits); return r; }
+    public static ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate { ulong r = (a ^ b) & S.Mask; if (F.Update) c.FlagsLogic(r, S.Bits); return r; }
 }
 
 public readonly struct OpCmp : IAluOp
 {
     public static bool WritesResult => false;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (a - b) & S.Mask; c.FlagsSub(a, b, r, S.Bits); return r; }
+    public static ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate { ulong r = (a - b) & S.Mask; if (F.Update) c.FlagsSub(a, b, r, S.Bits); return r; }
 }
 
 public readonly struct OpTest : IAluOp
 {
     public static bool WritesResult => false;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = a & b & S.Mask; c.FlagsLogic(r, S.Bits); return r; }
+    public static ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate { ulong r = a & b & S.Mask; if (F.Update) c.FlagsLogic(r, S.Bits); return r; }
 }
 
 /// <summary>INC: like ADD 1 but CF is preserved (SDM Vol. 2A INC).</summary>
@@ -81,14 +82,14 @@ public readonly struct OpInc : IAluOp
 {
     public static bool WritesResult => true;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { bool cf = c.CF(); ulong r = (a + 1) & S.Mask; c.FlagsAdd(a, 1, r, S.Bits); c.SetCF(cf); return r; }
+    public static ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate { ulong r = (a + 1) & S.Mask; if (F.Update) { bool cf = c.CF(); c.FlagsAdd(a, 1, r, S.Bits); c.SetCF(cf); } return r; }
 }
 
 public readonly struct OpDec : IAluOp
 {
     public static bool WritesResult => true;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { bool cf = c.CF(); ulong r = (a - 1) & S.Mask; c.FlagsSub(a, 1, r, S.Bits); c.SetCF(cf); return r; }
+    public static ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate { ulong r = (a - 1) & S.Mask; if (F.Update) { bool cf = c.CF(); c.FlagsSub(a, 1, r, S.Bits); c.SetCF(cf); } return r; }
 }
 
 /// <summary>NEG: 0 - a; CF = (a != 0) falls out of the borrow computation.</summary>
@@ -96,7 +97,7 @@ public readonly struct OpNeg : IAluOp
 {
     public static bool WritesResult => true;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize { ulong r = (0 - a) & S.Mask; c.FlagsSub(0, a, r, S.Bits); return r; }
+    public static ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate { ulong r = (0 - a) & S.Mask; if (F.Update) c.FlagsSub(0, a, r, S.Bits); return r; }
 }
 
 /// <summary>NOT: no flags change.</summary>
@@ -104,7 +105,7 @@ public readonly struct OpNot : IAluOp
 {
     public static bool WritesResult => true;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Apply<S>(Cpu c, ulong a, ulong b) where S : IOpSize => ~a & S.Mask;
+    public static ulong Apply<S, F>(Cpu c, ulong a, ulong b) where S : IOpSize where F : IFlagUpdate => ~a & S.Mask;
 }
 
 /// <summary>
@@ -144,7 +145,7 @@ public static unsafe class Alu
         switch (ins.Op1Kind)
         {
             case OpKind.Register when !mem0:
-                op.Exec = Binder.BySize(op.Size, &RR<S8, T>, &RR<S16, T>, &RR<S32, T>, &RR<S64, T>);
+                op.Exec = Binder.BySize(op.Size, &RR<S8, T, UpdateFlags>, &RR<S16, T, UpdateFlags>, &RR<S32, T, UpdateFlags>, &RR<S64, T, UpdateFlags>);
                 return true;
             case OpKind.Register:
                 op.Exec = locked
@@ -157,7 +158,7 @@ public static unsafe class Alu
             default: // immediates
                 if (!mem0)
                 {
-                    op.Exec = Binder.BySize(op.Size, &RI<S8, T>, &RI<S16, T>, &RI<S32, T>, &RI<S64, T>);
+                    op.Exec = Binder.BySize(op.Size, &RI<S8, T, UpdateFlags>, &RI<S16, T, UpdateFlags>, &RI<S32, T, UpdateFlags>, &RI<S64, T, UpdateFlags>);
                 }
                 else
                 {
@@ -178,7 +179,7 @@ public static unsafe class Alu
             return BindUd(ref op);
         }
         // The unary forms reuse the immediate handlers with an unused immediate.
-        op.Exec = !mem ? Binder.BySize(op.Size, &RI<S8, T>, &RI<S16, T>, &RI<S32, T>, &RI<S64, T>)
+        op.Exec = !mem ? Binder.BySize(op.Size, &RI<S8, T, UpdateFlags>, &RI<S16, T, UpdateFlags>, &RI<S32, T, UpdateFlags>, &RI<S64, T, UpdateFlags>)
             : locked ? Binder.BySize(op.Size, &MILocked<S8, T>, &MILocked<S16, T>, &MILocked<S32, T>, &MILocked<S64, T>)
             : Binder.BySize(op.Size, &MI<S8, T>, &MI<S16, T>, &MI<S32, T>, &MI<S64, T>);
         return true;
@@ -193,16 +194,16 @@ public static unsafe class Alu
     static void Ud(Cpu c, ref Op op) => throw c.InvalidOpcode();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void RR<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
+    static void RR<S, T, F>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp where F : IFlagUpdate
     {
-        ulong r = T.Apply<S>(c, S.GetReg(c, op.R1), S.GetReg(c, op.R2));
+        ulong r = T.Apply<S, F>(c, S.GetReg(c, op.R1), S.GetReg(c, op.R2));
         if (T.WritesResult) S.SetReg(c, op.R1, r);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void RI<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
+    static void RI<S, T, F>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp where F : IFlagUpdate
     {
-        ulong r = T.Apply<S>(c, S.GetReg(c, op.R1), op.Imm & S.Mask);
+        ulong r = T.Apply<S, F>(c, S.GetReg(c, op.R1), op.Imm & S.Mask);
         if (T.WritesResult) S.SetReg(c, op.R1, r);
     }
 
@@ -210,7 +211,7 @@ public static unsafe class Alu
     static void RM<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
     {
         ulong b = S.Load(c, op.Linear(c));
-        ulong r = T.Apply<S>(c, S.GetReg(c, op.R1), b);
+        ulong r = T.Apply<S, UpdateFlags>(c, S.GetReg(c, op.R1), b);
         if (T.WritesResult) S.SetReg(c, op.R1, r);
     }
 
@@ -218,7 +219,7 @@ public static unsafe class Alu
     static void MR<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
     {
         ulong la = op.Linear(c);
-        ulong r = T.Apply<S>(c, S.Load(c, la), S.GetReg(c, op.R2));
+        ulong r = T.Apply<S, UpdateFlags>(c, S.Load(c, la), S.GetReg(c, op.R2));
         if (T.WritesResult) S.Store(c, la, r);
     }
 
@@ -226,7 +227,7 @@ public static unsafe class Alu
     static void MI<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
     {
         ulong la = op.Linear(c);
-        ulong r = T.Apply<S>(c, S.Load(c, la), op.Imm & S.Mask);
+        ulong r = T.Apply<S, UpdateFlags>(c, S.Load(c, la), op.Imm & S.Mask);
         if (T.WritesResult) S.Store(c, la, r);
     }
 
@@ -247,14 +248,14 @@ public static unsafe class Alu
         {
             lock (c.SplitLock)
             {
-                S.Store(c, la, T.Apply<S>(c, S.Load(c, la), b));
+                S.Store(c, la, T.Apply<S, UpdateFlags>(c, S.Load(c, la), b));
             }
             return;
         }
         while (true)
         {
             ulong old = S.LoadHost(p);
-            ulong r = T.Apply<S>(c, old, b);
+            ulong r = T.Apply<S, UpdateFlags>(c, old, b);
             if (S.CompareExchange(p, r, old) == old)
             {
                 return;

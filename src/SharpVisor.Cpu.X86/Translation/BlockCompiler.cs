@@ -2,6 +2,7 @@ using System.Reflection;
 using System.Reflection.Emit;
 using System.Runtime.CompilerServices;
 using SharpVisor.Cpu.X86.Decode;
+using SharpVisor.Cpu.X86.Semantics;
 using Code = Iced.Intel.Code;
 
 namespace SharpVisor.Cpu.X86.Translation;
@@ -59,6 +60,7 @@ public static class BlockCompiler
         var exits = new Label?[block.Count + 1];
         ulong pendingRip = 0; // bytes of pure instructions since RIP was last committed
         int throughPointer = 0;
+        uint[] liveAfter = LiveFlagsAfter(block);
         for (int i = 0; i < block.Count; i++)
         {
             ref Op op = ref block.Ops[i];
@@ -72,7 +74,7 @@ public static class BlockCompiler
                 il.Emit(OpCodes.Call, s_enter);
                 pendingRip = 0;
             }
-            if (!EmitDirectCall(il, in op))
+            if (!EmitDirectCall(il, in op, liveAfter[i]))
             {
                 EmitPointerCall(il, in op, i);
                 throughPointer++;
@@ -146,12 +148,16 @@ public static class BlockCompiler
     /// so that the JIT, inlining the handler, sees every field as a constant. False when the handler is
     /// not a method the map knows.
     /// </summary>
-    static unsafe bool EmitDirectCall(ILGenerator il, in Op op)
+    static unsafe bool EmitDirectCall(ILGenerator il, in Op op, uint liveFlagsAfter)
     {
         var handler = HandlerMethods.Find((nint)op.Exec);
         if (handler is null || (handler.MethodImplementationFlags & MethodImplAttributes.AggressiveInlining) == 0)
         {
             return false; // only handlers meant to be inlined are worth the constant copy (and the JIT's time)
+        }
+        if (UpdatesFlagsByChoice(handler) && (FlagsWritten(in op) & liveFlagsAfter) == 0)
+        {
+            handler = WithoutFlagUpdate(handler); // nothing can observe the flags it would write
         }
         var local = il.DeclareLocal(typeof(Op));
         il.Emit(OpCodes.Ldloca, local);
@@ -172,6 +178,55 @@ public static class BlockCompiler
         il.Emit(OpCodes.Ldloca, local);
         il.Emit(OpCodes.Call, handler);
         return true;
+    }
+
+    /// <summary>
+    /// For each instruction, the arithmetic flags that something after it may observe: a later
+    /// instruction reading them, an exception (its frame holds RFLAGS) or the end of the block. The
+    /// pass runs backwards from the block's end, where every flag is live. An instruction that is not
+    /// pure may end the block or fault, so everything is live across it. Only handlers that update
+    /// flags by choice (<see cref="IFlagUpdate"/>) are known to overwrite the flags they write, so only
+    /// they kill liveness; any other instruction is assumed to leave earlier flags visible.
+    /// </summary>
+    static unsafe uint[] LiveFlagsAfter(Block block)
+    {
+        const uint All = (uint)RFlags.Arith;
+        var liveAfter = new uint[block.Count];
+        uint live = All;
+        for (int i = block.Count - 1; i >= 0; i--)
+        {
+            ref Op op = ref block.Ops[i];
+            if (!IsPure(in op))
+            {
+                liveAfter[i] = All;
+                live = All;
+                continue;
+            }
+            liveAfter[i] = live;
+            var handler = HandlerMethods.Find((nint)op.Exec);
+            uint kills = handler != null && UpdatesFlagsByChoice(handler) ? FlagsWritten(in op) : 0;
+            live = (live & ~kills) | InstructionTable.Form((Code)op.Code).FlagsRead;
+        }
+        return liveAfter;
+    }
+
+    /// <summary>Every flag the form sets, those the architecture leaves undefined included: the
+    /// interpreter's handlers write a definite value for them too.</summary>
+    static uint FlagsWritten(in Op op)
+    {
+        ref readonly var form = ref InstructionTable.Form((Code)op.Code);
+        return form.FlagsWritten | form.FlagsUndefined;
+    }
+
+    static bool UpdatesFlagsByChoice(MethodInfo handler) =>
+        handler.IsGenericMethod && Array.IndexOf(handler.GetGenericArguments(), typeof(UpdateFlags)) >= 0;
+
+    /// <summary>The same handler with <see cref="SkipFlags"/> for <see cref="UpdateFlags"/>.</summary>
+    static MethodInfo WithoutFlagUpdate(MethodInfo handler)
+    {
+        var arguments = handler.GetGenericArguments();
+        arguments[Array.IndexOf(arguments, typeof(UpdateFlags))] = typeof(SkipFlags);
+        return handler.GetGenericMethodDefinition().MakeGenericMethod(arguments);
     }
 
     /// <summary><c>calli op.Exec(cpu, ref first[index])</c>: the interpreter's call, on the block's own op.</summary>
