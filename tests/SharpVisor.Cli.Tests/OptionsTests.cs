@@ -12,7 +12,7 @@ public class OptionsTests
     {
         var cfg = Options.ParseRun(["--kernel", "k", "--initrd", "i", "--append", "console=ttyS0 quiet", "--memory", "1024",
             "--cpus", "2", "--disk", "a.img", "--disk", "b.img,readonly", "--iommu", "on", "--clock", "deterministic",
-            "--timeout", "2.5", "--stats", "--rng", "--rng-seed", "42", "--net", "stream,connect=127.0.0.1:5555,mac=52:54:00:12:34:56"]);
+            "--timeout", "2.5", "--stats", "--rng", "--rng-seed", "42", "--net", "stream,connect=127.0.0.1:5555,mac=52:54:00:12:34:56", "--cpu", "jit"]);
         Assert.Equal("k", cfg.Kernel);
         Assert.Equal("i", cfg.Initrd);
         Assert.Equal("console=ttyS0 quiet", cfg.CommandLine);
@@ -25,6 +25,7 @@ public class OptionsTests
         Assert.True(cfg.PrintStats);
         Assert.True(cfg.Rng);
         Assert.Equal(42UL, cfg.RngSeed);
+        Assert.Equal(CpuTier.Jit, cfg.Tier);
         Assert.Equal(NetBackendKind.StreamConnect, cfg.Net!.Backend);
         Assert.Equal(5555, cfg.Net.EndPoint!.Port);
         Assert.Equal(new byte[] { 0x52, 0x54, 0, 0x12, 0x34, 0x56 }, cfg.Net.Mac);
@@ -37,6 +38,7 @@ public class OptionsTests
     [InlineData("option --iommu takes 'on' or 'off' (got 'yes')", "--iommu", "yes")]
     [InlineData("option --console takes 'serial' or 'virtio' (got 'hvc0')", "--console", "hvc0")]
     [InlineData("option --clock takes 'host' or 'deterministic' (got 'fast')", "--clock", "fast")]
+    [InlineData("option --cpu takes 'interp' or 'jit' (got 'kvm')", "--cpu", "kvm")]
     [InlineData("option --timeout needs a positive number of seconds (got '-1')", "--timeout", "-1")]
     [InlineData("unknown --disk format 'vmdk' (expected raw or qcow2)", "--disk", "x.vmdk,format=vmdk")]
     [InlineData("unknown --disk option 'cache=none'", "--disk", "x.img,cache=none")]
