@@ -99,9 +99,10 @@ public sealed class Translator : IDisposable
         {
             result = BlockCompiler.Compile(block);
         }
-        catch (Exception e) when (e is InvalidOperationException or InvalidProgramException or NotSupportedException)
+        catch (Exception e)
         {
-            // A translator bug must not stop the guest: the block stays with the interpreter.
+            // A translator bug must not stop the guest (an exception escaping this thread would end
+            // the process): the block stays with the interpreter, which is always correct.
             Counters.Failures.Increment();
             _log.Once("translator.failure", "translator", $"a block could not be translated and stays interpreted: {e.Message}");
             return;
