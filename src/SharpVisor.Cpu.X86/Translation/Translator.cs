@@ -115,7 +115,9 @@ public sealed class Translator : IDisposable
         {
             if (_translated.Count >= Capacity)
             {
-                Volatile.Write(ref _translated.Dequeue().Compiled, null);
+                var evicted = _translated.Dequeue();
+                Volatile.Write(ref evicted.Compiled, null);
+                evicted.Heat = 0; // counted again by its vCPU (a racing increment is harmless), so it can become hot again
                 Counters.Evictions.Increment();
             }
             _translated.Enqueue(block);
