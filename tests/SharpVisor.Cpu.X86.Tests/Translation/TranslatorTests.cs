@@ -1,0 +1,117 @@
+using Iced.Intel;
+using SharpVisor.Core;
+using SharpVisor.Cpu.X86.Model;
+using SharpVisor.Cpu.X86.Translation;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace SharpVisor.Cpu.X86.Tests.Translation;
+
+/// <summary>The translator's policy: what becomes translated, the capacity bound, and that results
+/// do not depend on it (a 64-bit guest loop over several blocks, run with and without translation).</summary>
+public class TranslatorTests
+{
+    const ulong CodePa = 0x10_0000, DataPa = 0x20_0000, TablesPa = 0x80_0000;
+
+    /// <summary>A loop of four blocks (a chain of jumps) summing a table: RAX is the result.</summary>
+    static byte[] Program()
+    {
+        var a = new Assembler(64);
+        var top = a.CreateLabel();
+        var second = a.CreateLabel();
+        var third = a.CreateLabel();
+        var fourth = a.CreateLabel();
+        var done = a.CreateLabel();
+        a.mov(rcx, 5000);
+        a.xor(eax, eax);
+        a.mov(rsi, (long)DataPa);
+        a.Label(ref top);
+        a.add(rax, __qword_ptr[rsi]);
+        a.jmp(second);
+        a.Label(ref second);
+        a.imul(rax, rax, 3);
+        a.jmp(third);
+        a.Label(ref third);
+        a.xor(rax, rcx);
+        a.jmp(fourth);
+        a.Label(ref fourth);
+        a.dec(rcx);
+        a.jnz(top);
+        a.Label(ref done);
+        a.hlt();
+        using var ms = new MemoryStream();
+        a.Assemble(new StreamCodeWriter(ms), CodePa);
+        return ms.ToArray();
+    }
+
+    static (Cpu Cpu, GuestMemory Ram) Machine(Translator? translator)
+    {
+        var ram = new GuestMemory(16 << 20);
+        var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(ram), Ports = new PortBus(), Clock = new VirtualClock(ClockMode.Deterministic), Translator = translator };
+        var cpu = new Cpu(0, platform);
+        ram.WriteU64(TablesPa, (TablesPa + 0x1000) | 3);
+        ram.WriteU64(TablesPa + 0x1000, (TablesPa + 0x2000) | 3);
+        for (ulong i = 0; i < 8; i++)
+        {
+            ram.WriteU64(TablesPa + 0x2000 + i * 8, (i << 21) | 0x83);
+        }
+        CpuSetup.EnterLongMode(cpu, TablesPa);
+        ram.TryWrite(CodePa, Program());
+        ram.WriteU64(DataPa, 0x1234_5678_9ABC_DEF1);
+        cpu.Rip = CodePa;
+        return (cpu, ram);
+    }
+
+    static unsafe (ulong Rax, long Retired) RunToHlt(Cpu cpu)
+    {
+        for (int i = 0; i < 1000 && !cpu.Halted; i++)
+        {
+            cpu.Run(100_000);
+        }
+        Assert.True(cpu.Halted);
+        return (cpu.Regs.Gpr[0], cpu.InstructionsRetired);
+    }
+
+    [Fact]
+    public void HotBlocksAreTranslatedAndTheResultIsTheInterpreters()
+    {
+        var (reference, ram0) = Machine(null);
+        using var _ = ram0;
+        var expected = RunToHlt(reference);
+
+        using var translator = new Translator(new Log(), threshold: 10, background: false);
+        var (cpu, ram) = Machine(translator);
+        using var __ = ram;
+        Assert.Equal(expected, RunToHlt(cpu));
+        Assert.Equal(4, translator.Counters.BlocksTranslated.Value); // the loop's four blocks, not the run-once prologue
+        // Each loop block runs 5000 times, translated from its 11th run (the first pass through the
+        // first one is part of the prologue's block): everything after the threshold ran translated.
+        Assert.Equal(3 * (5000 - 10) + (4999 - 10), cpu.Counters.TranslatedBlockRuns.Value);
+    }
+
+    [Fact]
+    public void AtMostCapacityBlocksHoldTranslatedCode()
+    {
+        var (reference, ram0) = Machine(null);
+        using var _ = ram0;
+        var expected = RunToHlt(reference);
+
+        using var translator = new Translator(new Log(), threshold: 10, capacity: 2, background: false);
+        var (cpu, ram) = Machine(translator);
+        using var __ = ram;
+        Assert.Equal(expected, RunToHlt(cpu));
+        Assert.True(cpu.BlocksForTest().Count(b => b.Compiled != null) <= 2);
+        Assert.True(translator.Counters.Evictions.Value > 0);
+        Assert.True(translator.Counters.BlocksTranslated.Value > 4); // evicted blocks became hot again
+    }
+
+    [Fact]
+    public void BlocksBelowTheThresholdStayInterpreted()
+    {
+        using var translator = new Translator(new Log(), threshold: 100_000, background: false);
+        var (cpu, ram) = Machine(translator);
+        using var _ = ram;
+        RunToHlt(cpu);
+        Assert.Equal(0, translator.Counters.BlocksTranslated.Value);
+        Assert.Equal(0, cpu.Counters.TranslatedBlockRuns.Value);
+    }
+}
