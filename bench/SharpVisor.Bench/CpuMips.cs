@@ -84,18 +84,8 @@ public static class CpuMips
         foreach (var (name, program) in new (string, Action<Assembler>)[] { ("integer", IntegerLoop), ("memory", MemoryLoop), ("mov", MovLoop), ("add", AddLoop) })
         {
             using var ram = new GuestMemory(16 << 20);
-            var log = new Log();
-            using var translator = new Translator(log, threshold: 1, background: false);
-            var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(ram), Ports = new PortBus(), Clock = new VirtualClock(), Log = log, Translator = translator };
-            var cpu = new Vcpu(0, platform);
-            IdentityMap(ram, 16 << 20);
-            CpuSetup.EnterLongMode(cpu, TablesPa);
-            var asm = new Assembler(64);
-            program(asm);
-            using var ms = new MemoryStream();
-            asm.Assemble(new StreamCodeWriter(ms), CodePa);
-            ram.TryWrite(CodePa, ms.ToArray());
-            cpu.Rip = CodePa;
+            using var translator = new Translator(new Log(), threshold: 1, background: false);
+            var cpu = LoopCpu(ram, program, translator);
             cpu.Run(100_000); // decodes and translates the loop's blocks
             var blocks = cpu.BlocksForTest().Where(b => b.Compiled != null).ToArray();
             var sw = Stopwatch.StartNew();
@@ -115,18 +105,8 @@ public static class CpuMips
     static void Measure(string name, Action<Assembler> program, double seconds, bool jit)
     {
         using var ram = new GuestMemory(16 << 20);
-        var log = new Log();
-        using var translator = jit ? new Translator(log) : null;
-        var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(ram), Ports = new PortBus(), Clock = new VirtualClock(), Log = log, Translator = translator };
-        var cpu = new Vcpu(0, platform);
-        IdentityMap(ram, 16 << 20);
-        CpuSetup.EnterLongMode(cpu, TablesPa);
-        var asm = new Assembler(64);
-        program(asm);
-        using var ms = new MemoryStream();
-        asm.Assemble(new StreamCodeWriter(ms), CodePa);
-        ram.TryWrite(CodePa, ms.ToArray());
-        cpu.Rip = CodePa;
+        using var translator = jit ? new Translator(new Log()) : null;
+        var cpu = LoopCpu(ram, program, translator);
         // Warm up: enough calls for tiered compilation to promote the run loop to its optimised
         // tier (a VM calls Run thousands of times; a few long calls would measure on-stack
         // replacement code instead), then time for the background JIT to install it.
@@ -144,6 +124,22 @@ public static class CpuMips
         }
         double mips = (cpu.InstructionsRetired - start) / sw.Elapsed.TotalSeconds / 1e6;
         Console.WriteLine($"{(jit ? "jit   " : "interp")} {name}: {mips:F1} MIPS");
+    }
+
+    /// <summary>A 64-bit vCPU over <paramref name="ram"/> (identity-mapped) at the start of <paramref name="program"/>.</summary>
+    static Vcpu LoopCpu(GuestMemory ram, Action<Assembler> program, Translator? translator)
+    {
+        var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(ram), Ports = new PortBus(), Clock = new VirtualClock(), Translator = translator };
+        var cpu = new Vcpu(0, platform);
+        IdentityMap(ram, 16 << 20);
+        CpuSetup.EnterLongMode(cpu, TablesPa);
+        var asm = new Assembler(64);
+        program(asm);
+        using var ms = new MemoryStream();
+        asm.Assemble(new StreamCodeWriter(ms), CodePa);
+        ram.TryWrite(CodePa, ms.ToArray());
+        cpu.Rip = CodePa;
+        return cpu;
     }
 
     /// <summary>Identity-maps the first <paramref name="size"/> bytes with 2 MiB pages (4-level paging).</summary>
