@@ -106,7 +106,7 @@ public sealed record RandomProgram(int CodeOffset, ulong[] Registers, ulong Flag
 
     /// <summary>A straight-line piece, rarely a faulting one; with or without PUSH/POP.</summary>
     static Gen<Piece> Leaf(bool stackOps, int faultWeight) => Gen.Frequency(
-        (60, Simple(Kinds(stackOps ? [.. StraightLine, .. StackOps] : StraightLine))),
+        (150, Simple(Kinds(stackOps ? [.. StraightLine, .. StackOps] : StraightLine))),
         (faultWeight, Simple(Kinds(Faulting))));
 
     /// <summary>What a loop body or the top level holds besides loops. A called body has no PUSH/POP,
@@ -123,7 +123,7 @@ public sealed record RandomProgram(int CodeOffset, ulong[] Registers, ulong Flag
         (4, WithBody(PieceKind.Loop, Level1(faultWeight: 1), 8)));
 
     public static readonly Gen<RandomProgram> Programs =
-        Gen.Select(Gen.Int[0, 0xFFF], Gen.ULong.Array[Pool.Length], Gen.Int[0, 0xFFF], Gen.ULong, TopLevel.Array[1, 40],
+        Gen.Select(Gen.Frequency((1, Gen.Int[0, 0xFFF]), (1, Gen.Int[0xC00, 0xFFF])), Gen.ULong.Array[Pool.Length], Gen.Int[0, 0xFFF], Gen.ULong, TopLevel.Array[1, 40],
             (offset, registers, flags, dataSeed, pieces) =>
                 new RandomProgram(offset, registers, ((ulong)flags & RFlags.Arith) | RFlags.Reserved1, dataSeed, pieces));
 

@@ -24,7 +24,7 @@ public sealed unsafe class RandomProgramTests(ITestOutputHelper output)
     /// <summary>What one run saw, for the coverage check and the log.</summary>
     sealed class Tally
     {
-        public int Programs, Blocks, BlocksAtMaxOps, BlocksEndingAtPageEnd, TimedOut;
+        public int Programs, Completed, Blocks, BlocksAtMaxOps, BlocksEndingAtPageEnd, TimedOut;
         public readonly Dictionary<int, int> EndVectors = [];
     }
 
@@ -52,7 +52,7 @@ public sealed unsafe class RandomProgramTests(ITestOutputHelper output)
                 throw;
             }
         }
-        output.WriteLine($"{tally.Programs} programs, {tally.Blocks} blocks ({tally.BlocksAtMaxOps} cut at {Block.MaxOps} instructions, "
+        output.WriteLine($"{tally.Programs} programs ({tally.Completed} ran to their end), {tally.Blocks} blocks ({tally.BlocksAtMaxOps} cut at {Block.MaxOps} instructions, "
             + $"{tally.BlocksEndingAtPageEnd} at a page end), {tally.TimedOut} stopped at {MaxBlocks} blocks; ended by "
             + string.Join(", ", tally.EndVectors.OrderBy(v => v.Key).Select(v => $"#{v.Key} {v.Value}")));
         if (seed == DefaultSeed && count == DefaultCount)
@@ -103,6 +103,10 @@ public sealed unsafe class RandomProgramTests(ITestOutputHelper output)
             if (vector is int v)
             {
                 tally.EndVectors[v] = tally.EndVectors.GetValueOrDefault(v) + 1;
+                if (v == Vector.UD && cpu.Rip == codeEnd - 2)
+                {
+                    tally.Completed++; // the UD2 after the last piece
+                }
                 return;
             }
             if (cpu.InstructionsRetired - retired == Block.MaxOps)
