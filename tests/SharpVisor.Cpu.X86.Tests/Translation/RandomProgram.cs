@@ -15,6 +15,8 @@ public enum PieceKind
     LoadUnmapped, StoreUnmapped, DivideByZero, Ud2, RawDivide,
     // Control flow around a body of pieces.
     ForwardJcc, Loop, JumpOver, CallReturn, LongRun,
+    // A store into a MOV's immediate after its body: self-modifying code.
+    SelfModify,
 }
 
 /// <summary>
@@ -115,6 +117,7 @@ public sealed record RandomProgram(int CodeOffset, ulong[] Registers, ulong Flag
         (40, Leaf(stackOps: true, faultWeight)),
         (3, WithBody(PieceKind.ForwardJcc, Leaf(stackOps: true, faultWeight), 6)),
         (2, WithBody(PieceKind.CallReturn, Leaf(stackOps: false, faultWeight), 6)),
+        (1, WithBody(PieceKind.SelfModify, Leaf(stackOps: true, faultWeight), 4)),
         (1, Simple(Kinds((1, PieceKind.JumpOver)))),
         (1, Simple(Kinds((1, PieceKind.LongRun)))));
 
@@ -485,6 +488,8 @@ public sealed record RandomProgram(int CodeOffset, ulong[] Registers, ulong Flag
                 }
         }
     }
+
+    static readonly Register[] LegacyRegisters32 = [Register.EAX, Register.ECX, Register.EDX, Register.EBX, Register.EBP, Register.ESI, Register.EDI];
 
     static void EmitBody(Assembler a, Piece[] body, bool stackOps)
     {

@@ -12,7 +12,9 @@ namespace SharpVisor.Cpu.X86.Tests.Translation;
 /// </summary>
 /// <remarks>
 /// Locally: <c>SV_RANDPROG_SEED</c> (a number) picks other programs and <c>SV_RANDPROG_COUNT</c>
-/// runs more of them, e.g. <c>SV_RANDPROG_SEED=7 SV_RANDPROG_COUNT=5000 dotnet test --filter RandomProgram</c>.
+/// runs more of them, e.g. <c>SV_RANDPROG_SEED=7 SV_RANDPROG_COUNT=5000 dotnet test --filter RandomProgram</c>;
+/// <c>SV_RANDPROG_REPLAY</c> runs the one program a CsCheck seed names (as a failure prints it) and
+/// prints it whole (CsCheck cuts long programs short).
 /// </remarks>
 public sealed unsafe class RandomProgramTests(ITestOutputHelper output)
 {
@@ -35,6 +37,17 @@ public sealed unsafe class RandomProgramTests(ITestOutputHelper output)
         int count = int.TryParse(Environment.GetEnvironmentVariable("SV_RANDPROG_COUNT"), out int n) ? n : DefaultCount;
         output.WriteLine($"random programs: SV_RANDPROG_SEED={seed} SV_RANDPROG_COUNT={count}");
         var tally = new Tally();
+        if (Environment.GetEnvironmentVariable("SV_RANDPROG_REPLAY") is { Length: > 0 } replay)
+        {
+            // Programs by their CsCheck seeds (as a failure prints them), shown whole.
+            foreach (string one in replay.Split(','))
+            {
+                var replayed = RandomProgram.Programs.Generate(PCG.Parse(one), null, out _);
+                output.WriteLine(replayed.ToString());
+                Run(replayed, tally);
+            }
+            return;
+        }
         var random = new PCG(1, seed);
         for (int i = 0; i < count; i++)
         {
@@ -48,7 +61,7 @@ public sealed unsafe class RandomProgramTests(ITestOutputHelper output)
             {
                 output.WriteLine($"program {i} (CsCheck seed {programSeed}) failed: {e.Message}\n{program}");
                 // Let CsCheck look for a smaller failing program, starting from this one.
-                RandomProgram.Programs.Sample(p => Run(p, new Tally()), seed: programSeed, time: 60, threads: 1, print: p => p.ToString());
+                RandomProgram.Programs.Sample(p => Run(p, new Tally()), seed: programSeed, time: 30, threads: 1, print: p => p.ToString());
                 throw;
             }
         }
