@@ -486,6 +486,28 @@ public sealed record RandomProgram(int CodeOffset, ulong[] Registers, ulong Flag
                     }
                     break;
                 }
+            case PieceKind.SelfModify:
+                {
+                    // The store rewrites the immediate of the MOV after the body, usually in the same
+                    // block: the block must end after the store and the new bytes run (SDM Vol. 3A 11.6),
+                    // and in a loop the next iteration meets code changed since it was translated.
+                    var immediate = a.CreateLabel();
+                    uint value = ((uint)p.A * 0x9E37_79B1u) ^ (uint)p.B;
+                    if ((p.A & 1) != 0)
+                    {
+                        a.mov(__dword_ptr[immediate], value);
+                    }
+                    else
+                    {
+                        a.mov(__byte_ptr[immediate], (byte)value);
+                    }
+                    EmitBody(a, p.Body, stackOps);
+                    Register target = LegacyRegisters32[Pick(p.B, LegacyRegisters32.Length)];
+                    a.db((byte)(0xB8 + (target - Register.EAX))); // MOV r32, imm32 (B8+rd id), its immediate labelled
+                    a.Label(ref immediate);
+                    a.dd((uint)p.B * 0x0101_0101u);
+                    break;
+                }
         }
     }
 

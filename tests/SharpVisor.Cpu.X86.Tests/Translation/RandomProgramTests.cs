@@ -26,6 +26,7 @@ public sealed unsafe class RandomProgramTests(ITestOutputHelper output)
     /// <summary>What one run saw, for the coverage check and the log.</summary>
     sealed class Tally
     {
+        public long CodeWrites;
         public int Programs, Completed, Blocks, BlocksAtMaxOps, BlocksEndingAtPageEnd, TimedOut;
         public readonly Dictionary<int, int> EndVectors = [];
     }
@@ -66,13 +67,14 @@ public sealed unsafe class RandomProgramTests(ITestOutputHelper output)
             }
         }
         output.WriteLine($"{tally.Programs} programs ({tally.Completed} ran to their end), {tally.Blocks} blocks ({tally.BlocksAtMaxOps} cut at {Block.MaxOps} instructions, "
-            + $"{tally.BlocksEndingAtPageEnd} at a page end), {tally.TimedOut} stopped at {MaxBlocks} blocks; ended by "
+            + $"{tally.BlocksEndingAtPageEnd} at a page end, {tally.CodeWrites} writes into code), {tally.TimedOut} stopped at {MaxBlocks} blocks; ended by "
             + string.Join(", ", tally.EndVectors.OrderBy(v => v.Key).Select(v => $"#{v.Key} {v.Value}")));
         if (seed == DefaultSeed && count == DefaultCount)
         {
             // The fixed programs must keep covering what the test is for (a generator change could lose it).
             Assert.True(tally.BlocksAtMaxOps > 0, "no block was cut at Block.MaxOps");
             Assert.True(tally.BlocksEndingAtPageEnd > 0, "no block was cut at a page end");
+            Assert.True(tally.CodeWrites > 0, "no program wrote into its code");
             Assert.All(new[] { (int)Vector.DE, Vector.UD, Vector.PF }, v => Assert.True(tally.EndVectors.GetValueOrDefault(v) > 0, $"no program ended with #{v}"));
         }
     }
@@ -106,6 +108,18 @@ public sealed unsafe class RandomProgramTests(ITestOutputHelper output)
         pair.Compare(program.CodeAddress, code.Length);
 
         tally.Programs++;
+        try
+        {
+            RunBlocks(pair, program, code, tally);
+        }
+        finally
+        {
+            tally.CodeWrites += pair.Interpreted.Cpu.Counters.CodeInvalidations.Value;
+        }
+    }
+
+    static void RunBlocks(TierPair pair, RandomProgram program, byte[] code, Tally tally)
+    {
         var cpu = pair.Interpreted.Cpu;
         ulong codeEnd = program.CodeAddress + (ulong)code.Length;
         for (int block = 0; block < MaxBlocks; block++)
