@@ -132,14 +132,16 @@ public sealed unsafe class TranslatedCodeTests
     {
         const ulong Sentinel = 0x5E17_0000_0000_0000;
         ulong faultAddress = access == Access.StraddlingStore ? Unmapped : Unmapped + 0x100;
-        ulong faultingInstruction = 0;
+        static void BeforeTheFault(Assembler a)
+        {
+            a.mov(eax, 1); // register-only instructions: translated code does not keep RIP
+            a.mov(ebx, 2); // for them, so the fault must commit it
+            a.add(rcx, rax);
+        }
+        ulong faultingInstruction = Code + (ulong)TierPair.Assemble(Code, BeforeTheFault).Length;
         byte[] code = TierPair.Assemble(Code, a =>
         {
-            var faulting = a.CreateLabel();
-            a.mov(eax, 1);        // register-only instructions before the fault: RIP is
-            a.mov(ebx, 2);        // not kept for them, so the fault must commit it
-            a.add(rcx, rax);
-            a.Label(ref faulting);
+            BeforeTheFault(a);
             switch (access)
             {
                 case Access.Load: a.mov(rdx, __qword_ptr[r15 + 0x100]); break;
@@ -153,7 +155,6 @@ public sealed unsafe class TranslatedCodeTests
             a.ud2();
         });
         using var pair = Load(code);
-        faultingInstruction = Code + (ulong)TierPair.Assemble(Code, a => { a.mov(eax, 1); a.mov(ebx, 2); a.add(rcx, rax); }).Length;
         pair.Both(m =>
         {
             m.Unmap(Unmapped);
@@ -165,7 +166,6 @@ public sealed unsafe class TranslatedCodeTests
             m.Cpu.Regs.Gpr[15] = Unmapped;
         });
         pair.Compare(Unmapped - 0x1000, 0x2000);
-        long retiredBefore = pair.Translated.Cpu.InstructionsRetired;
 
         Assert.Equal<int?>(Vector.PF, pair.RunBlock());
 
@@ -174,9 +174,8 @@ public sealed unsafe class TranslatedCodeTests
         Assert.Equal(faultAddress, c.Cr2);
         Assert.Equal((1UL, 2UL, Sentinel + 1 + 1), (c.Rax, c.Rbx, c.Rcx)); // written before the fault
         Assert.Equal((Sentinel + 2, Sentinel + 6, Sentinel + 7), (c.Rdx, c.Rsi, c.Rdi)); // not yet
-        // The interpreter counts a block's instructions when it completes; TierPair compared the two.
+        // As the interpreter counts them (TierPair compared every field; this one is the issue's).
         Assert.Equal(pair.Interpreted.Cpu.InstructionsRetired, c.InstructionsRetired);
-        Assert.Equal(retiredBefore, c.InstructionsRetired);
         Assert.Equal(0UL, pair.Translated.Ram.ReadU64(Unmapped - 8)); // the straddling store wrote neither half
 
         // The OS maps the page and returns to the faulting instruction.
