@@ -63,6 +63,7 @@ public class MachineStateTests
                 TimeoutSeconds = timeout,
                 Disks = [new DiskSpec(disk)],
                 Net = NetSpec.StreamListen(new IPEndPoint(IPAddress.Loopback, port)),
+                Tier = TestHelpers.Tier,
             };
 
             var reference = new MemoryStream();
