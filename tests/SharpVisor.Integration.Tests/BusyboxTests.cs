@@ -59,10 +59,11 @@ public class BusyboxTests
     }
 
     internal static (VmExit Exit, string Console) Boot(string kernel, string initrd, string cmdline, double timeoutSeconds, int cpus = 1,
-        ClockMode clock = ClockMode.Host, Func<MachineConfig, MachineConfig>? customize = null, Action<VirtualMachine>? inspect = null)
+        ClockMode clock = ClockMode.Host, Func<MachineConfig, MachineConfig>? customize = null, Action<VirtualMachine>? inspect = null,
+        CpuTier? tier = null)
     {
         var output = new MemoryStream();
-        var config = new MachineConfig { Kernel = kernel, Initrd = initrd, CommandLine = cmdline, Cpus = cpus, Clock = clock, TimeoutSeconds = timeoutSeconds, MemoryMiB = 512 };
+        var config = new MachineConfig { Kernel = kernel, Initrd = initrd, CommandLine = cmdline, Cpus = cpus, Clock = clock, TimeoutSeconds = timeoutSeconds, MemoryMiB = 512, Tier = tier ?? TestHelpers.Tier };
         config = customize?.Invoke(config) ?? config;
         VirtualMachine? machine = null;
         var panic = new PanicWatch();

@@ -25,6 +25,7 @@ public class ConsoleTests
             CommandLine = "quiet",
             Console = ConsoleDevice.Virtio,
             TimeoutSeconds = 240,
+            Tier = CpuTier.Interpreter, // the boot that keeps the interpreter covered (the others run TestHelpers.Tier)
         };
         Assert.Equal("quiet console=hvc0", config.KernelCommandLine);
         using var vm = new VirtualMachine(config, b =>

@@ -96,6 +96,7 @@ public partial class HostileGuestTests(ITestOutputHelper output)
                 Rng = true,
                 TimeoutSeconds = BootTimeoutSeconds,
                 MemoryMiB = 512,
+                Tier = TestHelpers.Tier,
             };
             var (exit, console, elapsed) = RunWithWatchdog(config, seed, mode);
             string progress = LastProgress(console);

@@ -21,7 +21,7 @@ public class MachineStateTests
     /// the rebuilt machine's disk and timers must carry on from the saved state. (No virtio entropy
     /// source: it hands the guest host randomness, so even two uninterrupted runs differ.)
     /// </summary>
-    const string Workload = """
+    internal const string Workload = """
         #!/bin/sh
         echo '==start=='
         seq 1 3000 | md5sum
@@ -63,6 +63,7 @@ public class MachineStateTests
                 TimeoutSeconds = timeout,
                 Disks = [new DiskSpec(disk)],
                 Net = NetSpec.StreamListen(new IPEndPoint(IPAddress.Loopback, port)),
+                Tier = TestHelpers.Tier,
             };
 
             var reference = new MemoryStream();
@@ -186,7 +187,7 @@ public class MachineStateTests
         }
     }
 
-    static int FirstDifference(string a, string b)
+    internal static int FirstDifference(string a, string b)
     {
         int n = Math.Min(a.Length, b.Length);
         for (int i = 0; i < n; i++)

@@ -32,6 +32,7 @@ public class RebootTests
                 CommandLine = "console=ttyS0 quiet",
                 Disks = [new DiskSpec(disk)],
                 TimeoutSeconds = 300,
+                Tier = TestHelpers.Tier,
             };
             int status = RunCommand.Execute(config);
             Assert.Equal(0, status);
