@@ -31,8 +31,8 @@ public static class Options
                                the guest device the terminal is connected to: the serial port
                                (ttyS0, default) or a virtio console (hvc0)
           --iommu on|off       Intel VT-d IOMMU (default off)
-          --cpu interp|jit     interpret every instruction (default), or also translate blocks that
-                               run often to .NET code (same results; faster on hot loops)
+          --cpu interp|jit     interpret every instruction, or also translate blocks that run often
+                               to .NET code (default jit: same results, faster)
           --clock host|deterministic
                                guest time follows the host, or advances with executed instructions
                                so that runs repeat exactly (default host)
