@@ -81,11 +81,8 @@ public class IommuTests
         var counters = new Dictionary<string, long>();
         try
         {
-            // The interpreter: these four boots test DMA through VT-d, which the tier does not change
-            // (TierEquivalenceTests runs a VT-d disk under the translator), and on a 2-core host the
-            // translator's compile time made each boot slower (issue 10, first translator step).
             var (exit, console) = BusyboxTests.Boot(image.Kernel, initrd, $"console=ttyS0 quiet {options}", timeoutSeconds: 400,
-                customize: c => c with { Iommu = true, Disks = [new DiskSpec(disk)] }, tier: CpuTier.Interpreter,
+                customize: c => c with { Iommu = true, Disks = [new DiskSpec(disk)] },
                 inspect: vm =>
                 {
                     foreach (var (name, counter) in vm.Counters.Entries)

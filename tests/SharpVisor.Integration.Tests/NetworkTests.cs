@@ -219,14 +219,8 @@ public class NetworkTests
     }
 
     /// <summary>Boots a guest with one NIC on its own thread (the VM's vCPU loop blocks it).</summary>
-    /// <remarks>
-    /// On the interpreter: two machines (or one and QEMU) share the host's two cores here, and the
-    /// translator's compile time starved QEMU's TCG until its guest's boot-time timer check failed
-    /// ("IO-APIC + timer doesn't work"). The NIC's behaviour does not depend on the tier.
-    /// </remarks>
     internal static Task<(VmExit Exit, string Console)> StartVm(string kernel, string initrd, NetSpec net) =>
-        Task.Factory.StartNew(() => BusyboxTests.Boot(kernel, initrd, "console=ttyS0 quiet", timeoutSeconds: 240, customize: c => c with { Net = net },
-            tier: CpuTier.Interpreter),
+        Task.Factory.StartNew(() => BusyboxTests.Boot(kernel, initrd, "console=ttyS0 quiet", timeoutSeconds: 240, customize: c => c with { Net = net }),
             TaskCreationOptions.LongRunning);
 
     internal static string FormatMac(byte[] mac) => string.Join(':', mac.Select(b => b.ToString("x2")));
