@@ -46,7 +46,7 @@ public static class BlockCompiler
     /// <summary>What compiling one block produced, for the translator's counters.</summary>
     public readonly record struct Result(CompiledBlock Code, int IlBytes, int CalledThroughPointer);
 
-    public static Result Compile(Block block)
+    public static unsafe Result Compile(Block block)
     {
         var method = new DynamicMethod("block", typeof(int), [typeof(Cpu), typeof(Op).MakeByRefType()], typeof(BlockCompiler).Module, skipVisibility: true);
         var il = method.GetILGenerator();
@@ -60,11 +60,19 @@ public static class BlockCompiler
         var exits = new Label?[block.Count + 1];
         ulong pendingRip = 0; // bytes of pure instructions since RIP was last committed
         int throughPointer = 0;
-        uint[] liveAfter = LiveFlagsAfter(block);
+        // What is known of each instruction, worked out once: whether it is pure, its handler method.
+        var pures = new bool[block.Count];
+        var handlers = new MethodInfo?[block.Count];
+        for (int i = 0; i < block.Count; i++)
+        {
+            pures[i] = IsPure(in block.Ops[i]);
+            handlers[i] = HandlerMethods.Find((nint)block.Ops[i].Exec);
+        }
+        uint[] liveAfter = LiveFlagsAfter(block, pures, handlers);
         for (int i = 0; i < block.Count; i++)
         {
             ref Op op = ref block.Ops[i];
-            bool pure = IsPure(in op);
+            bool pure = pures[i];
             if (!pure)
             {
                 // BlockRuntime.Enter(cpu, pendingRip, len): RIP and the next-RIP slot as the interpreter has them.
@@ -74,7 +82,7 @@ public static class BlockCompiler
                 il.Emit(OpCodes.Call, s_enter);
                 pendingRip = 0;
             }
-            if (!EmitDirectCall(il, in op, liveAfter[i]))
+            if (!EmitDirectCall(il, in op, handlers[i], liveAfter[i]))
             {
                 EmitPointerCall(il, in op, i);
                 throughPointer++;
@@ -146,11 +154,10 @@ public static class BlockCompiler
     /// <summary>
     /// <c>handler(cpu, ref local)</c> with the local a copy of <paramref name="op"/> built from constants,
     /// so that the JIT, inlining the handler, sees every field as a constant. False when the handler is
-    /// not a method the map knows.
+    /// not a method the map knows or not one marked for inlining.
     /// </summary>
-    static unsafe bool EmitDirectCall(ILGenerator il, in Op op, uint liveFlagsAfter)
+    static unsafe bool EmitDirectCall(ILGenerator il, in Op op, MethodInfo? handler, uint liveFlagsAfter)
     {
-        var handler = HandlerMethods.Find((nint)op.Exec);
         if (handler is null || (handler.MethodImplementationFlags & MethodImplAttributes.AggressiveInlining) == 0)
         {
             return false; // only handlers meant to be inlined are worth the constant copy (and the JIT's time)
@@ -188,7 +195,7 @@ public static class BlockCompiler
     /// flags by choice (<see cref="IFlagUpdate"/>) are known to overwrite the flags they write, so only
     /// they kill liveness; any other instruction is assumed to leave earlier flags visible.
     /// </summary>
-    static unsafe uint[] LiveFlagsAfter(Block block)
+    static uint[] LiveFlagsAfter(Block block, bool[] pures, MethodInfo?[] handlers)
     {
         const uint All = (uint)RFlags.Arith;
         var liveAfter = new uint[block.Count];
@@ -196,15 +203,14 @@ public static class BlockCompiler
         for (int i = block.Count - 1; i >= 0; i--)
         {
             ref Op op = ref block.Ops[i];
-            if (!IsPure(in op))
+            if (!pures[i])
             {
                 liveAfter[i] = All;
                 live = All;
                 continue;
             }
             liveAfter[i] = live;
-            var handler = HandlerMethods.Find((nint)op.Exec);
-            uint kills = handler != null && UpdatesFlagsByChoice(handler) ? FlagsWritten(in op) : 0;
+            uint kills = handlers[i] is { } handler && UpdatesFlagsByChoice(handler) ? FlagsWritten(in op) : 0;
             live = (live & ~kills) | InstructionTable.Form((Code)op.Code).FlagsRead;
         }
         return liveAfter;
