@@ -65,7 +65,16 @@ public sealed class Translator : IDisposable
             Translate(block);
             return;
         }
-        if (!_queue.TryAdd(block))
+        bool queued;
+        try
+        {
+            queued = _queue.TryAdd(block);
+        }
+        catch (InvalidOperationException)
+        {
+            return; // the VM is ending (Dispose completed the queue): the block stays interpreted
+        }
+        if (!queued)
         {
             Counters.QueueFull.IncrementUnsynchronized(); // it stays interpreted and is asked for again when hot again
             block.Heat = 0;
