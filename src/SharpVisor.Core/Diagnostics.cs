@@ -15,6 +15,7 @@ public sealed class Counter(string name)
     public void Add(long n) => Interlocked.Add(ref _value, n);
     /// <summary>Cheaper increment for counters only one thread updates (per-vCPU counters).</summary>
     public void IncrementUnsynchronized() => _value++;
+    public void AddUnsynchronized(long n) => _value += n;
     public void Reset() => Volatile.Write(ref _value, 0);
     public override string ToString() => $"{Name}={Value}";
 }

@@ -119,10 +119,13 @@ public sealed unsafe partial class Cpu
                 else if (b.Compiled is { } compiled)
                 {
                     Counters.TranslatedBlockRuns.IncrementUnsynchronized();
-                    InstructionsRetired += compiled(this, ref b.Ops[0]);
+                    int retired = compiled(this, ref b.Ops[0]);
+                    Counters.TranslatedInstructions.AddUnsynchronized(retired);
+                    InstructionsRetired += retired;
                 }
                 else
                 {
+                    Counters.InterpretedBlockRuns.IncrementUnsynchronized();
                     if (_translator is { } t && ++b.Heat == t.Threshold)
                     {
                         t.Request(b);

@@ -276,7 +276,12 @@ public sealed class CpuCounters(int index)
 
     /// <summary>Blocks run as translated code rather than interpreted.</summary>
     public readonly Counter TranslatedBlockRuns = new($"cpu{index}.translated_block_runs");
+    /// <summary>Instructions retired by translated code; with <see cref="Instructions"/> this gives the share of the work translated.</summary>
+    public readonly Counter TranslatedInstructions = new($"cpu{index}.translated_instructions");
+    /// <summary>Blocks run by the interpreter (not yet hot, not translatable, or in an interrupt shadow).</summary>
+    public readonly Counter InterpretedBlockRuns = new($"cpu{index}.interpreted_block_runs");
 
     public IEnumerable<Counter> All => [Instructions, BlocksDecoded, BlockCacheMisses, StraddlingDecodes, CodeInvalidations, TlbMisses, PageFaults, Exceptions, Interrupts, Unimplemented,
-        UnknownMsrAccesses, RefusedMsrWrites, CrWriteFaults, IoPermissionFaults, TaskSwitches, TaskSwitchFaultsAfterCommit, FetchesOutsideRam, TranslatedBlockRuns];
+        UnknownMsrAccesses, RefusedMsrWrites, CrWriteFaults, IoPermissionFaults, TaskSwitches, TaskSwitchFaultsAfterCommit, FetchesOutsideRam, TranslatedBlockRuns,
+        TranslatedInstructions, InterpretedBlockRuns];
 }
