@@ -29,7 +29,7 @@ public sealed partial class VirtualMachine : IDisposable
 
     readonly MachineConfig _config;
     readonly Lock _exitGate = new();
-    readonly ManualResetEventSlim _timerWake = new(false);
+    readonly PreciseWake _timerWake = new();
     VmExit? _exit;
 
     /// <param name="log">The log this VM's components write to; a VM of its own (to stderr) when null. A run of the CLI passes one log to every boot.</param>
@@ -242,7 +242,7 @@ public sealed partial class VirtualMachine : IDisposable
             _timerWake.Reset();
             if (waitNs > 0 && Timers.NextDeadlineNs == next)
             {
-                _timerWake.Wait(TimeSpan.FromTicks(Math.Max(1, waitNs / 100)));
+                _timerWake.Wait(waitNs);
             }
         }
     }
