@@ -136,6 +136,14 @@ public sealed unsafe class GuestMemory : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public uint Generation(ulong hostOffset) => Volatile.Read(ref _pageGeneration[hostOffset >> PageShift]);
 
+    /// <summary>
+    /// How many times a page holding decoded code was written, in all of RAM: a vCPU that remembers
+    /// which block followed which (<c>Block.Link0</c>) trusts that only while this is unchanged —
+    /// one read instead of a generation check per block.
+    /// </summary>
+    public long CodeWrites => Volatile.Read(ref _codeWrites);
+    long _codeWrites;
+
     /// <summary>True when the page at a host offset holds decoded code.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public bool IsCodePage(ulong hostOffset) => _codePage[hostOffset >> PageShift] != 0;
@@ -156,6 +164,7 @@ public sealed unsafe class GuestMemory : IDisposable
             {
                 _codePage[p] = 0;
                 Interlocked.Increment(ref _pageGeneration[p]);
+                Interlocked.Increment(ref _codeWrites);
                 any = true;
             }
         }

@@ -23,6 +23,10 @@ public sealed unsafe partial class Cpu
     /// <summary>The TLB for instruction fetch at the current privilege.</summary>
     TlbEntry[] _codeTlb = null!;
     bool _tlbHasLargePages;
+    /// <summary>Changes whenever a code translation may have: TLB flushes, INVLPG, another TLB or
+    /// code size in use. Remembered block successors (<see cref="BlockLink"/>) hold only while it is
+    /// unchanged.</summary>
+    long _codeMapEpoch;
 
     void InitTlb()
     {
@@ -34,6 +38,7 @@ public sealed unsafe partial class Cpu
     /// <summary>Picks the TLBs for the current privilege; call when the CPL, CR0.AM or EFLAGS.AC change.</summary>
     void SelectTlb()
     {
+        _codeMapEpoch++; // the code TLB may be another one: remembered successors are looked up again
         _codeTlb = Cpl == 3 ? _tlbUser : _tlbSupervisor;
         _alignmentChecks = AlignmentCheckConditions;
         _tlb = _alignmentChecks ? s_alignmentCheckedTlb : _codeTlb;
@@ -42,6 +47,7 @@ public sealed unsafe partial class Cpu
     /// <summary>Drops cached translations: all of them, or all but global ones (MOV CR3, SDM 4.10.4.1).</summary>
     public void FlushTlb(bool includeGlobal)
     {
+        _codeMapEpoch++;
         FlushTlbArray(_tlbSupervisor, includeGlobal);
         FlushTlbArray(_tlbUser, includeGlobal);
         if (includeGlobal)
@@ -66,6 +72,7 @@ public sealed unsafe partial class Cpu
     /// 4 KiB slots, so when any exist the whole TLB is flushed (always permitted: SDM 4.10.4.1).</summary>
     public void InvalidatePage(ulong linear)
     {
+        _codeMapEpoch++;
         if (_tlbHasLargePages)
         {
             FlushTlb(includeGlobal: true);

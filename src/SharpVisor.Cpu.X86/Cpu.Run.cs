@@ -78,6 +78,7 @@ public sealed unsafe partial class Cpu
 
     CpuExit RunLoop(long budget, long start)
     {
+        Block? previous = null; // the block that just ran to its end, whose successor links NextBlock tries
         while (true)
         {
             if (_stopRequested)
@@ -86,6 +87,7 @@ public sealed unsafe partial class Cpu
             }
             if (_initPending || _sipiVector >= 0 || _nmiPending || (_irqCheck && IF && !_interruptShadow))
             {
+                previous = null; // an event's handler is no block's usual successor
                 if (TakeEvents() is CpuExit exit)
                 {
                     return exit;
@@ -107,13 +109,16 @@ public sealed unsafe partial class Cpu
             {
                 if (_debugActive)
                 {
+                    previous = null;
                     InstructionsRetired += StepWithDebugChecks();
                     continue;
                 }
-                Block b = FetchBlock();
+                Block b = NextBlock(previous);
+                previous = b;
                 if (_interruptShadow)
                 {
                     _interruptShadow = false;
+                    previous = null;
                     InstructionsRetired += Execute(b, 1);
                 }
                 else if (b.Compiled is { } compiled)
@@ -135,6 +140,7 @@ public sealed unsafe partial class Cpu
             }
             catch (GuestFault f)
             {
+                previous = null;
                 InstructionsRetired++;
                 ExitBlock = false;
                 _heldDebugTraps = 0; // the instruction after MOV SS faulted: its held #DB goes with it

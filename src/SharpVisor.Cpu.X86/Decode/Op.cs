@@ -128,8 +128,28 @@ public sealed class Block(Op[] ops)
     public ulong SecondPage = NoSecondPage;
     public uint SecondGeneration;
 
+    /// <summary>
+    /// The blocks that ran right after this one, remembered so the run loop can go on to them without
+    /// looking them up (a taken and a fall-through successor fit; see <c>Cpu.NextBlock</c>).
+    /// </summary>
+    public BlockLink Link0, Link1;
+
     /// <summary>Interpreted runs so far (counted by the owning vCPU while translation is on).</summary>
     public int Heat;
     /// <summary>The block's translation, once the translator has made one (set from its thread).</summary>
     public Translation.CompiledBlock? Compiled;
+}
+
+/// <summary>
+/// A successor of a block as the run loop found it: the block at linear address <see cref="Linear"/>,
+/// valid while neither the vCPU's code translations (<see cref="MapEpoch"/>: TLB flushes, INVLPG, a
+/// change of privilege or code size) nor any code page in RAM (<see cref="CodeWrites"/>) have changed
+/// since — then a lookup would find this very block again.
+/// </summary>
+public struct BlockLink
+{
+    public Block? Target;
+    public ulong Linear;
+    public long MapEpoch;
+    public long CodeWrites;
 }

@@ -91,6 +91,9 @@ public sealed class InterpreterMachine : IDisposable
         Cpu.InvalidatePage(va);
     }
 
+    /// <summary>Changes the page's PTE only, as a guest does before it invalidates the TLB entry.</summary>
+    public void RemapWithoutInvalidation(ulong va, ulong pa) => Map(va, pa);
+
     /// <summary>Makes the page read-only (64-bit mode only).</summary>
     public void MakeReadOnly(ulong va)
     {
