@@ -137,6 +137,9 @@ public sealed unsafe partial class Cpu
             // The first instruction straddles a page: cached with what its second page must stay.
             block = new Block([_straddleBlock.Ops[0]]) { SecondPage = _straddleSecondPage, SecondGeneration = _straddleSecondGeneration };
         }
+        block.RamOffset = ramOffset;
+        block.Bits = CodeBits;
+        block.Generation = generation;
         if (other.Block is { } dropped)
         {
             // A block no longer cached holds on to no successors: links cannot chain superseded blocks.

@@ -76,8 +76,28 @@ public sealed unsafe partial class Cpu
         }
     }
 
+    /// <summary>The run loop's budget as an instruction count: translated code that goes on from one
+    /// block to the next itself (<see cref="MayChain"/>) stops where the loop would.</summary>
+    long _budgetEnd;
+
+    /// <summary>
+    /// Whether translated code may go on to the next block itself, <paramref name="retired"/>
+    /// instructions after it was entered, rather than return to <see cref="RunLoop"/>: true only when
+    /// the loop would do nothing but run that block — within budget, no stop request, no event that
+    /// could be taken, no single-stepping, no interrupt shadow, no CS limit to check. Returning when
+    /// the loop would have run the block anyway changes nothing, so the test may be conservative.
+    /// An interrupt pending while IF is 0 does not end chaining: the loop would not take it either,
+    /// and whatever sets IF (STI, POPF, IRET) ends its block.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool MayChain(int retired) =>
+        InstructionsRetired + retired < _budgetEnd
+        && !_stopRequested && !_nmiPending && !_initPending && _sipiVector < 0 && !(_irqCheck && IF)
+        && !_debugActive && !_interruptShadow && !_fetchLimitCheck;
+
     CpuExit RunLoop(long budget, long start)
     {
+        _budgetEnd = start + budget;
         Block? previous = null; // the block that just ran to its end, whose successor links NextBlock tries
         while (true)
         {

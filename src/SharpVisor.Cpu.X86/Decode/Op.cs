@@ -128,6 +128,14 @@ public sealed class Block(Op[] ops)
     public ulong SecondPage = NoSecondPage;
     public uint SecondGeneration;
 
+    /// <summary>Where the block was decoded from: the host RAM offset of its first byte (<see cref="Unknown"/>
+    /// for a block cut short at a CS limit, which is never cached), the code size and the page's
+    /// generation then. Two blocks from the same page and generation were decoded from the same bytes.</summary>
+    public ulong RamOffset = Unknown;
+    public int Bits;
+    public uint Generation;
+    public const ulong Unknown = ulong.MaxValue;
+
     /// <summary>
     /// The blocks that ran right after this one, remembered so the run loop can go on to them without
     /// looking them up (a taken and a fall-through successor fit; see <c>Cpu.NextBlock</c>).

@@ -43,21 +43,164 @@ public static class BlockCompiler
     static readonly FieldInfo[] s_opFields = typeof(Op).GetFields(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic);
     static readonly FieldInfo s_execField = typeof(Op).GetField(nameof(Op.Exec))!;
 
-    /// <summary>What compiling one block produced, for the translator's counters.</summary>
-    public readonly record struct Result(CompiledBlock Code, int IlBytes, int CalledThroughPointer);
+    static readonly MethodInfo s_mayChain = typeof(Cpu).GetMethod(nameof(Cpu.MayChain))!;
+    static readonly FieldInfo s_rip = typeof(Cpu).GetField(nameof(Cpu.Rip))!;
+    static readonly FieldInfo s_retired = typeof(Cpu).GetField(nameof(Cpu.InstructionsRetired))!;
+    static readonly FieldInfo s_ops = typeof(Block).GetField(nameof(Block.Ops))!;
 
-    public static unsafe Result Compile(Block block)
+    /// <summary>What compiling one block produced, for the translator's counters.</summary>
+    public readonly record struct Result(CompiledBlock Code, int IlBytes, int CalledThroughPointer, int Blocks = 1, bool Chained = false);
+
+    /// <summary>Translates <paramref name="block"/> alone.</summary>
+    public static Result Compile(Block block) => Compile([block]);
+
+    /// <summary>
+    /// Translates a region (<see cref="RegionBuilder"/>): <paramref name="region"/>[0] is where the code
+    /// is entered; after each block it goes on to a region member that starts at the new RIP when
+    /// <see cref="Cpu.MayChain"/> allows, else returns. It returns the instructions retired in all the
+    /// blocks it ran, as the run loop would have counted them block by block; when a guest exception
+    /// leaves it, a fault handler first adds the blocks that completed to
+    /// <see cref="Cpu.InstructionsRetired"/>, which the run loop would have done before the faulting
+    /// block began — so instruction counts, and with them deterministic runs, are the same either way.
+    /// </summary>
+    public static unsafe Result Compile(Block[] region)
     {
-        var method = new DynamicMethod("block", typeof(int), [typeof(Cpu), typeof(Op).MakeByRefType()], typeof(BlockCompiler).Module, skipVisibility: true);
+        Block head = region[0];
+        // The method's first parameter is the region's blocks and the delegate is closed over them:
+        // the code reaches the ops of a member through it, and a call through a delegate closed over
+        // its first argument needs no argument-shuffling thunk, which an open static delegate goes
+        // through on every call (measured: ~3% of a shell loop).
+        var method = new DynamicMethod("block", typeof(int), [typeof(Block[]), typeof(Cpu), typeof(Op).MakeByRefType()], typeof(BlockCompiler).Module, skipVisibility: true);
         var il = method.GetILGenerator();
         // A call with no vCPU only makes the JIT compile the method (see Prepare) and returns at once.
         var body = il.DefineLabel();
-        il.Emit(OpCodes.Ldarg_0);
+        il.Emit(OpCodes.Ldarg_1);
         il.Emit(OpCodes.Brtrue, body);
         il.Emit(OpCodes.Ldc_I4_M1);
         il.Emit(OpCodes.Ret);
         il.MarkLabel(body);
-        var exits = new Label?[block.Count + 1];
+        // Chained when some block goes on to a member (a loop, also of a single block).
+        bool chained = region.Any(b => Array.IndexOf(region, b.Link0.Target) >= 0 || Array.IndexOf(region, b.Link1.Target) >= 0);
+        var context = new Emission(il, chained);
+        int throughPointer = 0;
+        if (!chained)
+        {
+            throughPointer = EmitBlock(context, head, 0);
+            il.Emit(OpCodes.Ldc_I4, head.Count);
+            il.Emit(OpCodes.Ret);
+            EmitExits(context);
+        }
+        else
+        {
+            // RIP at entry: member j starts at entryRip + (its RAM offset - the first block's).
+            il.Emit(OpCodes.Ldarg_1);
+            il.Emit(OpCodes.Ldfld, s_rip);
+            il.Emit(OpCodes.Stloc, context.EntryRip!);
+            var starts = new Label[region.Length];
+            for (int j = 0; j < region.Length; j++)
+            {
+                starts[j] = il.DefineLabel();
+            }
+            il.BeginExceptionBlock();
+            for (int j = 0; j < region.Length; j++)
+            {
+                Block b = region[j];
+                il.MarkLabel(starts[j]);
+                throughPointer += EmitBlock(context, b, j);
+                // retired += this block's count; then go on to a member starting at RIP, if allowed.
+                il.Emit(OpCodes.Ldloc, context.Retired!);
+                il.Emit(OpCodes.Ldc_I4, b.Count);
+                il.Emit(OpCodes.Add);
+                il.Emit(OpCodes.Stloc, context.Retired!);
+                foreach (Block? next in (ReadOnlySpan<Block?>)[b.Link0.Target, b.Link1.Target])
+                {
+                    int k = next is null ? -1 : Array.IndexOf(region, next);
+                    if (k < 0)
+                    {
+                        continue;
+                    }
+                    var notThere = il.DefineLabel();
+                    il.Emit(OpCodes.Ldarg_1);
+                    il.Emit(OpCodes.Ldfld, s_rip);
+                    il.Emit(OpCodes.Ldloc, context.EntryRip!);
+                    il.Emit(OpCodes.Ldc_I8, (long)(region[k].RamOffset - head.RamOffset));
+                    il.Emit(OpCodes.Add);
+                    il.Emit(OpCodes.Bne_Un, notThere);
+                    il.Emit(OpCodes.Ldarg_1);
+                    il.Emit(OpCodes.Ldloc, context.Retired!);
+                    il.Emit(OpCodes.Call, s_mayChain);
+                    il.Emit(OpCodes.Brtrue, starts[k]);
+                    il.MarkLabel(notThere);
+                }
+                il.Emit(OpCodes.Ldloc, context.Retired!);
+                il.Emit(OpCodes.Stloc, context.Result!);
+                il.Emit(OpCodes.Leave, context.Done);
+                EmitExits(context);
+            }
+            // A guest exception: the blocks completed before it count, as they would have in the run loop.
+            il.BeginFaultBlock();
+            il.Emit(OpCodes.Ldarg_1);
+            il.Emit(OpCodes.Ldarg_1);
+            il.Emit(OpCodes.Ldfld, s_retired);
+            il.Emit(OpCodes.Ldloc, context.Retired!);
+            il.Emit(OpCodes.Conv_I8);
+            il.Emit(OpCodes.Add);
+            il.Emit(OpCodes.Stfld, s_retired);
+            il.EndExceptionBlock();
+            il.MarkLabel(context.Done);
+            il.Emit(OpCodes.Ldloc, context.Result!);
+            il.Emit(OpCodes.Ret);
+        }
+        var code = (CompiledBlock)method.CreateDelegate(typeof(CompiledBlock), region);
+        Prepare(code);
+        return new Result(code, il.ILOffset, throughPointer, region.Length, chained);
+    }
+
+    /// <summary>The IL being emitted and, in a region, its locals and pending early exits.</summary>
+    sealed class Emission(ILGenerator il, bool chained)
+    {
+        public readonly ILGenerator Il = il;
+        public readonly bool Chained = chained;
+        /// <summary>Instructions of the region's blocks completed so far; RIP at entry; the value to return.</summary>
+        public readonly LocalBuilder? Retired = chained ? il.DeclareLocal(typeof(int)) : null;
+        public readonly LocalBuilder? EntryRip = chained ? il.DeclareLocal(typeof(ulong)) : null;
+        public readonly LocalBuilder? Result = chained ? il.DeclareLocal(typeof(int)) : null;
+        public readonly Label Done = il.DefineLabel();
+        /// <summary>Early exits of the block being emitted: after instruction n - 1 it ended the block.</summary>
+        public readonly Dictionary<int, Label> Exits = [];
+    }
+
+    /// <summary>The early exits of the last block emitted: each returns the instructions retired so far.</summary>
+    static void EmitExits(Emission e)
+    {
+        var il = e.Il;
+        foreach (var (n, label) in e.Exits)
+        {
+            il.MarkLabel(label);
+            if (e.Chained)
+            {
+                il.Emit(OpCodes.Ldloc, e.Retired!);
+                il.Emit(OpCodes.Ldc_I4, n);
+                il.Emit(OpCodes.Add);
+                il.Emit(OpCodes.Stloc, e.Result!);
+                il.Emit(OpCodes.Leave, e.Done);
+            }
+            else
+            {
+                il.Emit(OpCodes.Ldc_I4, n);
+                il.Emit(OpCodes.Ret);
+            }
+        }
+        e.Exits.Clear();
+    }
+
+    /// <summary>Emits one block's instructions (member <paramref name="member"/> of the region); returns
+    /// how many call their handler through its pointer. Falls through when the block runs to its end
+    /// with RIP committed; an instruction that ends the block early branches to an exit in
+    /// <see cref="Emission.Exits"/>.</summary>
+    static unsafe int EmitBlock(Emission e, Block block, int member)
+    {
+        var il = e.Il;
         ulong pendingRip = 0; // bytes of pure instructions since RIP was last committed
         int throughPointer = 0;
         // What is known of each instruction, worked out once: whether it is pure, its handler method.
@@ -76,7 +219,7 @@ public static class BlockCompiler
             if (!pure)
             {
                 // BlockRuntime.Enter(cpu, pendingRip, len): RIP and the next-RIP slot as the interpreter has them.
-                il.Emit(OpCodes.Ldarg_0);
+                il.Emit(OpCodes.Ldarg_1);
                 il.Emit(OpCodes.Ldc_I8, (long)pendingRip);
                 il.Emit(OpCodes.Ldc_I4, (int)op.Len);
                 il.Emit(OpCodes.Call, s_enter);
@@ -84,7 +227,7 @@ public static class BlockCompiler
             }
             if (!EmitDirectCall(il, in op, handlers[i], liveAfter[i]))
             {
-                EmitPointerCall(il, in op, i);
+                EmitPointerCall(il, in op, member, i);
                 throughPointer++;
             }
             if (pure)
@@ -93,38 +236,28 @@ public static class BlockCompiler
                 continue;
             }
             // BlockRuntime.Leave(cpu): commit RIP; true when the handler ended the block.
-            il.Emit(OpCodes.Ldarg_0);
+            il.Emit(OpCodes.Ldarg_1);
             il.Emit(OpCodes.Call, s_leave);
-            if (i == block.Count - 1)
+            if (i == block.Count - 1 && !e.Chained)
             {
-                il.Emit(OpCodes.Pop);
+                il.Emit(OpCodes.Pop); // the block ends here either way
             }
             else
             {
-                exits[i + 1] ??= il.DefineLabel();
-                il.Emit(OpCodes.Brtrue, exits[i + 1]!.Value);
+                if (!e.Exits.TryGetValue(i + 1, out var exit))
+                {
+                    e.Exits[i + 1] = exit = il.DefineLabel();
+                }
+                il.Emit(OpCodes.Brtrue, exit);
             }
         }
         if (pendingRip != 0)
         {
-            il.Emit(OpCodes.Ldarg_0);
+            il.Emit(OpCodes.Ldarg_1);
             il.Emit(OpCodes.Ldc_I8, (long)pendingRip);
             il.Emit(OpCodes.Call, s_advance);
         }
-        il.Emit(OpCodes.Ldc_I4, block.Count);
-        il.Emit(OpCodes.Ret);
-        for (int n = 0; n < exits.Length; n++)
-        {
-            if (exits[n] is { } label)
-            {
-                il.MarkLabel(label);
-                il.Emit(OpCodes.Ldc_I4, n);
-                il.Emit(OpCodes.Ret);
-            }
-        }
-        var code = method.CreateDelegate<CompiledBlock>();
-        Prepare(code);
-        return new Result(code, il.ILOffset, throughPointer);
+        return throughPointer;
     }
 
     /// <summary>
@@ -181,7 +314,7 @@ public static class BlockCompiler
             EmitConstant(il, field, value);
             il.Emit(OpCodes.Stfld, field);
         }
-        il.Emit(OpCodes.Ldarg_0);
+        il.Emit(OpCodes.Ldarg_1);
         il.Emit(OpCodes.Ldloca, local);
         il.Emit(OpCodes.Call, handler);
         return true;
@@ -235,11 +368,24 @@ public static class BlockCompiler
         return handler.GetGenericMethodDefinition().MakeGenericMethod(arguments);
     }
 
-    /// <summary><c>calli op.Exec(cpu, ref first[index])</c>: the interpreter's call, on the block's own op.</summary>
-    static unsafe void EmitPointerCall(ILGenerator il, in Op op, int index)
+    /// <summary><c>calli op.Exec(cpu, ref ops[index])</c>: the interpreter's call, on the block's own op
+    /// (for a region member other than the first, reached through the region the code is closed over).</summary>
+    static unsafe void EmitPointerCall(ILGenerator il, in Op op, int member, int index)
     {
-        il.Emit(OpCodes.Ldarg_0);
         il.Emit(OpCodes.Ldarg_1);
+        if (member == 0)
+        {
+            il.Emit(OpCodes.Ldarg_2);
+        }
+        else
+        {
+            il.Emit(OpCodes.Ldarg_0);
+            il.Emit(OpCodes.Ldc_I4, member);
+            il.Emit(OpCodes.Ldelem_Ref);
+            il.Emit(OpCodes.Ldfld, s_ops);
+            il.Emit(OpCodes.Ldc_I4_0);
+            il.Emit(OpCodes.Ldelema, typeof(Op));
+        }
         if (index > 0)
         {
             il.Emit(OpCodes.Ldc_I4, index * sizeof(Op));

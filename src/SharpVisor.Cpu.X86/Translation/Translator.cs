@@ -106,7 +106,7 @@ public sealed class Translator : IDisposable
         BlockCompiler.Result result;
         try
         {
-            result = BlockCompiler.Compile(block);
+            result = BlockCompiler.Compile(RegionBuilder.Select(block));
         }
         catch (Exception e)
         {
@@ -120,6 +120,11 @@ public sealed class Translator : IDisposable
         Counters.BlocksTranslated.Increment();
         Counters.IlBytes.Add(result.IlBytes);
         Counters.PointerCalls.Add(result.CalledThroughPointer);
+        Counters.RegionBlocks.Add(result.Blocks);
+        if (result.Chained)
+        {
+            Counters.ChainedRegions.Increment();
+        }
         lock (_translated)
         {
             if (_translated.Count >= Capacity)
@@ -150,11 +155,15 @@ public sealed class TranslatorCounters
     public readonly Counter IlBytes = new("translator.il_bytes");
     /// <summary>Instructions whose handler translated code calls through its pointer (not inlinable).</summary>
     public readonly Counter PointerCalls = new("translator.pointer_calls");
+    /// <summary>Blocks in all translations: each is a region of one or more blocks (see <see cref="RegionBuilder"/>).</summary>
+    public readonly Counter RegionBlocks = new("translator.region_blocks");
+    /// <summary>Translations that go on from block to block themselves (a loop within a page).</summary>
+    public readonly Counter ChainedRegions = new("translator.chained_regions");
     /// <summary>Translations dropped to stay within the capacity.</summary>
     public readonly Counter Evictions = new("translator.evictions");
     /// <summary>Hot blocks not queued because the queue was full.</summary>
     public readonly Counter QueueFull = new("translator.queue_full");
     public readonly Counter Failures = new("translator.failures");
 
-    public IEnumerable<Counter> All => [BlocksTranslated, CompileMicroseconds, IlBytes, PointerCalls, Evictions, QueueFull, Failures];
+    public IEnumerable<Counter> All => [BlocksTranslated, CompileMicroseconds, IlBytes, PointerCalls, RegionBlocks, ChainedRegions, Evictions, QueueFull, Failures];
 }

@@ -22,10 +22,10 @@ public sealed class InterpreterMachine : IDisposable
     readonly ulong _pml4;
     ulong _end;
 
-    public InterpreterMachine(int bits = 64, int cpl = 0)
+    public InterpreterMachine(int bits = 64, int cpl = 0, SharpVisor.Cpu.X86.Translation.Translator? translator = null)
     {
         Ports = new PortBus();
-        var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(_ram), Ports = Ports, Clock = new VirtualClock(ClockMode.Deterministic) };
+        var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(_ram), Ports = Ports, Clock = new VirtualClock(ClockMode.Deterministic), Translator = translator };
         Cpu = new Cpu(0, platform);
         // As an OS leaves it before using the FPU (Linux: FNINIT in fpu__init_cpu_generic); the
         // power-on FCW is 0040H (all exceptions unmasked), SDM Vol. 3A Table 9-1.

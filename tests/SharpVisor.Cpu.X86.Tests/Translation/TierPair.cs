@@ -1,6 +1,7 @@
 using System.Text;
 using Iced.Intel;
 using SharpVisor.Cpu.X86.Tests.Harness;
+using SharpVisor.Cpu.X86.Translation;
 
 namespace SharpVisor.Cpu.X86.Tests.Translation;
 
@@ -15,10 +16,16 @@ public sealed unsafe class TierPair : IDisposable
 {
     readonly List<(ulong Address, int Length)> _compared = [];
 
-    public TierPair()
+    readonly Translator? _translator;
+
+    /// <param name="translator">With one, the translated side runs under the run loop
+    /// (<see cref="RunSlice"/>) with this translator, so translations are made as a VM makes them —
+    /// regions of blocks included.</param>
+    public TierPair(Translator? translator = null)
     {
+        _translator = translator;
         Interpreted = new InterpreterMachine();
-        Translated = new InterpreterMachine();
+        Translated = new InterpreterMachine(translator: translator);
     }
 
     public InterpreterMachine Interpreted { get; }
@@ -57,6 +64,27 @@ public sealed unsafe class TierPair : IDisposable
         if (FirstDifference(interpreted, translated) is { } difference)
         {
             throw new TierMismatchException($"after block {Blocks} (entered at 0x{rip:x}): {difference}");
+        }
+        return interpreted;
+    }
+
+    /// <summary>
+    /// Both vCPUs run <see cref="Cpu.Run"/> with <paramref name="budget"/>, the second with its
+    /// translator (see the constructor), then they are compared, how the run ended included: the
+    /// run loop stops at the same block boundary on both sides. Guest exceptions are delivered
+    /// (with no IDT they end in a shutdown).
+    /// </summary>
+    public CpuExit RunSlice(long budget)
+    {
+        Assert.NotNull(_translator);
+        ulong rip = Interpreted.Cpu.Rip;
+        CpuExit interpreted = Interpreted.Cpu.Run(budget);
+        CpuExit translated = Translated.Cpu.Run(budget);
+        Blocks++;
+        string? difference = interpreted != translated ? $"run ended: interpreter {interpreted}, translated {translated}" : FirstDifference(null, null);
+        if (difference is not null)
+        {
+            throw new TierMismatchException($"after slice {Blocks} of {budget} instructions (entered at 0x{rip:x}): {difference}");
         }
         return interpreted;
     }

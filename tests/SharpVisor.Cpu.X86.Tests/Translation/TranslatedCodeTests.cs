@@ -1,6 +1,7 @@
 using Iced.Intel;
 using SharpVisor.Core;
 using SharpVisor.Cpu.X86.Tests.Harness;
+using SharpVisor.Cpu.X86.Translation;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace SharpVisor.Cpu.X86.Tests.Translation;
@@ -200,5 +201,46 @@ public sealed unsafe class TranslatedCodeTests
         {
             Assert.Equal(Sentinel + 2, pair.Translated.Ram.ReadU64(Unmapped - 4));
         }
+    }
+
+    [Fact]
+    public void A_page_fault_in_a_later_block_of_a_translated_loop_counts_the_blocks_that_completed()
+    {
+        // Two blocks on one page loop over an array until the load reaches the unmapped page: a region
+        // (one translation running both blocks) takes the #PF in its second block many iterations in.
+        byte[] code = TierPair.Assemble(Code, a =>
+        {
+            var top = a.CreateLabel();
+            var load = a.CreateLabel();
+            a.Label(ref top);
+            a.add(rsi, 8);
+            a.jmp(load);
+            a.Label(ref load);
+            a.mov(rax, __qword_ptr[rsi]);
+            a.add(rbx, rax);
+            a.dec(rcx);
+            a.jnz(top);
+            a.ud2();
+        });
+        using var translator = new Translator(new Log(), threshold: 2, background: false);
+        var pair = new TierPair(translator);
+        using var _ = pair;
+        pair.Write(Code, code);
+        pair.Both(m =>
+        {
+            m.Unmap(Unmapped);
+            m.Cpu.Rip = Code;
+            m.Cpu.Rsi = Unmapped - 0x1000;
+            m.Cpu.Rcx = 10_000;
+        });
+
+        // No IDT: the #PF ends in a shutdown; TierPair compares RIP, registers, CR2 and the count.
+        Assert.Equal(CpuExit.Shutdown, pair.RunSlice(1_000_000));
+
+        Assert.True(translator.Counters.ChainedRegions.Value >= 1, "the loop did not run as a region");
+        Assert.Equal(Unmapped, pair.Translated.Cpu.Cr2);
+        // 511 iterations of 6 instructions loaded the page before the unmapped one; the 512th faulted
+        // on its load after its ADD and JMP, and the run loop counts the faulting instruction too.
+        Assert.Equal(511 * 6 + 2 + 1, pair.Translated.Cpu.InstructionsRetired);
     }
 }

@@ -12,9 +12,12 @@ public class TranslatorTests
 {
     const ulong CodePa = 0x10_0000, DataPa = 0x20_0000, TablesPa = 0x80_0000;
 
-    /// <summary>A loop of four blocks (a chain of jumps) summing a table: RAX is the result.</summary>
-    static byte[] Program()
+    /// <summary>A loop of four blocks (a chain of jumps) summing a table: RAX is the result. With
+    /// <paramref name="pagePerBlock"/> each block lies on a page of its own, so no translation can
+    /// cover more than one (see <see cref="RegionBuilder"/>).</summary>
+    static byte[] Program(bool pagePerBlock = false)
     {
+        byte[] gap = new byte[pagePerBlock ? 0x1000 : 0];
         var a = new Assembler(64);
         var top = a.CreateLabel();
         var second = a.CreateLabel();
@@ -27,12 +30,15 @@ public class TranslatorTests
         a.Label(ref top);
         a.add(rax, __qword_ptr[rsi]);
         a.jmp(second);
+        a.db(gap);
         a.Label(ref second);
         a.imul(rax, rax, 3);
         a.jmp(third);
+        a.db(gap);
         a.Label(ref third);
         a.xor(rax, rcx);
         a.jmp(fourth);
+        a.db(gap);
         a.Label(ref fourth);
         a.dec(rcx);
         a.jnz(top);
@@ -43,7 +49,7 @@ public class TranslatorTests
         return ms.ToArray();
     }
 
-    static (Cpu Cpu, GuestMemory Ram) Machine(Translator? translator)
+    static (Cpu Cpu, GuestMemory Ram) Machine(Translator? translator, bool pagePerBlock = false)
     {
         var ram = new GuestMemory(16 << 20);
         var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(ram), Ports = new PortBus(), Clock = new VirtualClock(ClockMode.Deterministic), Translator = translator };
@@ -55,7 +61,7 @@ public class TranslatorTests
             ram.WriteU64(TablesPa + 0x2000 + i * 8, (i << 21) | 0x83);
         }
         CpuSetup.EnterLongMode(cpu, TablesPa);
-        ram.TryWrite(CodePa, Program());
+        ram.TryWrite(CodePa, Program(pagePerBlock));
         ram.WriteU64(DataPa, 0x1234_5678_9ABC_DEF1);
         cpu.Rip = CodePa;
         return (cpu, ram);
@@ -82,7 +88,28 @@ public class TranslatorTests
         var (cpu, ram) = Machine(translator);
         using var __ = ram;
         Assert.Equal(expected, RunToHlt(cpu));
-        Assert.Equal(4, translator.Counters.BlocksTranslated.Value); // the loop's four blocks, not the run-once prologue
+        // Each of the loop's blocks became hot (not the run-once prologue), and each translation is
+        // a region holding the whole loop, which then ran to its end in one call: 8 instructions an
+        // iteration, all translated from the 12th iteration on.
+        Assert.Equal(4, translator.Counters.BlocksTranslated.Value);
+        Assert.Equal(16, translator.Counters.RegionBlocks.Value);
+        Assert.True(cpu.Counters.TranslatedBlockRuns.Value <= 2, $"{cpu.Counters.TranslatedBlockRuns.Value} calls of translated code");
+        Assert.True(cpu.Counters.TranslatedInstructions.Value >= 8 * (5000 - 12), $"{cpu.Counters.TranslatedInstructions.Value} instructions translated");
+    }
+
+    [Fact]
+    public void BlocksOnPagesOfTheirOwnAreTranslatedOneByOne()
+    {
+        var (reference, ram0) = Machine(null, pagePerBlock: true);
+        using var _ = ram0;
+        var expected = RunToHlt(reference);
+
+        using var translator = new Translator(new Log(), threshold: 10, background: false);
+        var (cpu, ram) = Machine(translator, pagePerBlock: true);
+        using var __ = ram;
+        Assert.Equal(expected, RunToHlt(cpu));
+        Assert.Equal(4, translator.Counters.BlocksTranslated.Value);
+        Assert.Equal(4, translator.Counters.RegionBlocks.Value);
         // Each loop block runs 5000 times, translated from its 11th run (the first pass through the
         // first one is part of the prologue's block): everything after the threshold ran translated.
         Assert.Equal(3 * (5000 - 10) + (4999 - 10), cpu.Counters.TranslatedBlockRuns.Value);
@@ -91,12 +118,12 @@ public class TranslatorTests
     [Fact]
     public void AtMostCapacityBlocksHoldTranslatedCode()
     {
-        var (reference, ram0) = Machine(null);
+        var (reference, ram0) = Machine(null, pagePerBlock: true);
         using var _ = ram0;
         var expected = RunToHlt(reference);
 
         using var translator = new Translator(new Log(), threshold: 10, capacity: 2, background: false);
-        var (cpu, ram) = Machine(translator);
+        var (cpu, ram) = Machine(translator, pagePerBlock: true);
         using var __ = ram;
         Assert.Equal(expected, RunToHlt(cpu));
         Assert.True(cpu.BlocksForTest().Count(b => b.Compiled != null) <= 2);
