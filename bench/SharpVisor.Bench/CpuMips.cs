@@ -81,7 +81,13 @@ public static class CpuMips
     /// <summary>Translation cost: compiles the hot blocks of both loops again and again (no cache), per block.</summary>
     public static void TranslateCost(int rounds)
     {
-        foreach (var (name, program) in new (string, Action<Assembler>)[] { ("integer", IntegerLoop), ("memory", MemoryLoop), ("mov", MovLoop), ("add", AddLoop) })
+        var extra = new List<(string, Action<Assembler>)>();
+        foreach (int n in new[] { 1, 5, 10, 40 })
+        {
+            int k = n;
+            extra.Add(($"mov{k}", a => { var top = a.CreateLabel(); a.Label(ref top); for (int i = 0; i < k; i++) a.mov(rax, rbx); a.jmp(top); }));
+        }
+        foreach (var (name, program) in new (string, Action<Assembler>)[] { ("integer", IntegerLoop), ("memory", MemoryLoop), ("mov", MovLoop), ("add", AddLoop) }.Concat(extra))
         {
             using var ram = new GuestMemory(16 << 20);
             using var translator = new Translator(new Log(), threshold: 1, background: false);
@@ -98,6 +104,7 @@ public static class CpuMips
                 }
             }
             double us = sw.Elapsed.TotalMicroseconds / (rounds * blocks.Length);
+
             Console.WriteLine($"translate {name}: {blocks.Length} blocks of {blocks.Average(b => b.Count):F1} instructions, {il / (rounds * blocks.Length)} IL bytes, {us:F0} us per block");
         }
     }

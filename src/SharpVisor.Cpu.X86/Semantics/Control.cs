@@ -72,8 +72,9 @@ public static unsafe class Control
     static void JmpR<S>(Cpu c, ref Op op) where S : IOpSize => Branch(c, S.GetReg(c, op.R1));
     static void JmpM<S>(Cpu c, ref Op op) where S : IOpSize => Branch(c, S.Load(c, op.Linear(c)));
 
+    /// <summary>A near branch to <paramref name="target"/>: checked (CS limit, canonical form), then taken.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Branch(Cpu c, ulong target)
+    internal static void Branch(Cpu c, ulong target)
     {
         c.CheckNearBranchTarget(target);
         c.NextRip = target;

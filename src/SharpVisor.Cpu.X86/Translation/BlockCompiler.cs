@@ -45,11 +45,11 @@ public static class BlockCompiler
 
     static readonly MethodInfo s_mayChain = typeof(Cpu).GetMethod(nameof(Cpu.MayChain))!;
     static readonly FieldInfo s_rip = typeof(Cpu).GetField(nameof(Cpu.Rip))!;
-    static readonly FieldInfo s_retired = typeof(Cpu).GetField(nameof(Cpu.InstructionsRetired))!;
+    static readonly FieldInfo s_chainedRetired = typeof(Cpu).GetField(nameof(Cpu.ChainedRetired))!;
     static readonly FieldInfo s_ops = typeof(Block).GetField(nameof(Block.Ops))!;
 
     /// <summary>What compiling one block produced, for the translator's counters.</summary>
-    public readonly record struct Result(CompiledBlock Code, int IlBytes, int CalledThroughPointer, int Blocks = 1, bool Chained = false);
+    public readonly record struct Result(CompiledBlock Code, int IlBytes, int CalledThroughPointer, int Blocks = 1, bool Chained = false, int InlineForms = 0);
 
     /// <summary>Translates <paramref name="block"/> alone.</summary>
     public static Result Compile(Block block) => Compile([block]);
@@ -59,9 +59,10 @@ public static class BlockCompiler
     /// is entered; after each block it goes on to a region member that starts at the new RIP when
     /// <see cref="Cpu.MayChain"/> allows, else returns. It returns the instructions retired in all the
     /// blocks it ran, as the run loop would have counted them block by block; when a guest exception
-    /// leaves it, a fault handler first adds the blocks that completed to
-    /// <see cref="Cpu.InstructionsRetired"/>, which the run loop would have done before the faulting
-    /// block began — so instruction counts, and with them deterministic runs, are the same either way.
+    /// leaves it, <see cref="Cpu.ChainedRetired"/> holds the instructions of the blocks that completed,
+    /// which the run loop adds as it would have before the faulting block began — so instruction
+    /// counts, and with them deterministic runs, are the same either way. (Not a fault handler in the
+    /// method: exception handling and the loop together tripled the JIT's time for a small block.)
     /// </summary>
     public static unsafe Result Compile(Block[] region)
     {
@@ -82,6 +83,7 @@ public static class BlockCompiler
         // Chained when some block goes on to a member (a loop, also of a single block).
         bool chained = region.Any(b => Array.IndexOf(region, b.Link0.Target) >= 0 || Array.IndexOf(region, b.Link1.Target) >= 0);
         var context = new Emission(il, chained);
+        InlineForms.Begin(il, context.Forms);
         int throughPointer = 0;
         if (!chained)
         {
@@ -101,7 +103,6 @@ public static class BlockCompiler
             {
                 starts[j] = il.DefineLabel();
             }
-            il.BeginExceptionBlock();
             for (int j = 0; j < region.Length; j++)
             {
                 Block b = region[j];
@@ -112,6 +113,10 @@ public static class BlockCompiler
                 il.Emit(OpCodes.Ldc_I4, b.Count);
                 il.Emit(OpCodes.Add);
                 il.Emit(OpCodes.Stloc, context.Retired!);
+                // What the run loop counts if a later block faults (see Cpu.ChainedRetired).
+                il.Emit(OpCodes.Ldarg_1);
+                il.Emit(OpCodes.Ldloc, context.Retired!);
+                il.Emit(OpCodes.Stfld, s_chainedRetired);
                 foreach (Block? next in (ReadOnlySpan<Block?>)[b.Link0.Target, b.Link1.Target])
                 {
                     int k = next is null ? -1 : Array.IndexOf(region, next);
@@ -134,26 +139,20 @@ public static class BlockCompiler
                 }
                 il.Emit(OpCodes.Ldloc, context.Retired!);
                 il.Emit(OpCodes.Stloc, context.Result!);
-                il.Emit(OpCodes.Leave, context.Done);
+                il.Emit(OpCodes.Br, context.Done);
                 EmitExits(context);
             }
-            // A guest exception: the blocks completed before it count, as they would have in the run loop.
-            il.BeginFaultBlock();
-            il.Emit(OpCodes.Ldarg_1);
-            il.Emit(OpCodes.Ldarg_1);
-            il.Emit(OpCodes.Ldfld, s_retired);
-            il.Emit(OpCodes.Ldloc, context.Retired!);
-            il.Emit(OpCodes.Conv_I8);
-            il.Emit(OpCodes.Add);
-            il.Emit(OpCodes.Stfld, s_retired);
-            il.EndExceptionBlock();
+            // Every way out but an exception: nothing left for the run loop to count.
             il.MarkLabel(context.Done);
+            il.Emit(OpCodes.Ldarg_1);
+            il.Emit(OpCodes.Ldc_I4_0);
+            il.Emit(OpCodes.Stfld, s_chainedRetired);
             il.Emit(OpCodes.Ldloc, context.Result!);
             il.Emit(OpCodes.Ret);
         }
         var code = (CompiledBlock)method.CreateDelegate(typeof(CompiledBlock), region);
         Prepare(code);
-        return new Result(code, il.ILOffset, throughPointer, region.Length, chained);
+        return new Result(code, il.ILOffset, throughPointer, region.Length, chained, context.InlineForms);
     }
 
     /// <summary>The IL being emitted and, in a region, its locals and pending early exits.</summary>
@@ -166,6 +165,9 @@ public static class BlockCompiler
         public readonly LocalBuilder? EntryRip = chained ? il.DeclareLocal(typeof(ulong)) : null;
         public readonly LocalBuilder? Result = chained ? il.DeclareLocal(typeof(int)) : null;
         public readonly Label Done = il.DefineLabel();
+        public readonly InlineForms.Locals Forms = new(il);
+        /// <summary>Instructions emitted by <see cref="InlineForms"/> rather than through their handler.</summary>
+        public int InlineForms;
         /// <summary>Early exits of the block being emitted: after instruction n - 1 it ended the block.</summary>
         public readonly Dictionary<int, Label> Exits = [];
     }
@@ -183,7 +185,7 @@ public static class BlockCompiler
                 il.Emit(OpCodes.Ldc_I4, n);
                 il.Emit(OpCodes.Add);
                 il.Emit(OpCodes.Stloc, e.Result!);
-                il.Emit(OpCodes.Leave, e.Done);
+                il.Emit(OpCodes.Br, e.Done);
             }
             else
             {
@@ -225,7 +227,16 @@ public static class BlockCompiler
                 il.Emit(OpCodes.Call, s_enter);
                 pendingRip = 0;
             }
-            if (!EmitDirectCall(il, in op, handlers[i], liveAfter[i]))
+            MethodInfo? handler = handlers[i];
+            if (handler is not null && UpdatesFlagsByChoice(handler) && (FlagsWritten(in op) & liveAfter[i]) == 0)
+            {
+                handler = WithoutFlagUpdate(handler); // nothing can observe the flags it would write
+            }
+            if (handler is not null && InlineForms.TryEmit(il, e.Forms, in op, handler))
+            {
+                e.InlineForms++;
+            }
+            else if (!EmitDirectCall(il, in op, handler))
             {
                 EmitPointerCall(il, in op, member, i);
                 throughPointer++;
@@ -289,15 +300,11 @@ public static class BlockCompiler
     /// so that the JIT, inlining the handler, sees every field as a constant. False when the handler is
     /// not a method the map knows or not one marked for inlining.
     /// </summary>
-    static unsafe bool EmitDirectCall(ILGenerator il, in Op op, MethodInfo? handler, uint liveFlagsAfter)
+    static unsafe bool EmitDirectCall(ILGenerator il, in Op op, MethodInfo? handler)
     {
         if (handler is null || (handler.MethodImplementationFlags & MethodImplAttributes.AggressiveInlining) == 0)
         {
             return false; // only handlers meant to be inlined are worth the constant copy (and the JIT's time)
-        }
-        if (UpdatesFlagsByChoice(handler) && (FlagsWritten(in op) & liveFlagsAfter) == 0)
-        {
-            handler = WithoutFlagUpdate(handler); // nothing can observe the flags it would write
         }
         var local = il.DeclareLocal(typeof(Op));
         il.Emit(OpCodes.Ldloca, local);

@@ -1,0 +1,348 @@
+using System.Reflection;
+using System.Reflection.Emit;
+using SharpVisor.Cpu.X86.Decode;
+using SharpVisor.Cpu.X86.Semantics;
+
+namespace SharpVisor.Cpu.X86.Translation;
+
+/// <summary>
+/// IL of the translator's own for the commonest register forms — MOV r,r and r,imm, and the ALU
+/// operations ADD, SUB, AND, OR, XOR, CMP, TEST with a register or immediate source, at 32 and
+/// 64 bits — and for JMP rel and Jcc. It computes exactly what the interpreter's handler computes (the same lazy-flag words,
+/// see <c>Cpu.Flags.cs</c>); every differential case and random program compares the two.
+/// </summary>
+/// <remarks>
+/// Why not inline the handler, as <see cref="BlockCompiler"/> does for other forms: RyuJIT's time
+/// grows with the IL it imports, inlinees included, and a generic handler brings several layers
+/// (the form, the operation, the operand size, the flag producer) plus the constant copy of the
+/// <see cref="Op"/> the JIT must fold: measured ~75 us of JIT per MOV and ~140 us per ADD. This IL
+/// is what remains after that folding, ~10-60 bytes, reading the register file through one byref
+/// local. Anything else — 8/16-bit forms, memory operands, other operations — keeps the handler.
+/// </remarks>
+static class InlineForms
+{
+    const BindingFlags Static = BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public;
+    static readonly MethodInfo s_movRR = typeof(DataMove).GetMethod("MovRR", Static)!;
+    static readonly MethodInfo s_movRI = typeof(DataMove).GetMethod("MovRI", Static)!;
+    static readonly MethodInfo s_aluRR = typeof(Alu).GetMethod("RR", Static)!;
+    static readonly MethodInfo s_aluRI = typeof(Alu).GetMethod("RI", Static)!;
+    static readonly MethodInfo s_jcc = typeof(Control).GetMethod("Jcc", Static)!;
+    static readonly MethodInfo s_jmpRel = typeof(Control).GetMethod("JmpRel", Static)!;
+    static readonly MethodInfo s_branch = typeof(Control).GetMethod(nameof(Control.Branch), Static)!;
+    static readonly MethodInfo s_parity = typeof(Cpu).GetMethod(nameof(Cpu.PF))!;
+    static readonly FieldInfo s_regs = typeof(Cpu).GetField(nameof(Cpu.Regs))!;
+    static readonly FieldInfo s_flagRes = typeof(RegisterFile).GetField(nameof(RegisterFile.FlagRes))!;
+    static readonly FieldInfo s_flagAux = typeof(RegisterFile).GetField(nameof(RegisterFile.FlagAux))!;
+
+    /// <summary>The locals the forms use, declared once per translated method.</summary>
+    public sealed class Locals(ILGenerator il)
+    {
+        /// <summary><c>ref cpu.Regs</c>, set at the method's start (<see cref="Begin"/>).</summary>
+        public readonly LocalBuilder Regs = il.DeclareLocal(typeof(RegisterFile).MakeByRefType());
+        public readonly LocalBuilder A = il.DeclareLocal(typeof(ulong)), B = il.DeclareLocal(typeof(ulong));
+        public readonly LocalBuilder R = il.DeclareLocal(typeof(ulong)), Carries = il.DeclareLocal(typeof(ulong));
+    }
+
+    /// <summary>Emits <c>regs = ref cpu.Regs</c> (argument 1 is the vCPU).</summary>
+    public static void Begin(ILGenerator il, Locals locals)
+    {
+        il.Emit(OpCodes.Ldarg_1);
+        il.Emit(OpCodes.Ldflda, s_regs);
+        il.Emit(OpCodes.Stloc, locals.Regs);
+    }
+
+    /// <summary>Emits the instruction when its form is one of these; false (nothing emitted) otherwise.</summary>
+    public static bool TryEmit(ILGenerator il, Locals l, in Op op, MethodInfo handler)
+    {
+        if (handler == s_jcc || handler == s_jmpRel)
+        {
+            EmitRelativeBranch(il, l, in op, conditional: handler == s_jcc);
+            return true;
+        }
+        if (!handler.IsGenericMethod)
+        {
+            return false;
+        }
+        var definition = handler.GetGenericMethodDefinition();
+        var arguments = handler.GetGenericArguments();
+        int bits = arguments[0] == typeof(S64) ? 64 : arguments[0] == typeof(S32) ? 32 : 0;
+        if (bits == 0)
+        {
+            return false;
+        }
+        if (definition == s_movRR)
+        {
+            EmitSlotAddress(il, l, op.R1);
+            LoadReg(il, l, op.R2, bits);
+            EndStore(il, bits);
+            return true;
+        }
+        if (definition == s_movRI)
+        {
+            EmitSlotAddress(il, l, op.R1);
+            il.Emit(OpCodes.Ldc_I8, (long)op.Imm);
+            EndStore(il, bits);
+            return true;
+        }
+        if (definition != s_aluRR && definition != s_aluRI)
+        {
+            return false;
+        }
+        Type operation = arguments[1];
+        var kind = operation == typeof(OpAdd) ? Kind.Add
+            : operation == typeof(OpSub) || operation == typeof(OpCmp) ? Kind.Sub
+            : operation == typeof(OpAnd) || operation == typeof(OpTest) ? Kind.And
+            : operation == typeof(OpOr) ? Kind.Or
+            : operation == typeof(OpXor) ? Kind.Xor
+            : Kind.None;
+        if (kind == Kind.None)
+        {
+            return false;
+        }
+        bool writesResult = operation != typeof(OpCmp) && operation != typeof(OpTest);
+        bool updatesFlags = arguments[2] == typeof(UpdateFlags);
+        ulong mask = bits == 32 ? 0xFFFF_FFFF : ulong.MaxValue;
+
+        // a = R1, b = R2 or the immediate, r = a op b (masked to the width)
+        LoadReg(il, l, op.R1, bits);
+        il.Emit(OpCodes.Stloc, l.A);
+        if (definition == s_aluRR)
+        {
+            LoadReg(il, l, op.R2, bits);
+        }
+        else
+        {
+            il.Emit(OpCodes.Ldc_I8, (long)(op.Imm & mask));
+        }
+        il.Emit(OpCodes.Stloc, l.B);
+        il.Emit(OpCodes.Ldloc, l.A);
+        il.Emit(OpCodes.Ldloc, l.B);
+        il.Emit(kind switch { Kind.Add => OpCodes.Add, Kind.Sub => OpCodes.Sub, Kind.And => OpCodes.And, Kind.Or => OpCodes.Or, _ => OpCodes.Xor });
+        if (bits == 32)
+        {
+            il.Emit(OpCodes.Conv_U4);
+            il.Emit(OpCodes.Conv_U8);
+        }
+        il.Emit(OpCodes.Stloc, l.R);
+        if (writesResult)
+        {
+            EmitSlotAddress(il, l, op.R1);
+            il.Emit(OpCodes.Ldloc, l.R);
+            EndStore(il, bits);
+        }
+        if (updatesFlags)
+        {
+            EmitFlags(il, l, kind, bits);
+        }
+        return true;
+    }
+
+    enum Kind { None, Add, Sub, And, Or, Xor }
+
+    /// <summary>
+    /// JMP rel and Jcc rel: when taken (Jcc: its condition, SDM Vol. 1 B.1, from the lazy flags), the
+    /// interpreter's <see cref="Control.Branch"/> to (next RIP + displacement) masked to the operand
+    /// size, which checks the target before it replaces the next-RIP slot.
+    /// </summary>
+    static void EmitRelativeBranch(ILGenerator il, Locals l, in Op op, bool conditional)
+    {
+        var notTaken = il.DefineLabel();
+        if (conditional)
+        {
+            int cc = op.Sub;
+            switch (cc >> 1)
+            {
+                case 0: PushOF(il, l); break;
+                case 1: PushCF(il, l); break;
+                case 2: PushZF(il, l); break;
+                case 3: PushCF(il, l); PushZF(il, l); il.Emit(OpCodes.Or); break;
+                case 4: PushSF(il, l); break;
+                case 5: il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Call, s_parity); break;
+                case 6: PushSF(il, l); PushOF(il, l); il.Emit(OpCodes.Xor); break;
+                default: PushZF(il, l); PushSF(il, l); PushOF(il, l); il.Emit(OpCodes.Xor); il.Emit(OpCodes.Or); break;
+            }
+            il.Emit((cc & 1) != 0 ? OpCodes.Brtrue : OpCodes.Brfalse, notTaken); // odd codes are the negations
+        }
+        il.Emit(OpCodes.Ldarg_1);
+        EmitSlotAddress(il, l, RegisterFile.NextRip);
+        il.Emit(OpCodes.Ldind_I8);
+        il.Emit(OpCodes.Ldc_I8, (long)op.Imm);
+        il.Emit(OpCodes.Add);
+        il.Emit(OpCodes.Ldc_I8, (long)op.AddrMask);
+        il.Emit(OpCodes.And);
+        il.Emit(OpCodes.Call, s_branch);
+        il.MarkLabel(notTaken);
+    }
+
+    // The arithmetic flags as 0 or 1 from the lazy words (Cpu.Flags.cs).
+    static void PushCF(ILGenerator il, Locals l) => PushAuxBit(il, l, 0);
+    static void PushOF(ILGenerator il, Locals l) => PushAuxBit(il, l, 11);
+
+    static void PushAuxBit(ILGenerator il, Locals l, int bit)
+    {
+        il.Emit(OpCodes.Ldloc, l.Regs);
+        il.Emit(OpCodes.Ldfld, s_flagAux);
+        if (bit != 0)
+        {
+            il.Emit(OpCodes.Ldc_I4, bit);
+            il.Emit(OpCodes.Shr_Un);
+        }
+        il.Emit(OpCodes.Conv_I4);
+        il.Emit(OpCodes.Ldc_I4_1);
+        il.Emit(OpCodes.And);
+    }
+
+    static void PushZF(ILGenerator il, Locals l)
+    {
+        il.Emit(OpCodes.Ldloc, l.Regs);
+        il.Emit(OpCodes.Ldfld, s_flagRes);
+        il.Emit(OpCodes.Ldc_I4_0);
+        il.Emit(OpCodes.Conv_I8);
+        il.Emit(OpCodes.Ceq);
+    }
+
+    /// <summary>SF = bit 63 of the result, inverted by bit 7 of FlagAux.</summary>
+    static void PushSF(ILGenerator il, Locals l)
+    {
+        il.Emit(OpCodes.Ldloc, l.Regs);
+        il.Emit(OpCodes.Ldfld, s_flagRes);
+        il.Emit(OpCodes.Ldc_I4, 63);
+        il.Emit(OpCodes.Shr_Un);
+        il.Emit(OpCodes.Ldloc, l.Regs);
+        il.Emit(OpCodes.Ldfld, s_flagAux);
+        il.Emit(OpCodes.Ldc_I4_7);
+        il.Emit(OpCodes.Shr_Un);
+        il.Emit(OpCodes.Xor);
+        il.Emit(OpCodes.Conv_I4);
+        il.Emit(OpCodes.Ldc_I4_1);
+        il.Emit(OpCodes.And);
+    }
+
+    /// <summary>
+    /// FlagRes = r sign-extended; FlagAux from the carries (ADD) or borrows (SUB, CMP) out of each bit:
+    /// CF = out of the top bit, OF = CF xor out of the bit below, AF = out of bit 3 — what
+    /// <c>Cpu.FlagsAdd</c>/<c>FlagsSub</c> compute; 0 for the logical operations (<c>FlagsLogic</c>).
+    /// </summary>
+    static void EmitFlags(ILGenerator il, Locals l, Kind kind, int bits)
+    {
+        il.Emit(OpCodes.Ldloc, l.Regs);
+        il.Emit(OpCodes.Ldflda, s_flagRes);
+        il.Emit(OpCodes.Ldloc, l.R);
+        if (bits == 32)
+        {
+            il.Emit(OpCodes.Conv_I4);
+            il.Emit(OpCodes.Conv_I8);
+        }
+        il.Emit(OpCodes.Stind_I8);
+
+        il.Emit(OpCodes.Ldloc, l.Regs);
+        il.Emit(OpCodes.Ldflda, s_flagAux);
+        if (kind is not (Kind.Add or Kind.Sub))
+        {
+            il.Emit(OpCodes.Ldc_I4_0);
+            il.Emit(OpCodes.Conv_I8);
+            il.Emit(OpCodes.Stind_I8);
+            return;
+        }
+        if (kind == Kind.Add)
+        {
+            // carries = (a & b) | ((a | b) & ~r)
+            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.And);
+            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.Or);
+            il.Emit(OpCodes.Ldloc, l.R);
+            il.Emit(OpCodes.Not);
+            il.Emit(OpCodes.And);
+            il.Emit(OpCodes.Or);
+        }
+        else
+        {
+            // borrows = (~a & b) | ((~a | b) & r)
+            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Not);
+            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.And);
+            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Not);
+            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.Or);
+            il.Emit(OpCodes.Ldloc, l.R);
+            il.Emit(OpCodes.And);
+            il.Emit(OpCodes.Or);
+        }
+        il.Emit(OpCodes.Stloc, l.Carries);
+        int top = bits - 1;
+        // CF = (carries >> top) & 1
+        il.Emit(OpCodes.Ldloc, l.Carries);
+        il.Emit(OpCodes.Ldc_I4, top);
+        il.Emit(OpCodes.Shr_Un);
+        il.Emit(OpCodes.Ldc_I4_1);
+        il.Emit(OpCodes.Conv_I8);
+        il.Emit(OpCodes.And);
+        // | (carries << 1) & AF
+        il.Emit(OpCodes.Ldloc, l.Carries);
+        il.Emit(OpCodes.Ldc_I4_1);
+        il.Emit(OpCodes.Shl);
+        il.Emit(OpCodes.Ldc_I4, (int)RFlags.AF);
+        il.Emit(OpCodes.Conv_I8);
+        il.Emit(OpCodes.And);
+        il.Emit(OpCodes.Or);
+        // | ((carries >> top ^ carries >> (top - 1)) & 1) << 11
+        il.Emit(OpCodes.Ldloc, l.Carries);
+        il.Emit(OpCodes.Ldc_I4, top);
+        il.Emit(OpCodes.Shr_Un);
+        il.Emit(OpCodes.Ldloc, l.Carries);
+        il.Emit(OpCodes.Ldc_I4, top - 1);
+        il.Emit(OpCodes.Shr_Un);
+        il.Emit(OpCodes.Xor);
+        il.Emit(OpCodes.Ldc_I4_1);
+        il.Emit(OpCodes.Conv_I8);
+        il.Emit(OpCodes.And);
+        il.Emit(OpCodes.Ldc_I4, 11);
+        il.Emit(OpCodes.Shl);
+        il.Emit(OpCodes.Or);
+        il.Emit(OpCodes.Stind_I8);
+    }
+
+    /// <summary>Pushes general register <paramref name="slot"/> (0-15) at the width: 32 bits zero-extended.</summary>
+    static void LoadReg(ILGenerator il, Locals l, int slot, int bits)
+    {
+        EmitSlotAddress(il, l, slot);
+        il.Emit(OpCodes.Ldind_I8);
+        if (bits == 32)
+        {
+            il.Emit(OpCodes.Conv_U4);
+            il.Emit(OpCodes.Conv_U8);
+        }
+    }
+
+    /// <summary>Stores the value on the stack into the register whose address is below it
+    /// (<see cref="EmitSlotAddress"/>); a 32-bit write zeroes bits 63:32 (SDM Vol. 1 3.4.1.1).</summary>
+    static void EndStore(ILGenerator il, int bits)
+    {
+        if (bits == 32)
+        {
+            il.Emit(OpCodes.Conv_U4);
+            il.Emit(OpCodes.Conv_U8);
+        }
+        il.Emit(OpCodes.Stind_I8);
+    }
+
+    /// <summary>The address of <c>Gpr[slot]</c>: the fixed buffer is the register file's first field.</summary>
+    static void EmitSlotAddress(ILGenerator il, Locals l, int slot)
+    {
+        if (slot is < 0 or >= RegisterFile.Zero and not RegisterFile.NextRip)
+        {
+            throw new InvalidOperationException($"register slot {slot} is not a general register");
+        }
+        il.Emit(OpCodes.Ldloc, l.Regs);
+        if (slot > 0)
+        {
+            il.Emit(OpCodes.Ldc_I4, slot * sizeof(ulong));
+            il.Emit(OpCodes.Add);
+        }
+    }
+}
