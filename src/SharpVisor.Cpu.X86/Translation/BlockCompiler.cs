@@ -232,7 +232,7 @@ public static class BlockCompiler
             {
                 handler = WithoutFlagUpdate(handler); // nothing can observe the flags it would write
             }
-            if (handler is not null && InlineForms.TryEmit(il, e.Forms, in op, handler))
+            if (handler is not null && InlineForms.TryEmit(il, e.Forms, in op, handler, block.Bits))
             {
                 e.InlineForms++;
             }

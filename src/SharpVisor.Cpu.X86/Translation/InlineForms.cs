@@ -6,9 +6,10 @@ using SharpVisor.Cpu.X86.Semantics;
 namespace SharpVisor.Cpu.X86.Translation;
 
 /// <summary>
-/// IL of the translator's own for the commonest register forms — MOV r,r and r,imm, and the ALU
-/// operations ADD, SUB, AND, OR, XOR, CMP, TEST with a register or immediate source, at 32 and
-/// 64 bits — and for JMP rel and Jcc. It computes exactly what the interpreter's handler computes (the same lazy-flag words,
+/// IL of the translator's own for the commonest register forms — MOV r,r and r,imm, the ALU
+/// operations ADD, SUB, AND, OR, XOR, CMP, TEST with a register or immediate source, INC, DEC, at 32 and
+/// 64 bits; LEA, and MOV between a register and memory (the software TLB's fast path inlined through
+/// <c>Cpu.Read64</c> and its kin) — and for JMP rel and Jcc. It computes exactly what the interpreter's handler computes (the same lazy-flag words,
 /// see <c>Cpu.Flags.cs</c>); every differential case and random program compares the two.
 /// </summary>
 /// <remarks>
@@ -30,6 +31,19 @@ static class InlineForms
     static readonly MethodInfo s_jmpRel = typeof(Control).GetMethod("JmpRel", Static)!;
     static readonly MethodInfo s_branch = typeof(Control).GetMethod(nameof(Control.Branch), Static)!;
     static readonly MethodInfo s_parity = typeof(Cpu).GetMethod(nameof(Cpu.PF))!;
+    static readonly MethodInfo s_lea = typeof(DataMove).GetMethod("Lea", Static)!;
+    static readonly MethodInfo s_movRM = typeof(DataMove).GetMethod("MovRM", Static)!;
+    static readonly MethodInfo s_movMR = typeof(DataMove).GetMethod("MovMR", Static)!;
+    static readonly MethodInfo s_read32 = typeof(Cpu).GetMethod(nameof(Cpu.Read32))!;
+    static readonly MethodInfo s_read64 = typeof(Cpu).GetMethod(nameof(Cpu.Read64))!;
+    static readonly MethodInfo s_write32 = typeof(Cpu).GetMethod(nameof(Cpu.Write32))!;
+    static readonly MethodInfo s_write64 = typeof(Cpu).GetMethod(nameof(Cpu.Write64))!;
+    static readonly MethodInfo s_checkSegment = typeof(Cpu).GetMethod(nameof(Cpu.CheckSegmentAccess))!;
+    static readonly MethodInfo s_maybeNonCanonical = typeof(Cpu).GetMethod(nameof(Cpu.MaybeNonCanonical), Static)!;
+    static readonly MethodInfo s_checkCanonical = typeof(Cpu).GetMethod(nameof(Cpu.CheckOperandCanonical))!;
+    static readonly FieldInfo s_linearMask = typeof(RegisterFile).GetField(nameof(RegisterFile.LinearMask))!;
+    static readonly int s_segBaseOffset = (int)System.Runtime.InteropServices.Marshal.OffsetOf<RegisterFile>(nameof(RegisterFile.SegBase));
+    static readonly int s_segCheckOffset = (int)System.Runtime.InteropServices.Marshal.OffsetOf<RegisterFile>(nameof(RegisterFile.SegCheck));
     static readonly FieldInfo s_regs = typeof(Cpu).GetField(nameof(Cpu.Regs))!;
     static readonly FieldInfo s_flagRes = typeof(RegisterFile).GetField(nameof(RegisterFile.FlagRes))!;
     static readonly FieldInfo s_flagAux = typeof(RegisterFile).GetField(nameof(RegisterFile.FlagAux))!;
@@ -52,7 +66,9 @@ static class InlineForms
     }
 
     /// <summary>Emits the instruction when its form is one of these; false (nothing emitted) otherwise.</summary>
-    public static bool TryEmit(ILGenerator il, Locals l, in Op op, MethodInfo handler)
+    /// <param name="codeBits">The code size the block was decoded for (<see cref="Block.Bits"/>): 64-bit
+    /// code has flat segments, so its memory operands need no segment checks.</param>
+    public static bool TryEmit(ILGenerator il, Locals l, in Op op, MethodInfo handler, int codeBits)
     {
         if (handler == s_jcc || handler == s_jmpRel)
         {
@@ -84,6 +100,40 @@ static class InlineForms
             EndStore(il, bits);
             return true;
         }
+        if (definition == s_lea)
+        {
+            EmitSlotAddress(il, l, op.R1);
+            EmitEffectiveAddress(il, l, in op);
+            EndStore(il, bits);
+            return true;
+        }
+        if (definition == s_movRM)
+        {
+            EmitLinear(il, l, in op, codeBits);
+            EmitSlotAddress(il, l, op.R1);
+            il.Emit(OpCodes.Ldarg_1);
+            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Call, bits == 64 ? s_read64 : s_read32);
+            if (bits == 32)
+            {
+                il.Emit(OpCodes.Conv_U8);
+            }
+            il.Emit(OpCodes.Stind_I8);
+            return true;
+        }
+        if (definition == s_movMR)
+        {
+            EmitLinear(il, l, in op, codeBits);
+            il.Emit(OpCodes.Ldarg_1);
+            il.Emit(OpCodes.Ldloc, l.A);
+            LoadReg(il, l, op.R2, bits);
+            if (bits == 32)
+            {
+                il.Emit(OpCodes.Conv_U4);
+            }
+            il.Emit(OpCodes.Call, bits == 64 ? s_write64 : s_write32);
+            return true;
+        }
         if (definition != s_aluRR && definition != s_aluRI)
         {
             return false;
@@ -94,6 +144,8 @@ static class InlineForms
             : operation == typeof(OpAnd) || operation == typeof(OpTest) ? Kind.And
             : operation == typeof(OpOr) ? Kind.Or
             : operation == typeof(OpXor) ? Kind.Xor
+            : operation == typeof(OpInc) && definition == s_aluRI ? Kind.Inc
+            : operation == typeof(OpDec) && definition == s_aluRI ? Kind.Dec
             : Kind.None;
         if (kind == Kind.None)
         {
@@ -112,12 +164,13 @@ static class InlineForms
         }
         else
         {
-            il.Emit(OpCodes.Ldc_I8, (long)(op.Imm & mask));
+            // INC and DEC bind the immediate form with an unused immediate; their operand is 1.
+            il.Emit(OpCodes.Ldc_I8, kind is Kind.Inc or Kind.Dec ? 1L : (long)(op.Imm & mask));
         }
         il.Emit(OpCodes.Stloc, l.B);
         il.Emit(OpCodes.Ldloc, l.A);
         il.Emit(OpCodes.Ldloc, l.B);
-        il.Emit(kind switch { Kind.Add => OpCodes.Add, Kind.Sub => OpCodes.Sub, Kind.And => OpCodes.And, Kind.Or => OpCodes.Or, _ => OpCodes.Xor });
+        il.Emit(kind switch { Kind.Add or Kind.Inc => OpCodes.Add, Kind.Sub or Kind.Dec => OpCodes.Sub, Kind.And => OpCodes.And, Kind.Or => OpCodes.Or, _ => OpCodes.Xor });
         if (bits == 32)
         {
             il.Emit(OpCodes.Conv_U4);
@@ -137,7 +190,102 @@ static class InlineForms
         return true;
     }
 
-    enum Kind { None, Add, Sub, And, Or, Xor }
+    /// <summary>The operation; INC and DEC are ADD and SUB of 1 that keep CF (SDM Vol. 2A INC, DEC).</summary>
+    enum Kind { None, Add, Sub, And, Or, Xor, Inc, Dec }
+
+    /// <summary>Pushes the memory operand's effective address: (base + (index &lt;&lt; scale) + disp) masked to
+    /// the address size, as <see cref="Op.Offset"/>; absent registers (the zero slot) are left out.</summary>
+    static void EmitEffectiveAddress(ILGenerator il, Locals l, in Op op)
+    {
+        bool any = false;
+        if (op.Base != RegisterFile.Zero)
+        {
+            EmitSlotAddress(il, l, op.Base);
+            il.Emit(OpCodes.Ldind_I8);
+            any = true;
+        }
+        if (op.Index != RegisterFile.Zero)
+        {
+            EmitSlotAddress(il, l, op.Index);
+            il.Emit(OpCodes.Ldind_I8);
+            if (op.Scale != 0)
+            {
+                il.Emit(OpCodes.Ldc_I4, (int)op.Scale);
+                il.Emit(OpCodes.Shl);
+            }
+            if (any)
+            {
+                il.Emit(OpCodes.Add);
+            }
+            any = true;
+        }
+        il.Emit(OpCodes.Ldc_I8, op.Disp);
+        if (any)
+        {
+            il.Emit(OpCodes.Add);
+        }
+        if (op.AddrMask != ulong.MaxValue)
+        {
+            il.Emit(OpCodes.Ldc_I8, (long)op.AddrMask);
+            il.Emit(OpCodes.And);
+        }
+    }
+
+    /// <summary>
+    /// Leaves the memory operand's linear address in <see cref="Locals.A"/>, with the checks of
+    /// <see cref="Op.Linear"/>: the segment's limit and type when its <see cref="RegisterFile.SegCheck"/>
+    /// says so (never in 64-bit code, where the segments are flat), then the canonical form.
+    /// </summary>
+    static void EmitLinear(ILGenerator il, Locals l, in Op op, int codeBits)
+    {
+        EmitEffectiveAddress(il, l, in op);
+        il.Emit(OpCodes.Stloc, l.B);
+        bool flat = codeBits == 64 && op.Seg is (byte)Seg.ES or (byte)Seg.CS or (byte)Seg.SS or (byte)Seg.DS or (byte)Seg.None;
+        if (codeBits != 64)
+        {
+            // if (regs.SegCheck[seg] != 0) cpu.CheckSegmentAccess(seg, ea, size, access)
+            var unchecked_ = il.DefineLabel();
+            il.Emit(OpCodes.Ldloc, l.Regs);
+            il.Emit(OpCodes.Ldc_I4, s_segCheckOffset + op.Seg);
+            il.Emit(OpCodes.Add);
+            il.Emit(OpCodes.Ldind_U1);
+            il.Emit(OpCodes.Brfalse, unchecked_);
+            il.Emit(OpCodes.Ldarg_1);
+            il.Emit(OpCodes.Ldc_I4, (int)op.Seg);
+            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.Ldc_I4, (int)op.MemSize);
+            il.Emit(OpCodes.Ldc_I4, (int)op.MemAccess);
+            il.Emit(OpCodes.Call, s_checkSegment);
+            il.MarkLabel(unchecked_);
+        }
+        il.Emit(OpCodes.Ldloc, l.B);
+        if (!flat)
+        {
+            // (regs.SegBase[seg] + ea) & regs.LinearMask
+            il.Emit(OpCodes.Ldloc, l.Regs);
+            il.Emit(OpCodes.Ldc_I4, s_segBaseOffset + op.Seg * sizeof(ulong));
+            il.Emit(OpCodes.Add);
+            il.Emit(OpCodes.Ldind_I8);
+            il.Emit(OpCodes.Add);
+            il.Emit(OpCodes.Ldloc, l.Regs);
+            il.Emit(OpCodes.Ldfld, s_linearMask);
+            il.Emit(OpCodes.And);
+        }
+        il.Emit(OpCodes.Stloc, l.A);
+        // if (Cpu.MaybeNonCanonical(la, size)) cpu.CheckOperandCanonical(la, size, base, flags)
+        var canonical = il.DefineLabel();
+        il.Emit(OpCodes.Ldloc, l.A);
+        il.Emit(OpCodes.Ldc_I4, (int)op.MemSize);
+        il.Emit(OpCodes.Call, s_maybeNonCanonical);
+        il.Emit(OpCodes.Brfalse, canonical);
+        il.Emit(OpCodes.Ldarg_1);
+        il.Emit(OpCodes.Ldloc, l.A);
+        il.Emit(OpCodes.Ldc_I4, (int)op.MemSize);
+        il.Emit(OpCodes.Ldc_I4, (int)op.Base);
+        il.Emit(OpCodes.Ldc_I4, (int)op.Flags);
+        il.Emit(OpCodes.Call, s_checkCanonical);
+        il.MarkLabel(canonical);
+    }
 
     /// <summary>
     /// JMP rel and Jcc rel: when taken (Jcc: its condition, SDM Vol. 1 B.1, from the lazy flags), the
@@ -237,14 +385,23 @@ static class InlineForms
 
         il.Emit(OpCodes.Ldloc, l.Regs);
         il.Emit(OpCodes.Ldflda, s_flagAux);
-        if (kind is not (Kind.Add or Kind.Sub))
+        if (kind is Kind.Inc or Kind.Dec)
+        {
+            // the old CF, kept
+            il.Emit(OpCodes.Ldloc, l.Regs);
+            il.Emit(OpCodes.Ldfld, s_flagAux);
+            il.Emit(OpCodes.Ldc_I4_1);
+            il.Emit(OpCodes.Conv_I8);
+            il.Emit(OpCodes.And);
+        }
+        if (kind is not (Kind.Add or Kind.Sub or Kind.Inc or Kind.Dec))
         {
             il.Emit(OpCodes.Ldc_I4_0);
             il.Emit(OpCodes.Conv_I8);
             il.Emit(OpCodes.Stind_I8);
             return;
         }
-        if (kind == Kind.Add)
+        if (kind is Kind.Add or Kind.Inc)
         {
             // carries = (a & b) | ((a | b) & ~r)
             il.Emit(OpCodes.Ldloc, l.A);
@@ -304,6 +461,15 @@ static class InlineForms
         il.Emit(OpCodes.Ldc_I4, 11);
         il.Emit(OpCodes.Shl);
         il.Emit(OpCodes.Or);
+        if (kind is Kind.Inc or Kind.Dec)
+        {
+            // CF computed is dropped for the old one below it on the stack
+            il.Emit(OpCodes.Ldc_I4_1);
+            il.Emit(OpCodes.Conv_I8);
+            il.Emit(OpCodes.Not);
+            il.Emit(OpCodes.And);
+            il.Emit(OpCodes.Or);
+        }
         il.Emit(OpCodes.Stind_I8);
     }
 
@@ -334,7 +500,7 @@ static class InlineForms
     /// <summary>The address of <c>Gpr[slot]</c>: the fixed buffer is the register file's first field.</summary>
     static void EmitSlotAddress(ILGenerator il, Locals l, int slot)
     {
-        if (slot is < 0 or >= RegisterFile.Zero and not RegisterFile.NextRip)
+        if (slot is < 0 or > RegisterFile.NextRip)
         {
             throw new InvalidOperationException($"register slot {slot} is not a general register");
         }

@@ -99,6 +99,39 @@ public class SegmentLimitTests
         Assert.Equal(Code, g.C.Rip);
     }
 
+    /// <summary>
+    /// The same checks in translated code (<see cref="Translation.BlockCompiler"/> emits its own IL
+    /// for 32-bit loads and stores): a dword load or store one byte past the limit raises #GP(0) at
+    /// the instruction, with nothing loaded or written; within the limit the access happens.
+    /// </summary>
+    [Fact]
+    public void TranslatedLoadsAndStoresCheckTheLimit()
+    {
+        using var g = new Guest().Protected32();
+        g.Load(Seg.DS, Desc((uint)DataBase, 0xFFF, ReadWrite));
+        g.M.Ram.WriteU32(DataBase + 0xFFC, 0x1234_5678);
+        int? RunTranslated(Action<Assembler> build)
+        {
+            g.M.Asm(Code, 32, a => { build(a); a.hlt(); });
+            g.C.Rip = Code - g.C.Segs[(int)Seg.CS].Base;
+            return g.C.RunBlockForTest(translated: true);
+        }
+
+        g.C.Rbx = 0xFFC;
+        Assert.Null(RunTranslated(a => a.mov(eax, __dword_ptr[ebx])));
+        Assert.Equal(0x1234_5678UL, g.C.Rax);
+        g.C.Rbx = 0xFFD;
+        g.C.Rax = 0xABCD;
+        Assert.Equal(Vector.GP, RunTranslated(a => a.mov(eax, __dword_ptr[ebx])));
+        Assert.Equal(Code, g.C.Rip);
+        Assert.Equal(0xABCDUL, g.C.Rax); // no effect
+        Assert.Equal(Vector.GP, RunTranslated(a => a.mov(__dword_ptr[ebx], eax)));
+        Assert.Equal(0x1234_5678u, g.M.Ram.ReadU32(DataBase + 0xFFC)); // nothing written
+        g.C.Rbx = 0xFFC;
+        Assert.Null(RunTranslated(a => a.mov(__dword_ptr[ebx], eax)));
+        Assert.Equal(0xABCDu, g.M.Ram.ReadU32(DataBase + 0xFFC));
+    }
+
     /// <summary>SDM 5.3: every byte of a multi-byte access must be within the limit (offset + size - 1 ≤ limit).</summary>
     [Fact]
     public void DwordStraddlingTheLimitFaults()
