@@ -9,7 +9,8 @@ namespace SharpVisor.Cpu.X86.Translation;
 /// IL of the translator's own for the commonest register forms — MOV r,r and r,imm, the ALU
 /// operations ADD, SUB, AND, OR, XOR, CMP, TEST with a register or immediate source, INC, DEC, at 32 and
 /// 64 bits; LEA, and MOV between a register and memory (the software TLB's fast path inlined through
-/// <c>Cpu.Read64</c> and its kin) — and for JMP rel and Jcc. It computes exactly what the interpreter's handler computes (the same lazy-flag words,
+/// <c>Cpu.Read64</c> and its kin); PUSH/POP of a register, CALL rel and RET in 64-bit code — and
+/// for JMP rel and Jcc. It computes exactly what the interpreter's handler computes (the same lazy-flag words,
 /// see <c>Cpu.Flags.cs</c>); every differential case and random program compares the two.
 /// </summary>
 /// <remarks>
@@ -31,6 +32,12 @@ static class InlineForms
     static readonly MethodInfo s_jmpRel = typeof(Control).GetMethod("JmpRel", Static)!;
     static readonly MethodInfo s_branch = typeof(Control).GetMethod(nameof(Control.Branch), Static)!;
     static readonly MethodInfo s_parity = typeof(Cpu).GetMethod(nameof(Cpu.PF))!;
+    static readonly MethodInfo s_pushR = typeof(Stack).GetMethod("PushR", Static)!;
+    static readonly MethodInfo s_popR = typeof(Stack).GetMethod("PopR", Static)!;
+    static readonly MethodInfo s_callRel = typeof(Control).GetMethod("CallRel", Static)!;
+    static readonly MethodInfo s_ret = typeof(Control).GetMethod("Ret", Static)!;
+    static readonly MethodInfo s_checkStackCanonical = typeof(Cpu).GetMethod("CheckStackCanonical", BindingFlags.Instance | BindingFlags.NonPublic)!;
+    static readonly MethodInfo s_checkBranchTarget = typeof(Cpu).GetMethod(nameof(Cpu.CheckNearBranchTarget))!;
     static readonly MethodInfo s_lea = typeof(DataMove).GetMethod("Lea", Static)!;
     static readonly MethodInfo s_movRM = typeof(DataMove).GetMethod("MovRM", Static)!;
     static readonly MethodInfo s_movMR = typeof(DataMove).GetMethod("MovMR", Static)!;
@@ -98,6 +105,10 @@ static class InlineForms
             EmitSlotAddress(il, l, op.R1);
             il.Emit(OpCodes.Ldc_I8, (long)op.Imm);
             EndStore(il, bits);
+            return true;
+        }
+        if (codeBits == 64 && bits == 64 && EmitStackForm(il, l, in op, definition))
+        {
             return true;
         }
         if (definition == s_lea)
@@ -192,6 +203,119 @@ static class InlineForms
 
     /// <summary>The operation; INC and DEC are ADD and SUB of 1 that keep CF (SDM Vol. 2A INC, DEC).</summary>
     enum Kind { None, Add, Sub, And, Or, Xor, Inc, Dec }
+
+    /// <summary>
+    /// PUSH r64, POP r64, CALL rel and RET in 64-bit code, where the stack is flat and 64 bits wide:
+    /// what <c>Cpu.Push</c>, <c>PeekStack</c> and <c>AdjustStack</c> do there — the canonical check of
+    /// the stack address (#SS), the access, then RSP; a branch target is checked before RIP changes.
+    /// </summary>
+    static bool EmitStackForm(ILGenerator il, Locals l, in Op op, MethodInfo definition)
+    {
+        if (definition == s_pushR)
+        {
+            LoadReg(il, l, op.R1, 64); // PUSH RSP pushes the value before the decrement
+            il.Emit(OpCodes.Stloc, l.B);
+            EmitPush(il, l);
+            return true;
+        }
+        if (definition == s_popR)
+        {
+            EmitStackTop(il, l); // value in B, RSP in A
+            EmitSlotAddress(il, l, 4);
+            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Ldc_I4_8);
+            il.Emit(OpCodes.Conv_I8);
+            il.Emit(OpCodes.Add);
+            il.Emit(OpCodes.Stind_I8);
+            EmitSlotAddress(il, l, op.R1); // POP RSP loads the popped value, after the increment
+            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.Stind_I8);
+            return true;
+        }
+        if (definition == s_callRel)
+        {
+            // target = (next RIP + displacement) & mask, checked before the push
+            EmitSlotAddress(il, l, RegisterFile.NextRip);
+            il.Emit(OpCodes.Ldind_I8);
+            il.Emit(OpCodes.Stloc, l.B);
+            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.Ldc_I8, (long)op.Imm);
+            il.Emit(OpCodes.Add);
+            il.Emit(OpCodes.Ldc_I8, (long)op.AddrMask);
+            il.Emit(OpCodes.And);
+            il.Emit(OpCodes.Stloc, l.R);
+            il.Emit(OpCodes.Ldarg_1);
+            il.Emit(OpCodes.Ldloc, l.R);
+            il.Emit(OpCodes.Call, s_checkBranchTarget);
+            EmitPush(il, l);
+            EmitSlotAddress(il, l, RegisterFile.NextRip);
+            il.Emit(OpCodes.Ldloc, l.R);
+            il.Emit(OpCodes.Stind_I8);
+            return true;
+        }
+        if (definition == s_ret)
+        {
+            EmitStackTop(il, l);
+            il.Emit(OpCodes.Ldarg_1);
+            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.Call, s_checkBranchTarget);
+            EmitSlotAddress(il, l, 4);
+            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Ldc_I8, 8 + (long)op.Imm); // RET imm16 releases that many more bytes
+            il.Emit(OpCodes.Add);
+            il.Emit(OpCodes.Stind_I8);
+            EmitSlotAddress(il, l, RegisterFile.NextRip);
+            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.Stind_I8);
+            return true;
+        }
+        return false;
+    }
+
+    /// <summary>Pushes <see cref="Locals.B"/>: RSP - 8 checked, written, then RSP updated.</summary>
+    static void EmitPush(ILGenerator il, Locals l)
+    {
+        LoadReg(il, l, 4, 64);
+        il.Emit(OpCodes.Ldc_I4_8);
+        il.Emit(OpCodes.Conv_I8);
+        il.Emit(OpCodes.Sub);
+        il.Emit(OpCodes.Stloc, l.A);
+        EmitStackCanonicalCheck(il, l);
+        il.Emit(OpCodes.Ldarg_1);
+        il.Emit(OpCodes.Ldloc, l.A);
+        il.Emit(OpCodes.Ldloc, l.B);
+        il.Emit(OpCodes.Call, s_write64);
+        EmitSlotAddress(il, l, 4);
+        il.Emit(OpCodes.Ldloc, l.A);
+        il.Emit(OpCodes.Stind_I8);
+    }
+
+    /// <summary>The quadword at the top of the stack into <see cref="Locals.B"/>, RSP into <see cref="Locals.A"/>.</summary>
+    static void EmitStackTop(ILGenerator il, Locals l)
+    {
+        LoadReg(il, l, 4, 64);
+        il.Emit(OpCodes.Stloc, l.A);
+        EmitStackCanonicalCheck(il, l);
+        il.Emit(OpCodes.Ldarg_1);
+        il.Emit(OpCodes.Ldloc, l.A);
+        il.Emit(OpCodes.Call, s_read64);
+        il.Emit(OpCodes.Stloc, l.B);
+    }
+
+    /// <summary>if (Cpu.MaybeNonCanonical(A, 8)) cpu.CheckStackCanonical(A, 8): #SS(0) for a non-canonical stack access.</summary>
+    static void EmitStackCanonicalCheck(ILGenerator il, Locals l)
+    {
+        var canonical = il.DefineLabel();
+        il.Emit(OpCodes.Ldloc, l.A);
+        il.Emit(OpCodes.Ldc_I4_8);
+        il.Emit(OpCodes.Call, s_maybeNonCanonical);
+        il.Emit(OpCodes.Brfalse, canonical);
+        il.Emit(OpCodes.Ldarg_1);
+        il.Emit(OpCodes.Ldloc, l.A);
+        il.Emit(OpCodes.Ldc_I4_8);
+        il.Emit(OpCodes.Call, s_checkStackCanonical);
+        il.MarkLabel(canonical);
+    }
 
     /// <summary>Pushes the memory operand's effective address: (base + (index &lt;&lt; scale) + disp) masked to
     /// the address size, as <see cref="Op.Offset"/>; absent registers (the zero slot) are left out.</summary>

@@ -243,4 +243,32 @@ public sealed unsafe class TranslatedCodeTests
         // on its load after its ADD and JMP, and the run loop counts the faulting instruction too.
         Assert.Equal(511 * 6 + 2 + 1, pair.Translated.Cpu.InstructionsRetired);
     }
+
+    [Fact]
+    public void PUSH_RSP_and_POP_RSP_use_the_stack_pointer_as_the_architecture_says()
+    {
+        // PUSH RSP stores RSP as it was before the push; POP RSP loads the popped value after the
+        // increment (SDM Vol. 2B PUSH, POP). The translator has its own IL for both.
+        byte[] code = TierPair.Assemble(Code, a =>
+        {
+            a.push(rsp);
+            a.pop(rax);
+            a.push(rbx);
+            a.pop(rsp);
+            a.ud2();
+        });
+        using var pair = Load(code);
+        pair.Both(m =>
+        {
+            m.Cpu.Rsp = 0x80000;
+            m.Cpu.Rbp = 0x1111;
+            m.Cpu.Rbx = 0x7_0000;
+        });
+        pair.Compare(0x80000 - 0x100, 0x200);
+
+        Assert.Equal<int?>(Vector.UD, pair.Run(end: ulong.MaxValue));
+
+        Assert.Equal(0x80000UL, pair.Translated.Cpu.Rax);
+        Assert.Equal(0x7_0000UL, pair.Translated.Cpu.Rsp);
+    }
 }
