@@ -16,14 +16,16 @@ namespace SharpVisor.Cpu.X86.Translation;
 public delegate int CompiledBlock(Cpu cpu, ref Op first);
 
 /// <summary>
-/// Translates a decoded <see cref="Block"/> into a .NET method (a <see cref="DynamicMethod"/>, which
-/// the runtime collects once nothing refers to it).
+/// Translates a decoded <see cref="Block"/>, or a region of blocks (<see cref="RegionBuilder"/>), into
+/// a .NET method (a <see cref="DynamicMethod"/>, which the runtime collects once nothing refers to it).
 /// </summary>
 /// <remarks>
-/// The semantics are the interpreter's own handlers, so both tiers compute the same bits by
-/// construction. What translation removes is the interpreter's per-instruction work: the dispatch
-/// through <see cref="Op.Exec"/>, the loop, and the reads of the <see cref="Op"/>'s fields. Each
-/// instruction becomes a direct <c>call</c> of its handler on a local copy of its <see cref="Op"/>
+/// What translation removes is the interpreter's per-instruction work: the dispatch through
+/// <see cref="Op.Exec"/>, the loop, and the reads of the <see cref="Op"/>'s fields. The commonest
+/// forms get IL of the translator's own (<see cref="InlineForms"/>), checked against the
+/// interpreter by every differential case. For the others the semantics are the interpreter's own
+/// handlers, so both tiers compute the same bits by construction: such an instruction becomes a
+/// direct <c>call</c> of its handler on a local copy of its <see cref="Op"/>
 /// whose fields are IL constants; the JIT inlines the handler and folds those constants (register
 /// slots become fixed offsets, immediates and displacements become instruction operands). That is
 /// done for the handlers marked <see cref="MethodImplOptions.AggressiveInlining"/> — the common
