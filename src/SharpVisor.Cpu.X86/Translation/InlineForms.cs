@@ -8,7 +8,7 @@ namespace SharpVisor.Cpu.X86.Translation;
 /// <summary>
 /// IL of the translator's own for the commonest register forms — MOV r,r and r,imm, the ALU
 /// operations ADD, SUB, AND, OR, XOR, CMP, TEST with a register or immediate source, INC, DEC, at 32 and
-/// 64 bits; LEA, and MOV between a register and memory (the software TLB's fast path inlined through
+/// 64 bits; LEA, MOVZX/MOVSX loads and MOV between a register and memory (the software TLB's fast path inlined through
 /// <c>Cpu.Read64</c> and its kin); PUSH/POP of a register, CALL rel and RET in 64-bit code — and
 /// for JMP rel and Jcc. It computes exactly what the interpreter's handler computes (the same lazy-flag words,
 /// see <c>Cpu.Flags.cs</c>); every differential case and random program compares the two.
@@ -41,6 +41,9 @@ static class InlineForms
     static readonly MethodInfo s_lea = typeof(DataMove).GetMethod("Lea", Static)!;
     static readonly MethodInfo s_movRM = typeof(DataMove).GetMethod("MovRM", Static)!;
     static readonly MethodInfo s_movMR = typeof(DataMove).GetMethod("MovMR", Static)!;
+    static readonly MethodInfo s_extendM = typeof(DataMove).GetMethod("ExtendM", Static)!;
+    static readonly MethodInfo s_read8 = typeof(Cpu).GetMethod(nameof(Cpu.Read8))!;
+    static readonly MethodInfo s_read16 = typeof(Cpu).GetMethod(nameof(Cpu.Read16))!;
     static readonly MethodInfo s_read32 = typeof(Cpu).GetMethod(nameof(Cpu.Read32))!;
     static readonly MethodInfo s_read64 = typeof(Cpu).GetMethod(nameof(Cpu.Read64))!;
     static readonly MethodInfo s_write32 = typeof(Cpu).GetMethod(nameof(Cpu.Write32))!;
@@ -130,6 +133,26 @@ static class InlineForms
                 il.Emit(OpCodes.Conv_U8);
             }
             il.Emit(OpCodes.Stind_I8);
+            return true;
+        }
+        if (definition == s_extendM && op.Aux is 1 or 2 or 4)
+        {
+            // MOVZX/MOVSX/MOVSXD from memory: a byte, word or dword, zero- or sign-extended (Sub 1).
+            EmitLinear(il, l, in op, codeBits);
+            EmitSlotAddress(il, l, op.R1);
+            il.Emit(OpCodes.Ldarg_1);
+            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Call, op.Aux switch { 1 => s_read8, 2 => s_read16, _ => s_read32 });
+            if (op.Sub == 0)
+            {
+                il.Emit(OpCodes.Conv_U8);
+            }
+            else
+            {
+                il.Emit(op.Aux switch { 1 => OpCodes.Conv_I1, 2 => OpCodes.Conv_I2, _ => OpCodes.Conv_I4 });
+                il.Emit(OpCodes.Conv_I8);
+            }
+            EndStore(il, bits);
             return true;
         }
         if (definition == s_movMR)
