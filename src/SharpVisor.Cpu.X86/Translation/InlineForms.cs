@@ -28,6 +28,9 @@ static class InlineForms
     static readonly MethodInfo s_movRI = typeof(DataMove).GetMethod("MovRI", Static)!;
     static readonly MethodInfo s_aluRR = typeof(Alu).GetMethod("RR", Static)!;
     static readonly MethodInfo s_aluRI = typeof(Alu).GetMethod("RI", Static)!;
+    static readonly MethodInfo s_aluRM = typeof(Alu).GetMethod("RM", Static)!;
+    static readonly MethodInfo s_aluMR = typeof(Alu).GetMethod("MR", Static)!;
+    static readonly MethodInfo s_aluMI = typeof(Alu).GetMethod("MI", Static)!;
     static readonly MethodInfo s_jcc = typeof(Control).GetMethod("Jcc", Static)!;
     static readonly MethodInfo s_jmpRel = typeof(Control).GetMethod("JmpRel", Static)!;
     static readonly MethodInfo s_branch = typeof(Control).GetMethod(nameof(Control.Branch), Static)!;
@@ -65,6 +68,8 @@ static class InlineForms
         public readonly LocalBuilder Regs = il.DeclareLocal(typeof(RegisterFile).MakeByRefType());
         public readonly LocalBuilder A = il.DeclareLocal(typeof(ulong)), B = il.DeclareLocal(typeof(ulong));
         public readonly LocalBuilder R = il.DeclareLocal(typeof(ulong)), Carries = il.DeclareLocal(typeof(ulong));
+        /// <summary>A memory operand's linear address (<see cref="EmitLinear"/>).</summary>
+        public readonly LocalBuilder Address = il.DeclareLocal(typeof(ulong));
     }
 
     /// <summary>Emits <c>regs = ref cpu.Regs</c> (argument 1 is the vCPU).</summary>
@@ -126,7 +131,7 @@ static class InlineForms
             EmitLinear(il, l, in op, codeBits);
             EmitSlotAddress(il, l, op.R1);
             il.Emit(OpCodes.Ldarg_1);
-            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Ldloc, l.Address);
             il.Emit(OpCodes.Call, bits == 64 ? s_read64 : s_read32);
             if (bits == 32)
             {
@@ -141,7 +146,7 @@ static class InlineForms
             EmitLinear(il, l, in op, codeBits);
             EmitSlotAddress(il, l, op.R1);
             il.Emit(OpCodes.Ldarg_1);
-            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Ldloc, l.Address);
             il.Emit(OpCodes.Call, op.Aux switch { 1 => s_read8, 2 => s_read16, _ => s_read32 });
             if (op.Sub == 0)
             {
@@ -159,7 +164,7 @@ static class InlineForms
         {
             EmitLinear(il, l, in op, codeBits);
             il.Emit(OpCodes.Ldarg_1);
-            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Ldloc, l.Address);
             LoadReg(il, l, op.R2, bits);
             if (bits == 32)
             {
@@ -168,7 +173,11 @@ static class InlineForms
             il.Emit(OpCodes.Call, bits == 64 ? s_write64 : s_write32);
             return true;
         }
-        if (definition != s_aluRR && definition != s_aluRI)
+        // The ALU forms: RR and RI (flag update by choice), RM, MR and MI (flags always; MR and MI
+        // write memory unless they only compare). LOCKed forms have handlers of their own.
+        bool memorySource = definition == s_aluRM;
+        bool memoryDestination = definition == s_aluMR || definition == s_aluMI;
+        if (definition != s_aluRR && definition != s_aluRI && !memorySource && !memoryDestination)
         {
             return false;
         }
@@ -178,23 +187,38 @@ static class InlineForms
             : operation == typeof(OpAnd) || operation == typeof(OpTest) ? Kind.And
             : operation == typeof(OpOr) ? Kind.Or
             : operation == typeof(OpXor) ? Kind.Xor
-            : operation == typeof(OpInc) && definition == s_aluRI ? Kind.Inc
-            : operation == typeof(OpDec) && definition == s_aluRI ? Kind.Dec
+            : operation == typeof(OpInc) && (definition == s_aluRI || definition == s_aluMI) ? Kind.Inc
+            : operation == typeof(OpDec) && (definition == s_aluRI || definition == s_aluMI) ? Kind.Dec
             : Kind.None;
         if (kind == Kind.None)
         {
             return false;
         }
         bool writesResult = operation != typeof(OpCmp) && operation != typeof(OpTest);
-        bool updatesFlags = arguments[2] == typeof(UpdateFlags);
+        bool updatesFlags = arguments.Length < 3 || arguments[2] == typeof(UpdateFlags);
         ulong mask = bits == 32 ? 0xFFFF_FFFF : ulong.MaxValue;
 
-        // a = R1, b = R2 or the immediate, r = a op b (masked to the width)
-        LoadReg(il, l, op.R1, bits);
+        // a = R1 or memory, b = R2, the immediate or memory, r = a op b (masked to the width)
+        if (memorySource || memoryDestination)
+        {
+            EmitLinear(il, l, in op, codeBits);
+        }
+        if (memoryDestination)
+        {
+            EmitLoad(il, l, bits);
+        }
+        else
+        {
+            LoadReg(il, l, op.R1, bits);
+        }
         il.Emit(OpCodes.Stloc, l.A);
-        if (definition == s_aluRR)
+        if (definition == s_aluRR || definition == s_aluMR)
         {
             LoadReg(il, l, op.R2, bits);
+        }
+        else if (memorySource)
+        {
+            EmitLoad(il, l, bits);
         }
         else
         {
@@ -211,7 +235,25 @@ static class InlineForms
             il.Emit(OpCodes.Conv_U8);
         }
         il.Emit(OpCodes.Stloc, l.R);
-        if (writesResult)
+        if (updatesFlags && memoryDestination)
+        {
+            // Before the store, as the interpreter's handler does: a store that faults leaves the
+            // flags already updated (a known imprecision of both tiers; see the issue 10 notes).
+            EmitFlags(il, l, kind, bits);
+            updatesFlags = false;
+        }
+        if (writesResult && memoryDestination)
+        {
+            il.Emit(OpCodes.Ldarg_1);
+            il.Emit(OpCodes.Ldloc, l.Address);
+            il.Emit(OpCodes.Ldloc, l.R);
+            if (bits == 32)
+            {
+                il.Emit(OpCodes.Conv_U4);
+            }
+            il.Emit(OpCodes.Call, bits == 64 ? s_write64 : s_write32);
+        }
+        else if (writesResult)
         {
             EmitSlotAddress(il, l, op.R1);
             il.Emit(OpCodes.Ldloc, l.R);
@@ -222,6 +264,18 @@ static class InlineForms
             EmitFlags(il, l, kind, bits);
         }
         return true;
+    }
+
+    /// <summary>Pushes the operand at <see cref="Locals.Address"/>, zero-extended.</summary>
+    static void EmitLoad(ILGenerator il, Locals l, int bits)
+    {
+        il.Emit(OpCodes.Ldarg_1);
+        il.Emit(OpCodes.Ldloc, l.Address);
+        il.Emit(OpCodes.Call, bits == 64 ? s_read64 : s_read32);
+        if (bits == 32)
+        {
+            il.Emit(OpCodes.Conv_U8);
+        }
     }
 
     /// <summary>The operation; INC and DEC are ADD and SUB of 1 that keep CF (SDM Vol. 2A INC, DEC).</summary>
@@ -379,7 +433,7 @@ static class InlineForms
     }
 
     /// <summary>
-    /// Leaves the memory operand's linear address in <see cref="Locals.A"/>, with the checks of
+    /// Leaves the memory operand's linear address in <see cref="Locals.Address"/>, with the checks of
     /// <see cref="Op.Linear"/>: the segment's limit and type when its <see cref="RegisterFile.SegCheck"/>
     /// says so (never in 64-bit code, where the segments are flat), then the canonical form.
     /// </summary>
@@ -418,15 +472,15 @@ static class InlineForms
             il.Emit(OpCodes.Ldfld, s_linearMask);
             il.Emit(OpCodes.And);
         }
-        il.Emit(OpCodes.Stloc, l.A);
+        il.Emit(OpCodes.Stloc, l.Address);
         // if (Cpu.MaybeNonCanonical(la, size)) cpu.CheckOperandCanonical(la, size, base, flags)
         var canonical = il.DefineLabel();
-        il.Emit(OpCodes.Ldloc, l.A);
+        il.Emit(OpCodes.Ldloc, l.Address);
         il.Emit(OpCodes.Ldc_I4, (int)op.MemSize);
         il.Emit(OpCodes.Call, s_maybeNonCanonical);
         il.Emit(OpCodes.Brfalse, canonical);
         il.Emit(OpCodes.Ldarg_1);
-        il.Emit(OpCodes.Ldloc, l.A);
+        il.Emit(OpCodes.Ldloc, l.Address);
         il.Emit(OpCodes.Ldc_I4, (int)op.MemSize);
         il.Emit(OpCodes.Ldc_I4, (int)op.Base);
         il.Emit(OpCodes.Ldc_I4, (int)op.Flags);

@@ -271,4 +271,32 @@ public sealed unsafe class TranslatedCodeTests
         Assert.Equal(0x80000UL, pair.Translated.Cpu.Rax);
         Assert.Equal(0x7_0000UL, pair.Translated.Cpu.Rsp);
     }
+
+    [Fact]
+    public void A_read_modify_write_whose_store_faults_ends_as_interpreted()
+    {
+        // ADD [m], r on a read-only page (CR0.WP): the load succeeds, the store raises #PF. RIP, the
+        // registers, the flags and memory must be what the interpreter leaves (TierPair compares all).
+        const ulong ReadOnly = 0x23000;
+        byte[] code = TierPair.Assemble(Code, a =>
+        {
+            a.cmp(eax, eax);
+            a.add(__dword_ptr[rbx], ecx);
+            a.ud2();
+        });
+        using var pair = Load(code);
+        pair.Both(m =>
+        {
+            m.Ram.WriteU32(ReadOnly, 0x7FFF_FFFF);
+            m.MakeReadOnly(ReadOnly);
+            m.Cpu.Rbx = ReadOnly;
+            m.Cpu.Rcx = 1;
+        });
+        pair.Compare(ReadOnly, 8);
+
+        Assert.Equal<int?>(Vector.PF, pair.RunBlock());
+
+        Assert.Equal(Code + 2, pair.Translated.Cpu.Rip);
+        Assert.Equal(0x7FFF_FFFFu, pair.Translated.Ram.ReadU32(ReadOnly));
+    }
 }
