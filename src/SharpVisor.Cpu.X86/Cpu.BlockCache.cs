@@ -74,11 +74,11 @@ public sealed unsafe partial class Cpu
         }
         ulong la = (Regs.SegBase[(int)Seg.CS] + Rip) & Regs.LinearMask;
         long codeWrites = Ram.CodeWrites;
-        if (previous.Link0.Linear == la && previous.Link0.MapEpoch == _codeMapEpoch && previous.Link0.CodeWrites == codeWrites && previous.Link0.Target is { } first)
+        if (previous.Link0.Linear == la && previous.Link0.IsCurrent(_codeMapEpoch, codeWrites) && previous.Link0.Target is { } first)
         {
             return first;
         }
-        if (previous.Link1.Linear == la && previous.Link1.MapEpoch == _codeMapEpoch && previous.Link1.CodeWrites == codeWrites && previous.Link1.Target is { } second)
+        if (previous.Link1.Linear == la && previous.Link1.IsCurrent(_codeMapEpoch, codeWrites) && previous.Link1.Target is { } second)
         {
             return second;
         }
@@ -97,8 +97,7 @@ public sealed unsafe partial class Cpu
         {
             // The older link goes unless it is still valid (a branch's other side); a stale one is
             // dropped either way, so links do not keep superseded blocks alive.
-            bool keepOlder = previous.Link0.MapEpoch == epoch && previous.Link0.CodeWrites == codeWrites;
-            previous.Link1 = keepOlder ? previous.Link0 : default;
+            previous.Link1 = previous.Link0.IsCurrent(epoch, codeWrites) ? previous.Link0 : default;
             previous.Link0 = new BlockLink { Target = b, Linear = la, MapEpoch = epoch, CodeWrites = codeWrites };
         }
         return b;

@@ -160,4 +160,7 @@ public struct BlockLink
     public ulong Linear;
     public long MapEpoch;
     public long CodeWrites;
+
+    /// <summary>Nothing the link depends on has changed since it was made.</summary>
+    public readonly bool IsCurrent(long mapEpoch, long codeWrites) => MapEpoch == mapEpoch && CodeWrites == codeWrites;
 }

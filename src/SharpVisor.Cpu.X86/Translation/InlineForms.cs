@@ -6,12 +6,12 @@ using SharpVisor.Cpu.X86.Semantics;
 namespace SharpVisor.Cpu.X86.Translation;
 
 /// <summary>
-/// IL of the translator's own for the commonest register forms — MOV r,r and r,imm, the ALU
-/// operations ADD, SUB, AND, OR, XOR, CMP, TEST with a register or immediate source, INC, DEC, at 32 and
-/// 64 bits; LEA, MOVZX/MOVSX loads and MOV between a register and memory (the software TLB's fast path inlined through
-/// <c>Cpu.Read64</c> and its kin); PUSH/POP of a register, CALL rel and RET in 64-bit code — and
-/// for JMP rel and Jcc. It computes exactly what the interpreter's handler computes (the same lazy-flag words,
-/// see <c>Cpu.Flags.cs</c>); every differential case and random program compares the two.
+/// IL of the translator's own for the commonest forms, at 32 and 64 bits: MOV r,r and r,imm; ADD,
+/// SUB, AND, OR, XOR, CMP, TEST with register, immediate or memory operands, and INC, DEC; LEA;
+/// MOVZX/MOVSX loads and MOV between a register and memory (the software TLB's fast path inlined
+/// through <c>Cpu.Read64</c> and its kin); PUSH/POP of a register, CALL rel and RET in 64-bit code;
+/// JMP rel and Jcc. It computes exactly what the interpreter's handler computes (the same lazy-flag
+/// words, see <c>Cpu.Flags.cs</c>); every differential case and random program compares the two.
 /// </summary>
 /// <remarks>
 /// Why not inline the handler, as <see cref="BlockCompiler"/> does for other forms: RyuJIT's time
@@ -19,7 +19,8 @@ namespace SharpVisor.Cpu.X86.Translation;
 /// (the form, the operation, the operand size, the flag producer) plus the constant copy of the
 /// <see cref="Op"/> the JIT must fold: measured ~75 us of JIT per MOV and ~140 us per ADD. This IL
 /// is what remains after that folding, ~10-60 bytes, reading the register file through one byref
-/// local. Anything else — 8/16-bit forms, memory operands, other operations — keeps the handler.
+/// local. Anything else — 8/16-bit forms, LOCK, other operations, the stack outside 64-bit code —
+/// keeps the handler.
 /// </remarks>
 static class InlineForms
 {
@@ -130,13 +131,7 @@ static class InlineForms
         {
             EmitLinear(il, l, in op, codeBits);
             EmitSlotAddress(il, l, op.R1);
-            il.Emit(OpCodes.Ldarg_1);
-            il.Emit(OpCodes.Ldloc, l.Address);
-            il.Emit(OpCodes.Call, bits == 64 ? s_read64 : s_read32);
-            if (bits == 32)
-            {
-                il.Emit(OpCodes.Conv_U8);
-            }
+            EmitLoad(il, l, bits);
             il.Emit(OpCodes.Stind_I8);
             return true;
         }
@@ -163,14 +158,9 @@ static class InlineForms
         if (definition == s_movMR)
         {
             EmitLinear(il, l, in op, codeBits);
-            il.Emit(OpCodes.Ldarg_1);
-            il.Emit(OpCodes.Ldloc, l.Address);
+            BeginWrite(il, l);
             LoadReg(il, l, op.R2, bits);
-            if (bits == 32)
-            {
-                il.Emit(OpCodes.Conv_U4);
-            }
-            il.Emit(OpCodes.Call, bits == 64 ? s_write64 : s_write32);
+            EndWrite(il, bits);
             return true;
         }
         // The ALU forms: RR and RI (flag update by choice), RM, MR and MI (flags always; MR and MI
@@ -235,23 +225,18 @@ static class InlineForms
             il.Emit(OpCodes.Conv_U8);
         }
         il.Emit(OpCodes.Stloc, l.R);
-        if (updatesFlags && memoryDestination)
+        // The flags before the result, as the interpreter's handler sets them: a store to memory that
+        // faults leaves them already updated (a known imprecision of both tiers; see the issue 10
+        // notes). A register write cannot fault, so the order is the same there either way.
+        if (updatesFlags)
         {
-            // Before the store, as the interpreter's handler does: a store that faults leaves the
-            // flags already updated (a known imprecision of both tiers; see the issue 10 notes).
             EmitFlags(il, l, kind, bits);
-            updatesFlags = false;
         }
         if (writesResult && memoryDestination)
         {
-            il.Emit(OpCodes.Ldarg_1);
-            il.Emit(OpCodes.Ldloc, l.Address);
+            BeginWrite(il, l);
             il.Emit(OpCodes.Ldloc, l.R);
-            if (bits == 32)
-            {
-                il.Emit(OpCodes.Conv_U4);
-            }
-            il.Emit(OpCodes.Call, bits == 64 ? s_write64 : s_write32);
+            EndWrite(il, bits);
         }
         else if (writesResult)
         {
@@ -259,11 +244,24 @@ static class InlineForms
             il.Emit(OpCodes.Ldloc, l.R);
             EndStore(il, bits);
         }
-        if (updatesFlags)
-        {
-            EmitFlags(il, l, kind, bits);
-        }
         return true;
+    }
+
+    /// <summary>Starts a write of the operand at <see cref="Locals.Address"/>: the value to write is
+    /// pushed next, then <see cref="EndWrite"/>.</summary>
+    static void BeginWrite(ILGenerator il, Locals l)
+    {
+        il.Emit(OpCodes.Ldarg_1);
+        il.Emit(OpCodes.Ldloc, l.Address);
+    }
+
+    static void EndWrite(ILGenerator il, int bits)
+    {
+        if (bits == 32)
+        {
+            il.Emit(OpCodes.Conv_U4);
+        }
+        il.Emit(OpCodes.Call, bits == 64 ? s_write64 : s_write32);
     }
 
     /// <summary>Pushes the operand at <see cref="Locals.Address"/>, zero-extended.</summary>
@@ -382,16 +380,27 @@ static class InlineForms
     /// <summary>if (Cpu.MaybeNonCanonical(A, 8)) cpu.CheckStackCanonical(A, 8): #SS(0) for a non-canonical stack access.</summary>
     static void EmitStackCanonicalCheck(ILGenerator il, Locals l)
     {
+        var canonical = BeginCanonicalCheck(il, l.A, 8);
+        il.Emit(OpCodes.Call, s_checkStackCanonical);
+        il.MarkLabel(canonical);
+    }
+
+    /// <summary>
+    /// The one test <c>Cpu.MaybeNonCanonical(address, size)</c> that keeps the canonical check out of
+    /// the common path; when it holds, leaves <c>cpu, address, size</c> pushed for the caller's check,
+    /// which it follows with the returned label.
+    /// </summary>
+    static Label BeginCanonicalCheck(ILGenerator il, LocalBuilder address, int size)
+    {
         var canonical = il.DefineLabel();
-        il.Emit(OpCodes.Ldloc, l.A);
-        il.Emit(OpCodes.Ldc_I4_8);
+        il.Emit(OpCodes.Ldloc, address);
+        il.Emit(OpCodes.Ldc_I4, size);
         il.Emit(OpCodes.Call, s_maybeNonCanonical);
         il.Emit(OpCodes.Brfalse, canonical);
         il.Emit(OpCodes.Ldarg_1);
-        il.Emit(OpCodes.Ldloc, l.A);
-        il.Emit(OpCodes.Ldc_I4_8);
-        il.Emit(OpCodes.Call, s_checkStackCanonical);
-        il.MarkLabel(canonical);
+        il.Emit(OpCodes.Ldloc, address);
+        il.Emit(OpCodes.Ldc_I4, size);
+        return canonical;
     }
 
     /// <summary>Pushes the memory operand's effective address: (base + (index &lt;&lt; scale) + disp) masked to
@@ -474,14 +483,7 @@ static class InlineForms
         }
         il.Emit(OpCodes.Stloc, l.Address);
         // if (Cpu.MaybeNonCanonical(la, size)) cpu.CheckOperandCanonical(la, size, base, flags)
-        var canonical = il.DefineLabel();
-        il.Emit(OpCodes.Ldloc, l.Address);
-        il.Emit(OpCodes.Ldc_I4, (int)op.MemSize);
-        il.Emit(OpCodes.Call, s_maybeNonCanonical);
-        il.Emit(OpCodes.Brfalse, canonical);
-        il.Emit(OpCodes.Ldarg_1);
-        il.Emit(OpCodes.Ldloc, l.Address);
-        il.Emit(OpCodes.Ldc_I4, (int)op.MemSize);
+        var canonical = BeginCanonicalCheck(il, l.Address, op.MemSize);
         il.Emit(OpCodes.Ldc_I4, (int)op.Base);
         il.Emit(OpCodes.Ldc_I4, (int)op.Flags);
         il.Emit(OpCodes.Call, s_checkCanonical);

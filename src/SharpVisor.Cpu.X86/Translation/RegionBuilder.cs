@@ -60,6 +60,7 @@ public static class RegionBuilder
     /// </summary>
     static Block[] OnLoopsThroughHead(List<Block> members)
     {
+        // reaches[i]: the first block can be reached from member i (itself, trivially).
         var reaches = new bool[members.Count];
         reaches[0] = true;
         for (bool changed = true; changed;)
@@ -67,13 +68,14 @@ public static class RegionBuilder
             changed = false;
             for (int i = 1; i < members.Count; i++)
             {
-                if (!reaches[i] && (Leads(members[i], members[0]) || members.Where((m, j) => reaches[j] && Leads(members[i], m)).Any()))
+                if (!reaches[i] && members.Where((m, j) => reaches[j] && Leads(members[i], m)).Any())
                 {
                     reaches[i] = changed = true;
                 }
             }
         }
-        bool loop = members.Skip(1).Any(m => Leads(m, members[0])) || Leads(members[0], members[0]);
+        // Every member was found from the first, so one that leads back to it closes a loop.
+        bool loop = Leads(members[0], members[0]) || reaches.Skip(1).Contains(true);
         if (!loop)
         {
             return [members[0]];
