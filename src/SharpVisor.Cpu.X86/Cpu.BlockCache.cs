@@ -70,6 +70,7 @@ public sealed unsafe partial class Cpu
     {
         if (previous is null || _fetchLimitCheck)
         {
+            Counters.BlockLookups.IncrementUnsynchronized();
             return FetchBlock();
         }
         ulong la = (Regs.SegBase[(int)Seg.CS] + Rip) & Regs.LinearMask;
@@ -91,6 +92,7 @@ public sealed unsafe partial class Cpu
     [MethodImpl(MethodImplOptions.NoInlining)]
     Block FetchAndLink(Block previous, ulong la, long codeWrites)
     {
+        Counters.BlockLookups.IncrementUnsynchronized();
         long epoch = _codeMapEpoch;
         Block b = FetchBlockUnchecked();
         if (b.SecondPage == Block.NoSecondPage && epoch == _codeMapEpoch)

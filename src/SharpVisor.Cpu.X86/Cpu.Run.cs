@@ -152,7 +152,7 @@ public sealed unsafe partial class Cpu
                 else if (b.Compiled is { } compiled)
                 {
                     Counters.TranslatedBlockRuns.IncrementUnsynchronized();
-                    int retired = compiled(this, ref b.Ops[0]);
+                    int retired = compiled(this);
                     Counters.TranslatedInstructions.AddUnsynchronized(retired);
                     InstructionsRetired += retired;
                 }
@@ -390,7 +390,7 @@ public sealed unsafe partial class Cpu
             if (translated)
             {
                 b.Compiled ??= Translation.BlockCompiler.Compile(b).Code;
-                InstructionsRetired += b.Compiled(this, ref b.Ops[0]);
+                InstructionsRetired += b.Compiled(this);
             }
             else
             {

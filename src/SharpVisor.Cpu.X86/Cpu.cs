@@ -280,8 +280,10 @@ public sealed class CpuCounters(int index)
     public readonly Counter TranslatedInstructions = new($"cpu{index}.translated_instructions");
     /// <summary>Blocks run by the interpreter (not yet hot, not translatable, or in an interrupt shadow).</summary>
     public readonly Counter InterpretedBlockRuns = new($"cpu{index}.interpreted_block_runs");
+    /// <summary>Block transitions the run loop resolved through the block cache rather than a remembered successor.</summary>
+    public readonly Counter BlockLookups = new($"cpu{index}.block_lookups");
 
     public IEnumerable<Counter> All => [Instructions, BlocksDecoded, BlockCacheMisses, StraddlingDecodes, CodeInvalidations, TlbMisses, PageFaults, Exceptions, Interrupts, Unimplemented,
         UnknownMsrAccesses, RefusedMsrWrites, CrWriteFaults, IoPermissionFaults, TaskSwitches, TaskSwitchFaultsAfterCommit, FetchesOutsideRam, TranslatedBlockRuns,
-        TranslatedInstructions, InterpretedBlockRuns];
+        TranslatedInstructions, InterpretedBlockRuns, BlockLookups];
 }
