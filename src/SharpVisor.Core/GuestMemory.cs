@@ -41,7 +41,7 @@ public sealed unsafe class GuestMemory : IDisposable
         HighRamSize = sizeBytes - LowRamEnd;
         _base = (byte*)HostMemory.MapAnonymous(sizeBytes);
         ulong pages = sizeBytes >> PageShift;
-        _codePage = new byte[pages];
+        _codePage = GC.AllocateArray<byte>((int)pages, pinned: true); // translated code reads it through CodePageMap
         _pageGeneration = new uint[pages];
     }
 
@@ -52,6 +52,10 @@ public sealed unsafe class GuestMemory : IDisposable
 
     /// <summary>Host pointer to the first RAM byte (host offset 0).</summary>
     public byte* HostBase => _base;
+
+    /// <summary>The code-page map <see cref="IsCodePage"/> reads, one byte per RAM page (nonzero: some
+    /// vCPU holds decoded code from it), for translated code; pinned, so valid while this lives.</summary>
+    public byte* CodePageMap => (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_codePage));
 
     /// <summary>Host offset of a guest-physical address, or -1 when it is not RAM.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -34,7 +34,7 @@ public sealed unsafe partial class Cpu
 
     static TlbEntry[] NewInvalidTlb()
     {
-        var tlb = new TlbEntry[TlbSize];
+        var tlb = NewPinnedTlb();
         FlushTlbArray(tlb, includeGlobal: true);
         return tlb;
     }

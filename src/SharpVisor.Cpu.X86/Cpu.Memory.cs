@@ -28,12 +28,24 @@ public sealed unsafe partial class Cpu
     /// unchanged.</summary>
     long _codeMapEpoch;
 
+    /// <summary>
+    /// The first entry of <see cref="_tlb"/>, for translated code, which does the TLB lookup with
+    /// pointer arithmetic (Translation/InlineForms.cs): the TLB arrays are allocated pinned, so the
+    /// address stays valid. Set with <see cref="_tlb"/>.
+    /// </summary>
+    public TlbEntry* DataTlb;
+
+    /// <summary>RAM's code-page map (<see cref="GuestMemory.CodePageMap"/>), for translated code's writes.</summary>
+    public byte* CodePages;
+
     void InitTlb()
     {
-        _tlbSupervisor = new TlbEntry[TlbSize];
-        _tlbUser = new TlbEntry[TlbSize];
+        _tlbSupervisor = NewPinnedTlb();
+        _tlbUser = NewPinnedTlb();
         FlushTlb(includeGlobal: true);
     }
+
+    static TlbEntry[] NewPinnedTlb() => GC.AllocateArray<TlbEntry>(TlbSize, pinned: true);
 
     /// <summary>Picks the TLBs for the current privilege; call when the CPL, CR0.AM or EFLAGS.AC change.</summary>
     void SelectTlb()
@@ -42,6 +54,7 @@ public sealed unsafe partial class Cpu
         _codeTlb = Cpl == 3 ? _tlbUser : _tlbSupervisor;
         _alignmentChecks = AlignmentCheckConditions;
         _tlb = _alignmentChecks ? s_alignmentCheckedTlb : _codeTlb;
+        DataTlb = (TlbEntry*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_tlb));
     }
 
     /// <summary>Drops cached translations: all of them, or all but global ones (MOV CR3, SDM 4.10.4.1).</summary>

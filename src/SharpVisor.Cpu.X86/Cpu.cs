@@ -58,6 +58,7 @@ public sealed unsafe partial class Cpu : IVcpuSignals
         Platform = platform;
         _translator = platform.Translator;
         Ram = platform.Memory.Ram;
+        CodePages = Ram.CodePageMap;
         Tsc = new TimeStampCounter(platform.Clock, platform.TscHz);
         Counters = new CpuCounters(index);
         InitTlb();
