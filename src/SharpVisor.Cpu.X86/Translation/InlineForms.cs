@@ -27,6 +27,7 @@ static class InlineForms
     const BindingFlags Static = BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public;
     static readonly MethodInfo s_movRR = typeof(DataMove).GetMethod("MovRR", Static)!;
     static readonly MethodInfo s_movRI = typeof(DataMove).GetMethod("MovRI", Static)!;
+    static readonly MethodInfo s_movMI = typeof(DataMove).GetMethod("MovMI", Static)!;
     static readonly MethodInfo s_aluRR = typeof(Alu).GetMethod("RR", Static)!;
     static readonly MethodInfo s_aluRI = typeof(Alu).GetMethod("RI", Static)!;
     static readonly MethodInfo s_aluRM = typeof(Alu).GetMethod("RM", Static)!;
@@ -102,30 +103,37 @@ static class InlineForms
         }
         var definition = handler.GetGenericMethodDefinition();
         var arguments = handler.GetGenericArguments();
-        int bits = arguments[0] == typeof(S64) ? 64 : arguments[0] == typeof(S32) ? 32 : 0;
+        int bits = arguments[0] == typeof(S64) ? 64 : arguments[0] == typeof(S32) ? 32 : arguments[0] == typeof(S16) ? 16 : arguments[0] == typeof(S8) ? 8 : 0;
         if (bits == 0)
         {
             return false;
         }
         if (definition == s_movRR)
         {
-            EmitSlotAddress(il, l, op.R1);
+            EmitRegAddress(il, l, op.R1, bits);
             LoadReg(il, l, op.R2, bits);
             EndStore(il, bits);
             return true;
         }
         if (definition == s_movRI)
         {
-            EmitSlotAddress(il, l, op.R1);
+            EmitRegAddress(il, l, op.R1, bits);
             il.Emit(OpCodes.Ldc_I8, (long)op.Imm);
             EndStore(il, bits);
+            return true;
+        }
+        if (definition == s_movMI)
+        {
+            EmitLinear(il, l, in op, codeBits);
+            il.Emit(OpCodes.Ldc_I8, (long)op.Imm);
+            EmitWrite(il, l, l.Address, bits / 8);
             return true;
         }
         if (codeBits == 64 && bits == 64 && EmitStackForm(il, l, in op, definition))
         {
             return true;
         }
-        if (definition == s_lea)
+        if (definition == s_lea && bits >= 32)
         {
             EmitSlotAddress(il, l, op.R1);
             EmitEffectiveAddress(il, l, in op);
@@ -135,16 +143,16 @@ static class InlineForms
         if (definition == s_movRM)
         {
             EmitLinear(il, l, in op, codeBits);
-            EmitSlotAddress(il, l, op.R1);
+            EmitRegAddress(il, l, op.R1, bits);
             EmitLoad(il, l, bits);
-            il.Emit(OpCodes.Stind_I8);
+            EndStore(il, bits);
             return true;
         }
         if (definition == s_extendM && op.Aux is 1 or 2 or 4)
         {
             // MOVZX/MOVSX/MOVSXD from memory: a byte, word or dword, zero- or sign-extended (Sub 1).
             EmitLinear(il, l, in op, codeBits);
-            EmitSlotAddress(il, l, op.R1);
+            EmitRegAddress(il, l, op.R1, bits);
             EmitRead(il, l, l.Address, op.Aux); // zero-extended
             if (op.Sub != 0)
             {
@@ -184,7 +192,7 @@ static class InlineForms
         }
         bool writesResult = operation != typeof(OpCmp) && operation != typeof(OpTest);
         bool updatesFlags = arguments.Length < 3 || arguments[2] == typeof(UpdateFlags);
-        ulong mask = bits == 32 ? 0xFFFF_FFFF : ulong.MaxValue;
+        ulong mask = bits == 64 ? ulong.MaxValue : (1UL << bits) - 1;
 
         // a = R1 or memory, b = R2, the immediate or memory, r = a op b (masked to the width)
         if (memorySource || memoryDestination)
@@ -217,11 +225,7 @@ static class InlineForms
         il.Emit(OpCodes.Ldloc, l.A);
         il.Emit(OpCodes.Ldloc, l.B);
         il.Emit(kind switch { Kind.Add or Kind.Inc => OpCodes.Add, Kind.Sub or Kind.Dec => OpCodes.Sub, Kind.And => OpCodes.And, Kind.Or => OpCodes.Or, _ => OpCodes.Xor });
-        if (bits == 32)
-        {
-            il.Emit(OpCodes.Conv_U4);
-            il.Emit(OpCodes.Conv_U8);
-        }
+        ZeroExtend(il, bits);
         il.Emit(OpCodes.Stloc, l.R);
         // The flags before the result, as the interpreter's handler sets them: a store to memory that
         // faults leaves them already updated (a known imprecision of both tiers; see the issue 10
@@ -237,7 +241,7 @@ static class InlineForms
         }
         else if (writesResult)
         {
-            EmitSlotAddress(il, l, op.R1);
+            EmitRegAddress(il, l, op.R1, bits);
             il.Emit(OpCodes.Ldloc, l.R);
             EndStore(il, bits);
         }
@@ -690,10 +694,10 @@ static class InlineForms
     {
         il.Emit(OpCodes.Ldloc, l.Regs);
         il.Emit(OpCodes.Ldflda, s_flagRes);
-        il.Emit(OpCodes.Ldloc, l.R);
-        if (bits == 32)
+        il.Emit(OpCodes.Ldloc, l.R); // sign-extended from the width, as Cpu.SignExtend
+        if (bits < 64)
         {
-            il.Emit(OpCodes.Conv_I4);
+            il.Emit(bits switch { 8 => OpCodes.Conv_I1, 16 => OpCodes.Conv_I2, _ => OpCodes.Conv_I4 });
             il.Emit(OpCodes.Conv_I8);
         }
         il.Emit(OpCodes.Stind_I8);
@@ -788,20 +792,34 @@ static class InlineForms
         il.Emit(OpCodes.Stind_I8);
     }
 
-    /// <summary>Pushes general register <paramref name="slot"/> (0-15) at the width: 32 bits zero-extended.</summary>
+    /// <summary>Pushes general register <paramref name="slot"/> at the width, zero-extended to 64 bits
+    /// (at 8 bits, slots from <see cref="RegisterFile.HighByteBase"/> are AH, CH, DH and BH).</summary>
     static void LoadReg(ILGenerator il, Locals l, int slot, int bits)
     {
-        EmitSlotAddress(il, l, slot);
-        il.Emit(OpCodes.Ldind_I8);
-        if (bits == 32)
+        EmitRegAddress(il, l, slot, bits);
+        il.Emit(bits switch { 8 => OpCodes.Ldind_U1, 16 => OpCodes.Ldind_U2, 32 => OpCodes.Ldind_U4, _ => OpCodes.Ldind_I8 });
+        if (bits < 64)
         {
-            il.Emit(OpCodes.Conv_U4);
             il.Emit(OpCodes.Conv_U8);
         }
     }
 
-    /// <summary>Stores the value on the stack into the register whose address is below it
-    /// (<see cref="EmitSlotAddress"/>); a 32-bit write zeroes bits 63:32 (SDM Vol. 1 3.4.1.1).</summary>
+    /// <summary>Truncates the 64-bit value on the stack to the width and zero-extends it back.</summary>
+    static void ZeroExtend(ILGenerator il, int bits)
+    {
+        if (bits < 64)
+        {
+            il.Emit(bits switch { 8 => OpCodes.Conv_U1, 16 => OpCodes.Conv_U2, _ => OpCodes.Conv_U4 });
+            il.Emit(OpCodes.Conv_U8);
+        }
+    }
+
+    /// <summary>
+    /// Stores the 64-bit value on the stack into the register whose address is below it
+    /// (<see cref="EmitRegAddress"/>) at the width: a 32-bit write zeroes bits 63:32, 8- and 16-bit
+    /// writes leave the rest of the register as it was (SDM Vol. 1 3.4.1.1) — the register file is
+    /// little-endian host memory, so storing only the low bytes is that merge.
+    /// </summary>
     static void EndStore(ILGenerator il, int bits)
     {
         if (bits == 32)
@@ -809,7 +827,21 @@ static class InlineForms
             il.Emit(OpCodes.Conv_U4);
             il.Emit(OpCodes.Conv_U8);
         }
-        il.Emit(OpCodes.Stind_I8);
+        il.Emit(bits switch { 8 => OpCodes.Stind_I1, 16 => OpCodes.Stind_I2, _ => OpCodes.Stind_I8 });
+    }
+
+    /// <summary>The address of general register <paramref name="slot"/>'s bytes at the width: at 8
+    /// bits a slot from <see cref="RegisterFile.HighByteBase"/> is bits 15:8 of a legacy register.</summary>
+    static void EmitRegAddress(ILGenerator il, Locals l, int slot, int bits)
+    {
+        if (bits == 8 && slot >= RegisterFile.HighByteBase)
+        {
+            EmitSlotAddress(il, l, slot - RegisterFile.HighByteBase);
+            il.Emit(OpCodes.Ldc_I4_1);
+            il.Emit(OpCodes.Add);
+            return;
+        }
+        EmitSlotAddress(il, l, slot);
     }
 
     /// <summary>The address of <c>Gpr[slot]</c>: the fixed buffer is the register file's first field.</summary>

@@ -163,12 +163,20 @@ public sealed class X87ArithTests
     {
         Float80 a = F(1.2345), b = F(-0.75);
         X87Control cw = Nearest;
-        // Warm up (static constants, tiering) before measuring.
+        // Warm up (static constants, tiering) before measuring. The runtime's own tiering work can
+        // still allocate on this thread once, in some window (seen: one failure in a full run), so
+        // the test asks for a window of 100 runs that allocates nothing: an allocation in the
+        // operations themselves would show in every window.
         Float80 sink = Run(a, b, cw);
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 100; i++)
-            sink = Run(sink.IsNaN ? a : a, b, cw);
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        long allocated = long.MaxValue;
+        for (int window = 0; window < 5 && allocated != 0; window++)
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 100; i++)
+                sink = Run(sink.IsNaN ? a : a, b, cw);
+            allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        }
+        Assert.Equal(0, allocated);
 
         static Float80 Run(Float80 a, Float80 b, X87Control cw)
         {
