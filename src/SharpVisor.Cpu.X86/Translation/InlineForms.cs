@@ -6,12 +6,13 @@ using SharpVisor.Cpu.X86.Semantics;
 namespace SharpVisor.Cpu.X86.Translation;
 
 /// <summary>
-/// IL of the translator's own for the commonest forms, at 32 and 64 bits: MOV r,r and r,imm; ADD,
-/// SUB, AND, OR, XOR, CMP, TEST with register, immediate or memory operands, and INC, DEC; LEA;
-/// MOVZX/MOVSX loads and MOV between a register and memory (the software TLB's fast path inlined
-/// through <c>Cpu.Read64</c> and its kin); PUSH/POP of a register, CALL rel and RET in 64-bit code;
-/// JMP rel and Jcc. It computes exactly what the interpreter's handler computes (the same lazy-flag
-/// words, see <c>Cpu.Flags.cs</c>); every differential case and random program compares the two.
+/// IL of the translator's own for the commonest forms, at 8, 16, 32 and 64 bits: MOV r,r, r,imm,
+/// m,imm and between a register and memory; ADD, SUB, AND, OR, XOR, CMP, TEST with register,
+/// immediate or memory operands, and INC, DEC; MOVZX/MOVSX loads; LEA (32/64); PUSH/POP of a
+/// register, CALL rel and RET in 64-bit code; JMP rel and Jcc. Memory operands take the software
+/// TLB's fast path as pointer arithmetic (<see cref="EmitRead"/>, <see cref="EmitWrite"/>). It
+/// computes exactly what the interpreter's handler computes (the same lazy-flag words, see
+/// <c>Cpu.Flags.cs</c>); every differential case and random program compares the two.
 /// </summary>
 /// <remarks>
 /// Why not inline the handler, as <see cref="BlockCompiler"/> does for other forms: RyuJIT's time
@@ -19,8 +20,7 @@ namespace SharpVisor.Cpu.X86.Translation;
 /// (the form, the operation, the operand size, the flag producer) plus the constant copy of the
 /// <see cref="Op"/> the JIT must fold: measured ~75 us of JIT per MOV and ~140 us per ADD. This IL
 /// is what remains after that folding, ~10-60 bytes, reading the register file through one byref
-/// local. Anything else — 8/16-bit forms, LOCK, other operations, the stack outside 64-bit code —
-/// keeps the handler.
+/// local. Anything else — LOCK, other operations, the stack outside 64-bit code — keeps the handler.
 /// </remarks>
 static class InlineForms
 {
