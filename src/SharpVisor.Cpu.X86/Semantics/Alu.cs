@@ -219,16 +219,30 @@ public static unsafe class Alu
     static void MR<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
     {
         ulong la = op.Linear(c);
-        ulong r = T.Apply<S, UpdateFlags>(c, S.Load(c, la), S.GetReg(c, op.R2));
-        if (T.WritesResult) S.Store(c, la, r);
+        ReadModifyWrite<S, T>(c, la, S.Load(c, la), S.GetReg(c, op.R2));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void MI<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp
     {
         ulong la = op.Linear(c);
-        ulong r = T.Apply<S, UpdateFlags>(c, S.Load(c, la), op.Imm & S.Mask);
-        if (T.WritesResult) S.Store(c, la, r);
+        ReadModifyWrite<S, T>(c, la, S.Load(c, la), op.Imm & S.Mask);
+    }
+
+    /// <summary>
+    /// The result stored, then the flags: a store that faults (a write-protected page, say) leaves
+    /// the flags as they were, as a faulting instruction leaves all state (SDM Vol. 3A 6.5). The
+    /// operation is computed twice (without, then with the flag update) — it is a few ALU
+    /// instructions; CMP and TEST store nothing and compute once.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void ReadModifyWrite<S, T>(Cpu c, ulong la, ulong a, ulong b) where S : IOpSize where T : IAluOp
+    {
+        if (T.WritesResult)
+        {
+            S.Store(c, la, T.Apply<S, SkipFlags>(c, a, b));
+        }
+        T.Apply<S, UpdateFlags>(c, a, b);
     }
 
     static void MRLocked<S, T>(Cpu c, ref Op op) where S : IOpSize where T : IAluOp =>
@@ -248,7 +262,7 @@ public static unsafe class Alu
         {
             lock (c.SplitLock)
             {
-                S.Store(c, la, T.Apply<S, UpdateFlags>(c, S.Load(c, la), b));
+                ReadModifyWrite<S, T>(c, la, S.Load(c, la), b);
             }
             return;
         }

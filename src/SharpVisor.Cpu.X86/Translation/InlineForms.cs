@@ -227,13 +227,8 @@ static class InlineForms
         il.Emit(kind switch { Kind.Add or Kind.Inc => OpCodes.Add, Kind.Sub or Kind.Dec => OpCodes.Sub, Kind.And => OpCodes.And, Kind.Or => OpCodes.Or, _ => OpCodes.Xor });
         ZeroExtend(il, bits);
         il.Emit(OpCodes.Stloc, l.R);
-        // The flags before the result, as the interpreter's handler sets them: a store to memory that
-        // faults leaves them already updated (a known imprecision of both tiers; see the issue 10
-        // notes). A register write cannot fault, so the order is the same there either way.
-        if (updatesFlags)
-        {
-            EmitFlags(il, l, kind, bits);
-        }
+        // The result, then the flags, as the interpreter's handler does: a store to memory that
+        // faults leaves the flags as they were (a register write cannot fault).
         if (writesResult && memoryDestination)
         {
             il.Emit(OpCodes.Ldloc, l.R);
@@ -244,6 +239,10 @@ static class InlineForms
             EmitRegAddress(il, l, op.R1, bits);
             il.Emit(OpCodes.Ldloc, l.R);
             EndStore(il, bits);
+        }
+        if (updatesFlags)
+        {
+            EmitFlags(il, l, kind, bits);
         }
         return true;
     }

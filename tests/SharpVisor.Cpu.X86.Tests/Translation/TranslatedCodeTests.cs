@@ -272,16 +272,27 @@ public sealed unsafe class TranslatedCodeTests
         Assert.Equal(0x7_0000UL, pair.Translated.Cpu.Rsp);
     }
 
-    [Fact]
-    public void A_read_modify_write_whose_store_faults_ends_as_interpreted()
+    [Theory]
+    [InlineData(32)]
+    [InlineData(8)]
+    public void A_read_modify_write_whose_store_faults_leaves_the_flags_as_they_were(int bits)
     {
-        // ADD [m], r on a read-only page (CR0.WP): the load succeeds, the store raises #PF. RIP, the
-        // registers, the flags and memory must be what the interpreter leaves (TierPair compares all).
+        // ADD [m], r on a read-only page (CR0.WP): the load succeeds, the store raises #PF. The
+        // instruction has no effect (SDM Vol. 3A 6.5: a fault leaves the state as before it), so the
+        // flags are still CMP's — ZF set, OF clear — not the ADD's 0x7FFFFFFF + 1 (OF set, ZF clear);
+        // TierPair compares the rest of the state between the tiers.
         const ulong ReadOnly = 0x23000;
         byte[] code = TierPair.Assemble(Code, a =>
         {
             a.cmp(eax, eax);
-            a.add(__dword_ptr[rbx], ecx);
+            if (bits == 32)
+            {
+                a.add(__dword_ptr[rbx], ecx);
+            }
+            else
+            {
+                a.add(__byte_ptr[rbx + 3], cl);
+            }
             a.ud2();
         });
         using var pair = Load(code);
@@ -298,5 +309,10 @@ public sealed unsafe class TranslatedCodeTests
 
         Assert.Equal(Code + 2, pair.Translated.Cpu.Rip);
         Assert.Equal(0x7FFF_FFFFu, pair.Translated.Ram.ReadU32(ReadOnly));
+        foreach (var tier in new[] { pair.Interpreted.Cpu, pair.Translated.Cpu })
+        {
+            Assert.True(tier.ZF(), "ZF of the CMP before the faulting ADD");
+            Assert.False(tier.OF(), "OF of the CMP before the faulting ADD");
+        }
     }
 }
