@@ -78,3 +78,33 @@ public sealed class Log(TextWriter? writer = null, LogLevel minLevel = LogLevel.
         }
     }
 }
+
+/// <summary>
+/// The CPU time the calling thread has used (Linux <c>clock_gettime(CLOCK_THREAD_CPUTIME_ID)</c>),
+/// for counters that report work rather than elapsed time: a background thread's wall time also
+/// counts the time it waited for a core.
+/// </summary>
+public static partial class ThreadCpuTime
+{
+    /// <summary>Nanoseconds of CPU this thread has used; 0 where the clock is not available.</summary>
+    public static long Nanoseconds()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return 0;
+        }
+        return ClockGetTime(ClockThreadCpuTime, out var t) == 0 ? t.Seconds * 1_000_000_000 + t.Nanoseconds : 0;
+    }
+
+    const int ClockThreadCpuTime = 3;
+
+    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential)]
+    struct TimeSpec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+    }
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "clock_gettime")]
+    private static partial int ClockGetTime(int clock, out TimeSpec time);
+}
