@@ -28,6 +28,9 @@ static class InlineForms
     static readonly MethodInfo s_movRR = typeof(DataMove).GetMethod("MovRR", Static)!;
     static readonly MethodInfo s_movRI = typeof(DataMove).GetMethod("MovRI", Static)!;
     static readonly MethodInfo s_movMI = typeof(DataMove).GetMethod("MovMI", Static)!;
+    static readonly MethodInfo s_extendR = typeof(DataMove).GetMethod("ExtendR", Static)!;
+    static readonly MethodInfo s_cmovR = typeof(DataMove).GetMethod("CmovR", Static)!;
+    static readonly MethodInfo s_setccR = typeof(DataMove).GetMethod("SetccR", Static)!;
     static readonly MethodInfo s_aluRR = typeof(Alu).GetMethod("RR", Static)!;
     static readonly MethodInfo s_aluRI = typeof(Alu).GetMethod("RI", Static)!;
     static readonly MethodInfo s_aluRM = typeof(Alu).GetMethod("RM", Static)!;
@@ -97,6 +100,14 @@ static class InlineForms
             EmitRelativeBranch(il, l, in op, conditional: handler == s_jcc);
             return true;
         }
+        if (handler == s_setccR)
+        {
+            // SETcc r8: 1 or 0 into the byte register (SDM Vol. 2B SETcc)
+            EmitRegAddress(il, l, op.R1, 8);
+            PushCondition(il, l, op.Sub);
+            EndStore(il, 8);
+            return true;
+        }
         if (!handler.IsGenericMethod)
         {
             return false;
@@ -145,6 +156,39 @@ static class InlineForms
             EmitLinear(il, l, in op, codeBits);
             EmitRegAddress(il, l, op.R1, bits);
             EmitLoad(il, l, bits);
+            EndStore(il, bits);
+            return true;
+        }
+        if (definition == s_extendR && op.Aux is 1 or 2 or 4)
+        {
+            // MOVZX/MOVSX/MOVSXD from a register: its low byte (or AH..BH), word or dword, extended.
+            EmitRegAddress(il, l, op.R1, bits);
+            LoadReg(il, l, op.R2, op.Aux * 8);
+            if (op.Sub != 0)
+            {
+                il.Emit(op.Aux switch { 1 => OpCodes.Conv_I1, 2 => OpCodes.Conv_I2, _ => OpCodes.Conv_I4 });
+                il.Emit(OpCodes.Conv_I8);
+            }
+            EndStore(il, bits);
+            return true;
+        }
+        if (definition == s_cmovR && bits >= 16)
+        {
+            // CMOVcc r, r: the source when the condition holds, else the destination's own value — a
+            // 32-bit destination is written (zero-extended) either way (SDM Vol. 2A CMOVcc).
+            var keep = il.DefineLabel();
+            var write = il.DefineLabel();
+            PushCondition(il, l, op.Sub);
+            il.Emit(OpCodes.Brfalse, keep);
+            LoadReg(il, l, op.R2, bits);
+            il.Emit(OpCodes.Stloc, l.R);
+            il.Emit(OpCodes.Br, write);
+            il.MarkLabel(keep);
+            LoadReg(il, l, op.R1, bits);
+            il.Emit(OpCodes.Stloc, l.R);
+            il.MarkLabel(write);
+            EmitRegAddress(il, l, op.R1, bits);
+            il.Emit(OpCodes.Ldloc, l.R);
             EndStore(il, bits);
             return true;
         }
@@ -612,19 +656,8 @@ static class InlineForms
         var notTaken = il.DefineLabel();
         if (conditional)
         {
-            int cc = op.Sub;
-            switch (cc >> 1)
-            {
-                case 0: PushOF(il, l); break;
-                case 1: PushCF(il, l); break;
-                case 2: PushZF(il, l); break;
-                case 3: PushCF(il, l); PushZF(il, l); il.Emit(OpCodes.Or); break;
-                case 4: PushSF(il, l); break;
-                case 5: il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Call, s_parity); break;
-                case 6: PushSF(il, l); PushOF(il, l); il.Emit(OpCodes.Xor); break;
-                default: PushZF(il, l); PushSF(il, l); PushOF(il, l); il.Emit(OpCodes.Xor); il.Emit(OpCodes.Or); break;
-            }
-            il.Emit((cc & 1) != 0 ? OpCodes.Brtrue : OpCodes.Brfalse, notTaken); // odd codes are the negations
+            PushCondition(il, l, op.Sub);
+            il.Emit(OpCodes.Brfalse, notTaken);
         }
         EmitSlotAddress(il, l, RegisterFile.NextRip);
         il.Emit(OpCodes.Ldind_I8);
@@ -638,6 +671,28 @@ static class InlineForms
         il.Emit(OpCodes.Ldloc, l.B);
         il.Emit(OpCodes.Stind_I8);
         il.MarkLabel(notTaken);
+    }
+
+    /// <summary>Pushes condition <paramref name="cc"/> (SDM Vol. 1 B.1; <c>Cpu.Condition</c>) as 1 or 0,
+    /// from the lazy flags: codes in pairs, the odd one the negation of the even one.</summary>
+    static void PushCondition(ILGenerator il, Locals l, int cc)
+    {
+        switch (cc >> 1)
+        {
+            case 0: PushOF(il, l); break;
+            case 1: PushCF(il, l); break;
+            case 2: PushZF(il, l); break;
+            case 3: PushCF(il, l); PushZF(il, l); il.Emit(OpCodes.Or); break;
+            case 4: PushSF(il, l); break;
+            case 5: il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Call, s_parity); break;
+            case 6: PushSF(il, l); PushOF(il, l); il.Emit(OpCodes.Xor); break;
+            default: PushZF(il, l); PushSF(il, l); PushOF(il, l); il.Emit(OpCodes.Xor); il.Emit(OpCodes.Or); break;
+        }
+        if ((cc & 1) != 0)
+        {
+            il.Emit(OpCodes.Ldc_I4_1);
+            il.Emit(OpCodes.Xor);
+        }
     }
 
     // The arithmetic flags as 0 or 1 from the lazy words (Cpu.Flags.cs).
