@@ -8,7 +8,8 @@ namespace SharpVisor.Cpu.X86.Translation;
 /// <summary>
 /// IL of the translator's own for the commonest forms, at 8, 16, 32 and 64 bits: MOV r,r, r,imm,
 /// m,imm and between a register and memory; ADD, SUB, AND, OR, XOR, CMP, TEST with register,
-/// immediate or memory operands, and INC, DEC; MOVZX/MOVSX loads; LEA (32/64); PUSH/POP of a
+/// immediate or memory operands, and INC, DEC; MOVZX/MOVSX, CMOVcc and SETcc; SHL/SHR/SAR of a 32/64-bit
+/// register by an immediate; LEA (32/64); PUSH/POP of a
 /// register, CALL rel and RET in 64-bit code; JMP rel and Jcc. Memory operands take the software
 /// TLB's fast path as pointer arithmetic (<see cref="EmitRead"/>, <see cref="EmitWrite"/>). It
 /// computes exactly what the interpreter's handler computes (the same lazy-flag words, see
@@ -31,6 +32,7 @@ static class InlineForms
     static readonly MethodInfo s_extendR = typeof(DataMove).GetMethod("ExtendR", Static)!;
     static readonly MethodInfo s_cmovR = typeof(DataMove).GetMethod("CmovR", Static)!;
     static readonly MethodInfo s_setccR = typeof(DataMove).GetMethod("SetccR", Static)!;
+    static readonly MethodInfo s_shiftR = typeof(Shift).GetMethod("ShiftR", Static)!;
     static readonly MethodInfo s_aluRR = typeof(Alu).GetMethod("RR", Static)!;
     static readonly MethodInfo s_aluRI = typeof(Alu).GetMethod("RI", Static)!;
     static readonly MethodInfo s_aluRM = typeof(Alu).GetMethod("RM", Static)!;
@@ -170,6 +172,12 @@ static class InlineForms
                 il.Emit(OpCodes.Conv_I8);
             }
             EndStore(il, bits);
+            return true;
+        }
+        if (definition == s_shiftR && op.Sub == 0 && bits >= 32
+            && (arguments[1] == typeof(ShShl) || arguments[1] == typeof(ShShr) || arguments[1] == typeof(ShSar)))
+        {
+            EmitShiftByImmediate(il, l, in op, arguments[1], bits);
             return true;
         }
         if (definition == s_cmovR && bits >= 16)
@@ -671,6 +679,104 @@ static class InlineForms
         il.Emit(OpCodes.Ldloc, l.B);
         il.Emit(OpCodes.Stind_I8);
         il.MarkLabel(notTaken);
+    }
+
+    /// <summary>
+    /// SHL, SHR and SAR of a 32- or 64-bit register by an immediate, whose masked count is known
+    /// here: what <c>ShShl</c>, <c>ShShr</c> and <c>ShSar</c> compute (Semantics/Shift.cs) — CF the
+    /// last bit shifted out, OF as those define it (the SDM defines it for a count of 1 only), AF 0.
+    /// A masked count of 0 changes no flag but still writes the register (zero-extending a 32-bit one).
+    /// </summary>
+    static void EmitShiftByImmediate(ILGenerator il, Locals l, in Op op, Type shift, int bits)
+    {
+        int n = (int)op.Imm & (bits == 64 ? 63 : 31);
+        LoadReg(il, l, op.R1, bits);
+        il.Emit(OpCodes.Stloc, l.A);
+        if (n == 0)
+        {
+            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Stloc, l.R);
+        }
+        else
+        {
+            bool arithmetic = shift == typeof(ShSar);
+            if (arithmetic)
+            {
+                // the operand sign-extended from its width, in B
+                il.Emit(OpCodes.Ldloc, l.A);
+                if (bits == 32)
+                {
+                    il.Emit(OpCodes.Conv_I4);
+                    il.Emit(OpCodes.Conv_I8);
+                }
+                il.Emit(OpCodes.Stloc, l.B);
+            }
+            // r
+            il.Emit(OpCodes.Ldloc, arithmetic ? l.B : l.A);
+            il.Emit(OpCodes.Ldc_I4, n);
+            il.Emit(shift == typeof(ShShl) ? OpCodes.Shl : arithmetic ? OpCodes.Shr : OpCodes.Shr_Un);
+            ZeroExtend(il, bits);
+            il.Emit(OpCodes.Stloc, l.R);
+            // CF: SHL the bit at (width - n); SHR/SAR the bit at n - 1
+            il.Emit(OpCodes.Ldloc, arithmetic ? l.B : l.A);
+            il.Emit(OpCodes.Ldc_I4, shift == typeof(ShShl) ? bits - n : n - 1);
+            il.Emit(arithmetic ? OpCodes.Shr : OpCodes.Shr_Un);
+            il.Emit(OpCodes.Ldc_I4_1);
+            il.Emit(OpCodes.Conv_I8);
+            il.Emit(OpCodes.And);
+            il.Emit(OpCodes.Stloc, l.Carries);
+            // FlagAux = CF | OF << 11, with OF: SHL msb(r) ^ CF; SHR msb(a) for n = 1, else msb(r) ^ msb(a); SAR 0
+            il.Emit(OpCodes.Ldloc, l.Regs);
+            il.Emit(OpCodes.Ldflda, s_flagAux);
+            il.Emit(OpCodes.Ldloc, l.Carries);
+            if (!arithmetic)
+            {
+                if (shift == typeof(ShShl))
+                {
+                    PushMsb(il, l.R, bits);
+                    il.Emit(OpCodes.Ldloc, l.Carries);
+                    il.Emit(OpCodes.Xor);
+                }
+                else if (n == 1)
+                {
+                    PushMsb(il, l.A, bits);
+                }
+                else
+                {
+                    PushMsb(il, l.R, bits);
+                    PushMsb(il, l.A, bits);
+                    il.Emit(OpCodes.Xor);
+                }
+                il.Emit(OpCodes.Ldc_I4, 11);
+                il.Emit(OpCodes.Shl);
+                il.Emit(OpCodes.Or);
+            }
+            il.Emit(OpCodes.Stind_I8);
+            // FlagRes = r sign-extended from the width
+            il.Emit(OpCodes.Ldloc, l.Regs);
+            il.Emit(OpCodes.Ldflda, s_flagRes);
+            il.Emit(OpCodes.Ldloc, l.R);
+            if (bits == 32)
+            {
+                il.Emit(OpCodes.Conv_I4);
+                il.Emit(OpCodes.Conv_I8);
+            }
+            il.Emit(OpCodes.Stind_I8);
+        }
+        EmitRegAddress(il, l, op.R1, bits);
+        il.Emit(OpCodes.Ldloc, l.R);
+        EndStore(il, bits);
+    }
+
+    /// <summary>Pushes bit (width - 1) of <paramref name="value"/> as a 64-bit 0 or 1.</summary>
+    static void PushMsb(ILGenerator il, LocalBuilder value, int bits)
+    {
+        il.Emit(OpCodes.Ldloc, value);
+        il.Emit(OpCodes.Ldc_I4, bits - 1);
+        il.Emit(OpCodes.Shr_Un);
+        il.Emit(OpCodes.Ldc_I4_1);
+        il.Emit(OpCodes.Conv_I8);
+        il.Emit(OpCodes.And);
     }
 
     /// <summary>Pushes condition <paramref name="cc"/> (SDM Vol. 1 B.1; <c>Cpu.Condition</c>) as 1 or 0,
