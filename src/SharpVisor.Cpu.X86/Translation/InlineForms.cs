@@ -168,8 +168,7 @@ static class InlineForms
             LoadReg(il, l, op.R2, op.Aux * 8);
             if (op.Sub != 0)
             {
-                il.Emit(op.Aux switch { 1 => OpCodes.Conv_I1, 2 => OpCodes.Conv_I2, _ => OpCodes.Conv_I4 });
-                il.Emit(OpCodes.Conv_I8);
+                SignExtend(il, op.Aux * 8);
             }
             EndStore(il, bits);
             return true;
@@ -208,8 +207,7 @@ static class InlineForms
             EmitRead(il, l, l.Address, op.Aux); // zero-extended
             if (op.Sub != 0)
             {
-                il.Emit(op.Aux switch { 1 => OpCodes.Conv_I1, 2 => OpCodes.Conv_I2, _ => OpCodes.Conv_I4 });
-                il.Emit(OpCodes.Conv_I8);
+                SignExtend(il, op.Aux * 8);
             }
             EndStore(il, bits);
             return true;
@@ -704,11 +702,7 @@ static class InlineForms
             {
                 // the operand sign-extended from its width, in B
                 il.Emit(OpCodes.Ldloc, l.A);
-                if (bits == 32)
-                {
-                    il.Emit(OpCodes.Conv_I4);
-                    il.Emit(OpCodes.Conv_I8);
-                }
+                SignExtend(il, bits);
                 il.Emit(OpCodes.Stloc, l.B);
             }
             // r
@@ -752,16 +746,7 @@ static class InlineForms
                 il.Emit(OpCodes.Or);
             }
             il.Emit(OpCodes.Stind_I8);
-            // FlagRes = r sign-extended from the width
-            il.Emit(OpCodes.Ldloc, l.Regs);
-            il.Emit(OpCodes.Ldflda, s_flagRes);
-            il.Emit(OpCodes.Ldloc, l.R);
-            if (bits == 32)
-            {
-                il.Emit(OpCodes.Conv_I4);
-                il.Emit(OpCodes.Conv_I8);
-            }
-            il.Emit(OpCodes.Stind_I8);
+            EmitFlagResult(il, l, bits);
         }
         EmitRegAddress(il, l, op.R1, bits);
         il.Emit(OpCodes.Ldloc, l.R);
@@ -852,15 +837,7 @@ static class InlineForms
     /// </summary>
     static void EmitFlags(ILGenerator il, Locals l, Kind kind, int bits)
     {
-        il.Emit(OpCodes.Ldloc, l.Regs);
-        il.Emit(OpCodes.Ldflda, s_flagRes);
-        il.Emit(OpCodes.Ldloc, l.R); // sign-extended from the width, as Cpu.SignExtend
-        if (bits < 64)
-        {
-            il.Emit(bits switch { 8 => OpCodes.Conv_I1, 16 => OpCodes.Conv_I2, _ => OpCodes.Conv_I4 });
-            il.Emit(OpCodes.Conv_I8);
-        }
-        il.Emit(OpCodes.Stind_I8);
+        EmitFlagResult(il, l, bits);
 
         il.Emit(OpCodes.Ldloc, l.Regs);
         il.Emit(OpCodes.Ldflda, s_flagAux);
@@ -961,6 +938,27 @@ static class InlineForms
         if (bits < 64)
         {
             il.Emit(OpCodes.Conv_U8);
+        }
+    }
+
+    /// <summary>FlagRes = <see cref="Locals.R"/> sign-extended from the width, as <c>Cpu.FlagsResult</c>
+    /// and its kin store it (ZF, SF and PF are read from it).</summary>
+    static void EmitFlagResult(ILGenerator il, Locals l, int bits)
+    {
+        il.Emit(OpCodes.Ldloc, l.Regs);
+        il.Emit(OpCodes.Ldflda, s_flagRes);
+        il.Emit(OpCodes.Ldloc, l.R);
+        SignExtend(il, bits);
+        il.Emit(OpCodes.Stind_I8);
+    }
+
+    /// <summary>Sign-extends the low <paramref name="bits"/> of the 64-bit value on the stack (<c>Cpu.SignExtend</c>).</summary>
+    static void SignExtend(ILGenerator il, int bits)
+    {
+        if (bits < 64)
+        {
+            il.Emit(bits switch { 8 => OpCodes.Conv_I1, 16 => OpCodes.Conv_I2, _ => OpCodes.Conv_I4 });
+            il.Emit(OpCodes.Conv_I8);
         }
     }
 
