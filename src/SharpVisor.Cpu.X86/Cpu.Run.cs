@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using SharpVisor.Core;
 using SharpVisor.Cpu.X86.Decode;
+using SharpVisor.Cpu.X86.Translation;
 
 namespace SharpVisor.Cpu.X86;
 
@@ -91,10 +92,76 @@ public sealed unsafe partial class Cpu
     /// once per block transition, and inlining it into every loop cost the JIT ~100 us per region.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    public bool MayChain(int retired) =>
+    public bool MayChain(int retired) => RunLoopWouldOnlyRunNext(retired);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    bool RunLoopWouldOnlyRunNext(int retired) =>
         InstructionsRetired + retired < _budgetEnd
         && !_stopRequested && !_nmiPending && !_initPending && _sipiVector < 0 && !(_irqCheck && IF)
-        && !_debugActive && !_interruptShadow && !_fetchLimitCheck;
+        && !_debugActive && !_interruptShadow && !_fetchLimitCheck && !Halted && !_waitingForSipi;
+
+    /// <summary>
+    /// Where translated code goes when block <paramref name="member"/> of <paramref name="from"/> ran
+    /// to its end (a near branch), <paramref name="retired"/> instructions after the code was entered:
+    /// the translation the run loop would run next, when <see cref="MayChain"/> holds and one of the
+    /// block's chain cells (<see cref="CompiledRegion.Exits"/>) names it and is current — else null,
+    /// and the code returns to the run loop. A cell is filled from the block's links
+    /// (<see cref="NextBlock"/>), so a direct branch has its two sides there and a return or an
+    /// indirect jump its last two targets, and it is trusted on the same terms as a link. Going on,
+    /// the instructions retired so far are counted here, as the run loop would have counted them on
+    /// return. Nothing here can fault: a successor not yet linked is left to the run loop.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    public CompiledRegion? ChainFrom(CompiledRegion from, int member, int retired)
+    {
+        if (RunLoopWouldOnlyRunNext(retired))
+        {
+            ulong la = (Regs.SegBase[(int)Seg.CS] + Rip) & Regs.LinearMask;
+            long epoch = _codeMapEpoch, codeWrites = Ram.CodeWrites;
+            ref ChainCell cell = ref from.Exits[2 * member];
+            CompiledRegion? next =
+                cell.Linear == la && cell.MapEpoch == epoch && cell.CodeWrites == codeWrites ? cell.Target
+                : Unsafe.Add(ref cell, 1) is var other && other.Linear == la && other.MapEpoch == epoch && other.CodeWrites == codeWrites ? other.Target
+                : FillChainCell(from, member, la, epoch, codeWrites);
+            if (next is not null)
+            {
+                InstructionsRetired += retired;
+                ChainedRetired = 0;
+                LastBlock = null; // a later early exit leaves the run loop to look its next block up
+                Counters.ChainedTransitions.IncrementUnsynchronized();
+                return next;
+            }
+        }
+        LastBlock = from.Blocks[member];
+        return null;
+    }
+
+    /// <summary>The translation one of <paramref name="from"/>'s block <paramref name="member"/>'s
+    /// current links leads to at <paramref name="la"/>, remembered in its newer cell (the older one
+    /// is dropped); null when there is none to chain to.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    static CompiledRegion? FillChainCell(CompiledRegion from, int member, ulong la, long epoch, long codeWrites)
+    {
+        Block block = from.Blocks[member];
+        Block? target = block.Link0.Linear == la && block.Link0.IsCurrent(epoch, codeWrites) ? block.Link0.Target
+            : block.Link1.Linear == la && block.Link1.IsCurrent(epoch, codeWrites) ? block.Link1.Target
+            : null;
+        if (target?.Compiled is not { Entry: not 0, Evicted: false } next || from.Evicted)
+        {
+            return null;
+        }
+        ref ChainCell cell = ref from.Exits[2 * member];
+        Unsafe.Add(ref cell, 1) = cell;
+        cell = new ChainCell { Target = next, Linear = la, MapEpoch = epoch, CodeWrites = codeWrites };
+        return next;
+    }
+
+    /// <summary>
+    /// The block translated code last ran to its end, which the run loop goes on from: set by the
+    /// run loop before it calls translated code and by <see cref="ChainFrom"/> when it does not chain;
+    /// null after a chained transition, when it is not known which block an early exit ended.
+    /// </summary>
+    Block? LastBlock;
 
     /// <summary>
     /// Instructions of the blocks a translated region has completed since it was entered; 0 outside
@@ -152,9 +219,12 @@ public sealed unsafe partial class Cpu
                 else if (b.Compiled is { } compiled)
                 {
                     Counters.TranslatedBlockRuns.IncrementUnsynchronized();
-                    int retired = compiled(this);
-                    Counters.TranslatedInstructions.AddUnsynchronized(retired);
+                    long before = InstructionsRetired; // chained translations count theirs as they go
+                    LastBlock = b;
+                    int retired = compiled.Run(this); // not "InstructionsRetired += ...": that reads the count before the call
                     InstructionsRetired += retired;
+                    Counters.TranslatedInstructions.AddUnsynchronized(InstructionsRetired - before);
+                    previous = LastBlock;
                 }
                 else
                 {
@@ -169,6 +239,7 @@ public sealed unsafe partial class Cpu
             catch (GuestFault f)
             {
                 previous = null;
+                LastBlock = null;
                 InstructionsRetired += 1 + ChainedRetired;
                 ChainedRetired = 0;
                 ExitBlock = false;
@@ -181,6 +252,7 @@ public sealed unsafe partial class Cpu
             catch (CpuStopException e)
             {
                 ChainedRetired = 0;
+                LastBlock = null;
                 ShutdownReason = e.Message;
                 return CpuExit.Shutdown;
             }
@@ -390,7 +462,9 @@ public sealed unsafe partial class Cpu
             if (translated)
             {
                 b.Compiled ??= Translation.BlockCompiler.Compile(b).Code;
-                InstructionsRetired += b.Compiled(this);
+                _budgetEnd = 0; // this block only: translated code goes on to no other (MayChain)
+                int retired = b.Compiled.Run(this);
+                InstructionsRetired += retired;
             }
             else
             {

@@ -283,8 +283,10 @@ public sealed class CpuCounters(int index)
     public readonly Counter InterpretedBlockRuns = new($"cpu{index}.interpreted_block_runs");
     /// <summary>Block transitions the run loop resolved through the block cache rather than a remembered successor.</summary>
     public readonly Counter BlockLookups = new($"cpu{index}.block_lookups");
+    /// <summary>Transitions from one translation to the next without the run loop (<c>Cpu.ChainFrom</c>).</summary>
+    public readonly Counter ChainedTransitions = new($"cpu{index}.chained_transitions");
 
     public IEnumerable<Counter> All => [Instructions, BlocksDecoded, BlockCacheMisses, StraddlingDecodes, CodeInvalidations, TlbMisses, PageFaults, Exceptions, Interrupts, Unimplemented,
         UnknownMsrAccesses, RefusedMsrWrites, CrWriteFaults, IoPermissionFaults, TaskSwitches, TaskSwitchFaultsAfterCommit, FetchesOutsideRam, TranslatedBlockRuns,
-        TranslatedInstructions, InterpretedBlockRuns, BlockLookups];
+        TranslatedInstructions, InterpretedBlockRuns, BlockLookups, ChainedTransitions];
 }

@@ -145,7 +145,7 @@ public sealed class Block(Op[] ops)
     /// <summary>Interpreted runs so far (counted by the owning vCPU while translation is on).</summary>
     public int Heat;
     /// <summary>The block's translation, once the translator has made one (set from its thread).</summary>
-    public Translation.CompiledBlock? Compiled;
+    public Translation.CompiledRegion? Compiled;
 }
 
 /// <summary>

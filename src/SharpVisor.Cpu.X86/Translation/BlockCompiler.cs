@@ -11,7 +11,8 @@ namespace SharpVisor.Cpu.X86.Translation;
 /// A translated block: runs the block's instructions from the first and returns how many retired,
 /// with exactly the interpreter's contract (<c>Cpu.Execute</c>): RIP committed as the interpreter
 /// commits it, a guest exception thrown with RIP at the faulting instruction, an early return after
-/// an instruction that sets <see cref="Cpu.ExitBlock"/>.
+/// an instruction that sets <see cref="Cpu.ExitBlock"/>. (Called through
+/// <see cref="CompiledRegion.Run"/>, which skips the delegate.)
 /// </summary>
 public delegate int CompiledBlock(Cpu cpu);
 
@@ -47,9 +48,12 @@ public static class BlockCompiler
     static readonly FieldInfo s_rip = typeof(Cpu).GetField(nameof(Cpu.Rip))!;
     static readonly FieldInfo s_chainedRetired = typeof(Cpu).GetField(nameof(Cpu.ChainedRetired))!;
     static readonly FieldInfo s_ops = typeof(Block).GetField(nameof(Block.Ops))!;
+    static readonly FieldInfo s_blocks = typeof(CompiledRegion).GetField(nameof(CompiledRegion.Blocks))!;
+    static readonly MethodInfo s_chainFrom = typeof(Cpu).GetMethod(nameof(Cpu.ChainFrom))!;
+    static readonly MethodInfo s_entry = typeof(CompiledRegion).GetProperty(nameof(CompiledRegion.Entry))!.GetMethod!;
 
     /// <summary>What compiling one block produced, for the translator's counters.</summary>
-    public readonly record struct Result(CompiledBlock Code, int IlBytes, int CalledThroughPointer, int Blocks = 1, bool Chained = false, int InlineForms = 0);
+    public readonly record struct Result(CompiledRegion Code, int IlBytes, int CalledThroughPointer, int Blocks = 1, bool Chained = false, int InlineForms = 0);
 
     /// <summary>Translates <paramref name="block"/> alone.</summary>
     public static Result Compile(Block block) => Compile([block]);
@@ -63,17 +67,21 @@ public static class BlockCompiler
     /// which the run loop adds as it would have before the faulting block began — so instruction
     /// counts, and with them deterministic runs, are the same either way. (Not a fault handler in the
     /// method: exception handling and the loop together tripled the JIT's time for a small block.)
+    /// <para>A block that ends in a near branch with no member to go on to asks
+    /// <see cref="Cpu.ChainFrom"/> for the translation to run next and, given one, tail-calls its
+    /// entry point: the guest's code goes from translation to translation without the run loop, and
+    /// each exit's indirect jump is one the host's branch predictor learns by itself.</para>
     /// </summary>
     public static unsafe Result Compile(Block[] region)
     {
         Block head = region[0];
-        // The method's first parameter is the region's blocks and the delegate is closed over them:
-        // the code reaches the ops of a member through it, and a call through a delegate closed over
-        // its first argument needs no argument-shuffling thunk, which an open static delegate goes
-        // through on every call (measured: ~3% of a shell loop).
+        var translation = new CompiledRegion(region);
+        // The method's first parameter is the translation and the delegate is closed over it: the code
+        // reaches the ops of a member and its chain cells through it, and a delegate closed over its
+        // first argument points at the method itself, which is what CompiledRegion.Entry is read from.
         // No argument for the block's ops: the run loop does not touch them to call the code (loading
         // the array for a reference to its first element was a cache miss in a tenth of its samples).
-        var method = new DynamicMethod("block", typeof(int), [typeof(Block[]), typeof(Cpu)], typeof(BlockCompiler).Module, skipVisibility: true);
+        var method = new DynamicMethod("block", typeof(int), [typeof(CompiledRegion), typeof(Cpu)], typeof(BlockCompiler).Module, skipVisibility: true);
         var il = method.GetILGenerator();
         // A call with no vCPU only makes the JIT compile the method (see Prepare) and returns at once.
         var body = il.DefineLabel();
@@ -90,6 +98,14 @@ public static class BlockCompiler
         if (!chained)
         {
             throughPointer = EmitBlock(context, head, 0);
+            if (RegionBuilder.MayContinueAfter(head))
+            {
+                il.Emit(OpCodes.Ldc_I4, head.Count);
+                il.Emit(OpCodes.Stloc, context.ChainRetired);
+                il.Emit(OpCodes.Ldc_I4_0);
+                il.Emit(OpCodes.Stloc, context.ChainMember);
+                EmitChainTail(context);
+            }
             il.Emit(OpCodes.Ldc_I4, head.Count);
             il.Emit(OpCodes.Ret);
             EmitExits(context);
@@ -139,11 +155,26 @@ public static class BlockCompiler
                     il.Emit(OpCodes.Brtrue, starts[k]);
                     il.MarkLabel(notThere);
                 }
-                il.Emit(OpCodes.Ldloc, context.Retired!);
-                il.Emit(OpCodes.Stloc, context.Result!);
-                il.Emit(OpCodes.Br, context.Done);
+                if (RegionBuilder.MayContinueAfter(b))
+                {
+                    il.Emit(OpCodes.Ldc_I4, j);
+                    il.Emit(OpCodes.Stloc, context.ChainMember);
+                    il.Emit(OpCodes.Br, context.ChainTail);
+                }
+                else
+                {
+                    il.Emit(OpCodes.Ldloc, context.Retired!);
+                    il.Emit(OpCodes.Stloc, context.Result!);
+                    il.Emit(OpCodes.Br, context.Done);
+                }
                 EmitExits(context);
             }
+            // Some block ran to its end with no member to go on to: the next translation, if any.
+            il.MarkLabel(context.ChainTail);
+            EmitChainTail(context);
+            il.Emit(OpCodes.Ldloc, context.Retired!);
+            il.Emit(OpCodes.Stloc, context.Result!);
+            il.Emit(OpCodes.Br, context.Done);
             // Every way out but an exception: nothing left for the run loop to count.
             il.MarkLabel(context.Done);
             il.Emit(OpCodes.Ldarg_1);
@@ -152,9 +183,10 @@ public static class BlockCompiler
             il.Emit(OpCodes.Ldloc, context.Result!);
             il.Emit(OpCodes.Ret);
         }
-        var code = (CompiledBlock)method.CreateDelegate(typeof(CompiledBlock), region);
+        var code = (CompiledBlock)method.CreateDelegate(typeof(CompiledBlock), translation);
         Prepare(code);
-        return new Result(code, il.ILOffset, throughPointer, region.Length, chained, context.InlineForms);
+        translation.SetCode(code);
+        return new Result(translation, il.ILOffset, throughPointer, region.Length, chained, context.InlineForms);
     }
 
     /// <summary>The IL being emitted and, in a region, its locals and pending early exits.</summary>
@@ -167,6 +199,12 @@ public static class BlockCompiler
         public readonly LocalBuilder? EntryRip = chained ? il.DeclareLocal(typeof(ulong)) : null;
         public readonly LocalBuilder? Result = chained ? il.DeclareLocal(typeof(int)) : null;
         public readonly Label Done = il.DefineLabel();
+        /// <summary>Going on to another translation: the member whose cells to use, the
+        /// instructions retired so far, the translation found.</summary>
+        public readonly Label ChainTail = il.DefineLabel();
+        public readonly LocalBuilder ChainMember = il.DeclareLocal(typeof(int));
+        public readonly LocalBuilder ChainRetired = chained ? null! : il.DeclareLocal(typeof(int));
+        public readonly LocalBuilder ChainNext = il.DeclareLocal(typeof(CompiledRegion));
         public readonly InlineForms.Locals Forms = new(il);
         /// <summary>Instructions emitted by <see cref="InlineForms"/> rather than through their handler.</summary>
         public int InlineForms;
@@ -275,6 +313,34 @@ public static class BlockCompiler
             AddToRip(e, pendingRip);
         }
         return throughPointer;
+    }
+
+    /// <summary>
+    /// <c>next = cpu.ChainFrom(this, member, retired); if (next != null) return tail-call next's entry
+    /// (next, cpu)</c>; falls through when there is none. <c>tail.</c> makes it a jump, so a chain of
+    /// any length takes no stack (the caller and callee have the same two register arguments: the
+    /// JIT's fast tail call).
+    /// </summary>
+    static void EmitChainTail(Emission e)
+    {
+        var il = e.Il;
+        var none = il.DefineLabel();
+        il.Emit(OpCodes.Ldarg_1);
+        il.Emit(OpCodes.Ldarg_0);
+        il.Emit(OpCodes.Ldloc, e.ChainMember);
+        il.Emit(OpCodes.Ldloc, e.Chained ? e.Retired! : e.ChainRetired);
+        il.Emit(OpCodes.Call, s_chainFrom);
+        il.Emit(OpCodes.Stloc, e.ChainNext);
+        il.Emit(OpCodes.Ldloc, e.ChainNext);
+        il.Emit(OpCodes.Brfalse, none);
+        il.Emit(OpCodes.Ldloc, e.ChainNext);
+        il.Emit(OpCodes.Ldarg_1);
+        il.Emit(OpCodes.Ldloc, e.ChainNext);
+        il.Emit(OpCodes.Call, s_entry);
+        il.Emit(OpCodes.Tailcall);
+        il.EmitCalli(OpCodes.Calli, CallingConventions.Standard, typeof(int), [typeof(CompiledRegion), typeof(Cpu)], null);
+        il.Emit(OpCodes.Ret);
+        il.MarkLabel(none);
     }
 
     // RIP bookkeeping is emitted as plain IL rather than calls of small helpers for the JIT to inline:
@@ -421,11 +487,12 @@ public static class BlockCompiler
     }
 
     /// <summary><c>calli op.Exec(cpu, ref ops[index])</c>: the interpreter's call, on the block's own op,
-    /// reached through the region the code is closed over.</summary>
+    /// reached through the translation the code is closed over.</summary>
     static unsafe void EmitPointerCall(ILGenerator il, in Op op, int member, int index)
     {
         il.Emit(OpCodes.Ldarg_1);
         il.Emit(OpCodes.Ldarg_0);
+        il.Emit(OpCodes.Ldfld, s_blocks);
         il.Emit(OpCodes.Ldc_I4, member);
         il.Emit(OpCodes.Ldelem_Ref);
         il.Emit(OpCodes.Ldfld, s_ops);

@@ -105,7 +105,7 @@ public static class RegionBuilder
 
     /// <summary>The block ends in a near branch, call or return, or was cut at <see cref="Block.MaxOps"/>
     /// after an ordinary instruction: what it leaves behind is only a new RIP.</summary>
-    static unsafe bool MayContinueAfter(Block b)
+    internal static unsafe bool MayContinueAfter(Block b)
     {
         ref Op last = ref b.Ops[^1];
         ref readonly var form = ref InstructionTable.Form((Iced.Intel.Code)last.Code);

@@ -149,6 +149,7 @@ public sealed class Translator : IDisposable
             if (_translated.Count >= Capacity)
             {
                 var evicted = _translated.Dequeue();
+                evicted.Compiled?.Evict();
                 Volatile.Write(ref evicted.Compiled, null);
                 evicted.Heat = 0; // counted again by its vCPU (a racing increment is harmless), so it can become hot again
                 Counters.Evictions.Increment();

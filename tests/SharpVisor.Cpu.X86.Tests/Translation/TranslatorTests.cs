@@ -15,7 +15,7 @@ public class TranslatorTests
     /// <summary>A loop of four blocks (a chain of jumps) summing a table: RAX is the result. With
     /// <paramref name="pagePerBlock"/> each block lies on a page of its own, so no translation can
     /// cover more than one (see <see cref="RegionBuilder"/>).</summary>
-    static byte[] Program(bool pagePerBlock = false)
+    static byte[] Program(bool pagePerBlock = false, int iterations = 5000)
     {
         byte[] gap = new byte[pagePerBlock ? 0x1000 : 0];
         var a = new Assembler(64);
@@ -24,7 +24,7 @@ public class TranslatorTests
         var third = a.CreateLabel();
         var fourth = a.CreateLabel();
         var done = a.CreateLabel();
-        a.mov(rcx, 5000);
+        a.mov(rcx, iterations);
         a.xor(eax, eax);
         a.mov(rsi, (long)DataPa);
         a.Label(ref top);
@@ -49,7 +49,7 @@ public class TranslatorTests
         return ms.ToArray();
     }
 
-    static (Cpu Cpu, GuestMemory Ram) Machine(Translator? translator, bool pagePerBlock = false)
+    static (Cpu Cpu, GuestMemory Ram) Machine(Translator? translator, bool pagePerBlock = false, int iterations = 5000)
     {
         var ram = new GuestMemory(16 << 20);
         var platform = new CpuPlatform { Memory = new PhysicalMemoryMap(ram), Ports = new PortBus(), Clock = new VirtualClock(ClockMode.Deterministic), Translator = translator };
@@ -61,7 +61,7 @@ public class TranslatorTests
             ram.WriteU64(TablesPa + 0x2000 + i * 8, (i << 21) | 0x83);
         }
         CpuSetup.EnterLongMode(cpu, TablesPa);
-        ram.TryWrite(CodePa, Program(pagePerBlock));
+        ram.TryWrite(CodePa, Program(pagePerBlock, iterations));
         ram.WriteU64(DataPa, 0x1234_5678_9ABC_DEF1);
         cpu.Rip = CodePa;
         return (cpu, ram);
@@ -111,8 +111,70 @@ public class TranslatorTests
         Assert.Equal(4, translator.Counters.BlocksTranslated.Value);
         Assert.Equal(4, translator.Counters.RegionBlocks.Value);
         // Each loop block runs 5000 times, translated from its 11th run (the first pass through the
-        // first one is part of the prologue's block): everything after the threshold ran translated.
-        Assert.Equal(3 * (5000 - 10) + (4999 - 10), cpu.Counters.TranslatedBlockRuns.Value);
+        // first one is part of the prologue's block): everything after the threshold ran translated,
+        // and the translations went on from one to the next themselves: the run loop entered
+        // translated code once (nothing else happens in the loop: no event, budget left).
+        Assert.Equal(3 * (5000 - 10) + (4999 - 10), cpu.Counters.TranslatedBlockRuns.Value + cpu.Counters.ChainedTransitions.Value);
+        Assert.Equal(1, cpu.Counters.TranslatedBlockRuns.Value);
+    }
+
+    /// <summary>
+    /// Translations go on to the next one with a tail call (<see cref="Cpu.ChainFrom"/>): four
+    /// million transitions in one run take no stack (as nested calls they would overflow it many
+    /// times over), and the result is the interpreter's.
+    /// </summary>
+    [Fact]
+    public unsafe void ChainingFromTranslationToTranslationTakesNoStack()
+    {
+        const int Iterations = 1_000_000;
+        var (reference, ram0) = Machine(null, pagePerBlock: true, Iterations);
+        using var _ = ram0;
+        var expected = RunToHlt(reference);
+
+        using var translator = new Translator(new Log(), threshold: 10, background: false);
+        var (cpu, ram) = Machine(translator, pagePerBlock: true, Iterations);
+        using var __ = ram;
+        while (!cpu.Halted)
+        {
+            cpu.Run(100_000_000);
+        }
+        Assert.Equal(expected, (cpu.Regs.Gpr[0], cpu.InstructionsRetired));
+        Assert.True(cpu.Counters.ChainedTransitions.Value > 4 * (Iterations - 20), $"{cpu.Counters.ChainedTransitions.Value} chained transitions");
+    }
+
+    /// <summary>The runtime's stub in front of a dynamic method is the one CompiledRegion knows how
+    /// to read, so translated code is called at its native entry point (else through the delegate:
+    /// correct, and slower — this fails when a runtime update changes the stub).</summary>
+    [Fact]
+    public void TranslatedCodeIsCalledAtItsNativeEntryPoint()
+    {
+        using var translator = new Translator(new Log(), threshold: 10, background: false);
+        var (cpu, ram) = Machine(translator, pagePerBlock: true);
+        using var _ = ram;
+        cpu.Run(1_000);
+        var translated = cpu.BlocksForTest().Where(b => b.Compiled != null).ToArray();
+        Assert.NotEmpty(translated);
+        Assert.All(translated, b => Assert.NotEqual(0, b.Compiled!.Entry));
+    }
+
+    /// <summary>Chained translations stop where the run loop would: a run's budget is overshot by at
+    /// most the translation running when it was reached.</summary>
+    [Fact]
+    public void ChainedTranslationsKeepToTheRunsBudget()
+    {
+        using var translator = new Translator(new Log(), threshold: 10, background: false);
+        var (cpu, ram) = Machine(translator, pagePerBlock: true);
+        using var _ = ram;
+        cpu.Run(1_000); // every loop block translated
+        long chained = cpu.Counters.ChainedTransitions.Value;
+        for (int budget = 1; budget < 200; budget += 7)
+        {
+            long before = cpu.InstructionsRetired;
+            Assert.Equal(CpuExit.BudgetExhausted, cpu.Run(budget));
+            long retired = cpu.InstructionsRetired - before;
+            Assert.InRange(retired, budget, budget + 1); // each translation is one 2-instruction block
+        }
+        Assert.True(cpu.Counters.ChainedTransitions.Value > chained + 1000);
     }
 
     [Fact]
