@@ -208,17 +208,23 @@ public static class BlockCompiler
         public readonly InlineForms.Locals Forms = new(il);
         /// <summary>Instructions emitted by <see cref="InlineForms"/> rather than through their handler.</summary>
         public int InlineForms;
-        /// <summary>Early exits of the block being emitted: after instruction n - 1 it ended the block.</summary>
-        public readonly Dictionary<int, Label> Exits = [];
+        /// <summary>Early exits of the block being emitted: after instruction n - 1 it ended the block,
+        /// with RIP still to advance by <c>PendingRip</c> bytes (that instruction's length, when it
+        /// did not commit RIP itself).</summary>
+        public readonly Dictionary<int, (Label Label, ulong PendingRip)> Exits = [];
     }
 
     /// <summary>The early exits of the last block emitted: each returns the instructions retired so far.</summary>
     static void EmitExits(Emission e)
     {
         var il = e.Il;
-        foreach (var (n, label) in e.Exits)
+        foreach (var (n, (label, pendingRip)) in e.Exits)
         {
             il.MarkLabel(label);
+            if (pendingRip != 0)
+            {
+                AddToRip(e, pendingRip);
+            }
             il.Emit(OpCodes.Ldarg_1);
             il.Emit(OpCodes.Ldc_I4_0);
             il.Emit(OpCodes.Stfld, s_exitBlock);
@@ -261,36 +267,63 @@ public static class BlockCompiler
         {
             ref Op op = ref block.Ops[i];
             bool pure = pures[i];
+            if (!pure && pendingRip != 0)
+            {
+                AddToRip(e, pendingRip); // a fault, or a handler, sees RIP at this instruction
+            }
             if (!pure)
             {
-                EmitEnter(e, pendingRip, op.Len);
                 pendingRip = 0;
+            }
+            bool nextRipSet = false;
+            int length = op.Len;
+            void SetNextRip()
+            {
+                EmitSetNextRip(e, length);
+                nextRipSet = true;
             }
             MethodInfo? handler = handlers[i];
             if (handler is not null && UpdatesFlagsByChoice(handler) && (FlagsWritten(in op) & liveAfter[i]) == 0)
             {
                 handler = WithoutFlagUpdate(handler); // nothing can observe the flags it would write
             }
-            if (handler is not null && InlineForms.TryEmit(il, e.Forms, in op, handler, block.Bits))
+            if (handler is not null && InlineForms.TryEmit(il, e.Forms, in op, handler, block.Bits, SetNextRip))
             {
                 e.InlineForms++;
             }
-            else if (!EmitDirectCall(il, in op, handler))
+            else
             {
-                EmitPointerCall(il, in op, member, i);
-                throughPointer++;
+                if (!pure)
+                {
+                    SetNextRip(); // a handler may read the slot (a RIP-relative operand) or replace it (a branch)
+                }
+                if (!EmitDirectCall(il, in op, handler))
+                {
+                    EmitPointerCall(il, in op, member, i);
+                    throughPointer++;
+                }
             }
             if (pure)
             {
                 pendingRip += op.Len;
                 continue;
             }
-            // Leave: RIP = the next-RIP slot (a branch changed it); if the handler ended the block,
-            // clear ExitBlock and return.
-            il.Emit(OpCodes.Ldarg_1);
-            EmitNextRipAddress(e);
-            il.Emit(OpCodes.Ldind_I8);
-            il.Emit(OpCodes.Stfld, s_rip);
+            if (nextRipSet)
+            {
+                // RIP = the next-RIP slot (a branch may have changed it).
+                il.Emit(OpCodes.Ldarg_1);
+                EmitNextRipAddress(e);
+                il.Emit(OpCodes.Ldind_I8);
+                il.Emit(OpCodes.Stfld, s_rip);
+            }
+            else
+            {
+                // An inline form that leaves the slot alone goes on to the next instruction: RIP is
+                // advanced with the next commit (or on an early exit after this one).
+                pendingRip = op.Len;
+            }
+            // If the instruction ended the block (a write to a page holding code, ...): clear
+            // ExitBlock and return.
             if (i == block.Count - 1 && !e.Chained)
             {
                 il.Emit(OpCodes.Ldarg_1); // the block ends here either way
@@ -301,11 +334,11 @@ public static class BlockCompiler
             {
                 if (!e.Exits.TryGetValue(i + 1, out var exit))
                 {
-                    e.Exits[i + 1] = exit = il.DefineLabel();
+                    e.Exits[i + 1] = exit = (il.DefineLabel(), pendingRip);
                 }
                 il.Emit(OpCodes.Ldarg_1);
                 il.Emit(OpCodes.Ldfld, s_exitBlock);
-                il.Emit(OpCodes.Brtrue, exit);
+                il.Emit(OpCodes.Brtrue, exit.Label);
             }
         }
         if (pendingRip != 0)
@@ -346,15 +379,11 @@ public static class BlockCompiler
     // RIP bookkeeping is emitted as plain IL rather than calls of small helpers for the JIT to inline:
     // each inlined call site cost ~30 us of JIT time, and a block has two per instruction that is not pure.
 
-    /// <summary>Before an instruction whose RIP may be observed: RIP advanced past the pure
-    /// instructions before it, and the next-RIP slot set, as the interpreter does.</summary>
-    static void EmitEnter(Emission e, ulong pendingRip, int length)
+    /// <summary>The next-RIP slot set to RIP + <paramref name="length"/>, as the interpreter sets it
+    /// before each instruction (RIP is committed).</summary>
+    static void EmitSetNextRip(Emission e, int length)
     {
         var il = e.Il;
-        if (pendingRip != 0)
-        {
-            AddToRip(e, pendingRip);
-        }
         EmitNextRipAddress(e);
         il.Emit(OpCodes.Ldarg_1);
         il.Emit(OpCodes.Ldfld, s_rip);

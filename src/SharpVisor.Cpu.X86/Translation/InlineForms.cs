@@ -68,6 +68,7 @@ static class InlineForms
     static readonly int s_segBaseOffset = (int)System.Runtime.InteropServices.Marshal.OffsetOf<RegisterFile>(nameof(RegisterFile.SegBase));
     static readonly int s_segCheckOffset = (int)System.Runtime.InteropServices.Marshal.OffsetOf<RegisterFile>(nameof(RegisterFile.SegCheck));
     static readonly FieldInfo s_regs = typeof(Cpu).GetField(nameof(Cpu.Regs))!;
+    static readonly FieldInfo s_rip = typeof(Cpu).GetField(nameof(Cpu.Rip))!;
     static readonly FieldInfo s_flagRes = typeof(RegisterFile).GetField(nameof(RegisterFile.FlagRes))!;
     static readonly FieldInfo s_flagAux = typeof(RegisterFile).GetField(nameof(RegisterFile.FlagAux))!;
 
@@ -95,10 +96,15 @@ static class InlineForms
     /// <summary>Emits the instruction when its form is one of these; false (nothing emitted) otherwise.</summary>
     /// <param name="codeBits">The code size the block was decoded for (<see cref="Block.Bits"/>): 64-bit
     /// code has flat segments, so its memory operands need no segment checks.</param>
-    public static bool TryEmit(ILGenerator il, Locals l, in Op op, MethodInfo handler, int codeBits)
+    /// <param name="setNextRip">Emits the next-RIP slot's setting (RIP + length): called first by
+    /// the forms that read or replace the slot — the branches, CALL and RET — and by no other. The
+    /// others find RIP committed (a RIP-relative operand is RIP + length, see
+    /// <see cref="EmitEffectiveAddress"/>) and leave RIP to the caller.</param>
+    public static bool TryEmit(ILGenerator il, Locals l, in Op op, MethodInfo handler, int codeBits, Action setNextRip)
     {
         if (handler == s_jcc || handler == s_jmpRel)
         {
+            setNextRip();
             EmitRelativeBranch(il, l, in op, conditional: handler == s_jcc);
             return true;
         }
@@ -139,10 +145,10 @@ static class InlineForms
         {
             EmitLinear(il, l, in op, codeBits);
             il.Emit(OpCodes.Ldc_I8, (long)op.Imm);
-            EmitWrite(il, l, l.Address, bits / 8);
+            EmitWrite(il, l, l.Address, bits / 8, CanonicalCheck.Of(in op));
             return true;
         }
-        if (codeBits == 64 && bits == 64 && EmitStackForm(il, l, in op, definition))
+        if (codeBits == 64 && bits == 64 && EmitStackForm(il, l, in op, definition, setNextRip))
         {
             return true;
         }
@@ -157,7 +163,7 @@ static class InlineForms
         {
             EmitLinear(il, l, in op, codeBits);
             EmitRegAddress(il, l, op.R1, bits);
-            EmitLoad(il, l, bits);
+            EmitRead(il, l, l.Address, bits / 8, CanonicalCheck.Of(in op));
             EndStore(il, bits);
             return true;
         }
@@ -204,7 +210,7 @@ static class InlineForms
             // MOVZX/MOVSX/MOVSXD from memory: a byte, word or dword, zero- or sign-extended (Sub 1).
             EmitLinear(il, l, in op, codeBits);
             EmitRegAddress(il, l, op.R1, bits);
-            EmitRead(il, l, l.Address, op.Aux); // zero-extended
+            EmitRead(il, l, l.Address, op.Aux, CanonicalCheck.Of(in op)); // zero-extended
             if (op.Sub != 0)
             {
                 SignExtend(il, op.Aux * 8);
@@ -216,7 +222,7 @@ static class InlineForms
         {
             EmitLinear(il, l, in op, codeBits);
             LoadReg(il, l, op.R2, bits);
-            EmitWrite(il, l, l.Address, bits / 8);
+            EmitWrite(il, l, l.Address, bits / 8, CanonicalCheck.Of(in op));
             return true;
         }
         // The ALU forms: RR and RI (flag update by choice), RM, MR and MI (flags always; MR and MI
@@ -251,7 +257,7 @@ static class InlineForms
         }
         if (memoryDestination)
         {
-            EmitLoad(il, l, bits);
+            EmitRead(il, l, l.Address, bits / 8, CanonicalCheck.Of(in op));
         }
         else
         {
@@ -264,7 +270,7 @@ static class InlineForms
         }
         else if (memorySource)
         {
-            EmitLoad(il, l, bits);
+            EmitRead(il, l, l.Address, bits / 8, CanonicalCheck.Of(in op));
         }
         else
         {
@@ -282,7 +288,7 @@ static class InlineForms
         if (writesResult && memoryDestination)
         {
             il.Emit(OpCodes.Ldloc, l.R);
-            EmitWrite(il, l, l.Address, bits / 8);
+            EmitWrite(il, l, l.Address, bits / 8, CanonicalCheck.None); // the read before checked the address
         }
         else if (writesResult)
         {
@@ -296,9 +302,6 @@ static class InlineForms
         }
         return true;
     }
-
-    /// <summary>Pushes the operand at <see cref="Locals.Address"/>, zero-extended.</summary>
-    static void EmitLoad(ILGenerator il, Locals l, int bits) => EmitRead(il, l, l.Address, bits / 8);
 
     // The software TLB's fast path (Cpu.Memory.cs: Read8..Read64, Write8..Write64) as plain pointer
     // arithmetic over the current data TLB (Cpu.DataTlb) rather than calls for the JIT to inline:
@@ -328,7 +331,9 @@ static class InlineForms
 
     /// <summary>Branches to <paramref name="slow"/> unless the entry's tag at <paramref name="tagOffset"/>
     /// is the page of <paramref name="address"/> and a <paramref name="size"/>-byte access there stays
-    /// within the page.</summary>
+    /// within the page: one compare of the tag with the page of the access's last byte, which is
+    /// another page — never the entry's, as consecutive pages have different entries — exactly
+    /// when the access crosses into the next one.</summary>
     static void EmitTagCheck(ILGenerator il, Locals l, LocalBuilder address, int tagOffset, int size, Label slow)
     {
         il.Emit(OpCodes.Ldloc, l.Entry);
@@ -336,18 +341,14 @@ static class InlineForms
         il.Emit(OpCodes.Add);
         il.Emit(OpCodes.Ldind_I8);
         il.Emit(OpCodes.Ldloc, address);
+        if (size > 1)
+        {
+            il.Emit(OpCodes.Ldc_I8, (long)(size - 1));
+            il.Emit(OpCodes.Add);
+        }
         il.Emit(OpCodes.Ldc_I8, ~0xFFFL);
         il.Emit(OpCodes.And);
         il.Emit(OpCodes.Bne_Un, slow);
-        if (size > 1)
-        {
-            il.Emit(OpCodes.Ldloc, address);
-            il.Emit(OpCodes.Conv_I4);
-            il.Emit(OpCodes.Ldc_I4, 0xFFF);
-            il.Emit(OpCodes.And);
-            il.Emit(OpCodes.Ldc_I4, 0x1000 - size);
-            il.Emit(OpCodes.Bgt_Un, slow);
-        }
     }
 
     /// <summary>Pushes the host address of <paramref name="address"/> through the entry: HostAddend + la.</summary>
@@ -362,9 +363,46 @@ static class InlineForms
         il.Emit(OpCodes.Conv_I);
     }
 
+    /// <summary>
+    /// The canonical-address check of an access (Cpu.Canonical.cs): #SS(0) or #GP(0) unless every byte
+    /// is canonical. Translated code makes it on the slow path only: the TLB holds pages of canonical
+    /// addresses alone (the page walker raises #GP before it would fill one for any other), and an
+    /// access that hits stays within its page, so it is canonical. The slow path checks first, then
+    /// calls <c>ReadSlow</c>/<c>WriteSlow</c> — the interpreter's order.
+    /// </summary>
+    readonly record struct CanonicalCheck(bool Needed, bool Stack, byte BaseSlot, OpFlags Flags)
+    {
+        public static readonly CanonicalCheck None = default;
+        /// <summary>An implicit stack access (push, pop, call, return): #SS(0).</summary>
+        public static readonly CanonicalCheck StackAccess = new(true, true, 0, OpFlags.None);
+        /// <summary>An explicit memory operand: #SS(0) or #GP(0) by its base register (<see cref="Cpu.CheckOperandCanonical"/>).</summary>
+        public static CanonicalCheck Of(in Op op) => new(true, false, op.Base, op.Flags);
+    }
+
+    /// <summary>On a slow path: <c>if (Cpu.MaybeNonCanonical(address, size))</c> the check.</summary>
+    static void EmitCanonicalCheck(ILGenerator il, LocalBuilder address, int size, CanonicalCheck check)
+    {
+        if (!check.Needed)
+        {
+            return;
+        }
+        var canonical = BeginCanonicalCheck(il, address, size);
+        if (check.Stack)
+        {
+            il.Emit(OpCodes.Call, s_checkStackCanonical);
+        }
+        else
+        {
+            il.Emit(OpCodes.Ldc_I4, (int)check.BaseSlot);
+            il.Emit(OpCodes.Ldc_I4, (int)check.Flags);
+            il.Emit(OpCodes.Call, s_checkCanonical);
+        }
+        il.MarkLabel(canonical);
+    }
+
     /// <summary>Pushes the <paramref name="size"/>-byte value at linear <paramref name="address"/>,
-    /// zero-extended to 64 bits: <c>Cpu.Read8</c>..<c>Read64</c>.</summary>
-    static void EmitRead(ILGenerator il, Locals l, LocalBuilder address, int size)
+    /// zero-extended to 64 bits: <c>Cpu.Read8</c>..<c>Read64</c>, after <paramref name="check"/>.</summary>
+    static void EmitRead(ILGenerator il, Locals l, LocalBuilder address, int size, CanonicalCheck check)
     {
         var slow = il.DefineLabel();
         var done = il.DefineLabel();
@@ -379,6 +417,7 @@ static class InlineForms
         il.Emit(OpCodes.Stloc, l.Value);
         il.Emit(OpCodes.Br, done);
         il.MarkLabel(slow);
+        EmitCanonicalCheck(il, address, size, check);
         il.Emit(OpCodes.Ldarg_1);
         il.Emit(OpCodes.Ldloc, address);
         il.Emit(OpCodes.Ldc_I4, size);
@@ -391,8 +430,9 @@ static class InlineForms
 
     /// <summary>Writes the low <paramref name="size"/> bytes of the 64-bit value on the stack to linear
     /// <paramref name="address"/>: <c>Cpu.Write8</c>..<c>Write64</c>, whose fast path also leaves
-    /// out pages holding decoded code (their writes go through the slow path's invalidation).</summary>
-    static void EmitWrite(ILGenerator il, Locals l, LocalBuilder address, int size)
+    /// out pages holding decoded code (their writes go through the slow path's invalidation); after
+    /// <paramref name="check"/>.</summary>
+    static void EmitWrite(ILGenerator il, Locals l, LocalBuilder address, int size, CanonicalCheck check)
     {
         var slow = il.DefineLabel();
         var done = il.DefineLabel();
@@ -417,6 +457,7 @@ static class InlineForms
         il.Emit(size switch { 1 => OpCodes.Stind_I1, 2 => OpCodes.Stind_I2, 4 => OpCodes.Stind_I4, _ => OpCodes.Stind_I8 });
         il.Emit(OpCodes.Br, done);
         il.MarkLabel(slow);
+        EmitCanonicalCheck(il, address, size, check);
         il.Emit(OpCodes.Ldarg_1);
         il.Emit(OpCodes.Ldloc, address);
         il.Emit(OpCodes.Ldc_I4, size);
@@ -454,7 +495,7 @@ static class InlineForms
     /// what <c>Cpu.Push</c>, <c>PeekStack</c> and <c>AdjustStack</c> do there — the canonical check of
     /// the stack address (#SS), the access, then RSP; a branch target is checked before RIP changes.
     /// </summary>
-    static bool EmitStackForm(ILGenerator il, Locals l, in Op op, MethodInfo definition)
+    static bool EmitStackForm(ILGenerator il, Locals l, in Op op, MethodInfo definition, Action setNextRip)
     {
         if (definition == s_pushR)
         {
@@ -479,6 +520,7 @@ static class InlineForms
         }
         if (definition == s_callRel)
         {
+            setNextRip();
             // target = (next RIP + displacement) & mask, checked before the push
             EmitSlotAddress(il, l, RegisterFile.NextRip);
             il.Emit(OpCodes.Ldind_I8);
@@ -498,6 +540,7 @@ static class InlineForms
         }
         if (definition == s_ret)
         {
+            setNextRip();
             EmitStackTop(il, l);
             EmitBranchTargetCheck(il, l.B);
             EmitSlotAddress(il, l, 4);
@@ -521,9 +564,8 @@ static class InlineForms
         il.Emit(OpCodes.Conv_I8);
         il.Emit(OpCodes.Sub);
         il.Emit(OpCodes.Stloc, l.A);
-        EmitStackCanonicalCheck(il, l);
         il.Emit(OpCodes.Ldloc, l.B);
-        EmitWrite(il, l, l.A, 8);
+        EmitWrite(il, l, l.A, 8, CanonicalCheck.StackAccess);
         EmitSlotAddress(il, l, 4);
         il.Emit(OpCodes.Ldloc, l.A);
         il.Emit(OpCodes.Stind_I8);
@@ -534,17 +576,8 @@ static class InlineForms
     {
         LoadReg(il, l, 4, 64);
         il.Emit(OpCodes.Stloc, l.A);
-        EmitStackCanonicalCheck(il, l);
-        EmitRead(il, l, l.A, 8);
+        EmitRead(il, l, l.A, 8, CanonicalCheck.StackAccess);
         il.Emit(OpCodes.Stloc, l.B);
-    }
-
-    /// <summary>if (Cpu.MaybeNonCanonical(A, 8)) cpu.CheckStackCanonical(A, 8): #SS(0) for a non-canonical stack access.</summary>
-    static void EmitStackCanonicalCheck(ILGenerator il, Locals l)
-    {
-        var canonical = BeginCanonicalCheck(il, l.A, 8);
-        il.Emit(OpCodes.Call, s_checkStackCanonical);
-        il.MarkLabel(canonical);
     }
 
     /// <summary>
@@ -570,7 +603,17 @@ static class InlineForms
     static void EmitEffectiveAddress(ILGenerator il, Locals l, in Op op)
     {
         bool any = false;
-        if (op.Base != RegisterFile.Zero)
+        if (op.Base == RegisterFile.NextRip)
+        {
+            // RIP-relative: the next instruction's address, RIP + length (RIP is committed before any
+            // instruction with a memory operand; the next-RIP slot is not set for these forms).
+            il.Emit(OpCodes.Ldarg_1);
+            il.Emit(OpCodes.Ldfld, s_rip);
+            il.Emit(OpCodes.Ldc_I8, (long)op.Len);
+            il.Emit(OpCodes.Add);
+            any = true;
+        }
+        else if (op.Base != RegisterFile.Zero)
         {
             EmitSlotAddress(il, l, op.Base);
             il.Emit(OpCodes.Ldind_I8);
@@ -606,7 +649,8 @@ static class InlineForms
     /// <summary>
     /// Leaves the memory operand's linear address in <see cref="Locals.Address"/>, with the checks of
     /// <see cref="Op.Linear"/>: the segment's limit and type when its <see cref="RegisterFile.SegCheck"/>
-    /// says so (never in 64-bit code, where the segments are flat), then the canonical form.
+    /// says so (never in 64-bit code, where the segments are flat). The canonical check comes with
+    /// the access, on its slow path (<see cref="CanonicalCheck"/>).
     /// </summary>
     static void EmitLinear(ILGenerator il, Locals l, in Op op, int codeBits)
     {
@@ -644,12 +688,6 @@ static class InlineForms
             il.Emit(OpCodes.And);
         }
         il.Emit(OpCodes.Stloc, l.Address);
-        // if (Cpu.MaybeNonCanonical(la, size)) cpu.CheckOperandCanonical(la, size, base, flags)
-        var canonical = BeginCanonicalCheck(il, l.Address, op.MemSize);
-        il.Emit(OpCodes.Ldc_I4, (int)op.Base);
-        il.Emit(OpCodes.Ldc_I4, (int)op.Flags);
-        il.Emit(OpCodes.Call, s_checkCanonical);
-        il.MarkLabel(canonical);
     }
 
     /// <summary>
