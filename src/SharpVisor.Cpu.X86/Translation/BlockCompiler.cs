@@ -287,7 +287,11 @@ public static class BlockCompiler
             {
                 handler = WithoutFlagUpdate(handler); // nothing can observe the flags it would write
             }
-            if (handler is not null && InlineForms.TryEmit(il, e.Forms, in op, handler, block.Bits, SetNextRip))
+            if (handler is not null && HandlerMethods.DoesNothing(handler))
+            {
+                // no code: RIP moves past it with the next commit
+            }
+            else if (handler is not null && InlineForms.TryEmit(il, e.Forms, in op, handler, block.Bits, SetNextRip))
             {
                 e.InlineForms++;
             }

@@ -24,6 +24,12 @@ public static class HandlerMethods
     /// <summary>The handler method behind <paramref name="exec"/>, or null when it is not one of ours.</summary>
     public static MethodInfo? Find(nint exec) => s_map.Value.GetValueOrDefault(exec);
 
+    static readonly Lazy<FrozenSet<MethodInfo>> s_empty = new(() => s_map.Value.Values.Where(m => m.GetMethodBody()?.GetILAsByteArray() is [0x2A]).ToFrozenSet());
+
+    /// <summary>True for a handler whose body is a bare <c>ret</c> (NOP and its multi-byte forms, the
+    /// hint NOPs): translated code needs nothing for it, not even a call.</summary>
+    public static bool DoesNothing(MethodInfo handler) => s_empty.Value.Contains(handler);
+
     /// <summary>How many handler instantiations the map holds (for the stats and tests).</summary>
     public static int Count => s_map.Value.Count;
 

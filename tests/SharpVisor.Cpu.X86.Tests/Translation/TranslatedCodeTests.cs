@@ -245,6 +245,33 @@ public sealed unsafe class TranslatedCodeTests
     }
 
     [Fact]
+    public void NOPs_take_no_code_and_RIP_still_moves_past_them()
+    {
+        // Multi-byte NOPs (a memory operand that is never accessed, here an unmapped one) between
+        // instructions that commit RIP: a handler that does nothing is left out of translated code.
+        byte[] code = TierPair.Assemble(Code, a =>
+        {
+            a.nop(__dword_ptr[rax + (long)Unmapped]);
+            a.mov(ebx, 7);
+            a.nop();
+            a.nop(__word_ptr[rax + rax]);
+            a.mov(__dword_ptr[rsp - 8], ebx);
+            a.nop(__qword_ptr[rbx + rcx * 8 + 0x100]);
+            a.ud2();
+        });
+        using var pair = Load(code);
+        pair.Both(m => m.Cpu.Rsp = 0x80000);
+        pair.Compare(0x80000 - 0x100, 0x200);
+
+        Assert.Equal<int?>(Vector.UD, pair.Run(end: ulong.MaxValue));
+        Assert.Equal(7UL, pair.Translated.Cpu.Rbx);
+
+        pair.Translated.Cpu.Rip = Code;
+        var block = pair.Translated.Cpu.BlocksForTest().Single(b => b.Count > 1);
+        Assert.Equal(1, BlockCompiler.Compile(block).CalledThroughPointer); // the UD2 alone, none of the four NOPs
+    }
+
+    [Fact]
     public void PUSH_RSP_and_POP_RSP_use_the_stack_pointer_as_the_architecture_says()
     {
         // PUSH RSP stores RSP as it was before the push; POP RSP loads the popped value after the
