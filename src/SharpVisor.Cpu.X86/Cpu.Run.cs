@@ -74,6 +74,8 @@ public sealed unsafe partial class Cpu
         finally
         {
             Counters.Instructions.Add(InstructionsRetired - start);
+            Counters.ChainedTransitions.AddUnsynchronized(_chainedTransitions);
+            _chainedTransitions = 0;
         }
     }
 
@@ -118,7 +120,7 @@ public sealed unsafe partial class Cpu
         {
             ulong la = (Regs.SegBase[(int)Seg.CS] + Rip) & Regs.LinearMask;
             long epoch = _codeMapEpoch, codeWrites = Ram.CodeWrites;
-            ref ChainCell cell = ref from.Exits[2 * member];
+            ref ChainCell cell = ref from.Exits(member);
             CompiledRegion? next =
                 cell.Linear == la && cell.MapEpoch == epoch && cell.CodeWrites == codeWrites ? cell.Target
                 : Unsafe.Add(ref cell, 1) is var other && other.Linear == la && other.MapEpoch == epoch && other.CodeWrites == codeWrites ? other.Target
@@ -128,7 +130,7 @@ public sealed unsafe partial class Cpu
                 InstructionsRetired += retired;
                 ChainedRetired = 0;
                 LastBlock = null; // a later early exit leaves the run loop to look its next block up
-                Counters.ChainedTransitions.IncrementUnsynchronized();
+                _chainedTransitions++; // published by Run: a field of this object is in cache, the counter's is not
                 return next;
             }
         }
@@ -150,11 +152,14 @@ public sealed unsafe partial class Cpu
         {
             return null;
         }
-        ref ChainCell cell = ref from.Exits[2 * member];
+        ref ChainCell cell = ref from.Exits(member);
         Unsafe.Add(ref cell, 1) = cell;
         cell = new ChainCell { Target = next, Linear = la, MapEpoch = epoch, CodeWrites = codeWrites };
         return next;
     }
+
+    /// <summary>Transitions <see cref="ChainFrom"/> made since <see cref="Run"/> began.</summary>
+    long _chainedTransitions;
 
     /// <summary>
     /// The block translated code last ran to its end, which the run loop goes on from: set by the
