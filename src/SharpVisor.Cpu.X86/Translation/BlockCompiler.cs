@@ -210,17 +210,18 @@ public static class BlockCompiler
         public int InlineForms;
         /// <summary>Early exits of the block being emitted: after instruction n - 1 it ended the block,
         /// with RIP still to advance by <c>PendingRip</c> bytes (that instruction's length, when it
-        /// did not commit RIP itself).</summary>
-        public readonly Dictionary<int, (Label Label, ulong PendingRip)> Exits = [];
+        /// did not commit RIP itself) and <c>PendingFlags</c> still to store.</summary>
+        public readonly Dictionary<int, (Label Label, ulong PendingRip, InlineForms.PendingAux? PendingFlags)> Exits = [];
     }
 
     /// <summary>The early exits of the last block emitted: each returns the instructions retired so far.</summary>
     static void EmitExits(Emission e)
     {
         var il = e.Il;
-        foreach (var (n, (label, pendingRip)) in e.Exits)
+        foreach (var (n, (label, pendingRip, pendingFlags)) in e.Exits)
         {
             il.MarkLabel(label);
+            InlineForms.EmitPendingFlags(il, e.Forms, pendingFlags);
             if (pendingRip != 0)
             {
                 AddToRip(e, pendingRip);
@@ -297,6 +298,7 @@ public static class BlockCompiler
             }
             else
             {
+                InlineForms.MaterializeFlags(il, e.Forms); // a handler may read the flags or fault
                 if (!pure)
                 {
                     SetNextRip(); // a handler may read the slot (a RIP-relative operand) or replace it (a branch)
@@ -338,7 +340,7 @@ public static class BlockCompiler
             {
                 if (!e.Exits.TryGetValue(i + 1, out var exit))
                 {
-                    e.Exits[i + 1] = exit = (il.DefineLabel(), pendingRip);
+                    e.Exits[i + 1] = exit = (il.DefineLabel(), pendingRip, e.Forms.Pending);
                 }
                 il.Emit(OpCodes.Ldarg_1);
                 il.Emit(OpCodes.Ldfld, s_exitBlock);
@@ -349,6 +351,7 @@ public static class BlockCompiler
         {
             AddToRip(e, pendingRip);
         }
+        InlineForms.MaterializeFlags(il, e.Forms); // what follows (the run loop, another block) sees them
         return throughPointer;
     }
 

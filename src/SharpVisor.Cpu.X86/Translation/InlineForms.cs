@@ -1,5 +1,6 @@
 using System.Reflection;
 using System.Reflection.Emit;
+using System.Runtime.CompilerServices;
 using SharpVisor.Cpu.X86.Decode;
 using SharpVisor.Cpu.X86.Semantics;
 
@@ -83,6 +84,76 @@ static class InlineForms
         public readonly LocalBuilder Address = il.DeclareLocal(typeof(ulong));
         /// <summary>The software-TLB entry of an access (<see cref="EmitTlbEntry"/>) and the value a write stores.</summary>
         public readonly LocalBuilder Entry = il.DeclareLocal(typeof(nint)), Value = il.DeclareLocal(typeof(ulong));
+        /// <summary>Operands and result of the ADD/SUB/CMP whose CF, AF and OF are <see cref="Pending"/>.</summary>
+        public readonly LocalBuilder AuxA = il.DeclareLocal(typeof(ulong)), AuxB = il.DeclareLocal(typeof(ulong)), AuxR = il.DeclareLocal(typeof(ulong));
+        /// <summary>At this point of the emission: an addition or subtraction whose FlagAux (CF, AF, OF,
+        /// the costly part of its flags) is not stored yet (see <see cref="MaterializeFlags"/>).</summary>
+        public PendingAux? Pending;
+    }
+
+    /// <summary>
+    /// CF, AF and OF of an ADD or SUB (CMP) of <paramref name="Bits"/>-bit operands, to be stored into
+    /// <see cref="RegisterFile.FlagAux"/> from <see cref="Locals.AuxA"/>, <see cref="Locals.AuxB"/> and
+    /// <see cref="Locals.AuxR"/>.
+    /// </summary>
+    /// <remarks>
+    /// Compiled code keeps most such flags only in case the next instructions fault: <c>add rax, 1;
+    /// mov [rbp-8], rax; movzx ecx, byte [rdi+rax]; test ecx, ecx; jne</c> computes CF/AF/OF that the
+    /// TEST overwrites, but each memory access in between could raise #PF, whose frame holds RFLAGS.
+    /// So the form stores only the result (FlagRes: ZF, SF, PF) and leaves the operands in locals; the
+    /// FlagAux store is emitted where something can observe it — on the slow path of a later memory
+    /// access or check (before the call that may fault), before a flag reader (a condition other than
+    /// ZF, INC/DEC's kept CF), before any handler call, at an early exit and at the block's end —
+    /// and not at all when another flag-writing form comes first. Between the form and that point,
+    /// FlagAux is stale: nothing but translated code of the same block runs there.
+    /// </remarks>
+    public readonly record struct PendingAux(bool Subtract, int Bits);
+
+    /// <summary>Stores the pending FlagAux, if any, and forgets it: the flags are architectural again.</summary>
+    public static void MaterializeFlags(ILGenerator il, Locals l)
+    {
+        if (l.Pending is { } pending)
+        {
+            EmitAuxStore(il, l, pending);
+            l.Pending = null;
+        }
+    }
+
+    /// <summary>Stores <paramref name="pending"/>'s FlagAux, on a path that leaves the emission's state
+    /// as it is (a slow path, an early exit): a call of <see cref="StoreCarriedFlags"/>, cold code
+    /// whose IL is a quarter of the computation's (the JIT's time goes by IL bytes).</summary>
+    public static void EmitPendingFlags(ILGenerator il, Locals l, PendingAux? pending)
+    {
+        if (pending is { } p)
+        {
+            il.Emit(OpCodes.Ldarg_1);
+            il.Emit(OpCodes.Ldloc, l.AuxA);
+            il.Emit(OpCodes.Ldloc, l.AuxB);
+            il.Emit(OpCodes.Ldloc, l.AuxR);
+            il.Emit(OpCodes.Ldc_I4, p.Bits);
+            il.Emit(p.Subtract ? OpCodes.Ldc_I4_1 : OpCodes.Ldc_I4_0);
+            il.Emit(OpCodes.Call, s_storeCarriedFlags);
+        }
+    }
+
+    static readonly MethodInfo s_storeCarriedFlags = typeof(InlineForms).GetMethod(nameof(StoreCarriedFlags))!;
+
+    /// <summary>FlagAux of <c>r = a + b</c> (or <c>a - b</c>) at <paramref name="bits"/>: what
+    /// <c>Cpu.FlagsAdd</c>/<c>FlagsSub</c> store.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    public static void StoreCarriedFlags(Cpu cpu, ulong a, ulong b, ulong r, int bits, bool subtract)
+    {
+        ulong carries = subtract ? (~a & b) | ((~a | b) & r) : (a & b) | ((a | b) & ~r);
+        int top = bits - 1;
+        cpu.Regs.FlagAux = ((carries >> top) & 1) | ((carries << 1) & RFlags.AF) | ((((carries >> top) ^ (carries >> (top - 1))) & 1) << 11);
+    }
+
+    static void EmitAuxStore(ILGenerator il, Locals l, PendingAux pending)
+    {
+        il.Emit(OpCodes.Ldloc, l.Regs);
+        il.Emit(OpCodes.Ldflda, s_flagAux);
+        PushCarriedFlags(il, l.AuxA, l.AuxB, l.AuxR, l.Carries, pending.Subtract, pending.Bits);
+        il.Emit(OpCodes.Stind_I8);
     }
 
     /// <summary>Emits <c>regs = ref cpu.Regs</c> (argument 1 is the vCPU).</summary>
@@ -417,6 +488,7 @@ static class InlineForms
         il.Emit(OpCodes.Stloc, l.Value);
         il.Emit(OpCodes.Br, done);
         il.MarkLabel(slow);
+        EmitPendingFlags(il, l, l.Pending); // the slow path may fault
         EmitCanonicalCheck(il, address, size, check);
         il.Emit(OpCodes.Ldarg_1);
         il.Emit(OpCodes.Ldloc, address);
@@ -457,6 +529,7 @@ static class InlineForms
         il.Emit(size switch { 1 => OpCodes.Stind_I1, 2 => OpCodes.Stind_I2, 4 => OpCodes.Stind_I4, _ => OpCodes.Stind_I8 });
         il.Emit(OpCodes.Br, done);
         il.MarkLabel(slow);
+        EmitPendingFlags(il, l, l.Pending); // the slow path may fault
         EmitCanonicalCheck(il, address, size, check);
         il.Emit(OpCodes.Ldarg_1);
         il.Emit(OpCodes.Ldloc, address);
@@ -471,7 +544,7 @@ static class InlineForms
     /// <c>Cpu.CheckNearBranchTarget</c> of the target in <paramref name="target"/>: one test inline,
     /// the CS limit and canonical checks out of line (#GP(0) from there).
     /// </summary>
-    static void EmitBranchTargetCheck(ILGenerator il, LocalBuilder target)
+    static void EmitBranchTargetCheck(ILGenerator il, Locals l, LocalBuilder target)
     {
         var fine = il.DefineLabel();
         il.Emit(OpCodes.Ldarg_1);
@@ -481,6 +554,7 @@ static class InlineForms
         il.Emit(OpCodes.Call, s_maybeNonCanonical);
         il.Emit(OpCodes.Or);
         il.Emit(OpCodes.Brfalse, fine);
+        EmitPendingFlags(il, l, l.Pending); // #GP from here
         il.Emit(OpCodes.Ldarg_1);
         il.Emit(OpCodes.Ldloc, target);
         il.Emit(OpCodes.Call, s_checkBranchTargetSlow);
@@ -531,7 +605,7 @@ static class InlineForms
             il.Emit(OpCodes.Ldc_I8, (long)op.AddrMask);
             il.Emit(OpCodes.And);
             il.Emit(OpCodes.Stloc, l.R);
-            EmitBranchTargetCheck(il, l.R);
+            EmitBranchTargetCheck(il, l, l.R);
             EmitPush(il, l);
             EmitSlotAddress(il, l, RegisterFile.NextRip);
             il.Emit(OpCodes.Ldloc, l.R);
@@ -542,7 +616,7 @@ static class InlineForms
         {
             setNextRip();
             EmitStackTop(il, l);
-            EmitBranchTargetCheck(il, l.B);
+            EmitBranchTargetCheck(il, l, l.B);
             EmitSlotAddress(il, l, 4);
             il.Emit(OpCodes.Ldloc, l.A);
             il.Emit(OpCodes.Ldc_I8, 8 + (long)op.Imm); // RET imm16 releases that many more bytes
@@ -666,6 +740,7 @@ static class InlineForms
             il.Emit(OpCodes.Add);
             il.Emit(OpCodes.Ldind_U1);
             il.Emit(OpCodes.Brfalse, unchecked_);
+            EmitPendingFlags(il, l, l.Pending); // #GP or #SS from here
             il.Emit(OpCodes.Ldarg_1);
             il.Emit(OpCodes.Ldc_I4, (int)op.Seg);
             il.Emit(OpCodes.Ldloc, l.B);
@@ -710,7 +785,7 @@ static class InlineForms
         il.Emit(OpCodes.Ldc_I8, (long)op.AddrMask);
         il.Emit(OpCodes.And);
         il.Emit(OpCodes.Stloc, l.B);
-        EmitBranchTargetCheck(il, l.B);
+        EmitBranchTargetCheck(il, l, l.B);
         EmitSlotAddress(il, l, RegisterFile.NextRip);
         il.Emit(OpCodes.Ldloc, l.B);
         il.Emit(OpCodes.Stind_I8);
@@ -784,6 +859,7 @@ static class InlineForms
                 il.Emit(OpCodes.Or);
             }
             il.Emit(OpCodes.Stind_I8);
+            l.Pending = null; // FlagAux written whole
             EmitFlagResult(il, l, bits);
         }
         EmitRegAddress(il, l, op.R1, bits);
@@ -806,6 +882,10 @@ static class InlineForms
     /// from the lazy flags: codes in pairs, the odd one the negation of the even one.</summary>
     static void PushCondition(ILGenerator il, Locals l, int cc)
     {
+        if (cc >> 1 != 2)
+        {
+            MaterializeFlags(il, l); // all but ZF read FlagAux (CF, OF; SF's and PF's inverter bits)
+        }
         switch (cc >> 1)
         {
             case 0: PushOF(il, l); break;
@@ -876,7 +956,24 @@ static class InlineForms
     static void EmitFlags(ILGenerator il, Locals l, Kind kind, int bits)
     {
         EmitFlagResult(il, l, bits);
-
+        if (kind is Kind.Add or Kind.Sub)
+        {
+            // CF, AF and OF wait until something can observe them (see PendingAux); an earlier
+            // pending addition is overwritten unseen.
+            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Stloc, l.AuxA);
+            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.Stloc, l.AuxB);
+            il.Emit(OpCodes.Ldloc, l.R);
+            il.Emit(OpCodes.Stloc, l.AuxR);
+            l.Pending = new PendingAux(kind == Kind.Sub, bits);
+            return;
+        }
+        if (kind is Kind.Inc or Kind.Dec)
+        {
+            MaterializeFlags(il, l); // INC and DEC keep the CF before them
+        }
+        l.Pending = null; // FlagAux is written whole below
         il.Emit(OpCodes.Ldloc, l.Regs);
         il.Emit(OpCodes.Ldflda, s_flagAux);
         if (kind is Kind.Inc or Kind.Dec)
@@ -888,23 +985,37 @@ static class InlineForms
             il.Emit(OpCodes.Conv_I8);
             il.Emit(OpCodes.And);
         }
-        if (kind is not (Kind.Add or Kind.Sub or Kind.Inc or Kind.Dec))
+        if (kind is not (Kind.Inc or Kind.Dec))
         {
             il.Emit(OpCodes.Ldc_I4_0);
             il.Emit(OpCodes.Conv_I8);
             il.Emit(OpCodes.Stind_I8);
             return;
         }
-        if (kind is Kind.Add or Kind.Inc)
+        PushCarriedFlags(il, l.A, l.B, l.R, l.Carries, kind == Kind.Dec, bits);
+        // CF computed is dropped for the old one below it on the stack
+        il.Emit(OpCodes.Ldc_I4_1);
+        il.Emit(OpCodes.Conv_I8);
+        il.Emit(OpCodes.Not);
+        il.Emit(OpCodes.And);
+        il.Emit(OpCodes.Or);
+        il.Emit(OpCodes.Stind_I8);
+    }
+
+    /// <summary>Pushes CF | AF | OF at their RFLAGS positions (Cpu.Flags.cs) of <c>r = a + b</c> or,
+    /// with <paramref name="subtract"/>, <c>r = a - b</c>, for <paramref name="bits"/>-bit operands.</summary>
+    static void PushCarriedFlags(ILGenerator il, LocalBuilder a, LocalBuilder b, LocalBuilder r, LocalBuilder carries, bool subtract, int bits)
+    {
+        if (!subtract)
         {
             // carries = (a & b) | ((a | b) & ~r)
-            il.Emit(OpCodes.Ldloc, l.A);
-            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.Ldloc, a);
+            il.Emit(OpCodes.Ldloc, b);
             il.Emit(OpCodes.And);
-            il.Emit(OpCodes.Ldloc, l.A);
-            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.Ldloc, a);
+            il.Emit(OpCodes.Ldloc, b);
             il.Emit(OpCodes.Or);
-            il.Emit(OpCodes.Ldloc, l.R);
+            il.Emit(OpCodes.Ldloc, r);
             il.Emit(OpCodes.Not);
             il.Emit(OpCodes.And);
             il.Emit(OpCodes.Or);
@@ -912,29 +1023,29 @@ static class InlineForms
         else
         {
             // borrows = (~a & b) | ((~a | b) & r)
-            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Ldloc, a);
             il.Emit(OpCodes.Not);
-            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.Ldloc, b);
             il.Emit(OpCodes.And);
-            il.Emit(OpCodes.Ldloc, l.A);
+            il.Emit(OpCodes.Ldloc, a);
             il.Emit(OpCodes.Not);
-            il.Emit(OpCodes.Ldloc, l.B);
+            il.Emit(OpCodes.Ldloc, b);
             il.Emit(OpCodes.Or);
-            il.Emit(OpCodes.Ldloc, l.R);
+            il.Emit(OpCodes.Ldloc, r);
             il.Emit(OpCodes.And);
             il.Emit(OpCodes.Or);
         }
-        il.Emit(OpCodes.Stloc, l.Carries);
+        il.Emit(OpCodes.Stloc, carries);
         int top = bits - 1;
         // CF = (carries >> top) & 1
-        il.Emit(OpCodes.Ldloc, l.Carries);
+        il.Emit(OpCodes.Ldloc, carries);
         il.Emit(OpCodes.Ldc_I4, top);
         il.Emit(OpCodes.Shr_Un);
         il.Emit(OpCodes.Ldc_I4_1);
         il.Emit(OpCodes.Conv_I8);
         il.Emit(OpCodes.And);
         // | (carries << 1) & AF
-        il.Emit(OpCodes.Ldloc, l.Carries);
+        il.Emit(OpCodes.Ldloc, carries);
         il.Emit(OpCodes.Ldc_I4_1);
         il.Emit(OpCodes.Shl);
         il.Emit(OpCodes.Ldc_I4, (int)RFlags.AF);
@@ -942,10 +1053,10 @@ static class InlineForms
         il.Emit(OpCodes.And);
         il.Emit(OpCodes.Or);
         // | ((carries >> top ^ carries >> (top - 1)) & 1) << 11
-        il.Emit(OpCodes.Ldloc, l.Carries);
+        il.Emit(OpCodes.Ldloc, carries);
         il.Emit(OpCodes.Ldc_I4, top);
         il.Emit(OpCodes.Shr_Un);
-        il.Emit(OpCodes.Ldloc, l.Carries);
+        il.Emit(OpCodes.Ldloc, carries);
         il.Emit(OpCodes.Ldc_I4, top - 1);
         il.Emit(OpCodes.Shr_Un);
         il.Emit(OpCodes.Xor);
@@ -955,16 +1066,6 @@ static class InlineForms
         il.Emit(OpCodes.Ldc_I4, 11);
         il.Emit(OpCodes.Shl);
         il.Emit(OpCodes.Or);
-        if (kind is Kind.Inc or Kind.Dec)
-        {
-            // CF computed is dropped for the old one below it on the stack
-            il.Emit(OpCodes.Ldc_I4_1);
-            il.Emit(OpCodes.Conv_I8);
-            il.Emit(OpCodes.Not);
-            il.Emit(OpCodes.And);
-            il.Emit(OpCodes.Or);
-        }
-        il.Emit(OpCodes.Stind_I8);
     }
 
     /// <summary>Pushes general register <paramref name="slot"/> at the width, zero-extended to 64 bits

@@ -244,6 +244,47 @@ public sealed unsafe class TranslatedCodeTests
         Assert.Equal(511 * 6 + 2 + 1, pair.Translated.Cpu.InstructionsRetired);
     }
 
+    /// <summary>
+    /// Translated code stores an addition's CF, AF and OF only where something can observe them
+    /// (InlineForms.PendingAux): a #PF in a later instruction of the block is such a place, and its
+    /// frame holds the flags of the addition — carry, overflow and adjust all set here.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_fault_after_an_addition_sees_its_carry_overflow_and_adjust_flags(bool store)
+    {
+        byte[] code = TierPair.Assemble(Code, a =>
+        {
+            a.add(rax, rbx); // 0x8000000000000008 + 0x8000000000000008: CF, OF and AF
+            a.mov(rcx, rax);
+            if (store)
+            {
+                a.mov(__qword_ptr[rdx], rcx);
+            }
+            else
+            {
+                a.mov(rcx, __qword_ptr[rdx]);
+            }
+            a.cmp(rcx, rsi); // would overwrite them
+            a.ud2();
+        });
+        using var pair = Load(code);
+        pair.Both(m =>
+        {
+            m.Unmap(Unmapped);
+            m.Cpu.Rax = 0x8000_0000_0000_0008;
+            m.Cpu.Rbx = 0x8000_0000_0000_0008;
+            m.Cpu.Rdx = Unmapped;
+        });
+
+        Assert.Equal<int?>(Vector.PF, pair.Run(end: ulong.MaxValue)); // and the tiers agree on all state
+
+        ulong flags = pair.Translated.Cpu.GetFlags();
+        Assert.Equal(RFlags.CF | RFlags.OF | RFlags.AF, flags & (RFlags.CF | RFlags.OF | RFlags.AF));
+        Assert.Equal(Code + 3 + 3, pair.Translated.Cpu.Rip); // at the faulting MOV
+    }
+
     [Fact]
     public void NOPs_take_no_code_and_RIP_still_moves_past_them()
     {
