@@ -46,6 +46,9 @@ static class InlineForms
     static readonly MethodInfo s_popR = typeof(Stack).GetMethod("PopR", Static)!;
     static readonly MethodInfo s_callRel = typeof(Control).GetMethod("CallRel", Static)!;
     static readonly MethodInfo s_ret = typeof(Control).GetMethod("Ret", Static)!;
+    static readonly MethodInfo s_callR = typeof(Control).GetMethod("CallR", Static)!;
+    static readonly MethodInfo s_callM = typeof(Control).GetMethod("CallM", Static)!;
+    static readonly MethodInfo s_jmpM = typeof(Control).GetMethod("JmpM", Static)!;
     static readonly MethodInfo s_checkStackCanonical = typeof(Cpu).GetMethod("CheckStackCanonical", BindingFlags.Instance | BindingFlags.NonPublic)!;
     static readonly MethodInfo s_lea = typeof(DataMove).GetMethod("Lea", Static)!;
     static readonly MethodInfo s_movRM = typeof(DataMove).GetMethod("MovRM", Static)!;
@@ -565,7 +568,7 @@ static class InlineForms
     enum Kind { None, Add, Sub, And, Or, Xor, Inc, Dec }
 
     /// <summary>
-    /// PUSH r64, POP r64, CALL rel and RET in 64-bit code, where the stack is flat and 64 bits wide:
+    /// PUSH r64, POP r64, CALL rel, CALL r/m64, JMP m64 and RET in 64-bit code, where the stack is flat and 64 bits wide:
     /// what <c>Cpu.Push</c>, <c>PeekStack</c> and <c>AdjustStack</c> do there — the canonical check of
     /// the stack address (#SS), the access, then RSP; a branch target is checked before RIP changes.
     /// </summary>
@@ -607,6 +610,34 @@ static class InlineForms
             il.Emit(OpCodes.Stloc, l.R);
             EmitBranchTargetCheck(il, l, l.R);
             EmitPush(il, l);
+            EmitSlotAddress(il, l, RegisterFile.NextRip);
+            il.Emit(OpCodes.Ldloc, l.R);
+            il.Emit(OpCodes.Stind_I8);
+            return true;
+        }
+        if (definition == s_callR || definition == s_callM || definition == s_jmpM)
+        {
+            // CALL r/m64, JMP m64: the target (a register, or read first: a fault leaves RSP alone),
+            // checked, then for CALL the next RIP pushed; then the next-RIP slot replaced.
+            setNextRip();
+            if (definition == s_callR)
+            {
+                LoadReg(il, l, op.R1, 64);
+            }
+            else
+            {
+                EmitLinear(il, l, in op, 64);
+                EmitRead(il, l, l.Address, 8, CanonicalCheck.Of(in op));
+            }
+            il.Emit(OpCodes.Stloc, l.R);
+            EmitBranchTargetCheck(il, l, l.R);
+            if (definition != s_jmpM)
+            {
+                EmitSlotAddress(il, l, RegisterFile.NextRip);
+                il.Emit(OpCodes.Ldind_I8);
+                il.Emit(OpCodes.Stloc, l.B);
+                EmitPush(il, l);
+            }
             EmitSlotAddress(il, l, RegisterFile.NextRip);
             il.Emit(OpCodes.Ldloc, l.R);
             il.Emit(OpCodes.Stind_I8);

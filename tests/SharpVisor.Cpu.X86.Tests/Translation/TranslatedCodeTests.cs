@@ -285,6 +285,76 @@ public sealed unsafe class TranslatedCodeTests
         Assert.Equal(Code + 3 + 3, pair.Translated.Cpu.Rip); // at the faulting MOV
     }
 
+    /// <summary>
+    /// CALL r64, CALL m64 and JMP m64 (the translator has IL of its own for them), each taken in
+    /// turn, then faulting: a CALL whose target is unreadable and one whose push is leave RSP and
+    /// the stack as they were, and the #PF is at the CALL.
+    /// </summary>
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Indirect_calls_and_jumps_run_translated_as_interpreted(int fault)
+    {
+        const ulong Table = 0x30000, Stack = 0x80000;
+        byte[] code = TierPair.Assemble(Code, a =>
+        {
+            var first = a.CreateLabel();
+            var second = a.CreateLabel();
+            var third = a.CreateLabel();
+            var done = a.CreateLabel();
+            a.lea(rax, __[first]);
+            a.mov(__qword_ptr[rbx], rax);
+            a.lea(rax, __[second]);
+            a.mov(__qword_ptr[rbx + 8], rax);
+            a.lea(rax, __[first]);
+            a.call(rax); // to first, which returns
+            a.call(__qword_ptr[rbx + 8]); // to second, which jumps on to third through the table
+            a.jmp(done);
+            a.Label(ref first);
+            a.add(rcx, 1);
+            a.ret();
+            a.Label(ref second);
+            a.add(rcx, 0x10);
+            a.lea(rdx, __[third]);
+            a.mov(__qword_ptr[rbx + 16], rdx);
+            a.jmp(__qword_ptr[rbx + 16]);
+            a.Label(ref third);
+            a.add(rcx, 0x100);
+            a.ret();
+            a.Label(ref done);
+            a.mov(rsp, rsi); // fault 1: the stack is unmapped; fault 2: the table is
+            a.mov(rbx, rdi);
+            a.call(__qword_ptr[rbx]);
+            a.ud2();
+        });
+        using var pair = Load(code);
+        pair.Both(m =>
+        {
+            m.Unmap(Unmapped);
+            m.Cpu.Rsp = Stack;
+            m.Cpu.Rbx = Table;
+            m.Cpu.Rsi = fault == 1 ? Unmapped + 0x100 : Stack;
+            m.Cpu.Rdi = fault == 2 ? Unmapped : Table;
+        });
+        pair.Compare(Table, 0x20);
+        pair.Compare(Stack - 0x100, 0x200);
+
+        int? vector = pair.Run(end: ulong.MaxValue);
+
+        if (fault == 0)
+        {
+            Assert.Equal<int?>(Vector.UD, vector); // the last CALL went to first, whose RET came back
+            Assert.Equal(0x112UL, pair.Translated.Cpu.Rcx);
+        }
+        else
+        {
+            Assert.Equal<int?>(Vector.PF, vector);
+            Assert.Equal(0x111UL, pair.Translated.Cpu.Rcx);
+            Assert.Equal(fault == 1 ? Unmapped + 0x100 : Stack, pair.Translated.Cpu.Rsp);
+        }
+    }
+
     [Fact]
     public void NOPs_take_no_code_and_RIP_still_moves_past_them()
     {
