@@ -94,3 +94,44 @@ public sealed class BlockLinkTests
         public override void WriteByte(byte value) => Bytes.Add(value);
     }
 }
+
+/// <summary>
+/// Remembered successors are kept per code TLB (<c>Cpu._codeMapEpoch</c>): a system call and its
+/// return switch between the supervisor and the user TLB without making either side's successors
+/// stale, so a user loop that calls the kernel goes on through its links.
+/// </summary>
+public sealed class BlockLinkPrivilegeTests
+{
+    [Fact]
+    public unsafe void A_system_call_round_trip_keeps_both_sides_remembered_successors()
+    {
+        const ulong User = 0x20000, Kernel = 0x21000;
+        using var m = new SystemInstructions.SysMachine();
+        var c = m.Cpu;
+        m.EnterLongMode(cpl: 3);
+        c.Msr.Star = (0x23UL << 48) | (0x10UL << 32);
+        c.Msr.Lstar = Kernel;
+        c.Msr.Sfmask = RFlags.IF;
+        c.EferValue |= Efer.SCE;
+        m.Asm(Kernel, 64, a => { a.add(r12, 1); a.sysretq(); });
+        m.Asm(User, 64, a =>
+        {
+            var top = a.CreateLabel();
+            a.Label(ref top);
+            a.syscall();
+            a.dec(rbx);
+            a.jnz(top);
+            a.ud2();
+        });
+        c.Rip = User;
+        c.Rbx = 1000;
+
+        c.Run(100); // every block and link seen once
+        long lookups = c.Counters.BlockLookups.Value;
+        c.Run(2_000);
+
+        Assert.True(c.Regs.Gpr[12] > 300, $"{c.Regs.Gpr[12]} system calls");
+        // Each system call crosses privilege twice; looked up afresh, that would be two lookups a call.
+        Assert.True(c.Counters.BlockLookups.Value - lookups < 10, $"{c.Counters.BlockLookups.Value - lookups} lookups");
+    }
+}
