@@ -11,7 +11,7 @@ namespace SharpVisor.Cpu.X86.Translation;
 /// m,imm and between a register and memory; ADD, SUB, AND, OR, XOR, CMP, TEST with register,
 /// immediate or memory operands, and INC, DEC; MOVZX/MOVSX, CMOVcc and SETcc; SHL/SHR/SAR of a 32/64-bit
 /// register by an immediate; LEA (32/64); PUSH/POP of a
-/// register, CALL rel and RET in 64-bit code; JMP rel and Jcc. Memory operands take the software
+/// register, CALL rel, CALL r/m64, JMP m64 and RET in 64-bit code; JMP rel and Jcc. Memory operands take the software
 /// TLB's fast path as pointer arithmetic (<see cref="EmitRead"/>, <see cref="EmitWrite"/>). It
 /// computes exactly what the interpreter's handler computes (the same lazy-flag words, see
 /// <c>Cpu.Flags.cs</c>); every differential case and random program compares the two.
