@@ -288,13 +288,17 @@ public static class BlockCompiler
             {
                 handler = WithoutFlagUpdate(handler); // nothing can observe the flags it would write
             }
+            bool mayEndBlock = true;
+            e.Forms.WroteMemory = false;
             if (handler is not null && HandlerMethods.DoesNothing(handler))
             {
                 // no code: RIP moves past it with the next commit
+                mayEndBlock = false;
             }
             else if (handler is not null && InlineForms.TryEmit(il, e.Forms, in op, handler, block.Bits, SetNextRip))
             {
                 e.InlineForms++;
+                mayEndBlock = e.Forms.WroteMemory; // see InlineForms.Locals.WroteMemory
             }
             else
             {
@@ -330,6 +334,10 @@ public static class BlockCompiler
             }
             // If the instruction ended the block (a write to a page holding code, ...): clear
             // ExitBlock and return.
+            if (!mayEndBlock)
+            {
+                continue;
+            }
             if (i == block.Count - 1 && !e.Chained)
             {
                 il.Emit(OpCodes.Ldarg_1); // the block ends here either way

@@ -92,6 +92,11 @@ static class InlineForms
         /// <summary>At this point of the emission: an addition or subtraction whose FlagAux (CF, AF, OF,
         /// the costly part of its flags) is not stored yet (see <see cref="MaterializeFlags"/>).</summary>
         public PendingAux? Pending;
+        /// <summary>Set when the form emitted since it was last cleared writes memory: only a write
+        /// (to a page holding code, or the local APIC) can end the block early (set
+        /// <see cref="Cpu.ExitBlock"/>) among what these forms do — reads, page walks, branch checks
+        /// and register work only fault.</summary>
+        public bool WroteMemory;
     }
 
     /// <summary>
@@ -509,6 +514,7 @@ static class InlineForms
     /// <paramref name="check"/>.</summary>
     static void EmitWrite(ILGenerator il, Locals l, LocalBuilder address, int size, CanonicalCheck check)
     {
+        l.WroteMemory = true;
         var slow = il.DefineLabel();
         var done = il.DefineLabel();
         il.Emit(OpCodes.Stloc, l.Value);
