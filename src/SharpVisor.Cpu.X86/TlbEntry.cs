@@ -9,11 +9,7 @@ namespace SharpVisor.Cpu.X86;
 /// value no page address equals) when the kind of access must take the slow path — not mapped,
 /// not permitted, MMIO, or (for writes) the dirty bit not yet set.
 /// </summary>
-/// <remarks>
-/// 64 bytes (41 used): indexing the TLB by a power of two is a shift where 48 bytes took a
-/// multiply and a sign extension on every memory access, the interpreter's and translated code's.
-/// </remarks>
-[StructLayout(LayoutKind.Sequential, Size = 64)]
+[StructLayout(LayoutKind.Sequential)]
 public struct TlbEntry
 {
     public const ulong Invalid = 1;

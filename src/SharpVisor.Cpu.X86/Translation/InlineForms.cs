@@ -60,10 +60,7 @@ static class InlineForms
     static readonly FieldInfo s_codePages = typeof(Cpu).GetField(nameof(Cpu.CodePages))!;
     static readonly FieldInfo s_fetchLimitCheck = typeof(Cpu).GetField("_fetchLimitCheck", BindingFlags.Instance | BindingFlags.NonPublic)!;
     static readonly MethodInfo s_checkBranchTargetSlow = typeof(Cpu).GetMethod("CheckNearBranchTargetSlow", BindingFlags.Instance | BindingFlags.NonPublic)!;
-    /// <summary>log2 of the TLB entry's size, a power of two (see <see cref="TlbEntry"/>).</summary>
-    static readonly int s_tlbEntryShift = System.Numerics.BitOperations.IsPow2(Unsafe.SizeOf<TlbEntry>())
-        ? System.Numerics.BitOperations.Log2((uint)Unsafe.SizeOf<TlbEntry>())
-        : throw new InvalidOperationException("the translator indexes the TLB by shifting: TlbEntry's size must be a power of two");
+    static readonly int s_tlbEntrySize = System.Runtime.CompilerServices.Unsafe.SizeOf<TlbEntry>();
     static readonly int s_readTagOffset = (int)System.Runtime.InteropServices.Marshal.OffsetOf<TlbEntry>(nameof(TlbEntry.ReadTag));
     static readonly int s_writeTagOffset = (int)System.Runtime.InteropServices.Marshal.OffsetOf<TlbEntry>(nameof(TlbEntry.WriteTag));
     static readonly int s_hostAddendOffset = (int)System.Runtime.InteropServices.Marshal.OffsetOf<TlbEntry>(nameof(TlbEntry.HostAddend));
@@ -396,15 +393,17 @@ static class InlineForms
     /// linear address in <paramref name="address"/>.</summary>
     static void EmitTlbEntry(ILGenerator il, Locals l, LocalBuilder address)
     {
-        // entry = DataTlb + ((la >> 12) & (TlbSize - 1)) * 64, as (la >> 6) & ((TlbSize - 1) << 6)
         il.Emit(OpCodes.Ldarg_1);
         il.Emit(OpCodes.Ldfld, s_dataTlb);
         il.Emit(OpCodes.Ldloc, address);
-        il.Emit(OpCodes.Ldc_I4, 12 - s_tlbEntryShift);
+        il.Emit(OpCodes.Ldc_I4, 12);
         il.Emit(OpCodes.Shr_Un);
-        il.Emit(OpCodes.Ldc_I8, (long)(Cpu.TlbSize - 1) << s_tlbEntryShift);
+        il.Emit(OpCodes.Conv_I4);
+        il.Emit(OpCodes.Ldc_I4, Cpu.TlbSize - 1);
         il.Emit(OpCodes.And);
-        il.Emit(OpCodes.Conv_U);
+        il.Emit(OpCodes.Ldc_I4, s_tlbEntrySize);
+        il.Emit(OpCodes.Mul);
+        il.Emit(OpCodes.Conv_I);
         il.Emit(OpCodes.Add);
         il.Emit(OpCodes.Stloc, l.Entry);
     }
