@@ -79,6 +79,14 @@ public class VirtqueuePropertyTests
                         {
                             flags &= unchecked((ushort)~Virtqueue.DescFlagWrite);
                         }
+                        // An indirect descriptor elsewhere than this test's table makes the device read
+                        // whatever lies there as descriptors — a table's own entries seen at an offset,
+                        // say — and those may legitimately mark other memory writable, which this
+                        // model does not track (seed 6z_KjtFnRSS1: a write at 0x30). Point them at the table.
+                        if ((flags & Virtqueue.DescFlagIndirect) != 0)
+                        {
+                            address = Indirect;
+                        }
                         ushort next = (ushort)((f >> 8) % (uint)(nextLimit + 2));
                         q.WriteDescriptor(table, i, address, length, flags, next);
                         if ((flags & Virtqueue.DescFlagWrite) != 0 && (flags & Virtqueue.DescFlagIndirect) == 0)
