@@ -29,8 +29,9 @@ public sealed class CompiledRegion
     /// Two chain cells per block: translations that ran after that block, with what they are valid
     /// for, so the code goes on to one without returning to the run loop (<see cref="Cpu.ChainFrom"/>).
     /// The first block's are in this object (most translations are one block: one cache line fewer
-    /// to miss on a transition), the others' in <see cref="_laterExits"/>. Written only by the vCPU
-    /// the blocks belong to.
+    /// to miss on a transition), the others' in <see cref="_laterExits"/>. Filled only by the vCPU
+    /// the blocks belong to; the translator thread only clears their targets (<see cref="Evict"/>),
+    /// and a reader that sees a matching cell with no target simply does not chain.
     /// </summary>
     ChainCellPair _firstExits;
     readonly ChainCellPair[] _laterExits;
