@@ -122,8 +122,8 @@ public sealed unsafe partial class Cpu
             long epoch = _codeMapEpoch, codeWrites = Ram.CodeWrites;
             ref ChainCell cell = ref from.Exits(member);
             CompiledRegion? next =
-                cell.Linear == la && cell.MapEpoch == epoch && cell.CodeWrites == codeWrites ? cell.Target
-                : Unsafe.Add(ref cell, 1) is var other && other.Linear == la && other.MapEpoch == epoch && other.CodeWrites == codeWrites ? other.Target
+                cell.Matches(la, epoch, codeWrites) ? cell.Target
+                : Unsafe.Add(ref cell, 1).Matches(la, epoch, codeWrites) ? Unsafe.Add(ref cell, 1).Target
                 : FillChainCell(from, member, la, epoch, codeWrites);
             if (next is not null)
             {

@@ -116,4 +116,8 @@ public struct ChainCell
     public ulong Linear;
     public long MapEpoch;
     public long CodeWrites;
+
+    /// <summary>The cell is for <paramref name="linear"/> and nothing it depends on has changed since it was filled.</summary>
+    public readonly bool Matches(ulong linear, long mapEpoch, long codeWrites) =>
+        Linear == linear && MapEpoch == mapEpoch && CodeWrites == codeWrites;
 }

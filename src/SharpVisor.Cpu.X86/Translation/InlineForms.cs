@@ -146,14 +146,20 @@ static class InlineForms
 
     static readonly MethodInfo s_storeCarriedFlags = typeof(InlineForms).GetMethod(nameof(StoreCarriedFlags))!;
 
-    /// <summary>FlagAux of <c>r = a + b</c> (or <c>a - b</c>) at <paramref name="bits"/>: what
-    /// <c>Cpu.FlagsAdd</c>/<c>FlagsSub</c> store.</summary>
+    /// <summary>The flags of <c>r = a + b</c> (or <c>a - b</c>) at <paramref name="bits"/>, by the
+    /// interpreter's own <c>Cpu.FlagsAdd</c>/<c>FlagsSub</c>: FlagAux, and FlagRes again with the value
+    /// the form stored (no flag writer came between, or the pending flags would be gone).</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     public static void StoreCarriedFlags(Cpu cpu, ulong a, ulong b, ulong r, int bits, bool subtract)
     {
-        ulong carries = subtract ? (~a & b) | ((~a | b) & r) : (a & b) | ((a | b) & ~r);
-        int top = bits - 1;
-        cpu.Regs.FlagAux = ((carries >> top) & 1) | ((carries << 1) & RFlags.AF) | ((((carries >> top) ^ (carries >> (top - 1))) & 1) << 11);
+        if (subtract)
+        {
+            cpu.FlagsSub(a, b, r, bits);
+        }
+        else
+        {
+            cpu.FlagsAdd(a, b, r, bits);
+        }
     }
 
     static void EmitAuxStore(ILGenerator il, Locals l, PendingAux pending)
@@ -1074,13 +1080,8 @@ static class InlineForms
         }
         il.Emit(OpCodes.Stloc, carries);
         int top = bits - 1;
-        // CF = (carries >> top) & 1
-        il.Emit(OpCodes.Ldloc, carries);
-        il.Emit(OpCodes.Ldc_I4, top);
-        il.Emit(OpCodes.Shr_Un);
-        il.Emit(OpCodes.Ldc_I4_1);
-        il.Emit(OpCodes.Conv_I8);
-        il.Emit(OpCodes.And);
+        // CF = the carry out of the top bit
+        PushMsb(il, carries, bits);
         // | (carries << 1) & AF
         il.Emit(OpCodes.Ldloc, carries);
         il.Emit(OpCodes.Ldc_I4_1);
